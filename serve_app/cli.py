@@ -1,0 +1,296 @@
+"""The ``animegan`` command: stylize files locally (no Ray), list and download weights.
+
+    animegan stylize photo.jpg -o anime.png --style face_paint_512_v2 --size 512
+    animegan stylize a.jpg b.png -o out/ --style paprika --format webp
+    animegan weights list
+    animegan weights download [NAME ...]
+
+Exit codes: 0 success; 1 some input (or download) failed; 2 usage, weights or device error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from serve_app import weights as weights_mod
+
+logger = logging.getLogger("serve_app.cli")
+
+DEFAULT_STYLE = "face_paint_512_v2"
+DEFAULT_SIZE = 512
+FORMATS = ("png", "jpeg", "webp")
+EXTENSIONS = {"png": "png", "jpeg": "jpg", "webp": "webp"}
+SUFFIX_FORMATS = {".png": "png", ".jpg": "jpeg", ".jpeg": "jpeg", ".webp": "webp"}
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+
+
+def _out(text: str = "") -> None:
+    sys.stdout.write(text + "\n")
+
+
+def _err(text: str) -> None:
+    from tqdm import tqdm
+
+    tqdm.write(text, file=sys.stderr)  # keeps a running progress bar intact
+
+
+def _progress_enabled() -> bool:
+    return sys.stderr.isatty()
+
+
+# --- parser ------------------------------------------------------------------------------
+
+
+def _positive_size(text: str) -> int:
+    from serve_app.imaging import MIN_SIDE
+
+    value = int(text)
+    if value < MIN_SIDE:
+        raise argparse.ArgumentTypeError(f"size must be at least {MIN_SIDE}")
+    return value
+
+
+def _quality(text: str) -> int:
+    value = int(text)
+    if not 1 <= value <= 100:
+        raise argparse.ArgumentTypeError("quality must be from 1 to 100")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="animegan",
+        description="AnimeGANv2 photo → anime-style picture: local stylizing and weights.",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    stylize = commands.add_parser(
+        "stylize",
+        help="stylize image files locally (no Ray)",
+        description="Stylize image files on this machine. One input: -o is the output "
+        "file. Several inputs: -o is a directory, outputs are named <stem>.<ext>.",
+    )
+    stylize.add_argument("inputs", nargs="+", type=Path, metavar="IN", help="input images")
+    stylize.add_argument("-o", "--output", required=True, type=Path, metavar="OUT")
+    stylize.add_argument(
+        "--style",
+        default=DEFAULT_STYLE,
+        help=f"registry name ({', '.join(weights_mod.REGISTRY)}), a local .pt path, "
+        f"or `{weights_mod.RANDOM}` (default: {DEFAULT_STYLE})",
+    )
+    stylize.add_argument(
+        "--size",
+        type=_positive_size,
+        default=DEFAULT_SIZE,
+        help=f"longer side of the output in px (rounded down to a multiple of 4; "
+        f"default {DEFAULT_SIZE})",
+    )
+    stylize.add_argument(
+        "--format",
+        choices=FORMATS,
+        default=None,
+        help="output format (default: from OUT's suffix for one input, else png)",
+    )
+    stylize.add_argument("--quality", type=_quality, default=None, help="JPEG/WebP quality")
+    stylize.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    stylize.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), default="auto")
+    stylize.add_argument(
+        "--align-corners",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="upsampling mode (default: the style's own; true for local files)",
+    )
+    stylize.add_argument("--seed", type=int, default=0, help="seed of `random` weights")
+    stylize.add_argument(
+        "--timeout", type=float, default=10.0, help="download timeout in seconds (default 10)"
+    )
+    stylize.set_defaults(handler=cmd_stylize)
+
+    weights = commands.add_parser("weights", help="list or download the official weights")
+    weights_commands = weights.add_subparsers(dest="weights_command", required=True)
+    listing = weights_commands.add_parser("list", help="the registry and what is cached")
+    listing.set_defaults(handler=cmd_weights_list)
+    download = weights_commands.add_parser("download", help="download official weights")
+    download.add_argument("names", nargs="*", metavar="NAME", help="default: all of them")
+    download.add_argument("--timeout", type=float, default=10.0)
+    download.set_defaults(handler=cmd_weights_download)
+    return parser
+
+
+# --- stylize -----------------------------------------------------------------------------
+
+
+def _plan_outputs(
+    inputs: Sequence[Path], output: Path, fmt: str | None
+) -> tuple[list[Path], str] | str:
+    """(output paths, format), or an error message."""
+    single = len(inputs) == 1 and not output.is_dir() and not str(output).endswith(("/", "\\"))
+    if single:
+        if fmt is None:
+            fmt = SUFFIX_FORMATS.get(output.suffix.lower())
+            if fmt is None:
+                return (
+                    f"cannot infer the output format from {str(output)!r}; "
+                    f"use a .png/.jpg/.webp suffix or --format"
+                )
+        return [output], fmt
+    fmt = fmt or "png"
+    ext = EXTENSIONS[fmt]
+    used: set[str] = set()
+    paths = []
+    for path in inputs:
+        name, n = f"{path.stem}.{ext}", 1
+        while name in used:  # a.jpg and a.png in one call
+            name, n = f"{path.stem}-{n}.{ext}", n + 1
+        used.add(name)
+        paths.append(output / name)
+    return paths, fmt
+
+
+def cmd_stylize(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from serve_app import imaging
+    from serve_app.model import StyleModel, select_runtime
+
+    plan = _plan_outputs(args.inputs, args.output, args.format)
+    if isinstance(plan, str):
+        _err(f"animegan: error: {plan}")
+        return EXIT_USAGE
+    outputs, fmt = plan
+
+    try:
+        runtime = select_runtime(args.device, args.precision)
+    except ValueError as exc:
+        _err(f"animegan: error: {exc}")
+        return EXIT_USAGE
+    try:
+        resolved = weights_mod.resolve_weights(
+            args.style, seed=args.seed, timeout_s=args.timeout, progress=_progress_enabled()
+        )
+        generator = weights_mod.load_generator_for(resolved, align_corners=args.align_corners)
+    except weights_mod.WeightsError as exc:
+        _err(str(exc))
+        return EXIT_USAGE
+    model = StyleModel(generator, runtime)
+    logger.info(
+        "style %s (%s), %s %s, %d input(s)",
+        args.style,
+        resolved.digest[:12],
+        runtime.device,
+        runtime.precision,
+        len(args.inputs),
+    )
+
+    limits = imaging.ImageLimits()
+    failed = 0
+    started = time.monotonic()
+    pairs = list(zip(args.inputs, outputs, strict=True))
+    bar = tqdm(
+        pairs,
+        unit="img",
+        desc="stylize",
+        disable=len(pairs) < 2 or not _progress_enabled(),
+    )
+    for source, target in bar:
+        try:
+            decoded = imaging.decode_upload(source.read_bytes(), limits)
+            decoded = imaging.resize_long_side(decoded, args.size)
+            batch = imaging.to_model_batch([decoded.rgb])
+            rgb = imaging.from_model_batch(model(batch))[0]
+            data = imaging.encode_image(rgb, decoded.alpha, fmt, args.quality)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(data)
+        except (OSError, imaging.ImageError, ValueError) as exc:
+            failed += 1
+            _err(f"{source}: {_one_line(exc)}")
+            continue
+        logger.info("%s -> %s (%d×%d)", source, target, decoded.width, decoded.height)
+    bar.close()
+    logger.info(
+        "%d of %d done in %.1f s", len(pairs) - failed, len(pairs), time.monotonic() - started
+    )
+    if failed:
+        _err(f"animegan: {failed} of {len(pairs)} input(s) failed")
+        return EXIT_FAILED
+    return EXIT_OK
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    if isinstance(exc, OSError) and exc.strerror:
+        text = exc.strerror
+    return text or type(exc).__name__
+
+
+# --- weights -----------------------------------------------------------------------------
+
+
+def cmd_weights_list(args: argparse.Namespace) -> int:
+    directory = weights_mod.weights_dir()
+    rows = [("NAME", "SHA1", "ALIGN_CORNERS", "CACHED", "URL")]
+    for name, entry in weights_mod.REGISTRY.items():
+        path = directory / entry.filename
+        if not path.is_file():
+            cached = "-"
+        elif weights_mod.git_blob_sha1_file(path) == entry.blob_sha1:
+            cached = str(path)
+        else:
+            cached = f"CORRUPT {path}"
+        rows.append((name, entry.blob_sha1, str(entry.align_corners), cached, entry.url()))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
+    _out(f"weights directory: {directory}")
+    for row in rows:
+        cells = [cell.ljust(width) for cell, width in zip(row, widths, strict=False)]
+        _out("  ".join([*cells, row[-1]]))
+    return EXIT_OK
+
+
+def cmd_weights_download(args: argparse.Namespace) -> int:
+    names = args.names or list(weights_mod.REGISTRY)
+    failed = 0
+    for name in names:
+        if name not in weights_mod.REGISTRY:
+            known = ", ".join(weights_mod.REGISTRY)
+            _err(f"{name}: not an official style (known: {known})")
+            failed += 1
+            continue
+        try:
+            resolved = weights_mod.resolve_weights(
+                name, timeout_s=args.timeout, progress=_progress_enabled()
+            )
+        except weights_mod.WeightsError as exc:
+            _err(str(exc))
+            failed += 1
+            continue
+        _out(f"{name}: {resolved.path}")
+    if failed:
+        _err(f"animegan: {failed} of {len(names)} download(s) failed")
+        return EXIT_FAILED
+    return EXIT_OK
+
+
+# --- entry point -------------------------------------------------------------------------
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    return int(args.handler(args))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,89 @@
+"""Typed configuration: the application arguments and the Stylizer's live batch knobs.
+
+Every default lives here (image limits live with the image functions in ``imaging.py``).
+``serve_config.yaml``'s ``args:`` block is validated against :class:`AppConfig` at deploy
+time; per-deployment knobs (replicas, autoscaling, queue bounds) stay in the YAML.
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from serve_app.imaging import ImageLimits, OutputFormat
+from serve_app.model import DeviceName, PrecisionName
+
+STYLE_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class StyleConfig(_Strict):
+    """One style served: a public name and the weights behind it."""
+
+    name: str = Field(pattern=STYLE_NAME_PATTERN, description="the `style` query value")
+    weights: str = Field(
+        description="a registry name (see `animegan weights list`), a local .pt path, or `random`"
+    )
+    align_corners: bool | None = Field(
+        default=None,
+        description="upsampling mode; default: the registry's value for the weights, else true",
+    )
+    description: str = ""
+
+
+class CacheConfig(_Strict):
+    """The shared result cache (named Ray actors) and the small LRU in each ingress replica."""
+
+    name: str = Field(default="animegan-results", description="Ray actor name (shards add -i)")
+    shards: int = Field(default=1, ge=1, le=64)
+    max_bytes: int = Field(default=512 * 2**20, ge=0, description="shared bound, all shards")
+    ttl_s: float | None = Field(default=None, gt=0, description="entry lifetime; none: LRU only")
+    local_max_bytes: int = Field(default=32 * 2**20, ge=0, description="per-ingress-replica LRU")
+    timeout_s: float = Field(default=0.25, gt=0, description="a slower cache call is a miss")
+
+
+class AppConfig(_Strict):
+    """The application arguments (`args:` of the serve config)."""
+
+    styles: list[StyleConfig] = Field(min_length=1)
+    default_style: str | None = Field(default=None, description="default: the first style")
+    default_size: int = Field(default=512, gt=0, description="output longer side, px")
+    default_format: OutputFormat = "png"
+    default_quality: int = Field(default=90, ge=1, le=100, description="jpeg and webp")
+    limits: ImageLimits = ImageLimits()
+    max_batch_images: int = Field(default=8, ge=1, le=64, description="files per batch request")
+    device: DeviceName = "auto"
+    precision: PrecisionName = "auto"
+    seed: int = Field(default=0, description="seed of `random` weights")
+    request_timeout_s: float = Field(default=30.0, gt=0, description="past it: 504")
+    cache: CacheConfig = CacheConfig()
+
+    @model_validator(mode="after")
+    def _check_styles(self) -> AppConfig:
+        names = [style.name for style in self.styles]
+        duplicates = sorted({name for name in names if names.count(name) > 1})
+        if duplicates:
+            raise ValueError(f"style names must be unique; repeated: {duplicates}")
+        if self.default_style is not None and self.default_style not in names:
+            raise ValueError(f"default_style {self.default_style!r} is not one of {names}")
+        if self.default_size > self.limits.max_size:
+            raise ValueError(
+                f"default_size {self.default_size} exceeds limits.max_size {self.limits.max_size}"
+            )
+        return self
+
+    @property
+    def default_style_name(self) -> str:
+        return self.default_style or self.styles[0].name
+
+    def style(self, name: str) -> StyleConfig | None:
+        return next((style for style in self.styles if style.name == name), None)
+
+
+class BatchConfig(_Strict):
+    """The Stylizer's `user_config`: changed live through `reconfigure`."""
+
+    max_batch_size: int = Field(default=4, ge=1, le=256)
+    batch_wait_timeout_s: float = Field(default=0.005, ge=0, le=10)

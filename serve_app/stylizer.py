@@ -1,0 +1,224 @@
+"""The model deployment: every style loaded once per replica, requests batched dynamically.
+
+A request is a validated, resized RGB array (from ``imaging.py``); the answer is the
+stylised array plus figures about the batch that computed it. Encoding, caching and
+HTTP live in the ingress.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import os
+import time
+from collections import Counter, defaultdict
+from dataclasses import dataclass
+
+import numpy as np
+import ray
+import torch
+from ray import serve
+
+from serve_app import imaging
+from serve_app.config import AppConfig, BatchConfig, StyleConfig
+from serve_app.model import StyleModel, select_runtime
+from serve_app.weights import load_generator_for, resolve_weights
+
+logger = logging.getLogger(__name__)
+
+WARM_UP_SIDE = 256
+
+
+@dataclass(frozen=True)
+class InferenceInfo:
+    """How one result was computed; travels back with it so the ingress can report it."""
+
+    replica: str
+    batch_id: int
+    batch_size: int  # requests in the whole batch
+    group_size: int  # requests in this one forward pass (same style and shape)
+    queue_ms: float  # arrival at the replica -> start of its batch
+    inference_ms: float  # this group's forward pass
+    loads: int  # style loads this replica has done
+    max_batch_size: int
+
+
+@dataclass(frozen=True)
+class StylizedArray:
+    rgb: np.ndarray  # (H, W, 3) uint8
+    info: InferenceInfo
+
+
+def replica_cpu_count() -> int:
+    """CPUs Ray assigned to this replica (at least 1); the whole machine outside Ray."""
+    if ray.is_initialized():
+        assigned = ray.get_runtime_context().get_assigned_resources().get("CPU")
+        if assigned:
+            return max(1, int(assigned))
+    return os.cpu_count() or 1
+
+
+def check_model_input(rgb: object, style: str, models: dict[str, StyleModel]) -> None:
+    """Refuse what the generator cannot take, so a bad item fails alone and clearly."""
+    if style not in models:
+        raise ValueError(f"unknown style {style!r}; served: {sorted(models)}")
+    if not isinstance(rgb, np.ndarray) or rgb.dtype != np.uint8 or rgb.ndim != 3:
+        raise ValueError("expected an (H, W, 3) uint8 array")
+    height, width, channels = rgb.shape
+    if channels != 3:
+        raise ValueError(f"expected 3 channels, got {channels}")
+    if (
+        min(height, width) < imaging.MIN_SIDE
+        or height % imaging.SIDE_MULTIPLE
+        or (width % imaging.SIDE_MULTIPLE)
+    ):
+        raise ValueError(
+            f"sides must be multiples of {imaging.SIDE_MULTIPLE} and at least "
+            f"{imaging.MIN_SIDE} px, got {width}x{height}"
+        )
+
+
+@serve.deployment(max_ongoing_requests=16)
+class Stylizer:
+    def __init__(self, config: AppConfig):
+        self._threads = replica_cpu_count()
+        torch.set_num_threads(self._threads)
+        self._runtime = select_runtime(config.device, config.precision)
+        self._replica = self._replica_name()
+        self._loads = 0
+        self._models = {style.name: self._load(style, config.seed) for style in config.styles}
+        self._batch_config = BatchConfig()
+        self._batch_ids = itertools.count(1)
+        self._batch_sizes: Counter[int] = Counter()
+        self._images = 0
+        self._inference_s: defaultdict[str, float] = defaultdict(float)
+        self._warm_up()
+        logger.info(
+            "Stylizer %s ready: styles=%s runtime=%s threads=%d",
+            self._replica,
+            sorted(self._models),
+            self._runtime,
+            self._threads,
+        )
+
+    @staticmethod
+    def _replica_name() -> str:
+        try:
+            return serve.get_replica_context().replica_id.unique_id
+        except Exception:  # outside Serve (unit tests)
+            return f"local-{os.getpid()}"
+
+    def _load(self, style: StyleConfig, seed: int) -> StyleModel:
+        weights = resolve_weights(style.weights, seed=seed, progress=False)
+        generator = load_generator_for(weights, align_corners=style.align_corners)
+        self._loads += 1
+        return StyleModel(generator, self._runtime)
+
+    def _warm_up(self) -> None:
+        # The first pass at a shape builds oneDNN/cuDNN kernels; pay for it before traffic.
+        sample = np.zeros((WARM_UP_SIDE, WARM_UP_SIDE, 3), np.uint8)
+        for model in self._models.values():
+            model(imaging.to_model_batch([sample]))
+
+    def reconfigure(self, user_config: dict) -> None:
+        self._batch_config = BatchConfig.model_validate(user_config or {})
+        self._run_batch.set_max_batch_size(self._batch_config.max_batch_size)
+        self._run_batch.set_batch_wait_timeout_s(self._batch_config.batch_wait_timeout_s)
+        logger.info("Stylizer %s batch config: %s", self._replica, self._batch_config)
+
+    async def stylize(self, rgb: np.ndarray, style: str) -> StylizedArray:
+        """One (H, W, 3) uint8 array -> its stylised twin. Raises ValueError for a bad item."""
+        result = await self._run_batch(rgb, style, time.perf_counter())
+        if isinstance(result, Exception):
+            raise result
+        return result
+
+    @serve.batch(max_batch_size=4, batch_wait_timeout_s=0.005)
+    async def _run_batch(
+        self, images: list[np.ndarray], styles: list[str], arrivals: list[float]
+    ) -> list[StylizedArray | Exception]:
+        started = time.perf_counter()
+        batch_id = next(self._batch_ids)
+        self._batch_sizes[len(images)] += 1
+        # A worker thread runs the forward passes so this replica's event loop stays free.
+        outcomes = await asyncio.to_thread(self._infer_batch, images, styles)
+        results: list[StylizedArray | Exception] = []
+        for (outcome, group_size, inference_s), arrival in zip(outcomes, arrivals, strict=True):
+            if isinstance(outcome, Exception):
+                results.append(outcome)
+                continue
+            info = InferenceInfo(
+                replica=self._replica,
+                batch_id=batch_id,
+                batch_size=len(images),
+                group_size=group_size,
+                queue_ms=(started - arrival) * 1e3,
+                inference_ms=inference_s * 1e3,
+                loads=self._loads,
+                max_batch_size=self._batch_config.max_batch_size,
+            )
+            results.append(StylizedArray(outcome, info))
+        return results
+
+    def _infer_batch(
+        self, images: list[np.ndarray], styles: list[str]
+    ) -> list[tuple[np.ndarray | Exception, int, float]]:
+        """Group by (style, shape), one forward pass per group; a bad item fails alone."""
+        outcomes: list[tuple[np.ndarray | Exception, int, float]] = [None] * len(images)  # type: ignore[list-item]
+        groups: defaultdict[tuple[str, tuple[int, ...]], list[int]] = defaultdict(list)
+        for index, (rgb, style) in enumerate(zip(images, styles, strict=True)):
+            try:
+                check_model_input(rgb, style, self._models)
+            except ValueError as error:
+                outcomes[index] = (error, 1, 0.0)
+                continue
+            groups[(style, rgb.shape)].append(index)
+        for (style, _), indices in groups.items():
+            group = self._infer_group(style, [images[i] for i in indices])
+            for index, (outcome, seconds) in zip(indices, group, strict=True):
+                outcomes[index] = (outcome, len(indices), seconds)
+        return outcomes
+
+    def _infer_group(
+        self, style: str, images: list[np.ndarray]
+    ) -> list[tuple[np.ndarray | Exception, float]]:
+        """One forward pass; if it fails (e.g. out of memory), one pass per item."""
+        try:
+            return self._forward(style, images)
+        except Exception as error:
+            if len(images) == 1:
+                logger.exception("inference failed for one %s item", style)
+                return [(RuntimeError(f"inference failed: {error}"), 0.0)]
+            logger.warning("batch of %d failed for %s; retrying one by one", len(images), style)
+            return [self._infer_group(style, [rgb])[0] for rgb in images]
+
+    def _forward(self, style: str, images: list[np.ndarray]) -> list[tuple[np.ndarray, float]]:
+        start = time.perf_counter()
+        outputs = imaging.from_model_batch(self._models[style](imaging.to_model_batch(images)))
+        seconds = time.perf_counter() - start
+        self._images += len(images)
+        self._inference_s[style] += seconds
+        return [(rgb, seconds) for rgb in outputs]
+
+    def stats(self) -> dict:
+        """This replica's figures (the ingress reports what it saw across replicas)."""
+        return {
+            "replica": self._replica,
+            "loads": self._loads,
+            "images": self._images,
+            "batches": sum(self._batch_sizes.values()),
+            "batch_sizes": dict(sorted(self._batch_sizes.items())),
+            "inference_s": dict(self._inference_s),
+            "threads": self._threads,
+            "runtime": {
+                "device": self._runtime.device,
+                "precision": self._runtime.precision,
+                "channels_last": self._runtime.channels_last,
+            },
+            **self._batch_config.model_dump(),
+        }
+
+    def check_health(self) -> None:
+        if not self._models:
+            raise RuntimeError("no style loaded")

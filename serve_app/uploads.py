@@ -1,0 +1,84 @@
+"""Reading uploads off an HTTP request with every limit checked while the body streams in."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+from fastapi import Request
+from starlette.datastructures import UploadFile
+from starlette.formparsers import MultiPartException, MultiPartParser
+
+from serve_app.errors import ApiError
+
+# Room for multipart boundaries and part headers around the image bytes themselves.
+MULTIPART_OVERHEAD_BYTES = 64 * 1024
+RAW_MEDIA_TYPES = ("application/octet-stream",)
+
+
+def _too_large(limit: int) -> ApiError:
+    return ApiError(
+        413, "payload_too_large", f"the request body exceeds the limit of {limit} bytes"
+    )
+
+
+async def limited_stream(request: Request, limit: int) -> AsyncIterator[bytes]:
+    """The body's chunks; stops with 413 as soon as more than ``limit`` bytes arrive."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise _too_large(limit)
+    received = 0
+    async for chunk in request.stream():
+        received += len(chunk)
+        if received > limit:
+            raise _too_large(limit)
+        yield chunk
+
+
+async def read_limited_body(request: Request, limit: int) -> bytes:
+    return b"".join([chunk async for chunk in limited_stream(request, limit)])
+
+
+def media_type_of(request: Request) -> str:
+    return request.headers.get("content-type", "").split(";")[0].strip().lower()
+
+
+async def read_form_files(request: Request, field: str, max_files: int, limit: int) -> list[bytes]:
+    """The files of one multipart field, in order; other fields are ignored."""
+    parser = MultiPartParser(
+        request.headers,
+        limited_stream(request, limit),
+        max_files=max_files,
+        max_fields=max_files + 16,
+    )
+    try:
+        form = await parser.parse()
+    except MultiPartException as error:
+        status = 413 if error.message.startswith("Too many") else 400
+        raise ApiError(status, "bad_multipart", error.message) from None
+    try:
+        uploads = [item for item in form.getlist(field) if isinstance(item, UploadFile)]
+        return [await upload.read() for upload in uploads]
+    finally:
+        await form.close()
+
+
+async def read_single_upload(request: Request, max_bytes: int) -> bytes:
+    """One image: multipart field ``image``, or the raw body with an ``image/*`` type."""
+    media_type = media_type_of(request)
+    if media_type == "multipart/form-data":
+        files = await read_form_files(request, "image", 1, max_bytes + MULTIPART_OVERHEAD_BYTES)
+        if not files:
+            raise ApiError(422, "missing_image", "send the picture as the multipart field 'image'")
+        data = files[0]
+    elif media_type.startswith("image/") or media_type in RAW_MEDIA_TYPES:
+        data = await read_limited_body(request, max_bytes)
+    else:
+        raise ApiError(
+            415,
+            "unsupported_media_type",
+            f"content type {media_type or '(none)'!r}: send multipart/form-data with an 'image' "
+            "field, or the raw picture with an image/* content type",
+        )
+    if not data:
+        raise ApiError(400, "empty_upload", "the uploaded picture is empty")
+    return data

@@ -1,0 +1,405 @@
+"""Generator weights: the official checkpoints, their download and cache, local files, ``random``.
+
+A weights *spec* is what a user writes in the config or on the command line:
+
+- a registry name (``face_paint_512_v2``, ``paprika``, ...): the official checkpoint,
+  downloaded once per node into :func:`weights_dir` and checked against its git blob SHA-1;
+- a local path (contains a ``/`` or ends in ``.pt``/``.pth``): used as is;
+- ``random``: a seeded, untrained generator (same compute, meaningless picture).
+
+Nothing here runs at import time; nothing here prints (progress bars go to stderr via tqdm).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import http.client
+import logging
+import os
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, BinaryIO, Literal
+
+if TYPE_CHECKING:
+    import torch
+
+    from serve_app.model import Generator
+
+logger = logging.getLogger(__name__)
+
+RANDOM = "random"
+DEFAULT_BASE_URL = "https://github.com/bryandlee/animegan2-pytorch/raw/main/weights"
+WEIGHTS_DIR_ENV = "ANIMEGAN_WEIGHTS_DIR"
+WEIGHTS_URL_ENV = "ANIMEGAN_WEIGHTS_URL"
+
+_CHUNK = 1 << 16
+_LOCAL_SUFFIXES = (".pt", ".pth")
+
+
+class WeightsError(RuntimeError):
+    """Weights could not be found, fetched, verified or loaded; the message says what to do."""
+
+
+@dataclass(frozen=True)
+class OfficialWeights:
+    """One official AnimeGANv2 PyTorch checkpoint."""
+
+    name: str
+    blob_sha1: str  # git blob SHA-1 of the file's exact bytes
+    align_corners: bool  # the upsampling mode the reference scripts use for this style
+
+    @property
+    def filename(self) -> str:
+        return f"{self.name}.pt"
+
+    def url(self, base_url: str | None = None) -> str:
+        """The download URL under ``base_url`` (default: the env override, else GitHub)."""
+        base = base_url if base_url is not None else weights_base_url()
+        return f"{base.rstrip('/')}/{self.filename}"
+
+
+REGISTRY: dict[str, OfficialWeights] = {
+    w.name: w
+    for w in (
+        OfficialWeights("face_paint_512_v2", "d75102f8f201ddaf8dbe6b913b1a97585b55f838", True),
+        OfficialWeights("face_paint_512_v1", "19c1a1da4d9580186109a2b055d91044e5127de6", True),
+        OfficialWeights("celeba_distill", "3b7ea61b02254980831cc3bc77af30666dbc999c", True),
+        OfficialWeights("paprika", "58086c9db9fc7a9e5c2876ca31b8079599352643", False),
+    )
+}
+
+
+# --- locations ---------------------------------------------------------------------
+
+
+def weights_dir() -> Path:
+    """The cache directory (not created here).
+
+    ``$ANIMEGAN_WEIGHTS_DIR``, else ``$XDG_CACHE_HOME/animegan-serve/weights``,
+    else ``~/.cache/animegan-serve/weights``.
+    """
+    override = os.environ.get(WEIGHTS_DIR_ENV)
+    if override:
+        return Path(override).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    base = Path(xdg).expanduser() if xdg else Path.home() / ".cache"
+    return base / "animegan-serve" / "weights"
+
+
+def weights_base_url() -> str:
+    """``$ANIMEGAN_WEIGHTS_URL`` (a mirror) or the official GitHub location."""
+    return os.environ.get(WEIGHTS_URL_ENV) or DEFAULT_BASE_URL
+
+
+def cached_path(name: str) -> Path:
+    """Where the registry checkpoint ``name`` lives (or will live) in the cache."""
+    return weights_dir() / _official(name).filename
+
+
+# --- integrity ------------------------------------------------------------------------
+
+
+def git_blob_sha1(data: bytes) -> str:
+    """The git blob SHA-1 of ``data`` (what ``git hash-object`` prints)."""
+    h = hashlib.sha1(b"blob %d\0" % len(data))
+    h.update(data)
+    return h.hexdigest()
+
+
+def git_blob_sha1_file(path: str | os.PathLike[str]) -> str:
+    """:func:`git_blob_sha1` of a file, streamed."""
+    path = Path(path)
+    with path.open("rb") as f:
+        return _git_blob_sha1_stream(f, os.fstat(f.fileno()).st_size)
+
+
+def _git_blob_sha1_stream(f: BinaryIO, size: int) -> str:
+    h = hashlib.sha1(b"blob %d\0" % size)
+    while chunk := f.read(_CHUNK):
+        h.update(chunk)
+    return h.hexdigest()
+
+
+def _matches(path: Path, sha1: str) -> bool:
+    try:
+        return git_blob_sha1_file(path) == sha1
+    except OSError:
+        return False
+
+
+# --- resolution -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ResolvedWeights:
+    """A spec turned into something loadable."""
+
+    spec: str  # what the user wrote
+    kind: Literal["registry", "path", "random"]
+    path: Path | None
+    digest: str  # git blob SHA-1 of the file, or "random-seed<N>"
+    align_corners: bool | None  # the registry's per-style default; None for path/random
+    seed: int = 0  # the seed of a random generator (unused otherwise)
+
+    @property
+    def is_random(self) -> bool:
+        return self.kind == "random"
+
+
+def is_path_spec(spec: str) -> bool:
+    """A spec names a local file when it contains a path separator or ends in .pt/.pth."""
+    return "/" in spec or os.sep in spec or spec.lower().endswith(_LOCAL_SUFFIXES)
+
+
+def resolve_weights(
+    spec: str,
+    *,
+    download: bool = True,
+    seed: int = 0,
+    timeout_s: float = 10.0,
+    progress: bool = True,
+) -> ResolvedWeights:
+    """Turn a weights spec into a verified local file (downloading an official one if needed).
+
+    Registry checkpoints are reused from the cache when their SHA-1 matches; a cached file
+    that does not match is downloaded again. With ``download=False`` a missing or corrupt
+    cached file is a :class:`WeightsError` instead.
+    """
+    spec = spec.strip()
+    if spec == RANDOM:
+        return ResolvedWeights(spec, "random", None, f"random-seed{seed}", None, seed=seed)
+
+    if spec in REGISTRY:
+        official = REGISTRY[spec]
+        path = cached_path(spec)
+        if path.is_file():
+            if _matches(path, official.blob_sha1):
+                logger.debug("weights %s: using cached %s", spec, path)
+                return ResolvedWeights(
+                    spec, "registry", path, official.blob_sha1, official.align_corners
+                )
+            logger.warning(
+                "weights %s: cached file %s does not match SHA-1 %s; downloading it again",
+                spec,
+                path,
+                official.blob_sha1,
+            )
+        if not download:
+            raise WeightsError(
+                f"weights {spec!r} are not in the cache and download is disabled.\n"
+                + _hand_placement_hint(official, path)
+            )
+        path = download_weights(spec, timeout_s=timeout_s, progress=progress)
+        return ResolvedWeights(spec, "registry", path, official.blob_sha1, official.align_corners)
+
+    if is_path_spec(spec):
+        path = Path(spec).expanduser()
+        if not path.is_file():
+            raise WeightsError(f"weights file {str(path)!r} does not exist (or is not a file)")
+        try:
+            digest = git_blob_sha1_file(path)
+        except OSError as exc:
+            raise WeightsError(f"weights file {str(path)!r} cannot be read: {exc}") from exc
+        return ResolvedWeights(spec, "path", path.resolve(), digest, None)
+
+    known = ", ".join([*REGISTRY, RANDOM])
+    raise WeightsError(
+        f"unknown weights {spec!r}: use one of {known}, or a path to a .pt/.pth state dict"
+    )
+
+
+def _official(name: str) -> OfficialWeights:
+    try:
+        return REGISTRY[name]
+    except KeyError:
+        known = ", ".join(REGISTRY)
+        raise WeightsError(f"{name!r} is not an official style; known: {known}") from None
+
+
+def _hand_placement_hint(official: OfficialWeights, path: Path) -> str:
+    return (
+        f"To install it by hand, download {official.url()} elsewhere and place it at\n"
+        f"  {path}\n"
+        f"(expected git blob SHA-1 {official.blob_sha1}; "
+        f"`{WEIGHTS_DIR_ENV}` changes the directory, `{WEIGHTS_URL_ENV}` the mirror).\n"
+        f"Offline, `weights: {RANDOM}` (or `--style {RANDOM}`) runs an untrained generator: "
+        "same compute, meaningless picture."
+    )
+
+
+# --- download -------------------------------------------------------------------------
+
+
+def download_weights(name: str, *, timeout_s: float = 10.0, progress: bool = True) -> Path:
+    """Download the official checkpoint ``name`` into the cache and return its path.
+
+    One download per node: a file lock next to the file makes concurrent callers wait,
+    after which they find the verified file. The bytes stream into a temporary file in
+    the same directory and are renamed into place only once their SHA-1 matches; on any
+    failure the temporary file is removed and a :class:`WeightsError` explains what to do.
+    ``timeout_s`` bounds connecting and each wait for data.
+    """
+    from filelock import FileLock  # imported here: keeps import of this module cheap
+
+    official = _official(name)
+    directory = weights_dir()
+    path = directory / official.filename
+    url = official.url()
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise WeightsError(
+            f"cannot create the weights directory {directory}: {exc}\n"
+            + _hand_placement_hint(official, path)
+        ) from exc
+
+    with FileLock(str(directory / f"{official.filename}.lock")):
+        if path.is_file() and _matches(path, official.blob_sha1):
+            logger.info("weights %s: %s already downloaded", name, path)
+            return path
+        _download_verified(official, url, path, timeout_s=timeout_s, progress=progress)
+    return path
+
+
+def _download_verified(
+    official: OfficialWeights, url: str, path: Path, *, timeout_s: float, progress: bool
+) -> None:
+    logger.info("weights %s: downloading %s", official.name, url)
+    started = time.monotonic()
+    fd, tmp_name = tempfile.mkstemp(
+        prefix=f".{official.filename}.", suffix=".part", dir=path.parent
+    )
+    tmp = Path(tmp_name)
+    try:
+        with os.fdopen(fd, "wb") as out:
+            try:
+                size = _stream(official, url, out, timeout_s=timeout_s, progress=progress)
+            except (OSError, http.client.HTTPException, ValueError) as exc:
+                raise WeightsError(
+                    f"could not download weights {official.name!r} from {url}: {_describe(exc)}\n"
+                    + _hand_placement_hint(official, path)
+                ) from exc
+        digest = git_blob_sha1_file(tmp)  # the blob header holds the size: hash once complete
+        if digest != official.blob_sha1:
+            raise WeightsError(
+                f"downloaded weights {official.name!r} from {url} do not match: "
+                f"git blob SHA-1 {digest} ({size} bytes), expected {official.blob_sha1}. "
+                "The file was discarded.\n" + _hand_placement_hint(official, path)
+            )
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+    logger.info(
+        "weights %s: %d bytes verified in %.1f s -> %s",
+        official.name,
+        size,
+        time.monotonic() - started,
+        path,
+    )
+
+
+def _stream(
+    official: OfficialWeights, url: str, out: BinaryIO, *, timeout_s: float, progress: bool
+) -> int:
+    """Copy ``url`` into ``out``; return the number of bytes."""
+    from tqdm import tqdm
+
+    request = urllib.request.Request(url, headers={"User-Agent": "animegan-serve"})
+    with urllib.request.urlopen(request, timeout=timeout_s) as response:
+        length_header = response.headers.get("Content-Length")
+        total = int(length_header) if length_header and length_header.isdigit() else None
+        size = 0
+        with tqdm(
+            total=total,
+            unit="B",
+            unit_scale=True,
+            unit_divisor=1024,
+            desc=official.name,
+            disable=not (progress and sys.stderr.isatty()),
+            leave=False,
+        ) as bar:
+            while chunk := response.read(_CHUNK):
+                out.write(chunk)
+                size += len(chunk)
+                bar.update(len(chunk))
+        if total is not None and size != total:
+            raise http.client.IncompleteRead(b"", total - size)
+    return size
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, urllib.error.HTTPError):
+        return f"HTTP {exc.code} {exc.reason}"
+    if isinstance(exc, urllib.error.URLError):
+        reason = exc.reason
+        if isinstance(reason, TimeoutError):
+            return "timed out"
+        return str(reason)
+    if isinstance(exc, TimeoutError):
+        return "timed out"
+    return f"{type(exc).__name__}: {exc}"
+
+
+# --- loading --------------------------------------------------------------------------
+
+
+def load_state_dict(resolved: ResolvedWeights) -> dict[str, torch.Tensor] | None:
+    """The state dict of a resolved weights file (on the CPU), or None for ``random``.
+
+    Loads with ``weights_only=True`` (no arbitrary pickles). A ``{"state_dict": {...}}``
+    wrapper is unwrapped.
+    """
+    import torch
+
+    if resolved.is_random:
+        return None
+    assert resolved.path is not None
+    try:
+        obj = torch.load(resolved.path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise WeightsError(
+            f"cannot load weights {resolved.spec!r} from {resolved.path}: {exc}"
+        ) from exc
+    if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
+        obj = obj["state_dict"]
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise WeightsError(
+            f"weights {resolved.spec!r} ({resolved.path}) do not hold a state dict of tensors"
+        )
+    return obj
+
+
+def load_generator_for(resolved: ResolvedWeights, align_corners: bool | None = None) -> Generator:
+    """A generator with the resolved weights (every key must match).
+
+    ``align_corners``: the explicit argument, else the registry's per-style default, else True.
+    """
+    from serve_app import model
+
+    align = align_corners if align_corners is not None else resolved.align_corners
+    align = True if align is None else align
+    if resolved.is_random:
+        logger.warning(
+            "RANDOM WEIGHTS: output is meaningless (untrained generator, seed %d, spec %r); "
+            "for tests and benchmarks only",
+            resolved.seed,
+            resolved.spec,
+        )
+        return model.random_generator(resolved.seed, align)
+    state_dict = load_state_dict(resolved)
+    assert state_dict is not None
+    try:
+        return model.load_generator(state_dict, align)
+    except RuntimeError as exc:
+        raise WeightsError(
+            f"weights {resolved.spec!r} ({resolved.path}) do not fit the AnimeGANv2 "
+            f"generator: {exc}"
+        ) from exc

@@ -1,0 +1,215 @@
+"""The ResultCache actor and CacheClient against a real local Ray instance."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Iterator
+from typing import Any, TypeVar
+
+import pytest
+import ray
+
+from serve_app.cache import (
+    CACHE_NAMESPACE,
+    CacheClient,
+    CachedImage,
+    get_or_create_cache_actor,
+    get_or_create_cache_shards,
+    image_digest,
+    shard_names,
+)
+
+pytestmark = pytest.mark.integration
+
+T = TypeVar("T")
+
+# Generous: actor processes start slowly on a busy 2-core machine. The client's own
+# timeout is what keeps each call short; this only bounds the polling loops.
+EVENTUALLY_S = 60.0
+CLIENT_TIMEOUT_S = 1.0
+
+
+@pytest.fixture(scope="module")
+def ray_local() -> Iterator[None]:
+    # One Ray per test session: reuse an instance another fixture (conftest's session-wide
+    # ray_serve) already started, and leave its shutdown to that fixture.
+    if ray.is_initialized():
+        yield
+        return
+    # address="local": always a fresh private instance, never an existing cluster.
+    ray.init(address="local", num_cpus=1, include_dashboard=False, log_to_driver=False)
+    try:
+        yield
+    finally:
+        ray.shutdown()
+
+
+def img(n: int, tag: str = "x") -> CachedImage:
+    return CachedImage(data=(tag.encode() * n)[:n], media_type="image/png", width=3, height=2)
+
+
+def unique(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:8]}"
+
+
+def actor_id(handle: Any) -> str:
+    return handle._actor_id.hex()
+
+
+def wait_for_actor(handle: Any) -> None:
+    """Block until the actor answers (startup, or the end of a restart)."""
+    deadline = time.monotonic() + EVENTUALLY_S
+    while True:
+        try:
+            assert ray.get(handle.ping.remote(), timeout=10) == "ok"
+            return
+        except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError):
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
+
+
+def wait_until_dead(handle: Any) -> None:
+    """Block until calls to ``handle`` fail for good (ray.kill returns before that)."""
+    deadline = time.monotonic() + EVENTUALLY_S
+    while time.monotonic() < deadline:
+        try:
+            ray.get(handle.ping.remote(), timeout=10)
+        except ray.exceptions.ActorDiedError:
+            return
+        time.sleep(0.05)
+    pytest.fail("actor still answers after ray.kill(no_restart=True)")
+
+
+async def eventually(fn: Callable[[], Awaitable[T]], ok: Callable[[T], bool]) -> T:
+    """Call ``fn`` until ``ok(result)``; ``fn`` raising fails the test at once."""
+    deadline = time.monotonic() + EVENTUALLY_S
+    while True:
+        result = await fn()
+        if ok(result):
+            return result
+        assert time.monotonic() < deadline, f"gave up waiting, last result: {result!r}"
+        await asyncio.sleep(0.1)
+
+
+def test_get_or_create_returns_the_same_named_actor(ray_local: None) -> None:
+    name = unique("same")
+    first = get_or_create_cache_actor(name, 1000, None)
+    second = get_or_create_cache_actor(name, 5000, None)  # existing actor keeps its size
+    assert actor_id(first) == actor_id(second)
+    by_name = ray.get_actor(name, namespace=CACHE_NAMESPACE)
+    assert actor_id(by_name) == actor_id(first)
+    wait_for_actor(first)
+    assert ray.get(second.stats.remote())["max_bytes"] == 1000
+
+
+def test_shards_split_max_bytes_and_reuse_actors(ray_local: None) -> None:
+    base = unique("split")
+    handles = get_or_create_cache_shards(base, 2, 3001, None)
+    again = get_or_create_cache_shards(base, 2, 3001, None)
+    assert [actor_id(h) for h in handles] == [actor_id(h) for h in again]
+    for name, handle in zip(shard_names(base, 2), handles, strict=True):
+        assert actor_id(ray.get_actor(name, namespace=CACHE_NAMESPACE)) == actor_id(handle)
+        wait_for_actor(handle)
+        assert ray.get(handle.stats.remote())["max_bytes"] == 1500
+
+
+def test_round_trip_through_the_actor(ray_local: None) -> None:
+    handle = get_or_create_cache_actor(unique("rt"), 10_000, None)
+    value = img(1234, tag="ab")
+    assert ray.get(handle.put.remote("k", value)) is True
+    assert ray.get(handle.put.remote("big", img(10_001))) is False
+    got = ray.get(handle.get.remote("k"))
+    assert got == value and isinstance(got, CachedImage)
+    assert ray.get(handle.get.remote("missing")) is None
+    stats = ray.get(handle.stats.remote())
+    assert (stats["entries"], stats["bytes"], stats["hits"], stats["misses"]) == (1, 1234, 1, 1)
+
+
+def shared_client(base: str, shards: int = 1, max_bytes: int = 30_000) -> CacheClient:
+    # No L1 (local_max_bytes=0): every get must reach the shared actor.
+    return CacheClient(base, shards, max_bytes, None, 0, timeout_s=CLIENT_TIMEOUT_S)
+
+
+def test_client_survives_actor_restart(ray_local: None) -> None:
+    base = unique("restart")
+    client = shared_client(base)
+    key, value = image_digest(b"restart"), img(100)
+
+    async def scenario() -> None:
+        await eventually(lambda: client.put(key, value), lambda _: True)
+        await eventually(lambda: client.get(key), lambda got: got == value)
+        handle = ray.get_actor(shard_names(base, 1)[0], namespace=CACHE_NAMESPACE)
+        before = actor_id(handle)
+        ray.kill(handle, no_restart=False)
+        # The kill lands asynchronously; from then on the client sees misses (a timeout
+        # while restarting, then the empty new instance), never an exception ...
+        await eventually(lambda: client.get(key), lambda got: got is None)
+        wait_for_actor(handle)
+        assert actor_id(handle) == before  # same actor, restarted in place
+        assert (await client.stats())["shared"]["entries"] == 0
+        # ... and works again once the actor is back.
+        await client.put(key, value)
+        assert await client.get(key) == value
+
+    asyncio.run(scenario())
+
+
+def test_client_recreates_an_actor_killed_for_good(ray_local: None) -> None:
+    base = unique("dead")
+    name = shard_names(base, 1)[0]
+    client = shared_client(base)
+    key, value = image_digest(b"dead"), img(100)
+
+    async def scenario() -> None:
+        await eventually(lambda: client.put(key, value), lambda _: True)
+        await eventually(lambda: client.get(key), lambda got: got == value)
+        old = ray.get_actor(name, namespace=CACHE_NAMESPACE)
+        errors_before = (await client.stats())["errors"]
+        ray.kill(old, no_restart=True)
+        wait_until_dead(old)
+        # Misses, never raises, while the actor is dead or being recreated.
+        for _ in range(3):
+            assert await client.get(key) is None
+        assert (await client.stats())["errors"] > errors_before
+
+        async def put_then_get() -> CachedImage | None:
+            await client.put(key, value)
+            return await client.get(key)
+
+        await eventually(put_then_get, lambda got: got == value)
+        new = ray.get_actor(name, namespace=CACHE_NAMESPACE)
+        assert actor_id(new) != actor_id(old)
+
+    asyncio.run(scenario())
+
+
+def test_sharded_client_spreads_keys_and_sums_stats(ray_local: None) -> None:
+    base = unique("sharded")
+    client = shared_client(base, shards=3, max_bytes=30_000)
+    keys = [image_digest(str(i).encode()) for i in range(30)]
+
+    async def scenario() -> tuple[dict[str, Any], dict[str, Any]]:
+        # The first calls may time out (counted as errors) while the three actors start.
+        warm = await eventually(client.stats, lambda s: s["shards_answered"] == 3)
+        for key in keys:
+            await client.put(key, img(100))
+        for key in keys:
+            assert await client.get(key) == img(100)
+        return warm, await client.stats()
+
+    warm, stats = asyncio.run(scenario())
+    handles = [ray.get_actor(n, namespace=CACHE_NAMESPACE) for n in shard_names(base, 3)]
+    per_shard = [ray.get(h.stats.remote()) for h in handles]
+    assert all(s["entries"] > 0 for s in per_shard), per_shard
+    assert all(s["max_bytes"] == 10_000 for s in per_shard)
+    shared = stats["shared"]
+    assert stats["shards"] == 3 and stats["shards_answered"] == 3
+    assert stats["errors"] == warm["errors"]  # no failures once the actors were up
+    assert shared["entries"] == 30 == sum(s["entries"] for s in per_shard)
+    assert shared["bytes"] == 3000
+    assert shared["max_bytes"] == 30_000
+    assert (shared["hits"], shared["misses"]) == (30, 0)
+    assert shared["hit_ratio"] == pytest.approx(1.0)

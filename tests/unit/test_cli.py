@@ -1,0 +1,188 @@
+"""The ``animegan`` command, run in-process through ``main([...])``."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from serve_app import weights
+from serve_app.cli import main
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _photo() -> Path | None:
+    candidates = []
+    if os.environ.get("ANIMEGAN_PHOTOS_DIR"):
+        candidates.append(Path(os.environ["ANIMEGAN_PHOTOS_DIR"]))
+    candidates.append(Path(__file__).resolve().parents[3] / "shared" / "photos")
+    for directory in candidates:
+        photos = sorted(directory.glob("*.jpg")) if directory.is_dir() else []
+        if photos:
+            return photos[0]
+    return None
+
+
+def _synthetic(path: Path, size=(300, 200), mode="RGB") -> Path:
+    w, h = size
+    y, x = np.mgrid[0:h, 0:w]
+    rgb = np.stack([x * 255 // w, y * 255 // h, (x + y) * 255 // (w + h)], -1).astype(np.uint8)
+    image = Image.fromarray(rgb)
+    if mode == "RGBA":
+        image.putalpha(Image.fromarray(np.where(x < w // 2, 255, 64).astype(np.uint8)))
+    image.save(path)
+    return path
+
+
+@pytest.fixture
+def photo(tmp_path) -> Path:
+    return _photo() or _synthetic(tmp_path / "synthetic.jpg", size=(640, 427))
+
+
+def test_stylize_one_file(photo, tmp_path, caplog):
+    out = tmp_path / "out" / "anime.png"
+    rc = main(["stylize", str(photo), "-o", str(out), "--style", "random", "--size", "256"])
+    assert rc == 0
+    with Image.open(out) as result, Image.open(photo) as source:
+        assert result.format == "PNG"
+        assert max(result.size) == 256
+        w, h = source.size
+        expected_short = round(min(w, h) * 256 / max(w, h) / 4) * 4
+        assert min(result.size) == expected_short
+        assert (result.width >= result.height) == (w >= h)
+    assert "RANDOM WEIGHTS" in caplog.text
+
+
+def test_stylize_format_from_suffix(tmp_path):
+    source = _synthetic(tmp_path / "in.png")
+    out = tmp_path / "anime.jpg"
+    assert main(["stylize", str(source), "-o", str(out), "--style", "random", "--size", "64"]) == 0
+    with Image.open(out) as result:
+        assert result.format == "JPEG"
+        assert result.size == (64, 44)  # 300×200 -> 64 × round(42.7 / 4) * 4
+
+
+def test_stylize_unknown_suffix_is_a_usage_error(tmp_path, capsys):
+    source = _synthetic(tmp_path / "in.png")
+    rc = main(["stylize", str(source), "-o", str(tmp_path / "out.xyz"), "--style", "random"])
+    assert rc == 2
+    assert "--format" in capsys.readouterr().err
+
+
+def test_stylize_many_into_directory_keeps_alpha(tmp_path):
+    a = _synthetic(tmp_path / "a.jpg")
+    b = _synthetic(tmp_path / "b.png", size=(120, 160), mode="RGBA")
+    out_dir = tmp_path / "results"
+    rc = main(
+        [
+            *("stylize", str(a), str(b), "-o", str(out_dir)),
+            *("--style", "random", "--size", "64", "--format", "webp"),
+        ]
+    )
+    assert rc == 0
+    assert sorted(p.name for p in out_dir.iterdir()) == ["a.webp", "b.webp"]
+    with Image.open(out_dir / "a.webp") as ra, Image.open(out_dir / "b.webp") as rb:
+        assert ra.format == rb.format == "WEBP"
+        assert ra.size == (64, 44)
+        assert rb.size == (48, 64)
+        assert rb.mode == "RGBA"  # transparency kept
+
+
+def test_stylize_bad_file_continues(tmp_path, capsys):
+    good = _synthetic(tmp_path / "good.jpg")
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(b"this is not an image")
+    missing = tmp_path / "missing.jpg"
+    out_dir = tmp_path / "results"
+    rc = main(
+        [
+            *("stylize", str(bad), str(missing), str(good), "-o", str(out_dir)),
+            *("--style", "random", "--size", "64"),
+        ]
+    )
+    assert rc == 1
+    assert (out_dir / "good.png").is_file()
+    assert not (out_dir / "bad.png").exists()
+    err_lines = capsys.readouterr().err.splitlines()
+    assert any(line.startswith(f"{bad}: ") for line in err_lines)
+    assert any(line.startswith(f"{missing}: ") for line in err_lines)
+
+
+def test_stylize_weights_error_exits_2(tmp_path, capsys):
+    source = _synthetic(tmp_path / "in.png")
+    rc = main(
+        ["stylize", str(source), "-o", str(tmp_path / "o.png"), "--style", "/no/such/file.pt"]
+    )
+    assert rc == 2
+    assert "/no/such/file.pt" in capsys.readouterr().err
+    assert not (tmp_path / "o.png").exists()
+
+
+def test_stylize_with_downloaded_registry_style(served_style, tmp_path):
+    source = _synthetic(tmp_path / "in.png")
+    out = tmp_path / "o.png"
+    rc = main(
+        ["stylize", str(source), "-o", str(out), "--style", served_style.name, "--size", "64"]
+    )
+    assert rc == 0
+    assert out.is_file()
+    assert served_style.path.is_file()
+    assert served_style.server.request_count == 1
+
+
+def test_weights_list(capsys, tmp_path, monkeypatch):
+    monkeypatch.setenv(weights.WEIGHTS_DIR_ENV, str(tmp_path))
+    assert main(["weights", "list"]) == 0
+    out = capsys.readouterr().out
+    for name in ("face_paint_512_v2", "face_paint_512_v1", "celeba_distill", "paprika"):
+        assert name in out
+        assert weights.REGISTRY[name].blob_sha1 in out
+        assert weights.REGISTRY[name].url() in out
+    assert str(tmp_path) in out
+
+
+def test_weights_download(served_style, capsys):
+    assert main(["weights", "download", served_style.name]) == 0
+    assert f"{served_style.name}: {served_style.path}" in capsys.readouterr().out
+    assert served_style.path.read_bytes() == served_style.data
+
+    # `weights list` now shows it cached.
+    assert main(["weights", "list"]) == 0
+    assert str(served_style.path) in capsys.readouterr().out
+
+
+def test_weights_download_defaults_to_all(served_style, capsys, monkeypatch):
+    for name in [n for n in weights.REGISTRY if n != served_style.name]:
+        monkeypatch.delitem(weights.REGISTRY, name)
+    assert main(["weights", "download"]) == 0
+    assert str(served_style.path) in capsys.readouterr().out
+
+
+def test_weights_download_failure_is_nonzero(served_style, capsys):
+    served_style.server.mode = "404"
+    assert main(["weights", "download", served_style.name, "no_such_style"]) == 1
+    err = capsys.readouterr().err
+    assert served_style.url in err
+    assert "no_such_style" in err
+    assert not served_style.path.exists()
+
+
+def test_python_dash_m_works(tmp_path):
+    env = dict(os.environ, **{weights.WEIGHTS_DIR_ENV: str(tmp_path)})
+    result = subprocess.run(
+        [sys.executable, "-m", "serve_app.cli", "weights", "list"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "paprika" in result.stdout
