@@ -7,7 +7,9 @@ time; per-deployment knobs (replicas, autoscaling, queue bounds) stay in the YAM
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from serve_app.imaging import ImageLimits, OutputFormat
 from serve_app.model import DeviceName, PrecisionName
@@ -59,6 +61,18 @@ class AppConfig(_Strict):
     seed: int = Field(default=0, description="seed of `random` weights")
     request_timeout_s: float = Field(default=30.0, gt=0, description="past it: 504")
     cache: CacheConfig = CacheConfig()
+    api_key_env: str | None = Field(
+        default="ANIMEGAN_API_KEYS",
+        description="environment variable with the API keys (comma-separated) that /v1 "
+        "routes require as `Authorization: Bearer <key>`; unset or empty: no key needed",
+    )
+    cors_origins: list[str] = Field(
+        default_factory=list, description="origins allowed by CORS; empty: CORS off"
+    )
+    warm_examples: list[str] = Field(
+        default_factory=list,
+        description="photo files stylised for every style at start (default size and format)",
+    )
 
     @model_validator(mode="after")
     def _check_styles(self) -> AppConfig:
@@ -85,5 +99,17 @@ class AppConfig(_Strict):
 class BatchConfig(_Strict):
     """The Stylizer's `user_config`: changed live through `reconfigure`."""
 
-    max_batch_size: int = Field(default=4, ge=1, le=256)
+    max_batch_size: int | Literal["auto"] = Field(
+        default=4,
+        description="requests per forward pass; `auto` measures each size at start-up "
+        "and takes the fastest (keep max_ongoing_requests >= it)",
+    )
+    auto_max_batch_size: int = Field(default=8, ge=1, le=256, description="`auto` tries up to it")
     batch_wait_timeout_s: float = Field(default=0.005, ge=0, le=10)
+
+    @field_validator("max_batch_size")
+    @classmethod
+    def _positive(cls, value: int | str) -> int | str:
+        if isinstance(value, int) and not 1 <= value <= 256:
+            raise ValueError("max_batch_size must be 1..256 or 'auto'")
+        return value

@@ -6,15 +6,15 @@ route -> read upload (uploads.py) -> cache key -> L1 / shared cache (cache.py)
 """
 
 import asyncio
-import base64
 import logging
-from collections import Counter, OrderedDict, defaultdict
-from dataclasses import dataclass
+import time
+from collections import Counter
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated
 
-from fastapi import FastAPI, Query, Request
+from fastapi import Depends, FastAPI, Query, Request
 from fastapi.responses import FileResponse, Response
+from fastapi.staticfiles import StaticFiles
 from ray import serve
 from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
 from ray.serve.exceptions import BackPressureError
@@ -24,140 +24,25 @@ from serve_app import imaging
 from serve_app.cache import CacheClient, CachedImage, cache_key, image_digest
 from serve_app.config import AppConfig
 from serve_app.errors import ApiError, as_api_error, error_response, install_error_handlers
-from serve_app.stylizer import InferenceInfo, StylizedArray
+from serve_app.request_log import RequestContextMiddleware, ingress_metrics, log_fields
+from serve_app.schemas import (
+    CacheStatus,
+    StylizeOptions,
+    StylizeResult,
+    batch_item,
+    resolve_options,
+)
+from serve_app.security import enable_cors, load_api_keys, require_api_key
+from serve_app.stats import ModelFigures
+from serve_app.stylizer import StylizedArray
 from serve_app.uploads import MULTIPART_OVERHEAD_BYTES, read_form_files, read_single_upload
 
 logger = logging.getLogger(__name__)
 
 WEB_DIR = Path(__file__).parent / "web"
-CacheStatus = Literal["hit", "miss", "coalesced"]
 # A replica that dies mid-call is retried once: stylizing is idempotent.
 RETRYABLE = (ActorDiedError, ActorUnavailableError, RayActorError)
-
-
-@dataclass(frozen=True)
-class StylizeResult:
-    """What a stylize call returns, over HTTP and to Python handle callers alike."""
-
-    data: bytes
-    media_type: str
-    cache: CacheStatus
-    style: str
-    width: int
-    height: int
-    key: str  # the cache key, also the HTTP ETag
-    random_weights: bool  # the style runs on untrained weights: a meaningless picture
-
-    def headers(self) -> dict[str, str]:
-        headers = {"X-Cache": self.cache, "X-Style": self.style, "ETag": f'"{self.key}"'}
-        if self.random_weights:
-            headers["X-Weights"] = "random"
-        return headers
-
-
-@dataclass(frozen=True)
-class StylizeOptions:
-    style: str
-    size: int
-    format: imaging.OutputFormat
-    quality: int | None  # None for png
-
-
-def resolve_options(
-    config: AppConfig,
-    style: str | None,
-    size: int | None,
-    fmt: str | None,
-    quality: int | None,
-) -> StylizeOptions:
-    """Fill defaults and check every option against the config; 422 on anything wrong."""
-    style = style or config.default_style_name
-    if config.style(style) is None:
-        names = [s.name for s in config.styles]
-        raise ApiError(422, "unknown_style", f"unknown style {style!r}; served: {names}")
-    size = config.default_size if size is None else size
-    if not 0 < size <= config.limits.max_size:
-        raise ApiError(
-            422, "invalid_size", f"size must be 1..{config.limits.max_size} px, got {size}"
-        )
-    fmt = (fmt or config.default_format).lower()
-    if fmt not in imaging.MEDIA_TYPES:
-        raise ApiError(
-            422,
-            "invalid_format",
-            f"format must be one of {sorted(imaging.MEDIA_TYPES)}, got {fmt!r}",
-        )
-    if quality is not None and not 1 <= quality <= 100:
-        raise ApiError(422, "invalid_quality", f"quality must be 1..100, got {quality}")
-    if fmt == "png":
-        quality = None
-    elif quality is None:
-        quality = config.default_quality
-    return StylizeOptions(style=style, size=size, format=fmt, quality=quality)
-
-
-class ModelFigures:
-    """What this ingress replica saw of the Stylizer replicas' work."""
-
-    def __init__(self, remember_batches: int = 4096):
-        self.loads: dict[str, int] = {}
-        self.images = 0
-        self.batch_sizes: Counter[int] = Counter()
-        self.inference_ms: defaultdict[str, list[float]] = defaultdict(lambda: [0, 0.0])
-        self.queue_ms_total = 0.0
-        self.max_batch_size: int | None = None
-        self._seen_batches: OrderedDict[tuple[str, int], None] = OrderedDict()
-        self._remember = remember_batches
-
-    def record(self, style: str, info: InferenceInfo) -> None:
-        self.loads[info.replica] = info.loads
-        self.images += 1
-        self.max_batch_size = info.max_batch_size
-        self.queue_ms_total += info.queue_ms
-        self.inference_ms[style][0] += 1
-        self.inference_ms[style][1] += info.inference_ms / info.group_size
-        batch = (info.replica, info.batch_id)
-        if batch not in self._seen_batches:
-            self._seen_batches[batch] = None
-            self.batch_sizes[info.batch_size] += 1
-            if len(self._seen_batches) > self._remember:
-                self._seen_batches.popitem(last=False)
-
-    def to_dict(self) -> dict:
-        batches = sum(self.batch_sizes.values())
-        return {
-            "replicas_seen": len(self.loads),
-            "loads": sum(self.loads.values()),
-            "images": self.images,
-            "batches": batches,
-            "batch_sizes": dict(sorted(self.batch_sizes.items())),
-            "mean_batch_size": (self.images / batches) if batches else 0.0,
-            "max_batch_size": self.max_batch_size,
-            "mean_queue_ms": self.queue_ms_total / self.images if self.images else 0.0,
-            "inference_ms_per_image": {
-                style: total / count for style, (count, total) in self.inference_ms.items()
-            },
-        }
-
-
-def batch_item(index: int, outcome: StylizeResult | BaseException) -> dict:
-    if isinstance(outcome, StylizeResult):
-        return {
-            "index": index,
-            "status": 200,
-            "media_type": outcome.media_type,
-            "cache": outcome.cache,
-            "width": outcome.width,
-            "height": outcome.height,
-            "data": base64.b64encode(outcome.data).decode("ascii"),
-        }
-    if isinstance(outcome, ApiError):
-        error = {"code": outcome.code, "message": outcome.message}
-        return {"index": index, "status": outcome.status, "error": error}
-    logger.error("batch item %d failed", index, exc_info=outcome)
-    error = {"code": "internal_error", "message": "internal error; see the server log"}
-    return {"index": index, "status": 500, "error": error}
-
+CACHE_GAUGES_EVERY_S = 10.0
 
 app = FastAPI(
     title="animegan-serve",
@@ -165,11 +50,18 @@ app = FastAPI(
     version="1",
 )
 install_error_handlers(app)
+app.add_middleware(RequestContextMiddleware)
+app.mount("/static", StaticFiles(directory=WEB_DIR, check_dir=False), name="static")
 
 StyleParam = Annotated[str | None, Query(description="a style from /v1/styles")]
 SizeParam = Annotated[int | None, Query(description="output longer side, px")]
 FormatParam = Annotated[str | None, Query(description="png, jpeg or webp")]
 QualityParam = Annotated[int | None, Query(description="1..100, jpeg and webp")]
+API_KEY = [Depends(require_api_key)]
+
+
+def overloaded(message: str) -> ApiError:
+    return ApiError(503, "overloaded", message, {"Retry-After": "1"})
 
 
 @serve.deployment(max_ongoing_requests=64)
@@ -180,18 +72,21 @@ class Ingress:
         self._stylizer = stylizer
         self._config = config
         self._weights = weights
+        cache = config.cache
         self._cache = CacheClient(
-            config.cache.name,
-            config.cache.shards,
-            config.cache.max_bytes,
-            config.cache.ttl_s,
-            config.cache.local_max_bytes,
-            config.cache.timeout_s,
-        )
+            cache.name, cache.shards, cache.max_bytes, cache.ttl_s, cache.local_max_bytes,
+            cache.timeout_s,
+        )  # fmt: skip
         self._in_flight: dict[str, asyncio.Future[CachedImage]] = {}
         self._background: set[asyncio.Task] = set()
         self._requests: Counter[str] = Counter()
         self._model = ModelFigures()
+        self._metrics = ingress_metrics()
+        self._gauges_at = 0.0
+        app.state.api_keys = load_api_keys(config.api_key_env)
+        enable_cors(app, config.cors_origins)
+        if config.warm_examples:
+            self._in_background(self.warm_cache(config.warm_examples))
 
     # --- the one code path -------------------------------------------------------
 
@@ -219,8 +114,10 @@ class Ingress:
             fmt=options.format,
             quality=options.quality,
         )
-        image, status = await self._lookup_or_compute(key, data, options)
+        (image, timings), status = await self._lookup_or_compute(key, data, options)
         self._requests[status] += 1
+        self._metrics.cache_results.inc(tags={"status": status})
+        self._refresh_cache_gauges()
         return StylizeResult(
             data=image.data,
             media_type=image.media_type,
@@ -230,67 +127,81 @@ class Ingress:
             height=image.height,
             key=key,
             random_weights=self._weights[options.style].startswith("random"),
+            timings_ms=timings if status == "miss" else {},
         )
 
     async def _lookup_or_compute(
         self, key: str, data: bytes, options: StylizeOptions
-    ) -> tuple[CachedImage, CacheStatus]:
+    ) -> tuple[tuple[CachedImage, dict], CacheStatus]:
         cached = await self._cache.get(key)
         if cached is not None:
-            return cached, "hit"
+            return (cached, {}), "hit"
         in_flight = self._in_flight.get(key)
-        if in_flight is not None:
-            return await asyncio.shield(in_flight), "coalesced"
-        task = asyncio.ensure_future(self._compute(key, data, options))
-        self._in_flight[key] = task
-        task.add_done_callback(lambda _: self._in_flight.pop(key, None))
-        # shield: one caller giving up does not cancel the work others wait for.
-        return await asyncio.shield(task), "miss"
+        status: CacheStatus = "coalesced"
+        if in_flight is None:
+            timeout = self._config.request_timeout_s
+            # The deadline cancels the work itself (the Stylizer call included).
+            in_flight = asyncio.ensure_future(
+                asyncio.wait_for(self._compute(key, data, options), timeout)
+            )
+            self._in_flight[key] = in_flight
+            in_flight.add_done_callback(lambda _: self._in_flight.pop(key, None))
+            status = "miss"
+        try:
+            # shield: one caller giving up does not cancel the work others wait for.
+            return await asyncio.shield(in_flight), status
+        except asyncio.TimeoutError:
+            timeout = self._config.request_timeout_s
+            raise ApiError(504, "timeout", f"not ready within {timeout:g} s") from None
 
-    async def _compute(self, key: str, data: bytes, options: StylizeOptions) -> CachedImage:
+    async def _compute(
+        self, key: str, data: bytes, options: StylizeOptions
+    ) -> tuple[CachedImage, dict]:
+        started = time.perf_counter()
         try:
             decoded = await asyncio.to_thread(self._decode, data, options.size)
         except imaging.ImageError as error:
             raise as_api_error(error) from None
+        decoded_at = time.perf_counter()
         stylized = await self._call_stylizer(decoded.rgb, options.style)
         self._model.record(options.style, stylized.info)
+        encode_from = time.perf_counter()
         encoded = await asyncio.to_thread(
             imaging.encode_image, stylized.rgb, decoded.alpha, options.format, options.quality
         )
+        encoded_at = time.perf_counter()
         height, width = stylized.rgb.shape[:2]
         image = CachedImage(encoded, imaging.MEDIA_TYPES[options.format], width, height)
         self._in_background(self._cache.put(key, image))
-        return image
+        timings = {
+            "decode": (decoded_at - started) * 1e3,
+            "queue": stylized.info.queue_ms,
+            "inference": stylized.info.inference_ms,
+            "encode": (encoded_at - encode_from) * 1e3,
+        }
+        self._metrics.decode_ms.observe(timings["decode"])
+        self._metrics.encode_ms.observe(timings["encode"], tags={"format": options.format})
+        return image, timings
 
     def _decode(self, data: bytes, size: int) -> imaging.DecodedImage:
         return imaging.resize_long_side(imaging.decode_upload(data, self._config.limits), size)
 
     async def _call_stylizer(self, rgb, style: str) -> StylizedArray:
-        timeout = self._config.request_timeout_s
         for attempt in (1, 2):
             response = self._stylizer.stylize.remote(rgb, style)
             try:
-                return await asyncio.wait_for(response, timeout)
-            except asyncio.TimeoutError:
-                response.cancel()
-                raise ApiError(
-                    504, "timeout", f"the picture was not ready within {timeout:g} s"
-                ) from None
+                return await response
+            except asyncio.CancelledError:
+                response.cancel()  # the deadline passed: stop the work on the replica
+                raise
             except BackPressureError:
-                raise ApiError(
-                    503,
-                    "overloaded",
-                    "the service is at capacity; retry shortly",
-                    {"Retry-After": "1"},
-                ) from None
+                raise overloaded("the service is at capacity; retry shortly") from None
             except RETRYABLE as error:
                 if attempt == 2:
                     raise ApiError(
-                        503,
-                        "unavailable",
-                        "the model replica failed; retry shortly",
+                        503, "unavailable", "the model replica failed; retry shortly",
                         {"Retry-After": "1"},
-                    ) from error
+                    ) from error  # fmt: skip
                 logger.warning("Stylizer replica failed (%s); retrying once", error)
         raise AssertionError("unreachable")
 
@@ -299,9 +210,44 @@ class Ingress:
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
+    def _refresh_cache_gauges(self) -> None:
+        now = time.monotonic()
+        if now - self._gauges_at >= CACHE_GAUGES_EVERY_S:
+            self._gauges_at = now
+            self._in_background(self._cache_stats())
+
+    async def _cache_stats(self) -> dict:
+        stats = await self._cache.stats()
+        self._metrics.record_cache(stats["shared"])
+        return stats
+
+    async def warm_cache(self, paths: list[str]) -> int:
+        """Stylise example photos for every style, so their first visitor waits for nothing."""
+        done = 0
+        for path in paths:
+            try:
+                data = Path(path).read_bytes()
+            except OSError as error:
+                logger.warning("warm cache: cannot read %s: %s", path, error)
+                continue
+            for style in self._config.styles:
+                try:
+                    await self.stylize(data, style=style.name)
+                    done += 1
+                except Exception:
+                    logger.exception("warm cache: %s failed for style %s", path, style.name)
+        logger.info("warm cache: %d results ready", done)
+        return done
+
     # --- HTTP --------------------------------------------------------------------
 
-    @app.post("/v1/stylize", response_class=Response, summary="Stylise one picture")
+    @app.post(
+        "/v1/stylize",
+        response_class=Response,
+        dependencies=API_KEY,
+        summary="Stylise one picture",
+        responses={200: {"content": {"image/png": {}, "image/jpeg": {}, "image/webp": {}}}},
+    )
     async def stylize_route(
         self,
         request: Request,
@@ -312,9 +258,21 @@ class Ingress:
     ) -> Response:
         data = await read_single_upload(request, self._config.limits.max_bytes)
         result = await self.stylize(data, style, size, format, quality)
+        log_fields(request.scope).update(
+            style=result.style,
+            size=max(result.width, result.height),
+            format=result.media_type,
+            cache=result.cache,
+            bytes_in=len(data),
+            timings_ms={name: round(ms, 1) for name, ms in result.timings_ms.items()},
+        )
         return Response(result.data, media_type=result.media_type, headers=result.headers())
 
-    @app.post("/v1/stylize/batch", summary="Stylise several pictures (multipart field `images`)")
+    @app.post(
+        "/v1/stylize/batch",
+        dependencies=API_KEY,
+        summary="Stylise several pictures (multipart fields `images`)",
+    )
     async def stylize_batch_route(
         self,
         request: Request,
@@ -333,9 +291,10 @@ class Ingress:
             *(self.stylize(data, style, size, format, quality) for data in files),
             return_exceptions=True,
         )
+        log_fields(request.scope).update(style=style, images=len(files))
         return {"results": [batch_item(i, outcome) for i, outcome in enumerate(outcomes)]}
 
-    @app.get("/v1/styles", summary="The styles served and the defaults")
+    @app.get("/v1/styles", dependencies=API_KEY, summary="The styles served and the defaults")
     async def styles_route(self) -> dict:
         config = self._config
         return {
@@ -358,13 +317,11 @@ class Ingress:
             ],
         }
 
-    @app.get("/v1/stats", summary="Cache and model figures")
+    @app.get("/v1/stats", dependencies=API_KEY, summary="Cache and model figures")
     async def stats_route(self) -> dict:
-        return {
-            "cache": {**await self._cache.stats(), "coalesced": self._requests["coalesced"]},
-            "requests": dict(self._requests),
-            "model": self._model.to_dict(),
-        }
+        cache = await self._cache_stats()
+        cache["coalesced"] = self._requests["coalesced"]
+        return {"cache": cache, "requests": dict(self._requests), "model": self._model.to_dict()}
 
     @app.get("/healthz", summary="200 once the app can serve")
     async def healthz(self) -> dict:

@@ -22,12 +22,17 @@ from ray import serve
 
 from serve_app import imaging
 from serve_app.config import AppConfig, BatchConfig, StyleConfig
+from serve_app.metrics import ModelMetrics
 from serve_app.model import StyleModel, select_runtime
 from serve_app.weights import load_generator_for, resolve_weights
 
 logger = logging.getLogger(__name__)
 
 WARM_UP_SIDE = 256
+# `max_batch_size: auto` times batches at this longer side at most, to keep start-up short.
+AUTO_BATCH_MAX_SIDE = 256
+# A larger batch must beat a smaller one by this factor to be chosen.
+AUTO_BATCH_MIN_GAIN = 1.05
 
 
 @dataclass(frozen=True)
@@ -79,6 +84,21 @@ def check_model_input(rgb: object, style: str, models: dict[str, StyleModel]) ->
         )
 
 
+def batch_sizes_up_to(largest: int) -> list[int]:
+    """1, 2, 4, ... and largest itself."""
+    sizes = [1 << i for i in range(largest.bit_length()) if 1 << i <= largest]
+    return sizes if sizes[-1] == largest else [*sizes, largest]
+
+
+def pick_batch_size(curve: dict[int, float]) -> int:
+    """The smallest batch size whose throughput no larger one beats by AUTO_BATCH_MIN_GAIN."""
+    best = min(curve)
+    for size in sorted(curve):
+        if curve[size] > curve[best] * AUTO_BATCH_MIN_GAIN:
+            best = size
+    return best
+
+
 @serve.deployment(max_ongoing_requests=16)
 class Stylizer:
     def __init__(self, config: AppConfig):
@@ -86,9 +106,13 @@ class Stylizer:
         torch.set_num_threads(self._threads)
         self._runtime = select_runtime(config.device, config.precision)
         self._replica = self._replica_name()
+        self._metrics = ModelMetrics()
+        self._default_size = config.default_size
         self._loads = 0
         self._models = {style.name: self._load(style, config.seed) for style in config.styles}
         self._batch_config = BatchConfig()
+        self._max_batch_size = 4
+        self._batch_curve: dict[int, float] = {}
         self._batch_ids = itertools.count(1)
         self._batch_sizes: Counter[int] = Counter()
         self._images = 0
@@ -113,6 +137,7 @@ class Stylizer:
         weights = resolve_weights(style.weights, seed=seed, progress=False)
         generator = load_generator_for(weights, align_corners=style.align_corners)
         self._loads += 1
+        self._metrics.loads.inc()
         return StyleModel(generator, self._runtime)
 
     def _warm_up(self) -> None:
@@ -122,10 +147,41 @@ class Stylizer:
             model(imaging.to_model_batch([sample]))
 
     def reconfigure(self, user_config: dict) -> None:
-        self._batch_config = BatchConfig.model_validate(user_config or {})
-        self._run_batch.set_max_batch_size(self._batch_config.max_batch_size)
-        self._run_batch.set_batch_wait_timeout_s(self._batch_config.batch_wait_timeout_s)
-        logger.info("Stylizer %s batch config: %s", self._replica, self._batch_config)
+        config = BatchConfig.model_validate(user_config or {})
+        if config.max_batch_size == "auto":
+            if max(self._batch_curve, default=0) != config.auto_max_batch_size:
+                self._batch_curve = self._measure_batch_curve(config.auto_max_batch_size)
+            self._max_batch_size = pick_batch_size(self._batch_curve)
+        else:
+            self._max_batch_size = config.max_batch_size
+        self._batch_config = config
+        self._run_batch.set_max_batch_size(self._max_batch_size)
+        self._run_batch.set_batch_wait_timeout_s(config.batch_wait_timeout_s)
+        logger.info(
+            "Stylizer %s: max_batch_size=%d (%s) batch_wait_timeout_s=%g",
+            self._replica,
+            self._max_batch_size,
+            config.max_batch_size,
+            config.batch_wait_timeout_s,
+        )
+
+    def _measure_batch_curve(self, largest: int) -> dict[int, float]:
+        """Images per second of the first style for batch sizes 1, 2, 4, ... up to largest."""
+        side = min(self._default_size, AUTO_BATCH_MAX_SIDE)
+        height, width = imaging.target_dimensions(4 * side, 3 * side, side)[::-1]
+        model = next(iter(self._models.values()))
+        curve = {}
+        for size in batch_sizes_up_to(largest):
+            batch = imaging.to_model_batch([np.zeros((height, width, 3), np.uint8)] * size)
+            model(batch)  # builds this shape's kernels
+            start = time.perf_counter()
+            model(batch)
+            model(batch)
+            curve[size] = round(2 * size / (time.perf_counter() - start), 2)
+        logger.info(
+            "Stylizer %s batch curve at %dx%d (img/s): %s", self._replica, width, height, curve
+        )
+        return curve
 
     async def stylize(self, rgb: np.ndarray, style: str) -> StylizedArray:
         """One (H, W, 3) uint8 array -> its stylised twin. Raises ValueError for a bad item."""
@@ -141,10 +197,13 @@ class Stylizer:
         started = time.perf_counter()
         batch_id = next(self._batch_ids)
         self._batch_sizes[len(images)] += 1
+        self._metrics.batch_size.observe(len(images))
         # A worker thread runs the forward passes so this replica's event loop stays free.
         outcomes = await asyncio.to_thread(self._infer_batch, images, styles)
         results: list[StylizedArray | Exception] = []
-        for (outcome, group_size, inference_s), arrival in zip(outcomes, arrivals, strict=True):
+        for (outcome, group_size, inference_s), arrival, style in zip(
+            outcomes, arrivals, styles, strict=True
+        ):
             if isinstance(outcome, Exception):
                 results.append(outcome)
                 continue
@@ -156,8 +215,9 @@ class Stylizer:
                 queue_ms=(started - arrival) * 1e3,
                 inference_ms=inference_s * 1e3,
                 loads=self._loads,
-                max_batch_size=self._batch_config.max_batch_size,
+                max_batch_size=self._max_batch_size,
             )
+            self._metrics.queue_ms.observe(info.queue_ms, tags={"style": style})
             results.append(StylizedArray(outcome, info))
         return results
 
@@ -199,6 +259,8 @@ class Stylizer:
         seconds = time.perf_counter() - start
         self._images += len(images)
         self._inference_s[style] += seconds
+        self._metrics.images.inc(len(images), tags={"style": style})
+        self._metrics.inference_ms.observe(seconds * 1e3, tags={"style": style})
         return [(rgb, seconds) for rgb in outputs]
 
     def stats(self) -> dict:
@@ -216,7 +278,9 @@ class Stylizer:
                 "precision": self._runtime.precision,
                 "channels_last": self._runtime.channels_last,
             },
-            **self._batch_config.model_dump(),
+            "max_batch_size": self._max_batch_size,
+            "batch_config": self._batch_config.model_dump(),
+            "batch_curve": self._batch_curve,
         }
 
     def check_health(self) -> None:

@@ -22,6 +22,10 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+METRICS_PORT = free_port()  # Ray's Prometheus endpoint for this session
+METRICS_URL = f"http://127.0.0.1:{METRICS_PORT}/metrics"
+
+
 def app_args(**overrides) -> dict:
     """The `args:` block of the test application (random weights, small pictures)."""
     args = {
@@ -55,7 +59,11 @@ def stylizer_deployment(**overrides) -> dict:
     }
 
 
-def deploy(args: dict | None = None, stylizer: dict | None = None) -> None:
+def ingress_deployment(**overrides) -> dict:
+    return {"name": "Ingress", "num_replicas": 1, "ray_actor_options": {"num_cpus": 0}, **overrides}
+
+
+def deploy(args: dict | None = None, stylizer: dict | None = None, ingress: dict | None = None):
     """Deploy as `serve run`/`serve deploy` do with a config file, so that a changed
     `user_config` is applied in place (reconfigure) rather than by new replicas."""
     from ray.serve.context import _get_global_client
@@ -68,7 +76,7 @@ def deploy(args: dict | None = None, stylizer: dict | None = None) -> None:
         "args": args or app_args(),
         "deployments": [
             stylizer or stylizer_deployment(),
-            {"name": "Ingress", "num_replicas": 1, "ray_actor_options": {"num_cpus": 0}},
+            ingress or ingress_deployment(),
         ],
     }
     schema = ServeDeploySchema.model_validate({"applications": [application]})
@@ -93,7 +101,14 @@ def ray_serve():
     import ray
     from ray import serve
 
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ray.init(
+        address="local",
+        num_cpus=2,
+        include_dashboard=False,
+        log_to_driver=False,
+        _metrics_export_port=METRICS_PORT,
+        _system_config={"metrics_report_interval_ms": 1000},  # scrape tests wait less
+    )
     port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     try:
@@ -108,6 +123,14 @@ def base_url(ray_serve) -> str:
     deploy()
     wait_healthy(ray_serve)
     return ray_serve
+
+
+@pytest.fixture(scope="module")
+def default_app(base_url):
+    """For modules that redeploy: put the default application back afterwards."""
+    yield base_url
+    deploy()
+    wait_healthy(base_url)
 
 
 @pytest.fixture

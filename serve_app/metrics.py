@@ -1,0 +1,80 @@
+"""Prometheus metrics through Ray's metrics API (they appear on each node's Ray endpoint).
+
+Created inside replicas, never at import time. Serve adds the deployment, replica and
+application tags itself; names carry the `animegan_` prefix (Ray adds `ray_`).
+"""
+
+from __future__ import annotations
+
+from ray.serve.metrics import Counter, Gauge, Histogram
+
+MS_BOUNDARIES = [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000, 30000]
+BATCH_BOUNDARIES = [1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64]
+
+
+class IngressMetrics:
+    """Requests, the cache's figures and the image work done in the ingress."""
+
+    def __init__(self) -> None:
+        self.requests = Counter(
+            "animegan_requests",
+            description="HTTP requests by route and status code",
+            tag_keys=("route", "status"),
+        )
+        self.request_ms = Histogram(
+            "animegan_request_ms",
+            description="request latency in the ingress, ms",
+            boundaries=MS_BOUNDARIES,
+            tag_keys=("route",),
+        )
+        self.cache_results = Counter(
+            "animegan_cache_results",
+            description="stylize results by cache status: hit, miss, coalesced",
+            tag_keys=("status",),
+        )
+        self.cache_entries = Gauge("animegan_cache_entries", description="shared cache entries")
+        self.cache_bytes = Gauge("animegan_cache_bytes", description="shared cache bytes")
+        self.cache_evictions = Gauge(
+            "animegan_cache_evictions", description="shared cache evictions since start"
+        )
+        self.decode_ms = Histogram(
+            "animegan_decode_ms",
+            description="decode, validate and resize an upload, ms",
+            boundaries=MS_BOUNDARIES,
+        )
+        self.encode_ms = Histogram(
+            "animegan_encode_ms",
+            description="encode a result, ms",
+            boundaries=MS_BOUNDARIES,
+            tag_keys=("format",),
+        )
+
+    def record_cache(self, shared: dict) -> None:
+        self.cache_entries.set(shared.get("entries", 0))
+        self.cache_bytes.set(shared.get("bytes", 0))
+        self.cache_evictions.set(shared.get("evictions", 0))
+
+
+class ModelMetrics:
+    """What the Stylizer replicas do: loads, batches, queue wait, inference time."""
+
+    def __init__(self) -> None:
+        self.loads = Counter("animegan_model_loads", description="style models loaded")
+        self.batch_size = Histogram(
+            "animegan_batch_size",
+            description="requests per dynamic batch",
+            boundaries=BATCH_BOUNDARIES,
+        )
+        self.queue_ms = Histogram(
+            "animegan_queue_wait_ms",
+            description="arrival at the replica to the start of its batch, ms",
+            boundaries=MS_BOUNDARIES,
+            tag_keys=("style",),
+        )
+        self.inference_ms = Histogram(
+            "animegan_inference_ms",
+            description="one forward pass (a group of same style and shape), ms",
+            boundaries=MS_BOUNDARIES,
+            tag_keys=("style",),
+        )
+        self.images = Counter("animegan_images", description="images stylised", tag_keys=("style",))

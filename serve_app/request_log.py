@@ -1,0 +1,93 @@
+"""Per-request context: the request id, one structured log line, metrics.
+
+A pure ASGI middleware: it adds no task or copy per request (the cache-hit path is meant
+to cost little more than the framework itself).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import time
+import uuid
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from serve_app.metrics import IngressMetrics
+
+# A child of Serve's logger: lines land in the replica's log file, formatted and filtered
+# by the application's `logging_config` like Serve's own.
+logger = logging.getLogger("ray.serve.animegan.requests")
+
+MAX_REQUEST_ID_CHARS = 128
+KNOWN_ROUTES = ("/v1/stylize/batch", "/v1/stylize", "/v1/styles", "/v1/stats", "/healthz")
+
+
+@functools.cache
+def ingress_metrics() -> IngressMetrics:
+    """Created on first use inside a replica, never at import."""
+    return IngressMetrics()
+
+
+def request_id_from(scope: Scope) -> str:
+    """Serve's proxy puts the request id (the caller's `X-Request-ID`, else a new UUID) in
+    the request headers and returns it on the response; outside Serve, make one."""
+    for name, value in scope.get("headers", ()):
+        if name == b"x-request-id":
+            return value.decode("latin-1")[:MAX_REQUEST_ID_CHARS]
+    return str(uuid.uuid4())
+
+
+def route_label(path: str) -> str:
+    """A bounded set of labels, so metrics do not grow one series per URL."""
+    if path in KNOWN_ROUTES or path == "/":
+        return path
+    return "/static" if path.startswith("/static/") else "other"
+
+
+def log_fields(scope: Scope) -> dict:
+    """The dict a route fills with what the log line should say (style, cache, timings)."""
+    return scope.setdefault("state", {}).setdefault("log", {})
+
+
+class RequestContextMiddleware:
+    def __init__(self, app: ASGIApp):
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        request_id = request_id_from(scope)
+        started = time.perf_counter()
+        status = 500
+
+        async def send_and_note_status(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_and_note_status)
+        finally:
+            self._record(scope, request_id, status, (time.perf_counter() - started) * 1e3)
+
+    @staticmethod
+    def _record(scope: Scope, request_id: str, status: int, elapsed_ms: float) -> None:
+        route = route_label(scope.get("path", ""))
+        metrics = ingress_metrics()
+        metrics.requests.inc(tags={"route": route, "status": str(status)})
+        metrics.request_ms.observe(elapsed_ms, tags={"route": route})
+        if route in ("/healthz", "/static"):
+            return  # probes and assets would drown the log
+        line = {
+            "request_id": request_id,
+            "method": scope.get("method"),
+            "route": route,
+            "status": status,
+            "ms": round(elapsed_ms, 1),
+            **log_fields(scope),
+        }
+        logger.info(json.dumps(line, separators=(",", ":")))

@@ -1,0 +1,99 @@
+"""Request ids, the structured request log, and metrics on Ray's Prometheus endpoint."""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+import ray
+
+from tests.conftest import synthetic_jpeg
+from tests.integration.conftest import METRICS_URL
+
+pytestmark = pytest.mark.integration
+
+
+def post(client, data: bytes, **headers) -> httpx.Response:
+    return client.post(
+        "/v1/stylize", files={"image": ("a.jpg", data)}, params={"size": 64}, headers=headers
+    )
+
+
+def test_request_id_is_returned_and_kept(client):
+    response = post(client, synthetic_jpeg(seed=7001))
+    assert re.fullmatch(r"[0-9a-f-]{36}", response.headers["x-request-id"])
+    mine = post(client, synthetic_jpeg(seed=7001), **{"X-Request-ID": "trace-abc.123"})
+    assert mine.headers["x-request-id"] == "trace-abc.123"
+
+
+def _log_lines(request_id: str) -> list[dict]:
+    """Lines in the Ingress replicas' Serve log files (Serve also mirrors them to stderr)."""
+    logs = Path(ray._private.worker._global_node.get_logs_dir_path()) / "serve"
+    lines = []
+    for path in logs.glob("replica_animegan_Ingress_*.log"):
+        for line in path.read_text(errors="replace").splitlines():
+            if request_id in line and '"route"' in line:
+                lines.append(json.loads(line[line.index("{") : line.rindex("}") + 1]))
+    return lines
+
+
+def test_one_structured_log_line_per_request(client):
+    request_id = f"log-check-{time.monotonic_ns()}"
+    post(client, synthetic_jpeg(seed=7002), **{"X-Request-ID": request_id})
+    deadline = time.monotonic() + 10
+    while not (lines := _log_lines(request_id)) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert len(lines) == 1, lines
+    line = lines[0]
+    assert line["route"] == "/v1/stylize" and line["status"] == 200
+    assert line["cache"] == "miss" and line["size"] == 64
+    assert set(line["timings_ms"]) == {"decode", "queue", "inference", "encode"}
+
+
+def _scrape() -> dict[str, float]:
+    """Sum each metric name over its label sets."""
+    totals: dict[str, float] = {}
+    for line in httpx.get(METRICS_URL, timeout=10).text.splitlines():
+        if line.startswith("ray_animegan_"):
+            name = line.split("{")[0].split(" ")[0]
+            totals[name] = totals.get(name, 0.0) + float(line.rsplit(" ", 1)[1])
+    return totals
+
+
+def _scrape_until(predicate, timeout_s: float = 30) -> dict[str, float]:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        totals = _scrape()
+        if predicate(totals) or time.monotonic() > deadline:
+            return totals
+        time.sleep(1)
+
+
+def test_metrics_move_after_requests(client):
+    before = _scrape_until(lambda t: "ray_animegan_requests_total" in t)
+    data = synthetic_jpeg(seed=7003)
+    for _ in range(3):
+        assert post(client, data).status_code == 200
+    post(client, synthetic_jpeg(seed=7004))
+
+    def moved(totals: dict) -> bool:
+        return all(
+            totals.get(name, 0) > before.get(name, 0)
+            for name in (
+                "ray_animegan_requests_total",
+                "ray_animegan_cache_results_total",
+                "ray_animegan_batch_size_count",
+                "ray_animegan_inference_ms_count",
+                "ray_animegan_decode_ms_count",
+                "ray_animegan_encode_ms_count",
+            )
+        )
+
+    after = _scrape_until(moved)
+    assert moved(after), {k: (before.get(k), v) for k, v in after.items()}
+    assert after["ray_animegan_model_loads_total"] >= 2
+    assert "ray_animegan_cache_bytes" in after and "ray_animegan_cache_entries" in after
