@@ -60,6 +60,12 @@ class AppConfig(_Strict):
     precision: PrecisionName = "auto"
     seed: int = Field(default=0, description="seed of `random` weights")
     request_timeout_s: float = Field(default=30.0, gt=0, description="past it: 504")
+    max_in_flight: int = Field(
+        default=32,
+        ge=1,
+        description="misses one ingress replica computes at once; past it: 503 at once, "
+        "before any decoding (hits are still served)",
+    )
     cache: CacheConfig = CacheConfig()
     api_key_env: str | None = Field(
         default="ANIMEGAN_API_KEYS",

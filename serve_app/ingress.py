@@ -139,6 +139,8 @@ class Ingress:
         in_flight = self._in_flight.get(key)
         status: CacheStatus = "coalesced"
         if in_flight is None:
+            if len(self._in_flight) >= self._config.max_in_flight:
+                raise overloaded("too many pictures in progress; retry shortly")
             timeout = self._config.request_timeout_s
             # The deadline cancels the work itself (the Stylizer call included).
             in_flight = asyncio.ensure_future(
