@@ -355,6 +355,19 @@ class CacheClient:
     def shards(self) -> int:
         return len(self._names)
 
+    async def connect(self) -> None:
+        """Find or create every shard now, outside the per-call time box (creating an
+        actor takes longer than a lookup should), so first requests do not miss."""
+        for index, name in enumerate(self._names):
+            if self._handles[index] is not None:
+                continue
+            try:
+                self._handles[index] = await asyncio.to_thread(
+                    self._resolver, name, self._per_shard_bytes, self._ttl_s
+                )
+            except Exception as exc:  # calls find it again lazily; never fatal
+                self._failed(index, "connect", f"{type(exc).__name__}: {exc}")
+
     async def get(self, key: str) -> CachedImage | None:
         value = self._local.get(key)
         if value is not None:

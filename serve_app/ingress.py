@@ -83,6 +83,7 @@ class Ingress:
         self._model = ModelFigures()
         self._metrics = ingress_metrics()
         self._gauges_at = 0.0
+        self._in_background(self._cache.connect())
         app.state.api_keys = load_api_keys(config.api_key_env)
         enable_cors(app, config.cors_origins)
         if config.warm_examples:
@@ -258,6 +259,7 @@ class Ingress:
         format: FormatParam = None,
         quality: QualityParam = None,
     ) -> Response:
+        resolve_options(self._config, style, size, format, quality)  # 422 before reading
         data = await read_single_upload(request, self._config.limits.max_bytes)
         result = await self.stylize(data, style, size, format, quality)
         log_fields(request.scope).update(

@@ -53,13 +53,22 @@ async def read_form_files(request: Request, field: str, max_files: int, limit: i
     try:
         form = await parser.parse()
     except MultiPartException as error:
-        status = 413 if error.message.startswith("Too many") else 400
-        raise ApiError(status, "bad_multipart", error.message) from None
+        raise _multipart_error(error) from None
     try:
         uploads = [item for item in form.getlist(field) if isinstance(item, UploadFile)]
         return [await upload.read() for upload in uploads]
     finally:
         await form.close()
+
+
+def _multipart_error(error: MultiPartException) -> ApiError:
+    """Too many parts, or a field too long: 413; anything else malformed: 400."""
+    # Starlette says which limit was hit only in its message.
+    if error.message.startswith(("Too many", "Part exceeded")):
+        return ApiError(413, "payload_too_large", error.message)
+    cause = error.__cause__  # python-multipart's own error says where parsing stopped
+    message = f"{error.message} ({cause})" if cause else error.message
+    return ApiError(400, "bad_multipart", message)
 
 
 async def read_single_upload(request: Request, max_bytes: int) -> bytes:

@@ -325,6 +325,33 @@ def test_client_init_does_not_resolve() -> None:
     assert resolver.lookups == 0
 
 
+def test_client_connect_resolves_every_shard_without_the_call_budget() -> None:
+    def slow_resolver(name: str, max_bytes: int, ttl_s: float | None) -> FakeShard:
+        time.sleep(0.2)  # longer than the client's per-call budget below
+        return FakeShard(max_bytes)
+
+    async def scenario() -> None:
+        client = CacheClient("rc", 2, 2000, None, 0, timeout_s=0.05, resolver=slow_resolver)
+        await client.connect()
+        await client.put(KEY, img(10))
+        assert await client.get(KEY) == img(10)
+        assert (await client.stats())["errors"] == 0
+
+    asyncio.run(scenario())
+
+
+def test_client_connect_failure_is_not_fatal() -> None:
+    def broken(name: str, max_bytes: int, ttl_s: float | None) -> FakeShard:
+        raise RuntimeError("no cluster")
+
+    async def scenario() -> None:
+        client = CacheClient("rc", 1, 1000, None, 0, timeout_s=0.05, resolver=broken)
+        await client.connect()
+        assert await client.get(KEY) is None
+
+    asyncio.run(scenario())
+
+
 def test_client_round_trip_and_l1_hit_avoids_shard() -> None:
     async def scenario() -> None:
         client, resolver = make_client()
