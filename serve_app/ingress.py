@@ -43,6 +43,7 @@ WEB_DIR = Path(__file__).parent / "web"
 # A replica that dies mid-call is retried once: stylizing is idempotent.
 RETRYABLE = (ActorDiedError, ActorUnavailableError, RayActorError)
 CACHE_GAUGES_EVERY_S = 10.0
+STATS_TIMEOUT_S = 1.0
 
 app = FastAPI(
     title="animegan-serve",
@@ -325,7 +326,16 @@ class Ingress:
     async def stats_route(self) -> dict:
         cache = await self._cache_stats()
         cache["coalesced"] = self._requests["coalesced"]
-        return {"cache": cache, "requests": dict(self._requests), "model": self._model.to_dict()}
+        model = {**self._model.to_dict(), "replica": await self._one_replica_stats()}
+        return {"cache": cache, "requests": dict(self._requests), "model": model}
+
+    async def _one_replica_stats(self) -> dict | None:
+        """One Stylizer replica's own report: runtime, threads, batch curve and choice."""
+        try:
+            return await asyncio.wait_for(self._stylizer.stats.remote(), STATS_TIMEOUT_S)
+        except Exception as error:  # stats must answer even when the model cannot
+            logger.warning("Stylizer stats unavailable: %s", error)
+            return None
 
     @app.get("/healthz", summary="200 once the app can serve")
     async def healthz(self) -> dict:

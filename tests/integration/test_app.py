@@ -177,6 +177,20 @@ def test_reconfigure_changes_batch_size_live(client):
     assert stylizer_stats()["max_batch_size"] == 8
 
 
+def test_auto_batch_size_measures_and_chooses(client):
+    auto = {"max_batch_size": "auto", "auto_max_batch_size": 4, "batch_wait_timeout_s": 0.25}
+    deploy(stylizer=stylizer_deployment(user_config=auto))
+    try:
+        replica = client.get("/v1/stats").json()["model"]["replica"]
+        assert set(replica["batch_curve"]) == {"1", "2", "4"}
+        assert all(rate > 0 for rate in replica["batch_curve"].values())
+        assert str(replica["max_batch_size"]) in replica["batch_curve"]
+        assert replica["batch_config"]["max_batch_size"] == "auto"
+        assert post(client, fresh_jpeg()).status_code == 200
+    finally:
+        deploy()
+
+
 def test_handle_api_returns_the_same_bytes_as_http(client):
     data = fresh_jpeg()
     app = serve.get_app_handle("animegan")

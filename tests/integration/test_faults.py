@@ -74,7 +74,7 @@ def test_overload_sheds_with_503_and_recovers(default_app):
             max_ongoing_requests=2,
             max_queued_requests=2,
             user_config={"max_batch_size": 2, "batch_wait_timeout_s": 0.005},
-        )
+        ),
     )
     wait_healthy(default_app)
     results = send_all(default_app, unique_pictures(80), concurrency=20)  # ~5x what it holds
