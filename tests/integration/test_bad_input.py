@@ -608,12 +608,11 @@ CASES = [
         413,
         "payload_too_large",
     ),
-    # Formats outside the allowlist: 415 where Pillow recognises the format (ICO, PSD and
-    # EPS from their headers); SVG and PDF are no picture format Pillow reads at all, so
-    # they are "not a picture": 400.
-    Case("svg", upload(lambda: SVG, "a.svg", "image/svg+xml"), 400, "undecodable_image"),
-    Case("svg-raw", raw(lambda: SVG, "image/svg+xml"), 400, "undecodable_image"),
-    Case("pdf", upload(lambda: PDF, "a.pdf", "application/pdf"), 400, "undecodable_image"),
+    # Formats outside the allowlist: 415 naming the format, recognised by its signature
+    # (Pillow is only ever asked to open allowlisted formats).
+    Case("svg", upload(lambda: SVG, "a.svg", "image/svg+xml"), 415, "unsupported_format"),
+    Case("svg-raw", raw(lambda: SVG, "image/svg+xml"), 415, "unsupported_format"),
+    Case("pdf", upload(lambda: PDF, "a.pdf", "application/pdf"), 415, "unsupported_format"),
     Case("eps", upload(lambda: EPS, "a.eps", "application/postscript"), 415, "unsupported_format"),
     Case("psd", upload(psd, "a.psd", "image/vnd.adobe.photoshop"), 415, "unsupported_format"),
     Case(

@@ -199,8 +199,6 @@ UNDECODABLE = {
     "truncated png": _truncated_png(),
     "png with a broken crc": _broken_png_crc(),
     "jpeg header only": b"\xff\xd8\xff\xe0\x00\x10JFIF\x00",
-    "svg": b'<svg xmlns="http://www.w3.org/2000/svg" width="10" height="10"></svg>',
-    "pdf": b"%PDF-1.4\n1 0 obj << /Type /Catalog >> endobj\ntrailer << >>\n%%EOF\n",
 }
 
 
@@ -227,11 +225,13 @@ UNSUPPORTED = {
     "PSD": _psd,
     "EPS": lambda: EPS,
     "PPM": lambda: save(solid(), "PPM"),
+    "SVG": lambda: b'<?xml version="1.0"?>\n<svg xmlns="http://www.w3.org/2000/svg"></svg>',
+    "PDF": lambda: b"%PDF-1.4\n1 0 obj << /Type /Catalog >> endobj\ntrailer << >>\n%%EOF\n",
 }
 
 
 @pytest.mark.parametrize("fmt", UNSUPPORTED)
-def test_valid_images_in_other_formats_are_unsupported(fmt: str) -> None:
+def test_other_formats_are_unsupported_and_never_parsed(fmt: str) -> None:
     with pytest.raises(UnsupportedFormat) as caught:
         decode(UNSUPPORTED[fmt]())
     assert caught.value.http_status == 415
