@@ -203,8 +203,7 @@ def cmd_stylize(args: argparse.Namespace) -> int:
     )
     for source, target in bar:
         try:
-            decoded = imaging.decode_upload(source.read_bytes(), limits)
-            decoded = imaging.resize_long_side(decoded, args.size)
+            decoded = imaging.decode_resized(source.read_bytes(), limits, args.size)
             batch = imaging.to_model_batch([decoded.rgb])
             rgb = imaging.from_model_batch(model(batch))[0]
             data = imaging.encode_image(rgb, decoded.alpha, fmt, args.quality)

@@ -163,7 +163,9 @@ class Ingress:
     ) -> tuple[CachedImage, dict]:
         started = time.perf_counter()
         try:
-            decoded = await asyncio.to_thread(self._decode, data, options.size)
+            decoded = await asyncio.to_thread(
+                imaging.decode_resized, data, self._config.limits, options.size
+            )
         except imaging.ImageError as error:
             raise as_api_error(error) from None
         decoded_at = time.perf_counter()
@@ -186,9 +188,6 @@ class Ingress:
         self._metrics.decode_ms.observe(timings["decode"])
         self._metrics.encode_ms.observe(timings["encode"], tags={"format": options.format})
         return image, timings
-
-    def _decode(self, data: bytes, size: int) -> imaging.DecodedImage:
-        return imaging.resize_long_side(imaging.decode_upload(data, self._config.limits), size)
 
     async def _call_stylizer(self, rgb, style: str) -> StylizedArray:
         for attempt in (1, 2):

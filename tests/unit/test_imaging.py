@@ -861,3 +861,48 @@ def test_import_registers_no_plugin_and_changes_no_global() -> None:
         [sys.executable, "-c", script], capture_output=True, text=True, timeout=60
     )
     assert result.returncode == 0, result.stderr
+
+
+# --------------------------------------------------------------------------- draft decoding
+
+
+def _smooth_photo(width: int, height: int) -> Image.Image:
+    y, x = np.mgrid[0:height, 0:width].astype(np.float32)
+    pixels = np.stack([x / width, y / height, (x + y) / (width + height)], axis=-1) * 255
+    pixels += 20 * np.sin(x / 7)[..., None] * np.cos(y / 11)[..., None]
+    return Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8))
+
+
+def _psnr(a: np.ndarray, b: np.ndarray) -> float:
+    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
+    return float("inf") if mse == 0 else 10 * np.log10(255**2 / mse)
+
+
+@pytest.mark.parametrize("size", [128, 256])
+def test_jpeg_draft_decoding_keeps_size_and_detail(size: int) -> None:
+    data = save(_smooth_photo(1600, 1064), "JPEG", quality=92)
+    drafted = imaging.decode_resized(data, LIMITS, size)
+    full = imaging.resize_long_side(decode(data), size)
+    assert drafted.rgb.shape == full.rgb.shape
+    assert max(drafted.width, drafted.height) == size
+    assert _psnr(drafted.rgb, full.rgb) > 30
+
+
+def test_draft_leaves_at_least_twice_the_target_before_resizing() -> None:
+    data = save(_smooth_photo(1600, 1064), "JPEG", quality=92)
+    decoded = imaging.decode_upload(data, LIMITS, size_hint=200)
+    assert max(decoded.width, decoded.height) >= 400  # scaled by DCT, not below 2x
+    assert max(decoded.width, decoded.height) < 1600  # but scaled
+
+
+def test_draft_with_exif_rotation_stays_upright() -> None:
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    data = save(_smooth_photo(1600, 1064), "JPEG", exif=exif, quality=92)
+    decoded = imaging.decode_resized(data, LIMITS, 256)
+    assert (decoded.width, decoded.height) == (172, 256)
+
+
+def test_size_hint_does_not_touch_other_formats() -> None:
+    data = save(_smooth_photo(800, 600), "PNG")
+    assert imaging.decode_upload(data, LIMITS, size_hint=100).width == 800
