@@ -28,6 +28,7 @@ from ray.actor import ActorHandle
 logger = logging.getLogger(__name__)
 
 CACHE_NAMESPACE = "animegan"
+HEAD_NODE_RESOURCE = "node:__internal_head__"  # ray._common.constants.HEAD_NODE_RESOURCE_NAME
 
 # Bump when the key's encoding or the meaning of a part changes: old entries then miss
 # instead of being served for a request they no longer match.
@@ -273,6 +274,9 @@ def get_or_create_cache_actor(name: str, max_bytes: int, ttl_s: float | None) ->
             lifetime="detached",
             get_if_exists=True,
             num_cpus=0,
+            # On the head, as Serve places its controller: a 0-CPU actor elsewhere could
+            # sit on a node the autoscaler removes, taking the shard's entries with it.
+            resources={HEAD_NODE_RESOURCE: 0.001},
             max_restarts=-1,
             # No retries: a cache call that was lost is a miss; retrying it behind the
             # client's short timeout buys nothing.
