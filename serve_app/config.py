@@ -102,16 +102,20 @@ class AppConfig(_Strict):
         return next((style for style in self.styles if style.name == name), None)
 
 
+DEFAULT_MAX_BATCH_SIZE = 4
+DEFAULT_BATCH_WAIT_S = 0.005
+
+
 class BatchConfig(_Strict):
     """The Stylizer's `user_config`: changed live through `reconfigure`."""
 
     max_batch_size: int | Literal["auto"] = Field(
-        default=4,
+        default=DEFAULT_MAX_BATCH_SIZE,
         description="requests per forward pass; `auto` measures each size at start-up "
         "and takes the fastest (keep max_ongoing_requests >= it)",
     )
     auto_max_batch_size: int = Field(default=8, ge=1, le=256, description="`auto` tries up to it")
-    batch_wait_timeout_s: float = Field(default=0.005, ge=0, le=10)
+    batch_wait_timeout_s: float = Field(default=DEFAULT_BATCH_WAIT_S, ge=0, le=10)
 
     @field_validator("max_batch_size")
     @classmethod

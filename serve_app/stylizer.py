@@ -21,7 +21,13 @@ import torch
 from ray import serve
 
 from serve_app import imaging
-from serve_app.config import AppConfig, BatchConfig, StyleConfig
+from serve_app.config import (
+    DEFAULT_BATCH_WAIT_S,
+    DEFAULT_MAX_BATCH_SIZE,
+    AppConfig,
+    BatchConfig,
+    StyleConfig,
+)
 from serve_app.metrics import ModelMetrics
 from serve_app.model import StyleModel, select_runtime
 from serve_app.weights import load_generator_for, resolve_weights
@@ -111,7 +117,7 @@ class Stylizer:
         self._loads = 0
         self._models = {style.name: self._load(style, config.seed) for style in config.styles}
         self._batch_config = BatchConfig()
-        self._max_batch_size = 4
+        self._max_batch_size = DEFAULT_MAX_BATCH_SIZE  # until reconfigure
         self._batch_curve: dict[int, float] = {}
         self._batch_ids = itertools.count(1)
         self._batch_sizes: Counter[int] = Counter()
@@ -190,7 +196,7 @@ class Stylizer:
             raise result
         return result
 
-    @serve.batch(max_batch_size=4, batch_wait_timeout_s=0.005)
+    @serve.batch(max_batch_size=DEFAULT_MAX_BATCH_SIZE, batch_wait_timeout_s=DEFAULT_BATCH_WAIT_S)
     async def _run_batch(
         self, images: list[np.ndarray], styles: list[str], arrivals: list[float]
     ) -> list[StylizedArray | Exception]:

@@ -1,0 +1,42 @@
+"""Application arguments and batch knobs: defaults in one place, clear refusals."""
+
+import pytest
+from pydantic import ValidationError
+
+from serve_app.config import AppConfig, BatchConfig
+
+STYLES = [{"name": "a", "weights": "random"}, {"name": "b", "weights": "random"}]
+
+
+def test_defaults_and_default_style():
+    config = AppConfig.model_validate({"styles": STYLES})
+    assert config.default_style_name == "a"
+    assert config.style("b").name == "b" and config.style("zz") is None
+    assert config.cors_origins == [] and config.api_key_env == "ANIMEGAN_API_KEYS"
+    assert config.default_size <= config.limits.max_size
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        ({"styles": []}, "at least 1"),
+        ({"styles": [STYLES[0], STYLES[0]]}, "unique"),
+        ({"styles": STYLES, "default_style": "c"}, "not one of"),
+        ({"styles": STYLES, "default_size": 2048}, "exceeds limits.max_size"),
+        ({"styles": STYLES, "typo_field": 1}, "Extra inputs"),
+        ({"styles": [{"name": "bad name!", "weights": "random"}]}, "pattern"),
+        ({"styles": STYLES, "cache": {"shards": 0}}, "greater than or equal"),
+    ],
+)
+def test_bad_arguments_are_refused_with_a_message(args, message):
+    with pytest.raises(ValidationError) as raised:
+        AppConfig.model_validate(args)
+    assert message in str(raised.value)
+
+
+def test_batch_config_accepts_auto_and_bounds_integers():
+    assert BatchConfig.model_validate({"max_batch_size": "auto"}).max_batch_size == "auto"
+    assert BatchConfig().max_batch_size == 4
+    for bad in (0, 257, "big"):
+        with pytest.raises(ValidationError):
+            BatchConfig.model_validate({"max_batch_size": bad})

@@ -1,0 +1,55 @@
+"""Option resolution and the batch route's item shape."""
+
+import base64
+
+import pytest
+
+from serve_app.config import AppConfig
+from serve_app.errors import ApiError
+from serve_app.schemas import StylizeResult, batch_item, resolve_options
+
+CONFIG = AppConfig.model_validate(
+    {"styles": [{"name": "a", "weights": "random"}], "default_size": 256, "default_quality": 80}
+)
+
+
+def test_defaults_fill_in():
+    options = resolve_options(CONFIG, None, None, None, None)
+    assert (options.style, options.size, options.format, options.quality) == ("a", 256, "png", None)
+
+
+def test_quality_defaults_for_lossy_formats_and_is_dropped_for_png():
+    assert resolve_options(CONFIG, None, None, "JPEG", None).quality == 80
+    assert resolve_options(CONFIG, None, None, "webp", 55).quality == 55
+    assert resolve_options(CONFIG, None, None, "png", 55).quality is None
+
+
+@pytest.mark.parametrize(
+    ("args", "code"),
+    [
+        (("zz", None, None, None), "unknown_style"),
+        ((None, 0, None, None), "invalid_size"),
+        ((None, 1025, None, None), "invalid_size"),
+        ((None, None, "bmp", None), "invalid_format"),
+        ((None, None, "jpeg", 101), "invalid_quality"),
+        ((None, None, "jpeg", 0), "invalid_quality"),
+    ],
+)
+def test_bad_options_are_422(args, code):
+    with pytest.raises(ApiError) as raised:
+        resolve_options(CONFIG, *args)
+    assert (raised.value.status, raised.value.code) == (422, code)
+
+
+def test_batch_items():
+    result = StylizeResult(b"png!", "image/png", "miss", "a", 4, 3, "k", True)
+    ok = batch_item(0, result)
+    assert ok["status"] == 200 and base64.b64decode(ok["data"]) == b"png!"
+    assert result.headers()["X-Weights"] == "random" and result.headers()["ETag"] == '"k"'
+    bad = batch_item(1, ApiError(400, "undecodable_image", "no"))
+    assert bad == {
+        "index": 1,
+        "status": 400,
+        "error": {"code": "undecodable_image", "message": "no"},
+    }
+    assert batch_item(2, RuntimeError("boom"))["status"] == 500
