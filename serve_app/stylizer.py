@@ -35,6 +35,10 @@ from serve_app.weights import load_generator_for, resolve_weights
 logger = logging.getLogger(__name__)
 
 WARM_UP_SIDE = 256
+# The model runs at a lower CPU priority than request handling on the same node, so that
+# hits, 503s and health checks stay fast while the model soaks up the cores (it still gets
+# every cycle nobody else wants).
+MODEL_NICENESS = 5
 # `max_batch_size: auto` times batches at this longer side at most, to keep start-up short.
 AUTO_BATCH_MAX_SIDE = 256
 # A larger batch must beat a smaller one by this factor to be chosen.
@@ -68,6 +72,14 @@ def replica_cpu_count() -> int:
         if assigned:
             return max(1, int(assigned))
     return os.cpu_count() or 1
+
+
+def lower_cpu_priority(increment: int) -> None:
+    """Raise this process's niceness (no-op where the platform has none)."""
+    try:
+        os.nice(increment)
+    except (AttributeError, OSError) as error:
+        logger.debug("cannot lower CPU priority: %s", error)
 
 
 def check_model_input(rgb: object, style: str, models: dict[str, StyleModel]) -> None:
@@ -110,6 +122,7 @@ class Stylizer:
     def __init__(self, config: AppConfig):
         self._threads = replica_cpu_count()
         torch.set_num_threads(self._threads)
+        lower_cpu_priority(MODEL_NICENESS)
         self._runtime = select_runtime(config.device, config.precision)
         self._replica = self._replica_name()
         self._metrics = ModelMetrics()

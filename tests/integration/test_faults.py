@@ -32,20 +32,23 @@ def unique_pictures(count: int) -> list[bytes]:
     return [synthetic_jpeg(96, 72, seed=next(_seeds)) for _ in range(count)]
 
 
-def timed_post(base_url: str, data: bytes) -> tuple[int, float, httpx.Headers]:
+def timed_post(client: httpx.Client, data: bytes) -> tuple[int, float, httpx.Headers]:
     started = time.monotonic()
     try:
-        response = httpx.post(
-            f"{base_url}/v1/stylize", files={"image": ("a.jpg", data)}, timeout=60
-        )
+        response = client.post("/v1/stylize", files={"image": ("a.jpg", data)})
     except httpx.HTTPError:
         return -1, time.monotonic() - started, httpx.Headers()
     return response.status_code, time.monotonic() - started, response.headers
 
 
 def send_all(base_url: str, pictures: list[bytes], concurrency: int) -> list[tuple]:
-    with ThreadPoolExecutor(concurrency) as pool:
-        return list(pool.map(lambda data: timed_post(base_url, data), pictures))
+    """Closed-loop load: `concurrency` clients over kept-alive connections."""
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    with (
+        httpx.Client(base_url=base_url, timeout=60, limits=limits) as client,
+        ThreadPoolExecutor(concurrency) as pool,
+    ):
+        return list(pool.map(lambda data: timed_post(client, data), pictures))
 
 
 def replica_names(deployment: str) -> list[str]:
