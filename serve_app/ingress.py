@@ -78,7 +78,7 @@ class Ingress:
             cache.name, cache.shards, cache.max_bytes, cache.ttl_s, cache.local_max_bytes,
             cache.timeout_s,
         )  # fmt: skip
-        self._in_flight: dict[str, asyncio.Future[CachedImage]] = {}
+        self._in_flight: dict[str, asyncio.Future[tuple[CachedImage, dict]]] = {}
         self._background: set[asyncio.Task] = set()
         self._requests: Counter[str] = Counter()
         self._model = ModelFigures()
