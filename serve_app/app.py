@@ -13,7 +13,7 @@ from ray.serve import Application
 from serve_app.config import AppConfig, StyleConfig
 from serve_app.ingress import Ingress
 from serve_app.stylizer import Stylizer
-from serve_app.weights import resolve_weights
+from serve_app.weights import is_random_digest, resolve_weights
 
 logger = logging.getLogger(__name__)
 
@@ -36,6 +36,6 @@ def build_app(args: AppConfig) -> Application:
     config = AppConfig.model_validate(args)
     digests = {style.name: style_digest(style, config.seed) for style in config.styles}
     for name, digest in digests.items():
-        if digest.startswith("random"):
+        if is_random_digest(digest):
             logger.warning("style %r runs on RANDOM weights: its pictures are meaningless", name)
     return Ingress.bind(Stylizer.bind(config), config, digests)

@@ -362,13 +362,9 @@ class CacheClient:
     async def connect(self) -> None:
         """Find or create every shard now, outside the per-call time box (creating an
         actor takes longer than a lookup should), so first requests do not miss."""
-        for index, name in enumerate(self._names):
-            if self._handles[index] is not None:
-                continue
+        for index in range(self.shards):
             try:
-                self._handles[index] = await asyncio.to_thread(
-                    self._resolver, name, self._per_shard_bytes, self._ttl_s
-                )
+                await self._handle(index, deadline=None)
             except Exception as exc:  # calls find it again lazily; never fatal
                 self._failed(index, "connect", f"{type(exc).__name__}: {exc}")
 
@@ -415,14 +411,16 @@ class CacheClient:
             self._failed(index, method, f"{type(exc).__name__}: {str(exc)[:200]}")
         return None
 
-    async def _handle(self, index: int, deadline: float) -> Any:
+    async def _handle(self, index: int, deadline: float | None) -> Any:
+        """The shard's handle, looked up (or created) by name when there is none yet."""
         handle = self._handles[index]
         if handle is None:
             # The lookup blocks on the GCS: run it off the event loop, within the budget.
             lookup = asyncio.to_thread(
                 self._resolver, self._names[index], self._per_shard_bytes, self._ttl_s
             )
-            handle = await asyncio.wait_for(lookup, max(deadline - time.monotonic(), 0.0))
+            budget = None if deadline is None else max(deadline - time.monotonic(), 0.0)
+            handle = await asyncio.wait_for(lookup, budget)
             self._handles[index] = handle
         return handle
 

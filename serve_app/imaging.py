@@ -198,10 +198,7 @@ def decode_upload(data: bytes, limits: ImageLimits, size_hint: int | None = None
     Animated and multi-page files yield their first frame. Raises an ImageError
     subclass for every bad input, never a raw Pillow exception.
     """
-    if len(data) > limits.max_bytes:
-        raise ImageTooLarge(
-            f"The upload is {len(data)} bytes; the limit is {limits.max_bytes} bytes."
-        )
+    check_upload_size(data, limits)
     if not data:
         raise UndecodableImage("The upload is empty.")
     allowed = _input_formats()
@@ -272,6 +269,14 @@ def sniff_foreign_format(data: bytes) -> str | None:
     if head.startswith(b"<svg") or (head.startswith(b"<?xml") and b"<svg" in head):
         return "SVG"
     return None
+
+
+def check_upload_size(data: bytes, limits: ImageLimits) -> None:
+    """ImageTooLarge when the upload has more bytes than the limit (checked before anything)."""
+    if len(data) > limits.max_bytes:
+        raise ImageTooLarge(
+            f"The upload is {len(data)} bytes; the limit is {limits.max_bytes} bytes."
+        )
 
 
 def decode_resized(data: bytes, limits: ImageLimits, size: int) -> DecodedImage:

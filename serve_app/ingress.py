@@ -36,6 +36,7 @@ from serve_app.security import enable_cors, load_api_keys, require_api_key
 from serve_app.stats import ModelFigures
 from serve_app.stylizer import StylizedArray
 from serve_app.uploads import MULTIPART_OVERHEAD_BYTES, read_form_files, read_single_upload
+from serve_app.weights import is_random_digest
 
 logger = logging.getLogger(__name__)
 
@@ -73,6 +74,9 @@ class Ingress:
         self._stylizer = stylizer
         self._config = config
         self._weights = weights
+        self._random_styles = frozenset(
+            name for name, digest in weights.items() if is_random_digest(digest)
+        )
         cache = config.cache
         self._cache = CacheClient(
             cache.name, cache.shards, cache.max_bytes, cache.ttl_s, cache.local_max_bytes,
@@ -104,10 +108,10 @@ class Ingress:
         options = resolve_options(self._config, style, size, format, quality)
         if not data:
             raise ApiError(400, "empty_upload", "the uploaded picture is empty")
-        if len(data) > self._config.limits.max_bytes:
-            limit = self._config.limits.max_bytes
-            message = f"the picture has {len(data)} bytes; the limit is {limit}"
-            raise as_api_error(imaging.ImageTooLarge(message))
+        try:
+            imaging.check_upload_size(data, self._config.limits)  # before hashing it
+        except imaging.ImageTooLarge as error:
+            raise as_api_error(error) from None
         key = cache_key(
             image_digest(data),
             style=options.style,
@@ -128,7 +132,7 @@ class Ingress:
             width=image.width,
             height=image.height,
             key=key,
-            random_weights=self._weights[options.style].startswith("random"),
+            random_weights=options.style in self._random_styles,
             timings_ms=timings if status == "miss" else {},
         )
 
@@ -314,7 +318,7 @@ class Ingress:
                 {
                     "name": style.name,
                     "weights": style.weights,
-                    "random_weights": self._weights[style.name].startswith("random"),
+                    "random_weights": style.name in self._random_styles,
                     "description": style.description,
                 }
                 for style in config.styles

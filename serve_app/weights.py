@@ -34,6 +34,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 RANDOM = "random"
+RANDOM_DIGEST_PREFIX = "random-seed"
 DEFAULT_BASE_URL = "https://github.com/bryandlee/animegan2-pytorch/raw/main/weights"
 WEIGHTS_DIR_ENV = "ANIMEGAN_WEIGHTS_DIR"
 WEIGHTS_URL_ENV = "ANIMEGAN_WEIGHTS_URL"
@@ -152,6 +153,11 @@ class ResolvedWeights:
         return self.kind == "random"
 
 
+def is_random_digest(digest: str) -> bool:
+    """Whether a weights digest (see ResolvedWeights.digest) names untrained weights."""
+    return digest.startswith(RANDOM_DIGEST_PREFIX)
+
+
 def is_path_spec(spec: str) -> bool:
     """A spec names a local file when it contains a path separator or ends in .pt/.pth."""
     return "/" in spec or os.sep in spec or spec.lower().endswith(_LOCAL_SUFFIXES)
@@ -173,7 +179,8 @@ def resolve_weights(
     """
     spec = spec.strip()
     if spec == RANDOM:
-        return ResolvedWeights(spec, "random", None, f"random-seed{seed}", None, seed=seed)
+        digest = f"{RANDOM_DIGEST_PREFIX}{seed}"
+        return ResolvedWeights(spec, "random", None, digest, None, seed=seed)
 
     if spec in REGISTRY:
         official = REGISTRY[spec]

@@ -175,6 +175,28 @@ def batch(count: int) -> Sender:
     return send
 
 
+def open_raw_post(base_url: str, headers: dict[str, str]) -> http.client.HTTPConnection:
+    """A POST /v1/stylize whose headers are sent and whose body is left to the caller."""
+    address = urlsplit(base_url)
+    connection = http.client.HTTPConnection(
+        address.hostname, address.port, timeout=REQUEST_TIMEOUT_S
+    )
+    connection.putrequest("POST", "/v1/stylize", skip_accept_encoding=True)
+    for name, value in headers.items():
+        connection.putheader(name, value)
+    connection.endheaders()
+    return connection
+
+
+def read_outcome(
+    connection: http.client.HTTPConnection, started: float, sent: int, offered: int
+) -> Outcome:
+    response = connection.getresponse()
+    body = response.read()
+    headers = {name.lower(): value for name, value in response.getheaders()}
+    return Outcome(response.status, body, headers, time.perf_counter() - started, sent, offered)
+
+
 def streamed(
     content_type: str,
     chunks: Callable[[], Iterator[bytes]],
@@ -185,20 +207,13 @@ def streamed(
     as soon as the server's answer is readable; ``sent`` says how far the body had got."""
 
     def send(base_url: str, _: httpx.Client) -> Outcome:
-        address = urlsplit(base_url)
-        connection = http.client.HTTPConnection(
-            address.hostname, address.port, timeout=REQUEST_TIMEOUT_S
+        chunked = content_length is None
+        length = (
+            {"Transfer-Encoding": "chunked"} if chunked else {"Content-Length": str(content_length)}
         )
         started = time.perf_counter()
+        connection = open_raw_post(base_url, {"Content-Type": content_type, **length})
         try:
-            connection.putrequest("POST", "/v1/stylize", skip_accept_encoding=True)
-            connection.putheader("Content-Type", content_type)
-            chunked = content_length is None
-            if chunked:
-                connection.putheader("Transfer-Encoding", "chunked")
-            else:
-                connection.putheader("Content-Length", str(content_length))
-            connection.endheaders()
             sock = connection.sock
             sent = offered = 0
             answered = False
@@ -218,11 +233,7 @@ def streamed(
                 time.sleep(STREAM_PACE_S)
             if not answered and chunked:
                 sock.sendall(b"0\r\n\r\n")
-            response = connection.getresponse()
-            body = response.read()
-            headers = {name.lower(): value for name, value in response.getheaders()}
-            elapsed = time.perf_counter() - started
-            return Outcome(response.status, body, headers, elapsed, sent, offered)
+            return read_outcome(connection, started, sent, offered)
         finally:
             connection.close()
 
@@ -233,16 +244,10 @@ def false_content_length(declared: int, body: Callable[[], bytes]) -> Sender:
     """A Content-Length smaller than the body that follows it, through a raw socket."""
 
     def send(base_url: str, _: httpx.Client) -> Outcome:
-        address = urlsplit(base_url)
-        connection = http.client.HTTPConnection(
-            address.hostname, address.port, timeout=REQUEST_TIMEOUT_S
-        )
         started = time.perf_counter()
+        headers = {"Content-Type": "image/jpeg", "Content-Length": str(declared)}
+        connection = open_raw_post(base_url, headers)
         try:
-            connection.putrequest("POST", "/v1/stylize", skip_accept_encoding=True)
-            connection.putheader("Content-Type", "image/jpeg")
-            connection.putheader("Content-Length", str(declared))
-            connection.endheaders()
             data = body()
             sent = 0
             for start in range(0, len(data), STREAM_CHUNK):
@@ -253,11 +258,7 @@ def false_content_length(declared: int, body: Callable[[], bytes]) -> Sender:
                 except OSError:
                     break
                 sent += len(data[start : start + STREAM_CHUNK])
-            response = connection.getresponse()
-            payload = response.read()
-            headers = {name.lower(): value for name, value in response.getheaders()}
-            elapsed = time.perf_counter() - started
-            return Outcome(response.status, payload, headers, elapsed, sent, len(data))
+            return read_outcome(connection, started, sent, len(data))
         finally:
             connection.close()
 
