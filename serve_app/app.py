@@ -12,23 +12,20 @@ from ray.serve import Application
 
 from serve_app.config import AppConfig, StyleConfig
 from serve_app.ingress import Ingress
-from serve_app.stylizer import Stylizer
+from serve_app.stylizer import Stylizer, weights_identity
 from serve_app.weights import is_random_digest, resolve_weights
 
 logger = logging.getLogger(__name__)
 
 
 def style_digest(style: StyleConfig, seed: int) -> str:
-    """What identifies a style's output function: the weights' bytes and the upsampling mode.
+    """The identity of the weights a style must run (the model replicas report the same).
 
     Resolving downloads official weights that are not cached yet, so an offline deploy
     fails here, at once and with the message of ``weights.py``, rather than in replicas.
     """
     weights = resolve_weights(style.weights, seed=seed, progress=False)
-    align_corners = style.align_corners
-    if align_corners is None:
-        align_corners = True if weights.align_corners is None else weights.align_corners
-    return f"{weights.digest}:align_corners={align_corners}"
+    return weights_identity(weights, style.align_corners)
 
 
 def build_app(args: AppConfig) -> Application:

@@ -11,10 +11,43 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from serve_app.imaging import ImageLimits, OutputFormat
-from serve_app.model import DeviceName, PrecisionName
-
 STYLE_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+
+OutputFormat = Literal["png", "jpeg", "webp"]
+DeviceName = Literal["auto", "cpu", "cuda"]
+PrecisionName = Literal["auto", "fp32", "bf16", "fp16"]
+
+SIDE_MULTIPLE = 4
+"""The generator's two stride-2 stages need both sides divisible by 4."""
+
+MIN_SIDE = 16
+"""Smallest side the generator accepts after resizing (its reflection pads need it)."""
+
+
+class ImageLimits(BaseModel, frozen=True, extra="forbid"):
+    """Limits applied to every upload; one instance is shared by the whole app."""
+
+    max_bytes: int = Field(
+        default=20 * 1024 * 1024,
+        gt=0,
+        description="Largest upload accepted, in bytes; larger ones answer 413.",
+    )
+    max_pixels: int = Field(
+        default=50_000_000,
+        gt=0,
+        description=(
+            "Largest width×height accepted, read from the image header before any pixel "
+            "is decoded (a few-KB file can claim gigapixels); larger ones answer 413."
+        ),
+    )
+    max_size: int = Field(
+        default=1024,
+        ge=MIN_SIDE,
+        description=(
+            "Largest output longer side (px) a request may ask for; at least MIN_SIDE "
+            "(16), since no smaller output can be produced."
+        ),
+    )
 
 
 class _Strict(BaseModel):
@@ -65,6 +98,13 @@ class AppConfig(_Strict):
         ge=1,
         description="misses one ingress replica computes at once; past it: 503 at once, "
         "before any decoding (hits are still served)",
+    )
+    decode_concurrency: int = Field(
+        default=2,
+        ge=1,
+        le=64,
+        description="uploads one ingress replica decodes at once; bounds its memory: each "
+        "decode of the largest accepted picture peaks near 4 bytes per pixel of max_pixels",
     )
     cache: CacheConfig = CacheConfig()
     api_key_env: str | None = Field(

@@ -1,69 +1,164 @@
-"""The API's errors: one JSON shape, `{"error": {"code", "message"}}`, for every failure."""
+"""Every way a request can fail, as one family of exceptions.
+
+Each class carries its HTTP ``status`` and machine-readable ``code``; the API answers
+any of them as ``{"error": {"code": ..., "message": ...}}`` with that status (one
+handler in ``ingress.py``). Python handle callers receive the same exceptions. This module
+imports nothing of the project, Ray or web frameworks, so every layer can raise them.
+"""
 
 from __future__ import annotations
 
-import logging
 
-from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
-from starlette.exceptions import HTTPException as StarletteHTTPException
+class ServiceError(Exception):
+    """Base of every error the service reports to a caller."""
 
-from serve_app.imaging import ImageError
+    status: int = 500
+    code: str = "internal_error"
+    retry_after_s: int | None = None  # sent as Retry-After when set
 
-logger = logging.getLogger(__name__)
-
-
-class ApiError(Exception):
-    """A failure with its HTTP status; also raised to Python handle callers as is."""
-
-    def __init__(self, status: int, code: str, message: str, headers: dict | None = None):
+    def __init__(self, message: str = "internal error; see the server log") -> None:
         super().__init__(message)
-        self.status = status
-        self.code = code
         self.message = message
-        self.headers = headers or {}
 
-    def __reduce__(self):  # keep every field across Ray's pickling
-        return (type(self), (self.status, self.code, self.message, self.headers))
+    @property
+    def headers(self) -> dict[str, str]:
+        return {} if self.retry_after_s is None else {"Retry-After": str(self.retry_after_s)}
 
+    def to_dict(self) -> dict[str, dict[str, str]]:
+        return {"error": {"code": self.code, "message": self.message}}
 
-def error_response(status: int, code: str, message: str, headers: dict | None = None):
-    body = {"error": {"code": code, "message": message}}
-    return JSONResponse(body, status_code=status, headers=headers)
-
-
-def as_api_error(error: ImageError) -> ApiError:
-    return ApiError(error.http_status, error.code, str(error))
+    def __reduce__(self):  # keep the message across Ray's pickling
+        return (type(self), (self.message,))
 
 
-def _validation_message(error: RequestValidationError) -> str:
-    parts = []
-    for item in error.errors():
-        where = ".".join(str(part) for part in item.get("loc", ()) if part not in ("query", "body"))
-        parts.append(f"{where}: {item.get('msg')}" if where else str(item.get("msg")))
-    return "; ".join(parts) or "invalid request parameters"
+# --- 400: the bytes are not a usable picture or body ---------------------------------
 
 
-def install_error_handlers(app: FastAPI) -> None:
-    @app.exception_handler(ApiError)
-    async def _api_error(_: Request, error: ApiError):
-        return error_response(error.status, error.code, error.message, error.headers)
+class UndecodableImage(ServiceError):
+    """Not an image, or a corrupt or truncated one."""
 
-    @app.exception_handler(ImageError)
-    async def _image_error(_: Request, error: ImageError):
-        return error_response(error.http_status, error.code, str(error))
+    status, code = 400, "undecodable_image"
 
-    @app.exception_handler(RequestValidationError)
-    async def _invalid_parameters(_: Request, error: RequestValidationError):
-        return error_response(422, "invalid_parameters", _validation_message(error))
 
-    @app.exception_handler(StarletteHTTPException)
-    async def _http_error(_: Request, error: StarletteHTTPException):
-        code = {404: "not_found", 405: "method_not_allowed"}.get(error.status_code, "http_error")
-        return error_response(error.status_code, code, str(error.detail), error.headers)
+class EmptyUpload(ServiceError):
+    status, code = 400, "empty_upload"
 
-    @app.exception_handler(Exception)
-    async def _unexpected(_: Request, error: Exception):
-        logger.exception("unexpected error")
-        return error_response(500, "internal_error", "internal error; see the server log")
+
+class ImageTooSmall(ServiceError):
+    """The shorter side would fall under the generator's minimum after resizing."""
+
+    status, code = 400, "image_too_small"
+
+
+class BadMultipart(ServiceError):
+    status, code = 400, "bad_multipart"
+
+
+# --- 401, 404, 405 -------------------------------------------------------------------
+
+
+class Unauthorized(ServiceError):
+    status, code = 401, "unauthorized"
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"WWW-Authenticate": "Bearer"}
+
+
+class NotFound(ServiceError):
+    status, code = 404, "not_found"
+
+
+class MethodNotAllowed(ServiceError):
+    status, code = 405, "method_not_allowed"
+
+
+# --- 413, 415: too much, or the wrong kind ------------------------------------------
+
+
+class ImageTooLarge(ServiceError):
+    """Too many bytes or too many pixels in one picture."""
+
+    status, code = 413, "image_too_large"
+
+
+class PayloadTooLarge(ServiceError):
+    """The request body (or its number of parts) is over the limit."""
+
+    status, code = 413, "payload_too_large"
+
+
+class UnsupportedFormat(ServiceError):
+    """A valid picture in a format (or colour mode) that is not accepted."""
+
+    status, code = 415, "unsupported_format"
+
+
+class UnsupportedMediaType(ServiceError):
+    """A body that is neither multipart nor an ``image/*`` type."""
+
+    status, code = 415, "unsupported_media_type"
+
+
+# --- 422: the request's parameters ---------------------------------------------------
+
+
+class UnknownStyle(ServiceError):
+    status, code = 422, "unknown_style"
+
+
+class InvalidSize(ServiceError):
+    status, code = 422, "invalid_size"
+
+
+class InvalidFormat(ServiceError):
+    status, code = 422, "invalid_format"
+
+
+class InvalidQuality(ServiceError):
+    status, code = 422, "invalid_quality"
+
+
+class InvalidParameters(ServiceError):
+    status, code = 422, "invalid_parameters"
+
+
+class MissingImage(ServiceError):
+    status, code = 422, "missing_image"
+
+
+# --- 5xx: the service, not the request -------------------------------------------------
+
+
+class InternalError(ServiceError):
+    status, code = 500, "internal_error"
+
+
+class Overloaded(ServiceError):
+    """Too much work in progress; the caller should come back shortly."""
+
+    status, code, retry_after_s = 503, "overloaded", 1
+
+
+class Unavailable(ServiceError):
+    """The model could not answer (a replica failed twice)."""
+
+    status, code, retry_after_s = 503, "unavailable", 1
+
+
+class Timeout(ServiceError):
+    """Not ready within the request's deadline; the work was cancelled."""
+
+    status, code = 504, "timeout"
+
+
+def error_classes() -> list[type[ServiceError]]:
+    """Every concrete error, in declaration order (the README's table lists the same)."""
+    return [cls for cls in _subclasses(ServiceError) if cls is not ServiceError]
+
+
+def _subclasses(cls: type[ServiceError]) -> list[type[ServiceError]]:
+    found = [cls]
+    for sub in cls.__subclasses__():
+        found.extend(_subclasses(sub))
+    return found

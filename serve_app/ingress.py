@@ -1,50 +1,119 @@
-"""The ingress deployment: HTTP routes and the Python handle API over one code path.
+"""The ingress deployment: thin HTTP routes and the Python handle API over the pipeline.
 
-route -> read upload (uploads.py) -> cache key -> L1 / shared cache (cache.py)
-      -> coalesce with an identical request in flight -> decode + resize (imaging.py)
-      -> Stylizer (stylizer.py) -> encode -> cache -> response
+Everything that decides an answer (cache, coalescing, limits, deadlines, retries) lives in
+``pipeline.py``; this module reads requests, calls it and writes responses. It imports
+neither torch nor the model deployment.
 """
 
 import asyncio
 import logging
 import time
-from collections import Counter
 from pathlib import Path
 from typing import Annotated
 
+import numpy as np
 from fastapi import Depends, FastAPI, Query, Request
-from fastapi.responses import FileResponse, Response
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from ray import serve
 from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
 from ray.serve.exceptions import BackPressureError
 from ray.serve.handle import DeploymentHandle
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from serve_app import imaging
-from serve_app.cache import CacheClient, CachedImage, cache_key, image_digest
-from serve_app.config import AppConfig
-from serve_app.errors import ApiError, as_api_error, error_response, install_error_handlers
+from serve_app.cache import CacheClient
+from serve_app.config import MIN_SIDE, AppConfig
+from serve_app.errors import (
+    InvalidParameters,
+    MethodNotAllowed,
+    MissingImage,
+    NotFound,
+    Overloaded,
+    ServiceError,
+)
+from serve_app.pipeline import ReplicaFailed, StylizePipeline, batch_body
 from serve_app.request_log import RequestContextMiddleware, ingress_metrics, log_fields
 from serve_app.schemas import (
-    CacheStatus,
-    StylizeOptions,
+    BatchResponse,
+    ErrorBody,
+    HealthResponse,
+    StatsResponse,
+    StyleInfo,
+    StylesResponse,
+    StylizedArray,
     StylizeResult,
-    batch_item,
     resolve_options,
 )
 from serve_app.security import enable_cors, load_api_keys, require_api_key
-from serve_app.stats import ModelFigures
-from serve_app.stylizer import StylizedArray
 from serve_app.uploads import MULTIPART_OVERHEAD_BYTES, read_form_files, read_single_upload
 from serve_app.weights import is_random_digest
 
 logger = logging.getLogger(__name__)
 
 WEB_DIR = Path(__file__).parent / "web"
-# A replica that dies mid-call is retried once: stylizing is idempotent.
-RETRYABLE = (ActorDiedError, ActorUnavailableError, RayActorError)
+# A replica that dies mid-call: the pipeline retries once (stylising is idempotent).
+REPLICA_FAILURES = (ActorDiedError, ActorUnavailableError, RayActorError)
 CACHE_GAUGES_EVERY_S = 10.0
 STATS_TIMEOUT_S = 1.0
+IDENTITY_TIMEOUT_S = 30.0
+
+
+def error_response(error: ServiceError) -> JSONResponse:
+    return JSONResponse(error.to_dict(), status_code=error.status, headers=error.headers)
+
+
+def _validation_message(error: RequestValidationError) -> str:
+    parts = []
+    for item in error.errors():
+        where = ".".join(str(part) for part in item.get("loc", ()) if part not in ("query", "body"))
+        parts.append(f"{where}: {item.get('msg')}" if where else str(item.get("msg")))
+    return "; ".join(parts) or "invalid request parameters"
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Every failure, ours or the framework's, answers in the one JSON shape."""
+
+    @app.exception_handler(ServiceError)
+    async def _service_error(_: Request, error: ServiceError):
+        return error_response(error)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid_parameters(_: Request, error: RequestValidationError):
+        return error_response(InvalidParameters(_validation_message(error)))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(_: Request, error: StarletteHTTPException):
+        known = {404: NotFound, 405: MethodNotAllowed}.get(error.status_code)
+        if known is None:
+            body = {"error": {"code": "http_error", "message": str(error.detail)}}
+            return JSONResponse(body, status_code=error.status_code, headers=error.headers)
+        response = error_response(known(str(error.detail)))
+        response.headers.update(error.headers or {})
+        return response
+
+    @app.exception_handler(Exception)
+    async def _unexpected(_: Request, error: Exception):
+        logger.exception("unexpected error")
+        return error_response(ServiceError())
+
+
+def error_statuses(*statuses: int) -> dict:
+    """OpenAPI entries for the error statuses a route can answer."""
+    return {status: {"model": ErrorBody} for status in statuses}
+
+
+BINARY = {"type": "string", "format": "binary"}
+IMAGE_TYPES = ("image/jpeg", "image/png", "image/webp", "image/gif", "image/bmp", "image/tiff")
+RAW_BODY = {media_type: {"schema": BINARY} for media_type in (*IMAGE_TYPES, "image/heic")}
+
+
+def multipart_body(field: str, many: bool) -> dict:
+    schema = {"type": "array", "items": BINARY, "minItems": 1} if many else BINARY
+    form = {"type": "object", "required": [field], "properties": {field: schema}}
+    return {"multipart/form-data": {"schema": form}}
+
 
 app = FastAPI(
     title="animegan-serve",
@@ -57,44 +126,51 @@ app.mount("/static", StaticFiles(directory=WEB_DIR, check_dir=False), name="stat
 
 StyleParam = Annotated[str | None, Query(description="a style from /v1/styles")]
 SizeParam = Annotated[int | None, Query(description="output longer side, px")]
-FormatParam = Annotated[str | None, Query(description="png, jpeg or webp")]
+FormatParam = Annotated[str | None, Query(description="output format")]
 QualityParam = Annotated[int | None, Query(description="1..100, jpeg and webp")]
 API_KEY = [Depends(require_api_key)]
-
-
-def overloaded(message: str) -> ApiError:
-    return ApiError(503, "overloaded", message, {"Retry-After": "1"})
+STYLIZE_ERRORS = error_statuses(400, 401, 413, 415, 422, 503, 504)
 
 
 @serve.deployment(max_ongoing_requests=64)
 @serve.ingress(app)
 class Ingress:
     def __init__(self, stylizer: DeploymentHandle, config: AppConfig, weights: dict[str, str]):
-        """``weights``: style name -> weights digest (it is part of every cache key)."""
+        """``weights``: style name -> the digest of its configured weights."""
         self._stylizer = stylizer
         self._config = config
-        self._weights = weights
-        self._random_styles = frozenset(
-            name for name, digest in weights.items() if is_random_digest(digest)
-        )
-        cache = config.cache
-        self._cache = CacheClient(
-            cache.name, cache.shards, cache.max_bytes, cache.ttl_s, cache.local_max_bytes,
-            cache.timeout_s,
-        )  # fmt: skip
-        self._in_flight: dict[str, asyncio.Future[tuple[CachedImage, dict]]] = {}
-        self._background: set[asyncio.Task] = set()
-        self._requests: Counter[str] = Counter()
-        self._model = ModelFigures()
+        self._cache = CacheClient(config.cache)
+        self._pipeline = StylizePipeline(config, self._cache, self._stylize_array, weights)
+        self._random_styles = frozenset(s for s, d in weights.items() if is_random_digest(d))
         self._metrics = ingress_metrics()
         self._gauges_at = 0.0
-        self._in_background(self._cache.connect())
+        self._background: set[asyncio.Task] = set()
         app.state.api_keys = load_api_keys(config.api_key_env)
         enable_cors(app, config.cors_origins)
-        if config.warm_examples:
-            self._in_background(self.warm_cache(config.warm_examples))
+        app.openapi_schema = None  # regenerated with this config's limits (see openapi())
+        app.openapi = self.openapi
+        self._in_background(self._start())
 
-    # --- the one code path -------------------------------------------------------
+    async def _start(self) -> None:
+        await self._cache.connect()
+        await self._learn_model_identity()
+        if self._config.warm_examples:
+            await self.warm_cache(self._config.warm_examples)
+
+    async def _learn_model_identity(self) -> None:
+        """Ask a model replica what it runs, so lookups hit results computed before this
+        ingress started (a redeploy keeps the shared cache)."""
+        try:
+            identities = await asyncio.wait_for(
+                self._stylizer.identities.remote(), IDENTITY_TIMEOUT_S
+            )
+        except Exception as error:  # learnt from the first answer instead
+            logger.warning("model identity unavailable at start: %s", error)
+            return
+        for style, identity in identities.items():
+            self._pipeline.learn(style, identity)
+
+    # --- the Python handle API ---------------------------------------------------------
 
     async def stylize(
         self,
@@ -104,156 +180,76 @@ class Ingress:
         format: str | None = None,
         quality: int | None = None,
     ) -> StylizeResult:
-        """Bytes of a picture -> the stylised picture (the Python handle API)."""
+        """Bytes of a picture -> the stylised picture; raises the API's errors."""
         options = resolve_options(self._config, style, size, format, quality)
-        if not data:
-            raise ApiError(400, "empty_upload", "the uploaded picture is empty")
-        try:
-            imaging.check_upload_size(data, self._config.limits)  # before hashing it
-        except imaging.ImageTooLarge as error:
-            raise as_api_error(error) from None
-        key = cache_key(
-            image_digest(data),
-            style=options.style,
-            weights_digest=self._weights[options.style],
-            size=options.size,
-            fmt=options.format,
-            quality=options.quality,
-        )
-        (image, timings), status = await self._lookup_or_compute(key, data, options)
-        self._requests[status] += 1
-        self._metrics.cache_results.inc(tags={"status": status})
-        self._refresh_cache_gauges()
-        return StylizeResult(
-            data=image.data,
-            media_type=image.media_type,
-            cache=status,
-            style=options.style,
-            width=image.width,
-            height=image.height,
-            key=key,
-            random_weights=options.style in self._random_styles,
-            timings_ms=timings if status == "miss" else {},
-        )
+        result = await self._pipeline.stylize(data, options)
+        self._record(result)
+        return result
 
-    async def _lookup_or_compute(
-        self, key: str, data: bytes, options: StylizeOptions
-    ) -> tuple[tuple[CachedImage, dict], CacheStatus]:
-        cached = await self._cache.get(key)
-        if cached is not None:
-            return (cached, {}), "hit"
-        in_flight = self._in_flight.get(key)
-        status: CacheStatus = "coalesced"
-        if in_flight is None:
-            if len(self._in_flight) >= self._config.max_in_flight:
-                raise overloaded("too many pictures in progress; retry shortly")
-            timeout = self._config.request_timeout_s
-            # The deadline cancels the work itself (the Stylizer call included).
-            in_flight = asyncio.ensure_future(
-                asyncio.wait_for(self._compute(key, data, options), timeout)
-            )
-            self._in_flight[key] = in_flight
-            in_flight.add_done_callback(lambda _: self._in_flight.pop(key, None))
-            status = "miss"
-        try:
-            # shield: one caller giving up does not cancel the work others wait for.
-            return await asyncio.shield(in_flight), status
-        except asyncio.TimeoutError:
-            timeout = self._config.request_timeout_s
-            raise ApiError(504, "timeout", f"not ready within {timeout:g} s") from None
-
-    async def _compute(
-        self, key: str, data: bytes, options: StylizeOptions
-    ) -> tuple[CachedImage, dict]:
-        started = time.perf_counter()
-        try:
-            decoded = await asyncio.to_thread(
-                imaging.decode_resized, data, self._config.limits, options.size
-            )
-        except imaging.ImageError as error:
-            raise as_api_error(error) from None
-        decoded_at = time.perf_counter()
-        stylized = await self._call_stylizer(decoded.rgb, options.style)
-        self._model.record(options.style, stylized.info)
-        encode_from = time.perf_counter()
-        encoded = await asyncio.to_thread(
-            imaging.encode_image, stylized.rgb, decoded.alpha, options.format, options.quality
-        )
-        encoded_at = time.perf_counter()
-        height, width = stylized.rgb.shape[:2]
-        image = CachedImage(encoded, imaging.MEDIA_TYPES[options.format], width, height)
-        self._in_background(self._cache.put(key, image))
-        timings = {
-            "decode": (decoded_at - started) * 1e3,
-            "queue": stylized.info.queue_ms,
-            "inference": stylized.info.inference_ms,
-            "encode": (encoded_at - encode_from) * 1e3,
-        }
-        self._metrics.decode_ms.observe(timings["decode"])
-        self._metrics.encode_ms.observe(timings["encode"], tags={"format": options.format})
-        return image, timings
-
-    async def _call_stylizer(self, rgb, style: str) -> StylizedArray:
-        for attempt in (1, 2):
-            response = self._stylizer.stylize.remote(rgb, style)
+    async def warm_cache(self, paths: list[str]) -> int:
+        """Stylise example photos for every style, so their first visitor waits for nothing."""
+        photos = []
+        for path in paths:
             try:
-                return await response
-            except asyncio.CancelledError:
-                response.cancel()  # the deadline passed: stop the work on the replica
-                raise
-            except BackPressureError:
-                raise overloaded("the service is at capacity; retry shortly") from None
-            except RETRYABLE as error:
-                if attempt == 2:
-                    raise ApiError(
-                        503, "unavailable", "the model replica failed; retry shortly",
-                        {"Retry-After": "1"},
-                    ) from error  # fmt: skip
-                logger.warning("Stylizer replica failed (%s); retrying once", error)
-        raise AssertionError("unreachable")
+                photos.append(Path(path).read_bytes())
+            except OSError as error:
+                logger.warning("warm cache: cannot read %s: %s", path, error)
+        options = [resolve_options(self._config, style.name) for style in self._config.styles]
+        return await self._pipeline.warm(photos, options)
+
+    async def _stylize_array(self, rgb: np.ndarray, style: str) -> StylizedArray:
+        response = self._stylizer.stylize.remote(rgb, style)
+        try:
+            return await response
+        except asyncio.CancelledError:
+            response.cancel()  # nobody waits any more: stop the work on the replica too
+            raise
+        except BackPressureError:
+            raise Overloaded("the service is at capacity; retry shortly") from None
+        except REPLICA_FAILURES as error:
+            raise ReplicaFailed(str(error)[:200]) from error
+
+    def _record(self, result: StylizeResult) -> None:
+        self._metrics.cache_results.inc(tags={"status": result.cache})
+        timings = result.timings_ms
+        if timings:
+            self._metrics.decode_ms.observe(timings["decode"])
+            self._metrics.encode_ms.observe(timings["encode"], tags={"format": result.media_type})
+        now = time.monotonic()
+        if now - self._gauges_at >= CACHE_GAUGES_EVERY_S:
+            self._gauges_at = now
+            self._in_background(self._cache_stats())
 
     def _in_background(self, coroutine) -> None:
         task = asyncio.ensure_future(coroutine)
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
-    def _refresh_cache_gauges(self) -> None:
-        now = time.monotonic()
-        if now - self._gauges_at >= CACHE_GAUGES_EVERY_S:
-            self._gauges_at = now
-            self._in_background(self._cache_stats())
-
     async def _cache_stats(self) -> dict:
         stats = await self._cache.stats()
         self._metrics.record_cache(stats["shared"])
         return stats
 
-    async def warm_cache(self, paths: list[str]) -> int:
-        """Stylise example photos for every style, so their first visitor waits for nothing."""
-        done = 0
-        for path in paths:
-            try:
-                data = Path(path).read_bytes()
-            except OSError as error:
-                logger.warning("warm cache: cannot read %s: %s", path, error)
-                continue
-            for style in self._config.styles:
-                try:
-                    await self.stylize(data, style=style.name)
-                    done += 1
-                except Exception:
-                    logger.exception("warm cache: %s failed for style %s", path, style.name)
-        logger.info("warm cache: %d results ready", done)
-        return done
-
-    # --- HTTP --------------------------------------------------------------------
+    # --- HTTP ----------------------------------------------------------------------------
 
     @app.post(
         "/v1/stylize",
         response_class=Response,
         dependencies=API_KEY,
         summary="Stylise one picture",
-        responses={200: {"content": {"image/png": {}, "image/jpeg": {}, "image/webp": {}}}},
+        responses={
+            200: {
+                "content": {t: {"schema": BINARY} for t in imaging.MEDIA_TYPES.values()},
+                "description": "the picture; headers X-Cache, X-Style, ETag",
+            },
+            **STYLIZE_ERRORS,
+        },
+        openapi_extra={
+            "requestBody": {
+                "required": True,
+                "content": {**multipart_body("image", many=False), **RAW_BODY},
+            }
+        },
     )
     async def stylize_route(
         self,
@@ -263,9 +259,10 @@ class Ingress:
         format: FormatParam = None,
         quality: QualityParam = None,
     ) -> Response:
-        resolve_options(self._config, style, size, format, quality)  # 422 before reading
+        options = resolve_options(self._config, style, size, format, quality)  # before reading
         data = await read_single_upload(request, self._config.limits.max_bytes)
-        result = await self.stylize(data, style, size, format, quality)
+        result = await self._pipeline.stylize(data, options)
+        self._record(result)
         log_fields(request.scope).update(
             style=result.style,
             size=max(result.width, result.height),
@@ -278,8 +275,13 @@ class Ingress:
 
     @app.post(
         "/v1/stylize/batch",
+        response_class=Response,
         dependencies=API_KEY,
-        summary="Stylise several pictures (multipart fields `images`)",
+        summary="Stylise several pictures; each succeeds or fails alone",
+        responses={200: {"model": BatchResponse}, **STYLIZE_ERRORS},
+        openapi_extra={
+            "requestBody": {"required": True, "content": multipart_body("images", many=True)}
+        },
     )
     async def stylize_batch_route(
         self,
@@ -288,65 +290,105 @@ class Ingress:
         size: SizeParam = None,
         format: FormatParam = None,
         quality: QualityParam = None,
-    ) -> dict:
-        resolve_options(self._config, style, size, format, quality)  # 422 before reading
+    ) -> Response:
+        options = resolve_options(self._config, style, size, format, quality)  # before reading
         count = self._config.max_batch_images
         limit = count * (self._config.limits.max_bytes + MULTIPART_OVERHEAD_BYTES)
         files = await read_form_files(request, "images", count, limit)
         if not files:
-            raise ApiError(422, "missing_image", "send the pictures as multipart fields 'images'")
-        outcomes = await asyncio.gather(
-            *(self.stylize(data, style, size, format, quality) for data in files),
-            return_exceptions=True,
-        )
-        log_fields(request.scope).update(style=style, images=len(files))
-        return {"results": [batch_item(i, outcome) for i, outcome in enumerate(outcomes)]}
+            raise MissingImage("send the pictures as multipart fields 'images'")
+        outcomes = await self._pipeline.stylize_many(files, options)
+        for outcome in outcomes:
+            if isinstance(outcome, StylizeResult):
+                self._record(outcome)
+        log_fields(request.scope).update(style=options.style, images=len(files))
+        body = await asyncio.to_thread(batch_body, outcomes)
+        return Response(body, media_type="application/json")
 
-    @app.get("/v1/styles", dependencies=API_KEY, summary="The styles served and the defaults")
-    async def styles_route(self) -> dict:
+    @app.get(
+        "/v1/styles",
+        dependencies=API_KEY,
+        summary="The styles served, the defaults and the limits",
+        responses=error_statuses(401),
+    )
+    async def styles_route(self) -> StylesResponse:
         config = self._config
-        return {
-            "default_style": config.default_style_name,
-            "default_size": config.default_size,
-            "max_size": config.limits.max_size,
-            "default_format": config.default_format,
-            "formats": sorted(imaging.MEDIA_TYPES),
-            "max_bytes": config.limits.max_bytes,
-            "max_pixels": config.limits.max_pixels,
-            "max_batch_images": config.max_batch_images,
-            "styles": [
-                {
-                    "name": style.name,
-                    "weights": style.weights,
-                    "random_weights": style.name in self._random_styles,
-                    "description": style.description,
-                }
+        return StylesResponse(
+            default_style=config.default_style_name,
+            default_size=config.default_size,
+            min_size=MIN_SIDE,
+            max_size=config.limits.max_size,
+            default_format=config.default_format,
+            formats=sorted(imaging.MEDIA_TYPES),
+            max_bytes=config.limits.max_bytes,
+            max_pixels=config.limits.max_pixels,
+            max_batch_images=config.max_batch_images,
+            styles=[
+                StyleInfo(
+                    name=style.name,
+                    description=style.description,
+                    random_weights=style.name in self._random_styles,
+                )
                 for style in config.styles
             ],
-        }
+        )
 
-    @app.get("/v1/stats", dependencies=API_KEY, summary="Cache and model figures")
-    async def stats_route(self) -> dict:
+    @app.get(
+        "/v1/stats",
+        dependencies=API_KEY,
+        summary="Cache figures and one model replica's own report",
+        responses=error_statuses(401),
+    )
+    async def stats_route(self) -> StatsResponse:
         cache = await self._cache_stats()
-        cache["coalesced"] = self._requests["coalesced"]
-        model = {**self._model.to_dict(), "replica": await self._one_replica_stats()}
-        return {"cache": cache, "requests": dict(self._requests), "model": model}
+        cache["coalesced"] = self._pipeline.requests["coalesced"]
+        return StatsResponse(
+            cache=cache,
+            requests=dict(self._pipeline.requests),
+            in_flight=self._pipeline.in_flight,
+            model=await self._one_replica_stats(),
+        )
 
     async def _one_replica_stats(self) -> dict | None:
-        """One Stylizer replica's own report: runtime, threads, batch curve and choice."""
         try:
             return await asyncio.wait_for(self._stylizer.stats.remote(), STATS_TIMEOUT_S)
         except Exception as error:  # stats must answer even when the model cannot
-            logger.warning("Stylizer stats unavailable: %s", error)
+            logger.warning("model replica stats unavailable: %s", error)
             return None
 
     @app.get("/healthz", summary="200 once the app can serve")
-    async def healthz(self) -> dict:
-        return {"status": "ok"}
+    async def healthz(self) -> HealthResponse:
+        return HealthResponse(status="ok")
 
     @app.get("/", include_in_schema=False)
     async def page(self):
         index = WEB_DIR / "index.html"
         if not index.is_file():
-            return error_response(404, "not_found", "the upload page is not installed")
+            raise NotFound("the upload page is not installed")
         return FileResponse(index)
+
+    # --- OpenAPI -------------------------------------------------------------------------
+
+    def openapi(self) -> dict:
+        """FastAPI's document, with the query constraints this config enforces."""
+        if app.openapi_schema is None:
+            from fastapi.openapi.utils import get_openapi
+
+            schema = get_openapi(
+                title=app.title, version=app.version, summary=app.summary, routes=app.routes
+            )
+            constraints = self._query_constraints()
+            for path in ("/v1/stylize", "/v1/stylize/batch"):
+                for parameter in schema["paths"][path]["post"].get("parameters", []):
+                    parameter["schema"] = constraints[parameter["name"]]
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    def _query_constraints(self) -> dict[str, dict]:
+        config = self._config
+        return {
+            "style": {"type": "string", "enum": [s.name for s in config.styles]},
+            "size": {"type": "integer", "minimum": MIN_SIDE, "maximum": config.limits.max_size},
+            "format": {"type": "string", "enum": sorted(imaging.MEDIA_TYPES)},
+            "quality": {"type": "integer", "minimum": 1, "maximum": 100},
+        }

@@ -18,8 +18,6 @@ from torch import nn
 
 logger = logging.getLogger(__name__)
 
-DeviceName = Literal["auto", "cpu", "cuda"]
-PrecisionName = Literal["auto", "fp32", "bf16", "fp16"]
 
 
 class ConvNormLReLU(nn.Sequential):
@@ -152,7 +150,7 @@ def cpu_supports_bf16() -> bool:
     return False
 
 
-def select_runtime(device: DeviceName = "auto", precision: PrecisionName = "auto") -> Runtime:
+def select_runtime(device: str = "auto", precision: str = "auto") -> Runtime:
     """Resolve ``auto`` to the fastest setting this hardware supports; refuse impossible ones."""
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"

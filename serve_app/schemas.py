@@ -1,19 +1,50 @@
-"""The shapes of the API: options in, results out (HTTP and Python handles alike)."""
+"""The shapes of the API: options in, results out (HTTP and Python handles alike), and
+what a model replica answers. Light on purpose: the ingress imports it, never torch."""
 
 from __future__ import annotations
 
-import base64
-import logging
 from dataclasses import dataclass, field
 from typing import Literal
 
-from serve_app import imaging
-from serve_app.config import AppConfig
-from serve_app.errors import ApiError
+import numpy as np
+from pydantic import BaseModel, Field
 
-logger = logging.getLogger(__name__)
+from serve_app.config import MIN_SIDE, AppConfig, OutputFormat
+from serve_app.errors import InvalidFormat, InvalidQuality, InvalidSize, UnknownStyle
+from serve_app.imaging import MEDIA_TYPES
 
 CacheStatus = Literal["hit", "miss", "coalesced"]
+
+
+# --- what a model replica answers --------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ModelIdentity:
+    """What computed a result. A result is cached only under the key of its identity."""
+
+    weights: str  # digest of the weights and the upsampling mode
+    runtime: str  # device, precision and library versions, e.g. "cpu/bf16/torch-2.13.0"
+
+
+@dataclass(frozen=True)
+class StylizedArray:
+    rgb: np.ndarray  # (H, W, 3) uint8
+    identity: ModelIdentity
+    queue_ms: float  # arrival at the replica -> start of its batch
+    inference_ms: float  # the forward pass that computed it
+    batch_size: int  # requests in that batch
+
+
+# --- options in, results out -----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class StylizeOptions:
+    style: str
+    size: int
+    format: OutputFormat
+    quality: int | None  # None for png
 
 
 @dataclass(frozen=True)
@@ -37,40 +68,26 @@ class StylizeResult:
         return headers
 
 
-@dataclass(frozen=True)
-class StylizeOptions:
-    style: str
-    size: int
-    format: imaging.OutputFormat
-    quality: int | None  # None for png
-
-
 def resolve_options(
     config: AppConfig,
-    style: str | None,
-    size: int | None,
-    fmt: str | None,
-    quality: int | None,
+    style: str | None = None,
+    size: int | None = None,
+    fmt: str | None = None,
+    quality: int | None = None,
 ) -> StylizeOptions:
     """Fill defaults and check every option against the config; 422 on anything wrong."""
     style = style or config.default_style_name
     if config.style(style) is None:
         names = [s.name for s in config.styles]
-        raise ApiError(422, "unknown_style", f"unknown style {style!r}; served: {names}")
+        raise UnknownStyle(f"unknown style {style!r}; served: {names}")
     size = config.default_size if size is None else size
-    if not 0 < size <= config.limits.max_size:
-        raise ApiError(
-            422, "invalid_size", f"size must be 1..{config.limits.max_size} px, got {size}"
-        )
+    if not MIN_SIDE <= size <= config.limits.max_size:
+        raise InvalidSize(f"size must be {MIN_SIDE}..{config.limits.max_size} px, got {size}")
     fmt = (fmt or config.default_format).lower()
-    if fmt not in imaging.MEDIA_TYPES:
-        raise ApiError(
-            422,
-            "invalid_format",
-            f"format must be one of {sorted(imaging.MEDIA_TYPES)}, got {fmt!r}",
-        )
+    if fmt not in MEDIA_TYPES:
+        raise InvalidFormat(f"format must be one of {sorted(MEDIA_TYPES)}, got {fmt!r}")
     if quality is not None and not 1 <= quality <= 100:
-        raise ApiError(422, "invalid_quality", f"quality must be 1..100, got {quality}")
+        raise InvalidQuality(f"quality must be 1..100, got {quality}")
     if fmt == "png":
         quality = None
     elif quality is None:
@@ -78,20 +95,58 @@ def resolve_options(
     return StylizeOptions(style=style, size=size, format=fmt, quality=quality)
 
 
-def batch_item(index: int, outcome: StylizeResult | BaseException) -> dict:
-    if isinstance(outcome, StylizeResult):
-        return {
-            "index": index,
-            "status": 200,
-            "media_type": outcome.media_type,
-            "cache": outcome.cache,
-            "width": outcome.width,
-            "height": outcome.height,
-            "data": base64.b64encode(outcome.data).decode("ascii"),
-        }
-    if isinstance(outcome, ApiError):
-        error = {"code": outcome.code, "message": outcome.message}
-        return {"index": index, "status": outcome.status, "error": error}
-    logger.error("batch item %d failed", index, exc_info=outcome)
-    error = {"code": "internal_error", "message": "internal error; see the server log"}
-    return {"index": index, "status": 500, "error": error}
+# --- JSON wire shapes (the OpenAPI document is generated from these) ---------------------
+
+
+class ErrorDetail(BaseModel):
+    code: str = Field(description="machine-readable, e.g. `undecodable_image`")
+    message: str
+
+
+class ErrorBody(BaseModel):
+    error: ErrorDetail
+
+
+class StyleInfo(BaseModel):
+    name: str
+    description: str
+    random_weights: bool = Field(description="untrained weights: meaningless pictures")
+
+
+class StylesResponse(BaseModel):
+    default_style: str
+    default_size: int
+    min_size: int
+    max_size: int
+    default_format: OutputFormat
+    formats: list[OutputFormat]
+    max_bytes: int
+    max_pixels: int
+    max_batch_images: int
+    styles: list[StyleInfo]
+
+
+class BatchItem(BaseModel):
+    index: int
+    status: int = Field(description="200, or the status the picture alone would have had")
+    media_type: str | None = None
+    cache: CacheStatus | None = None
+    width: int | None = None
+    height: int | None = None
+    data: str | None = Field(default=None, description="the picture, base64")
+    error: ErrorDetail | None = None
+
+
+class BatchResponse(BaseModel):
+    results: list[BatchItem]
+
+
+class StatsResponse(BaseModel):
+    cache: dict = Field(description="shared cache (all shards), this replica's local LRU")
+    requests: dict[str, int] = Field(description="this ingress replica's answers by cache status")
+    in_flight: int = Field(description="misses this ingress replica is computing now")
+    model: dict | None = Field(description="one model replica's own report; null if none answered")
+
+
+class HealthResponse(BaseModel):
+    status: Literal["ok"]

@@ -9,7 +9,7 @@ import os
 from fastapi import FastAPI, Request
 from fastapi.middleware.cors import CORSMiddleware
 
-from serve_app.errors import ApiError
+from serve_app.errors import Unauthorized
 
 logger = logging.getLogger(__name__)
 
@@ -38,12 +38,7 @@ async def require_api_key(request: Request) -> None:
     """FastAPI dependency: 401 unless the request carries a configured key (if any)."""
     keys: tuple[bytes, ...] = getattr(request.app.state, "api_keys", ())
     if keys and not key_is_valid(request.headers.get("authorization"), keys):
-        raise ApiError(
-            401,
-            "unauthorized",
-            "this service requires an API key: send 'Authorization: Bearer <key>'",
-            {"WWW-Authenticate": "Bearer"},
-        )
+        raise Unauthorized("this service requires an API key: send 'Authorization: Bearer <key>'")
 
 
 def enable_cors(app: FastAPI, origins: list[str]) -> None:

@@ -8,29 +8,30 @@ HTTP live in the ingress.
 from __future__ import annotations
 
 import asyncio
-import itertools
 import logging
 import os
 import time
 from collections import Counter, defaultdict
-from dataclasses import dataclass
 
 import numpy as np
 import ray
 import torch
 from ray import serve
 
-from serve_app import imaging
+from serve_app import imaging, tensors
 from serve_app.config import (
     DEFAULT_BATCH_WAIT_S,
     DEFAULT_MAX_BATCH_SIZE,
+    MIN_SIDE,
+    SIDE_MULTIPLE,
     AppConfig,
     BatchConfig,
     StyleConfig,
 )
 from serve_app.metrics import ModelMetrics
-from serve_app.model import StyleModel, select_runtime
-from serve_app.weights import load_generator_for, resolve_weights
+from serve_app.model import Runtime, StyleModel, select_runtime
+from serve_app.schemas import ModelIdentity, StylizedArray
+from serve_app.weights import ResolvedWeights, load_generator_for, resolve_weights
 
 logger = logging.getLogger(__name__)
 
@@ -45,24 +46,17 @@ AUTO_BATCH_MAX_SIDE = 256
 AUTO_BATCH_MIN_GAIN = 1.05
 
 
-@dataclass(frozen=True)
-class InferenceInfo:
-    """How one result was computed; travels back with it so the ingress can report it."""
-
-    replica: str
-    batch_id: int
-    batch_size: int  # requests in the whole batch
-    group_size: int  # requests in this one forward pass (same style and shape)
-    queue_ms: float  # arrival at the replica -> start of its batch
-    inference_ms: float  # this group's forward pass
-    loads: int  # style loads this replica has done
-    max_batch_size: int
+def weights_identity(weights: ResolvedWeights, align_corners: bool | None) -> str:
+    """What identifies a style's output function: the weights' bytes and the upsampling mode."""
+    if align_corners is None:
+        align_corners = True if weights.align_corners is None else weights.align_corners
+    return f"{weights.digest}:align_corners={align_corners}"
 
 
-@dataclass(frozen=True)
-class StylizedArray:
-    rgb: np.ndarray  # (H, W, 3) uint8
-    info: InferenceInfo
+def runtime_identity(runtime: Runtime) -> str:
+    """Everything about how the model runs that can change its output's bits."""
+    layout = "nhwc" if runtime.channels_last else "nchw"
+    return f"{runtime.device}/{runtime.precision}/{layout}/torch-{torch.__version__}"
 
 
 def replica_cpu_count() -> int:
@@ -91,14 +85,10 @@ def check_model_input(rgb: object, style: str, models: dict[str, StyleModel]) ->
     height, width, channels = rgb.shape
     if channels != 3:
         raise ValueError(f"expected 3 channels, got {channels}")
-    if (
-        min(height, width) < imaging.MIN_SIDE
-        or height % imaging.SIDE_MULTIPLE
-        or (width % imaging.SIDE_MULTIPLE)
-    ):
+    if min(height, width) < MIN_SIDE or height % SIDE_MULTIPLE or (width % SIDE_MULTIPLE):
         raise ValueError(
-            f"sides must be multiples of {imaging.SIDE_MULTIPLE} and at least "
-            f"{imaging.MIN_SIDE} px, got {width}x{height}"
+            f"sides must be multiples of {SIDE_MULTIPLE} and at least "
+            f"{MIN_SIDE} px, got {width}x{height}"
         )
 
 
@@ -128,11 +118,11 @@ class Stylizer:
         self._metrics = ModelMetrics()
         self._default_size = config.default_size
         self._loads = 0
+        self._identities: dict[str, ModelIdentity] = {}
         self._models = {style.name: self._load(style, config.seed) for style in config.styles}
         self._batch_config = BatchConfig()
         self._max_batch_size = DEFAULT_MAX_BATCH_SIZE  # until reconfigure
         self._batch_curve: dict[int, float] = {}
-        self._batch_ids = itertools.count(1)
         self._batch_sizes: Counter[int] = Counter()
         self._images = 0
         self._inference_s: defaultdict[str, float] = defaultdict(float)
@@ -155,6 +145,9 @@ class Stylizer:
     def _load(self, style: StyleConfig, seed: int) -> StyleModel:
         weights = resolve_weights(style.weights, seed=seed, progress=False)
         generator = load_generator_for(weights, align_corners=style.align_corners)
+        self._identities[style.name] = ModelIdentity(
+            weights_identity(weights, style.align_corners), runtime_identity(self._runtime)
+        )
         self._loads += 1
         self._metrics.loads.inc()
         return StyleModel(generator, self._runtime)
@@ -163,7 +156,7 @@ class Stylizer:
         # The first pass at a shape builds oneDNN/cuDNN kernels; pay for it before traffic.
         sample = np.zeros((WARM_UP_SIDE, WARM_UP_SIDE, 3), np.uint8)
         for model in self._models.values():
-            model(imaging.to_model_batch([sample]))
+            model(tensors.to_model_batch([sample]))
 
     def reconfigure(self, user_config: dict) -> None:
         config = BatchConfig.model_validate(user_config or {})
@@ -191,7 +184,7 @@ class Stylizer:
         model = next(iter(self._models.values()))
         curve = {}
         for size in batch_sizes_up_to(largest):
-            batch = imaging.to_model_batch([np.zeros((height, width, 3), np.uint8)] * size)
+            batch = tensors.to_model_batch([np.zeros((height, width, 3), np.uint8)] * size)
             model(batch)  # builds this shape's kernels
             start = time.perf_counter()
             model(batch)
@@ -214,49 +207,45 @@ class Stylizer:
         self, images: list[np.ndarray], styles: list[str], arrivals: list[float]
     ) -> list[StylizedArray | Exception]:
         started = time.perf_counter()
-        batch_id = next(self._batch_ids)
         self._batch_sizes[len(images)] += 1
         self._metrics.batch_size.observe(len(images))
         # A worker thread runs the forward passes so this replica's event loop stays free.
         outcomes = await asyncio.to_thread(self._infer_batch, images, styles)
         results: list[StylizedArray | Exception] = []
-        for (outcome, group_size, inference_s), arrival, style in zip(
-            outcomes, arrivals, styles, strict=True
-        ):
+        for (outcome, inference_s), arrival, style in zip(outcomes, arrivals, styles, strict=True):
             if isinstance(outcome, Exception):
                 results.append(outcome)
                 continue
-            info = InferenceInfo(
-                replica=self._replica,
-                batch_id=batch_id,
-                batch_size=len(images),
-                group_size=group_size,
-                queue_ms=(started - arrival) * 1e3,
-                inference_ms=inference_s * 1e3,
-                loads=self._loads,
-                max_batch_size=self._max_batch_size,
+            queue_ms = (started - arrival) * 1e3
+            self._metrics.queue_ms.observe(queue_ms, tags={"style": style})
+            results.append(
+                StylizedArray(
+                    rgb=outcome,
+                    identity=self._identities[style],
+                    queue_ms=queue_ms,
+                    inference_ms=inference_s * 1e3,
+                    batch_size=len(images),
+                )
             )
-            self._metrics.queue_ms.observe(info.queue_ms, tags={"style": style})
-            results.append(StylizedArray(outcome, info))
         return results
 
     def _infer_batch(
         self, images: list[np.ndarray], styles: list[str]
-    ) -> list[tuple[np.ndarray | Exception, int, float]]:
+    ) -> list[tuple[np.ndarray | Exception, float]]:
         """Group by (style, shape), one forward pass per group; a bad item fails alone."""
-        outcomes: list[tuple[np.ndarray | Exception, int, float]] = [None] * len(images)  # type: ignore[list-item]
+        outcomes: list[tuple[np.ndarray | Exception, float]] = [None] * len(images)  # type: ignore[list-item]
         groups: defaultdict[tuple[str, tuple[int, ...]], list[int]] = defaultdict(list)
         for index, (rgb, style) in enumerate(zip(images, styles, strict=True)):
             try:
                 check_model_input(rgb, style, self._models)
             except ValueError as error:
-                outcomes[index] = (error, 1, 0.0)
+                outcomes[index] = (error, 0.0)
                 continue
             groups[(style, rgb.shape)].append(index)
         for (style, _), indices in groups.items():
             group = self._infer_group(style, [images[i] for i in indices])
-            for index, (outcome, seconds) in zip(indices, group, strict=True):
-                outcomes[index] = (outcome, len(indices), seconds)
+            for index, outcome in zip(indices, group, strict=True):
+                outcomes[index] = outcome
         return outcomes
 
     def _infer_group(
@@ -274,13 +263,17 @@ class Stylizer:
 
     def _forward(self, style: str, images: list[np.ndarray]) -> list[tuple[np.ndarray, float]]:
         start = time.perf_counter()
-        outputs = imaging.from_model_batch(self._models[style](imaging.to_model_batch(images)))
+        outputs = tensors.from_model_batch(self._models[style](tensors.to_model_batch(images)))
         seconds = time.perf_counter() - start
         self._images += len(images)
         self._inference_s[style] += seconds
         self._metrics.images.inc(len(images), tags={"style": style})
         self._metrics.inference_ms.observe(seconds * 1e3, tags={"style": style})
         return [(rgb, seconds) for rgb in outputs]
+
+    def identities(self) -> dict[str, ModelIdentity]:
+        """What this replica runs for each style (the cache keys its results may take)."""
+        return dict(self._identities)
 
     def stats(self) -> dict:
         """This replica's figures (the ingress reports what it saw across replicas)."""

@@ -8,17 +8,22 @@ from fastapi import Request
 from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 
-from serve_app.errors import ApiError
+from serve_app.errors import (
+    BadMultipart,
+    EmptyUpload,
+    MissingImage,
+    PayloadTooLarge,
+    ServiceError,
+    UnsupportedMediaType,
+)
 
 # Room for multipart boundaries and part headers around the image bytes themselves.
 MULTIPART_OVERHEAD_BYTES = 64 * 1024
 RAW_MEDIA_TYPES = ("application/octet-stream",)
 
 
-def _too_large(limit: int) -> ApiError:
-    return ApiError(
-        413, "payload_too_large", f"the request body exceeds the limit of {limit} bytes"
-    )
+def _too_large(limit: int) -> PayloadTooLarge:
+    return PayloadTooLarge(f"the request body exceeds the limit of {limit} bytes")
 
 
 async def limited_stream(request: Request, limit: int) -> AsyncIterator[bytes]:
@@ -44,6 +49,11 @@ def media_type_of(request: Request) -> str:
 
 async def read_form_files(request: Request, field: str, max_files: int, limit: int) -> list[bytes]:
     """The files of one multipart field, in order; other fields are ignored."""
+    if media_type_of(request) != "multipart/form-data":
+        raise UnsupportedMediaType(
+            f"content type {media_type_of(request) or '(none)'!r}: send multipart/form-data "
+            f"with the pictures as fields {field!r}"
+        )
     parser = MultiPartParser(
         request.headers,
         limited_stream(request, limit),
@@ -61,14 +71,14 @@ async def read_form_files(request: Request, field: str, max_files: int, limit: i
         await form.close()
 
 
-def _multipart_error(error: MultiPartException) -> ApiError:
+def _multipart_error(error: MultiPartException) -> ServiceError:
     """Too many parts, or a field too long: 413; anything else malformed: 400."""
     # Starlette says which limit was hit only in its message.
     if error.message.startswith(("Too many", "Part exceeded")):
-        return ApiError(413, "payload_too_large", error.message)
+        return PayloadTooLarge(error.message)
     cause = error.__cause__  # python-multipart's own error says where parsing stopped
     message = f"{error.message} ({cause})" if cause else error.message
-    return ApiError(400, "bad_multipart", message)
+    return BadMultipart(message)
 
 
 async def read_single_upload(request: Request, max_bytes: int) -> bytes:
@@ -77,17 +87,15 @@ async def read_single_upload(request: Request, max_bytes: int) -> bytes:
     if media_type == "multipart/form-data":
         files = await read_form_files(request, "image", 1, max_bytes + MULTIPART_OVERHEAD_BYTES)
         if not files:
-            raise ApiError(422, "missing_image", "send the picture as the multipart field 'image'")
+            raise MissingImage("send the picture as the multipart field 'image'")
         data = files[0]
     elif media_type.startswith("image/") or media_type in RAW_MEDIA_TYPES:
         data = await read_limited_body(request, max_bytes)
     else:
-        raise ApiError(
-            415,
-            "unsupported_media_type",
+        raise UnsupportedMediaType(
             f"content type {media_type or '(none)'!r}: send multipart/form-data with an 'image' "
             "field, or the raw picture with an image/* content type",
         )
     if not data:
-        raise ApiError(400, "empty_upload", "the uploaded picture is empty")
+        raise EmptyUpload("the uploaded picture is empty")
     return data

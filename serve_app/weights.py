@@ -38,6 +38,20 @@ RANDOM_DIGEST_PREFIX = "random-seed"
 DEFAULT_BASE_URL = "https://github.com/bryandlee/animegan2-pytorch/raw/main/weights"
 WEIGHTS_DIR_ENV = "ANIMEGAN_WEIGHTS_DIR"
 WEIGHTS_URL_ENV = "ANIMEGAN_WEIGHTS_URL"
+WEIGHTS_MAX_BYTES_ENV = "ANIMEGAN_WEIGHTS_MAX_BYTES"
+WEIGHTS_LOCK_TIMEOUT_ENV = "ANIMEGAN_WEIGHTS_LOCK_TIMEOUT_S"
+
+# The official checkpoints are about 8.6 MB each; a mirror or proxy that sends far more
+# is broken or hostile, and an unbounded body would fill the disk of every node.
+DEFAULT_MAX_BYTES = 64 * 1024 * 1024
+# Long enough for another replica to finish a slow download of ~8.6 MB; short enough
+# that a lock left by a wedged process surfaces as an error instead of a silent hang.
+DEFAULT_LOCK_TIMEOUT_S = 300.0
+# The checkpoints are public data and the directory may be shared by several users
+# (one cache per node): everyone reads the files, and anyone may wait on the lock.
+_FILE_MODE = 0o644
+_DIR_MODE = 0o755
+_LOCK_MODE = 0o666
 
 _CHUNK = 1 << 16
 _LOCAL_SUFFIXES = (".pt", ".pth")
@@ -96,6 +110,40 @@ def weights_dir() -> Path:
 def weights_base_url() -> str:
     """``$ANIMEGAN_WEIGHTS_URL`` (a mirror) or the official GitHub location."""
     return os.environ.get(WEIGHTS_URL_ENV) or DEFAULT_BASE_URL
+
+
+def max_download_bytes() -> int:
+    """``$ANIMEGAN_WEIGHTS_MAX_BYTES`` or :data:`DEFAULT_MAX_BYTES`: the cap on one download."""
+    raw = os.environ.get(WEIGHTS_MAX_BYTES_ENV, "").strip()
+    if not raw:
+        return DEFAULT_MAX_BYTES
+    try:
+        value = int(raw)
+    except ValueError:
+        value = 0
+    if value <= 0:
+        raise WeightsError(
+            f"{WEIGHTS_MAX_BYTES_ENV}={raw!r} is not a positive whole number of bytes "
+            f"(unset it for the default, {DEFAULT_MAX_BYTES})"
+        )
+    return value
+
+
+def download_lock_timeout_s() -> float:
+    """``$ANIMEGAN_WEIGHTS_LOCK_TIMEOUT_S`` or :data:`DEFAULT_LOCK_TIMEOUT_S`."""
+    raw = os.environ.get(WEIGHTS_LOCK_TIMEOUT_ENV, "").strip()
+    if not raw:
+        return DEFAULT_LOCK_TIMEOUT_S
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not value >= 0:  # also rejects nan
+        raise WeightsError(
+            f"{WEIGHTS_LOCK_TIMEOUT_ENV}={raw!r} is not a number of seconds >= 0 "
+            f"(unset it for the default, {DEFAULT_LOCK_TIMEOUT_S:g})"
+        )
+    return value
 
 
 def cached_path(name: str) -> Path:
@@ -170,12 +218,15 @@ def resolve_weights(
     seed: int = 0,
     timeout_s: float = 10.0,
     progress: bool = True,
+    max_bytes: int | None = None,
+    lock_timeout_s: float | None = None,
 ) -> ResolvedWeights:
     """Turn a weights spec into a verified local file (downloading an official one if needed).
 
     Registry checkpoints are reused from the cache when their SHA-1 matches; a cached file
     that does not match is downloaded again. With ``download=False`` a missing or corrupt
-    cached file is a :class:`WeightsError` instead.
+    cached file is a :class:`WeightsError` instead. ``max_bytes`` and ``lock_timeout_s``:
+    see :func:`download_weights`.
     """
     spec = spec.strip()
     if spec == RANDOM:
@@ -202,7 +253,13 @@ def resolve_weights(
                 f"weights {spec!r} are not in the cache and download is disabled.\n"
                 + _hand_placement_hint(official, path)
             )
-        path = download_weights(spec, timeout_s=timeout_s, progress=progress)
+        path = download_weights(
+            spec,
+            timeout_s=timeout_s,
+            progress=progress,
+            max_bytes=max_bytes,
+            lock_timeout_s=lock_timeout_s,
+        )
         return ResolvedWeights(spec, "registry", path, official.blob_sha1, official.align_corners)
 
     if is_path_spec(spec):
@@ -243,7 +300,14 @@ def _hand_placement_hint(official: OfficialWeights, path: Path) -> str:
 # --- download -------------------------------------------------------------------------
 
 
-def download_weights(name: str, *, timeout_s: float = 10.0, progress: bool = True) -> Path:
+def download_weights(
+    name: str,
+    *,
+    timeout_s: float = 10.0,
+    progress: bool = True,
+    max_bytes: int | None = None,
+    lock_timeout_s: float | None = None,
+) -> Path:
     """Download the official checkpoint ``name`` into the cache and return its path.
 
     One download per node: a file lock next to the file makes concurrent callers wait,
@@ -251,42 +315,123 @@ def download_weights(name: str, *, timeout_s: float = 10.0, progress: bool = Tru
     the same directory and are renamed into place only once their SHA-1 matches; on any
     failure the temporary file is removed and a :class:`WeightsError` explains what to do.
     ``timeout_s`` bounds connecting and each wait for data.
+
+    ``max_bytes`` (default ``$ANIMEGAN_WEIGHTS_MAX_BYTES``, else 64 MiB) caps the body: a
+    larger declared ``Content-Length`` is refused before reading, and a body without one
+    is cut off as soon as it passes the cap. ``lock_timeout_s`` (default
+    ``$ANIMEGAN_WEIGHTS_LOCK_TIMEOUT_S``, else 300 s) bounds the wait for another
+    process's download. The file is left readable by every user (0o644), as are the
+    directories created for it (0o755); the lock file is 0o666 so that other users of a
+    shared directory can take it too.
     """
-    from filelock import FileLock  # imported here: keeps import of this module cheap
+    from filelock import FileLock, Timeout  # imported here: keeps import of this module cheap
 
     official = _official(name)
+    cap = max_download_bytes() if max_bytes is None else max_bytes
+    if cap <= 0:
+        raise WeightsError(f"max_bytes must be positive, not {cap}")
+    wait_s = download_lock_timeout_s() if lock_timeout_s is None else lock_timeout_s
     directory = weights_dir()
     path = directory / official.filename
     url = official.url()
     try:
-        directory.mkdir(parents=True, exist_ok=True)
+        _make_shared_dirs(directory)
     except OSError as exc:
         raise WeightsError(
             f"cannot create the weights directory {directory}: {exc}\n"
             + _hand_placement_hint(official, path)
         ) from exc
 
-    with FileLock(str(directory / f"{official.filename}.lock")):
+    lock_path = directory / f"{official.filename}.lock"
+    lock = FileLock(str(lock_path), timeout=wait_s, mode=_LOCK_MODE)
+    try:
+        lock.acquire()
+    except Timeout:
+        raise WeightsError(
+            f"weights {name!r}: gave up after {wait_s:g} s waiting for the lock {lock_path}.\n"
+            "Another process holds it, most likely downloading this checkpoint: wait for it "
+            f"to finish, or raise {WEIGHTS_LOCK_TIMEOUT_ENV}. If no process using this "
+            f"weights directory is alive, the lock is stale: remove {lock_path} and try "
+            "again.\n" + _hand_placement_hint(official, path)
+        ) from None
+    except OSError as exc:
+        raise WeightsError(
+            f"weights {name!r}: cannot open the lock file {lock_path}: {exc}\n"
+            + _hand_placement_hint(official, path)
+        ) from exc
+    try:
         if path.is_file() and _matches(path, official.blob_sha1):
             logger.info("weights %s: %s already downloaded", name, path)
             return path
-        _download_verified(official, url, path, timeout_s=timeout_s, progress=progress)
+        _download_verified(
+            official, url, path, timeout_s=timeout_s, progress=progress, max_bytes=cap
+        )
+    finally:
+        lock.release()
     return path
 
 
+def _make_shared_dirs(directory: Path) -> None:
+    """``mkdir -p`` that leaves the directories it creates readable by everyone.
+
+    Only the directories created here are changed: an existing one keeps the mode its
+    owner chose. The chmod is explicit because a restrictive umask (077) would otherwise
+    hide the cache from the other users of a node.
+    """
+    missing: list[Path] = []
+    current = directory
+    while not current.exists() and current != current.parent:
+        missing.append(current)
+        current = current.parent
+    directory.mkdir(parents=True, exist_ok=True)
+    for created in reversed(missing):
+        with contextlib.suppress(OSError):  # created concurrently by another user: theirs
+            os.chmod(created, _DIR_MODE)
+
+
+class _TooLarge(Exception):
+    """The body is over the download cap (raised before the excess is written)."""
+
+
 def _download_verified(
-    official: OfficialWeights, url: str, path: Path, *, timeout_s: float, progress: bool
+    official: OfficialWeights,
+    url: str,
+    path: Path,
+    *,
+    timeout_s: float,
+    progress: bool,
+    max_bytes: int,
 ) -> None:
     logger.info("weights %s: downloading %s", official.name, url)
     started = time.monotonic()
-    fd, tmp_name = tempfile.mkstemp(
-        prefix=f".{official.filename}.", suffix=".part", dir=path.parent
-    )
+    try:
+        fd, tmp_name = tempfile.mkstemp(
+            prefix=f".{official.filename}.", suffix=".part", dir=path.parent
+        )
+    except OSError as exc:
+        raise WeightsError(
+            f"cannot write into the weights directory {path.parent}: {exc}\n"
+            + _hand_placement_hint(official, path)
+        ) from exc
     tmp = Path(tmp_name)
     try:
         with os.fdopen(fd, "wb") as out:
+            # mkstemp creates 0o600; the checkpoint is public and the cache may be shared.
             try:
-                size = _stream(official, url, out, timeout_s=timeout_s, progress=progress)
+                os.fchmod(out.fileno(), _FILE_MODE)
+            except OSError as exc:  # some network filesystems refuse; the file still works
+                logger.warning("weights %s: cannot chmod %s: %s", official.name, tmp, exc)
+            try:
+                size = _stream(
+                    official, url, out, timeout_s=timeout_s, progress=progress, max_bytes=max_bytes
+                )
+            except _TooLarge as exc:
+                raise WeightsError(
+                    f"download of weights {official.name!r} from {url} aborted: {exc}, "
+                    f"over the cap of {max_bytes} bytes (the official checkpoints are about "
+                    f"8.6 MB; {WEIGHTS_MAX_BYTES_ENV} sets the cap). The partial file was "
+                    "removed.\n" + _hand_placement_hint(official, path)
+                ) from None
             except (OSError, http.client.HTTPException, ValueError) as exc:
                 raise WeightsError(
                     f"could not download weights {official.name!r} from {url}: {_describe(exc)}\n"
@@ -314,15 +459,23 @@ def _download_verified(
 
 
 def _stream(
-    official: OfficialWeights, url: str, out: BinaryIO, *, timeout_s: float, progress: bool
+    official: OfficialWeights,
+    url: str,
+    out: BinaryIO,
+    *,
+    timeout_s: float,
+    progress: bool,
+    max_bytes: int,
 ) -> int:
-    """Copy ``url`` into ``out``; return the number of bytes."""
+    """Copy ``url`` into ``out``; return the number of bytes. Never writes past ``max_bytes``."""
     from tqdm import tqdm
 
     request = urllib.request.Request(url, headers={"User-Agent": "animegan-serve"})
     with urllib.request.urlopen(request, timeout=timeout_s) as response:
         length_header = response.headers.get("Content-Length")
         total = int(length_header) if length_header and length_header.isdigit() else None
+        if total is not None and total > max_bytes:
+            raise _TooLarge(f"the server declared {total} bytes")
         size = 0
         with tqdm(
             total=total,
@@ -334,6 +487,9 @@ def _stream(
             leave=False,
         ) as bar:
             while chunk := response.read(_CHUNK):
+                # Counted here, not trusted from the header: it may be absent or wrong.
+                if size + len(chunk) > max_bytes:
+                    raise _TooLarge(f"the server sent more than {max_bytes} bytes")
                 out.write(chunk)
                 size += len(chunk)
                 bar.update(len(chunk))

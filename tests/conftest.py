@@ -13,13 +13,25 @@ from PIL import Image
 REPO = Path(__file__).resolve().parents[1]
 
 
-def photos_dir() -> Path | None:
-    """The shared real photos: $ANIMEGAN_PHOTOS_DIR, or ../shared/photos beside the clone."""
-    candidates = [os.environ.get("ANIMEGAN_PHOTOS_DIR"), REPO.parent / "shared" / "photos"]
-    for candidate in candidates:
-        if candidate and Path(candidate).is_dir() and any(Path(candidate).glob("*.jpg")):
-            return Path(candidate)
-    return None
+# The real photos shipped with the package (see its README for what they are); the
+# benchmark reads the same folder.
+SAMPLES = REPO / "serve_app" / "samples"
+PHOTOS_ENV = "ANIMEGAN_PHOTOS_DIR"
+
+
+def photos_dir() -> Path:
+    """``$ANIMEGAN_PHOTOS_DIR`` (other photos to test with) or the repository's samples."""
+    override = os.environ.get(PHOTOS_ENV)
+    directory = Path(override).expanduser() if override else SAMPLES
+    if not (directory.is_dir() and any(directory.glob("*.jpg"))):
+        where = f"{PHOTOS_ENV}={override!r}" if override else "the repository's samples"
+        raise FileNotFoundError(f"no *.jpg in {directory} ({where})")
+    return directory
+
+
+def sample_photos() -> list[Path]:
+    """The real photos the tests use (``*.jpg`` of :func:`photos_dir`), sorted by name."""
+    return sorted(photos_dir().glob("*.jpg"))
 
 
 def synthetic_jpeg(width: int = 160, height: int = 120, seed: int = 0, quality: int = 90) -> bytes:
@@ -35,8 +47,5 @@ def synthetic_jpeg(width: int = 160, height: int = 120, seed: int = 0, quality: 
 
 @pytest.fixture(scope="session")
 def photo_bytes() -> bytes:
-    """A real photo when ../shared is there, else a synthetic one."""
-    directory = photos_dir()
-    if directory is not None:
-        return sorted(directory.glob("*.jpg"))[0].read_bytes()
-    return synthetic_jpeg(640, 426)
+    """The first real photo (the samples' ``1.jpg``, 1280×853, unless overridden)."""
+    return sample_photos()[0].read_bytes()

@@ -1,4 +1,5 @@
-// The upload page: plain JS, no build step. Talks to GET /v1/styles and POST /v1/stylize.
+// The upload page: plain JS, no build step. Talks to GET /v1/styles and POST /v1/stylize,
+// with an API key when the service asks for one (401).
 "use strict";
 
 (() => {
@@ -13,10 +14,16 @@
     status: $("#status"),
     results: $("#results"),
     template: $("#result-template"),
+    keyForm: $("#key-form"),
+    keyInput: $("#api-key"),
+    keyMessage: $("#key-message"),
+    keyInUse: $("#key-in-use"),
+    forgetKey: $("#forget-key"),
   };
   const EXTENSIONS = { "image/png": "png", "image/jpeg": "jpg", "image/webp": "webp" };
   const PARALLEL = 2; // uploads at once; the service batches and queues the rest
   const RANDOM_BADGE = "random weights — meaningless picture";
+  const KEY_ITEM = "animegan-serve.api-key";
 
   let config = null;
   const queue = [];
@@ -39,11 +46,136 @@
     return span;
   }
 
+  // --- API key ---------------------------------------------------------------------
+  // Asked for only when a /v1 call answers 401. It lives in sessionStorage, not
+  // localStorage: it goes away with the tab instead of staying on the machine.
+
+  let apiKey = readKey();
+  let keyWait = null; // {promise, resolve} while calls wait for the user to give a key
+
+  function readKey() {
+    try {
+      return sessionStorage.getItem(KEY_ITEM) || null;
+    } catch {
+      return null; // storage disabled: the key lasts until the page reloads
+    }
+  }
+
+  function storeKey(key) {
+    try {
+      if (key) sessionStorage.setItem(KEY_ITEM, key);
+      else sessionStorage.removeItem(KEY_ITEM);
+    } catch {
+      // storage disabled: see readKey
+    }
+  }
+
+  const bearer = (key) => (key ? { Authorization: `Bearer ${key}` } : {});
+
+  // send(key) makes one call (a fetch Response or a finished XMLHttpRequest). On 401 the
+  // page asks for a key, waits for it, and makes the call again; onWait tells the caller.
+  async function withKey(send, onWait) {
+    for (;;) {
+      const used = apiKey;
+      let result;
+      try {
+        result = await send(used);
+      } catch (error) {
+        if (!ui.keyForm.hidden && used === apiKey) {
+          ui.keyMessage.textContent = `Could not check the key: ${error.message}`;
+        }
+        throw error;
+      }
+      if (result.status !== 401) {
+        if (used) keyAccepted(used);
+        return result;
+      }
+      if (apiKey && apiKey !== used) continue; // a newer key came meanwhile: try it
+      if (apiKey === used) {
+        // Not a call from before a key change: this key (or no key) is what was refused.
+        const blob = result instanceof XMLHttpRequest ? result.response : await result.blob();
+        showKeyPrompt(await errorText(blob, 401), used !== null);
+      }
+      onWait?.();
+      if (!keyWait) {
+        let resolve;
+        const promise = new Promise((done) => { resolve = done; });
+        keyWait = { promise, resolve };
+      }
+      await keyWait.promise;
+    }
+  }
+
+  function showKeyPrompt(message, refused) {
+    apiKey = null;
+    storeKey(null);
+    ui.keyInUse.hidden = true;
+    // A fresh text node each time, so that a screen reader announces a repeated refusal.
+    ui.keyMessage.replaceChildren(refused ? `The key was refused. ${message}` : message);
+    ui.keyInput.setAttribute("aria-invalid", String(refused));
+    ui.keyForm.hidden = false;
+    const loading = $("#styles-loading");
+    if (loading) loading.textContent = "The styles load once the API key is accepted.";
+    const focused = document.activeElement;
+    // Take the focus only if nothing else has it: never from a field someone is using.
+    if (!focused || focused === document.body || ui.keyForm.contains(focused)) {
+      ui.keyInput.focus();
+      ui.keyInput.select();
+    }
+    announce(refused ? "The API key was refused; enter another." : "Enter an API key to continue.");
+  }
+
+  function keyAccepted(key) {
+    if (key !== apiKey) return; // an older key, since replaced or forgotten
+    storeKey(key);
+    ui.keyInUse.hidden = false;
+    if (ui.keyForm.hidden) return;
+    const hadFocus = ui.keyForm.contains(document.activeElement);
+    ui.keyForm.hidden = true;
+    ui.keyInput.value = "";
+    ui.keyInput.setAttribute("aria-invalid", "false");
+    ui.keyMessage.replaceChildren();
+    const loading = $("#styles-loading");
+    if (loading) loading.textContent = "Loading the styles…";
+    if (hadFocus) ui.photos.focus(); // where the skip link leads: the page's main action
+    announce("The API key was accepted.");
+  }
+
+  ui.keyForm.addEventListener("submit", (event) => {
+    event.preventDefault();
+    const key = ui.keyInput.value.trim();
+    if (!key) {
+      ui.keyMessage.replaceChildren("Enter a key: it cannot be blank.");
+      ui.keyInput.focus();
+      return;
+    }
+    apiKey = key;
+    ui.keyMessage.replaceChildren("Checking the key…");
+    const waiting = keyWait;
+    keyWait = null;
+    if (waiting) waiting.resolve(); // the calls that met the 401 go again, with this key
+    else checkAccess();
+  });
+
+  ui.forgetKey.addEventListener("click", () => {
+    apiKey = null;
+    storeKey(null);
+    ui.keyInUse.hidden = true;
+    announce("The API key is forgotten.");
+    checkAccess(); // the service's 401 brings the prompt back, with its own message
+  });
+
+  function checkAccess() {
+    const send = (key) => fetch("/v1/styles", { headers: { Accept: "application/json", ...bearer(key) } });
+    withKey(send).catch(() => {}); // unreachable: the next real call will say so
+  }
+
   // --- options ---------------------------------------------------------------------
 
   async function loadStyles() {
     try {
-      const response = await fetch("/v1/styles", { headers: { Accept: "application/json" } });
+      const response = await withKey((key) =>
+        fetch("/v1/styles", { headers: { Accept: "application/json", ...bearer(key) } }));
       if (!response.ok) throw new Error(await errorText(await response.blob(), response.status));
       config = await response.json();
     } catch (error) {
@@ -86,7 +218,8 @@
       about.id = `${id}-about`;
       about.className = "style-about small muted";
       if (style.random_weights) about.append(badge(RANDOM_BADGE, "badge warn"));
-      else about.textContent = style.description || `weights: ${style.weights}`;
+      else about.textContent = style.description || "";
+      if (!about.childNodes.length) input.removeAttribute("aria-describedby");
       text.append(name, about);
       label.append(input, sample, text);
       return label;
@@ -105,7 +238,8 @@
     files = [...files];
     if (!files.length) return;
     if (!config) {
-      announce("The styles are still loading; try again in a moment.");
+      announce(ui.keyForm.hidden ? "The styles are still loading; try again in a moment."
+        : "Enter the API key first: the styles load once it is accepted.");
       return;
     }
     if (!ui.size.reportValidity()) {
@@ -144,7 +278,7 @@
     job.card.dataset.state = state;
     $(".state", job.card).textContent = text;
     $(".again", job.card).disabled = state === "queued" || state === "uploading" ||
-      state === "stylizing";
+      state === "stylizing" || state === "waiting";
   }
 
   function enqueue(job) {
@@ -195,18 +329,25 @@
       fail(job, `${file.name} has ${megabytes(file.size)}; the limit is ${limit}.`);
       return;
     }
-    job.started = performance.now();
-    job.percent = 0;
-    setState(job, "uploading", "Uploading 0%");
     const progress = $(".progress", card);
-    let xhr;
-    try {
-      xhr = await send(file, options, (loaded, total) => {
+    const attempt = (key) => {
+      job.started = performance.now(); // a wait for the API key is not the service's time
+      job.percent = 0;
+      progress.value = 0;
+      setState(job, "uploading", "Uploading 0%");
+      return send(file, options, key, (loaded, total) => {
         job.percent = Math.round((100 * loaded) / total);
         progress.value = job.percent;
       }, () => {
         setState(job, "stylizing", "Stylizing");
         progress.removeAttribute("value"); // indeterminate while the model works
+      });
+    };
+    let xhr;
+    try {
+      xhr = await withKey(attempt, () => {
+        progress.value = 0;
+        setState(job, "waiting", "Waiting for the API key");
       });
     } catch (error) {
       fail(job, error.message);
@@ -220,10 +361,11 @@
     show(job, xhr, elapsed);
   }
 
-  function send(file, options, onProgress, onUploaded) {
+  function send(file, options, key, onProgress, onUploaded) {
     return new Promise((resolve, reject) => {
       const xhr = new XMLHttpRequest();
       xhr.open("POST", `/v1/stylize?${new URLSearchParams(options)}`);
+      for (const [name, value] of Object.entries(bearer(key))) xhr.setRequestHeader(name, value);
       xhr.responseType = "blob";
       xhr.upload.addEventListener("progress", (event) => {
         if (event.lengthComputable) onProgress(event.loaded, event.total);

@@ -6,9 +6,11 @@ installs it with apt). Screenshots go to test-artifacts/ at the repository root.
 
 from __future__ import annotations
 
+import base64
 import io
 import re
 import shutil
+import time
 from pathlib import Path
 
 import httpx
@@ -16,7 +18,14 @@ import pytest
 from PIL import Image
 
 from tests.conftest import REPO, synthetic_jpeg
-from tests.integration.conftest import STYLE_A, STYLE_B, TEST_SIZE
+from tests.integration.conftest import (
+    STYLE_A,
+    STYLE_B,
+    TEST_SIZE,
+    deploy,
+    ingress_deployment,
+    wait_healthy,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -33,6 +42,9 @@ CHROMIUM_ARGS = [
 ]
 TIMEOUT_MS = 90_000  # one stylize on a busy 2-core machine, Ray's first call included
 SIZE = 128  # not the default (96): the page's choice must reach the API
+KEYS = "page-key-one,page-key-two"
+RIGHT_KEY = "page-key-two"  # not the first: every configured key is accepted
+KEY_ITEM = "animegan-serve.api-key"  # where app.js keeps the key in sessionStorage
 
 
 @pytest.fixture(scope="module")
@@ -117,6 +129,9 @@ def test_page_stylizes_a_photo_and_shows_errors(open_page, photo_file, photo_byt
     expect(card.locator(".meta")).to_contain_text(re.compile(r"\d+ ms"))
     expect(card.locator("img.after")).to_have_attribute("alt", re.compile(STYLE_B))
     expect(page.get_by_role("status")).to_contain_text("done")
+    # No keys configured: the page never shows the key prompt nor the "forget" button.
+    expect(page.get_by_label("API key", exact=True)).to_be_hidden()
+    expect(page.get_by_role("button", name="Forget the key")).to_be_hidden()
 
     # The download button saves the result under the right extension.
     with page.expect_download() as download_info:
@@ -208,3 +223,153 @@ def test_page_is_labelled_and_keyboard_reachable(open_page):
         if focused[0] in ("size", "format"):
             assert focused[1] != "none", focused
     assert {"style", "size", "format", "photos"} <= reached, reached
+
+
+def wait_styles_status(base_url: str, status: int, timeout_s: float = 60) -> None:
+    """A redeployed Ingress's old replica may answer a moment longer: wait for the new one."""
+    deadline = time.monotonic() + timeout_s
+    while (answer := httpx.get(f"{base_url}/v1/styles", timeout=30)).status_code != status:
+        assert time.monotonic() < deadline, f"/v1/styles still answers {answer.status_code}"
+        time.sleep(0.2)
+
+
+@pytest.fixture
+def keyed_app(base_url):
+    """The application with API keys; the open default one is back afterwards."""
+    actor_options = {"num_cpus": 0, "runtime_env": {"env_vars": {"ANIMEGAN_API_KEYS": KEYS}}}
+    deploy(ingress=ingress_deployment(ray_actor_options=actor_options))
+    try:
+        wait_healthy(base_url)
+        wait_styles_status(base_url, 401)
+        yield base_url
+    finally:
+        deploy()
+        wait_healthy(base_url)
+        wait_styles_status(base_url, 200)
+
+
+def stored_key(page):
+    return page.evaluate(f"sessionStorage.getItem({KEY_ITEM!r})")
+
+
+def focused_id(page) -> str:
+    return page.evaluate("document.activeElement.id")
+
+
+def test_page_asks_for_the_api_key_when_the_service_needs_one(
+    browser, keyed_app, photo_file, photo_bytes
+):
+    from playwright.sync_api import expect
+
+    message = httpx.get(f"{keyed_app}/v1/styles", timeout=30).json()["error"]["message"]
+    context = browser.new_context(viewport={"width": 1100, "height": 900})
+    errors, calls = [], []
+    try:
+        page = context.new_page()
+        page.set_default_timeout(TIMEOUT_MS)
+        page.on("pageerror", lambda error: errors.append(str(error)))
+        page.on("request", lambda request: "/v1/" in request.url and calls.append(request))
+
+        def authorizations(start: int = 0) -> list[str | None]:
+            return [call.header_value("authorization") for call in calls[start:]]
+
+        page.goto(f"{keyed_app}/")
+
+        # /v1/styles answers 401: the prompt shows the API's message, no style loads.
+        key_field = page.get_by_label("API key", exact=True)
+        expect(key_field).to_be_visible()
+        expect(key_field).to_have_attribute("type", "password")
+        prompt = page.locator("#key-form")
+        expect(prompt.get_by_role("alert")).to_have_text(message)
+        expect(page.get_by_text("once the API key is accepted")).to_be_visible()
+        styles = page.locator('input[name="style"]')
+        assert styles.count() == 0
+        assert authorizations() == [None]
+        expect(key_field).to_be_focused()  # nothing else had the focus: the prompt takes it
+        ARTIFACTS.mkdir(exist_ok=True)
+        page.screenshot(path=ARTIFACTS / "page-key.png", full_page=True)
+
+        # By keyboard alone: Tab from the top reaches the field; Enter submits a wrong key.
+        page.locator(".skip").focus()  # the first stop of the page
+        for _ in range(3):
+            page.keyboard.press("Tab")
+            if focused_id(page) == "api-key":
+                break
+        assert focused_id(page) == "api-key"
+        page.keyboard.type("not-a-key")
+        page.keyboard.press("Enter")
+        expect(prompt.get_by_role("alert")).to_have_text(f"The key was refused. {message}")
+        expect(key_field).to_have_attribute("aria-invalid", "true")
+        expect(key_field).to_be_focused()
+        assert authorizations()[-1] == "Bearer not-a-key"
+        assert styles.count() == 0
+        assert stored_key(page) is None
+        page.screenshot(path=ARTIFACTS / "page-key-refused.png", full_page=True)
+
+        # The right key, submitted with the button reached by Tab: the styles load.
+        key_field.fill(RIGHT_KEY)
+        page.keyboard.press("Tab")
+        submit = prompt.get_by_role("button", name="Use this key")
+        expect(submit).to_be_focused()
+        page.keyboard.press("Enter")
+        expect(styles).to_have_count(2)
+        expect(key_field).to_be_hidden()
+        expect(page.get_by_role("status")).to_contain_text("accepted")
+        assert stored_key(page) == RIGHT_KEY
+        assert page.evaluate("localStorage.length") == 0  # it goes with the tab, no further
+
+        # An upload carries the key too; the result decodes at the chosen size.
+        card = stylize_in_page(page, photo_file, STYLE_B, SIZE, "png")
+        wait_state(card, "done")
+        assert authorizations()[-1] == f"Bearer {RIGHT_KEY}"
+        data = card.locator("img.after").evaluate(
+            """async (img) => { const bytes = new Uint8Array(
+                    await (await fetch(img.src)).arrayBuffer());
+                let text = ""; for (const b of bytes) text += String.fromCharCode(b);
+                return btoa(text); }"""
+        )
+        result = Image.open(io.BytesIO(base64.b64decode(data)))
+        assert result.format == "PNG"
+        result.load()
+        assert max(result.size) == SIZE
+        source = Image.open(io.BytesIO(photo_bytes)).size
+        assert result.size[0] / result.size[1] == pytest.approx(source[0] / source[1], rel=0.05)
+
+        # Reloaded in the same tab: the key is still there, nothing is asked.
+        seen = len(calls)
+        page.reload()
+        expect(styles).to_have_count(2)
+        expect(key_field).to_be_hidden()
+        assert authorizations(seen) == [f"Bearer {RIGHT_KEY}"]
+        forget = page.get_by_role("button", name="Forget the key")
+        expect(forget).to_be_visible()
+
+        # Forget the key: the page asks again, at once, with the focus in the field.
+        forget.focus()
+        page.keyboard.press("Enter")
+        expect(key_field).to_be_visible()
+        expect(key_field).to_be_focused()
+        expect(prompt.get_by_role("alert")).to_have_text(message)
+        expect(forget).to_be_hidden()
+        assert stored_key(page) is None
+
+        # An upload meanwhile waits for the key, then goes again with it.
+        card = stylize_in_page(page, photo_file, STYLE_B, SIZE, "png")
+        wait_state(card, "waiting")
+        key_field.fill(RIGHT_KEY)
+        key_field.press("Enter")
+        wait_state(card, "done")
+        assert max(natural_size(card)) == SIZE
+        expect(key_field).to_be_hidden()
+
+        # Forgotten, then a reload: the page asks again from the start.
+        forget.click()
+        expect(key_field).to_be_visible()
+        page.reload()
+        expect(key_field).to_be_visible()
+        expect(page.get_by_text("once the API key is accepted")).to_be_visible()
+        assert styles.count() == 0
+        assert stored_key(page) is None
+    finally:
+        context.close()
+    assert not errors, f"uncaught errors in the page: {errors}"

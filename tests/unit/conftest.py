@@ -28,11 +28,13 @@ class WeightsServer:
     mode: "ok" (serve the file), "wrong" (serve other bytes of the same size), "404",
     "hang" (accept, never answer until stopped), "slow" (wait ``delay_s`` before the body),
     "gated" (send the first half, then wait for ``gate`` before the rest).
+    send_length: False leaves out Content-Length (the body then ends at connection close).
     """
 
     def __init__(self) -> None:
         self.files: dict[str, bytes] = {}
         self.mode = "ok"
+        self.send_length = True
         self.delay_s = 0.5
         self.gate = threading.Event()
         self.stopping = threading.Event()
@@ -61,7 +63,8 @@ class WeightsServer:
                     server.stopping.wait(server.delay_s)
                 self.send_response(200)
                 self.send_header("Content-Type", "application/octet-stream")
-                self.send_header("Content-Length", str(len(body)))
+                if server.send_length:  # else the body ends when the connection closes
+                    self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
                 try:
                     if mode == "gated":

@@ -13,20 +13,9 @@ from PIL import Image
 
 from serve_app import weights
 from serve_app.cli import main
+from tests.conftest import sample_photos
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-def _photo() -> Path | None:
-    candidates = []
-    if os.environ.get("ANIMEGAN_PHOTOS_DIR"):
-        candidates.append(Path(os.environ["ANIMEGAN_PHOTOS_DIR"]))
-    candidates.append(Path(__file__).resolve().parents[3] / "shared" / "photos")
-    for directory in candidates:
-        photos = sorted(directory.glob("*.jpg")) if directory.is_dir() else []
-        if photos:
-            return photos[0]
-    return None
 
 
 def _synthetic(path: Path, size=(300, 200), mode="RGB") -> Path:
@@ -41,8 +30,8 @@ def _synthetic(path: Path, size=(300, 200), mode="RGB") -> Path:
 
 
 @pytest.fixture
-def photo(tmp_path) -> Path:
-    return _photo() or _synthetic(tmp_path / "synthetic.jpg", size=(640, 427))
+def photo() -> Path:
+    return sample_photos()[0]
 
 
 def test_stylize_one_file(photo, tmp_path, caplog):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import os
 from pathlib import Path
 
 import numpy as np
@@ -19,9 +18,9 @@ from serve_app.model import (
     random_generator,
     select_runtime,
 )
+from tests.conftest import sample_photos
 
 FIXTURE = Path(__file__).parents[1] / "fixtures" / "generator_parity.pt"
-PHOTOS_ENV = "ANIMEGAN_PHOTOS_DIR"
 BF16_MIN_PSNR_DB = 40.0
 
 
@@ -116,17 +115,6 @@ def test_style_model_output_shape_dtype_range():
 # --- bf16 quality ------------------------------------------------------------------------
 
 
-def _photos_dir() -> Path | None:
-    candidates = []
-    if os.environ.get(PHOTOS_ENV):
-        candidates.append(Path(os.environ[PHOTOS_ENV]))
-    candidates.append(Path(__file__).resolve().parents[3] / "shared" / "photos")
-    for directory in candidates:
-        if directory.is_dir() and any(directory.glob("*.jpg")):
-            return directory
-    return None
-
-
 def _fit_256(image) -> np.ndarray:
     """Long side 256, both sides multiples of 4, RGB uint8."""
     from PIL import Image
@@ -137,34 +125,15 @@ def _fit_256(image) -> np.ndarray:
     return np.array(image.convert("RGB").resize(size, Image.Resampling.LANCZOS))
 
 
-def _synthetic_images() -> list[np.ndarray]:
-    """Smooth, photo-like test pictures: gradients, soft blobs, a little texture."""
-    rng = np.random.default_rng(0)
-    images = []
-    for h, w in ((256, 172), (168, 256), (256, 256)):
-        y, x = np.mgrid[0:h, 0:w].astype(np.float32)
-        channels = []
-        for _channel in range(3):
-            fx, fy, phase = rng.uniform(0.5, 3.0), rng.uniform(0.5, 3.0), rng.uniform(0, 6.3)
-            wave = np.sin(2 * np.pi * (fx * x / w + fy * y / h) + phase)
-            blob = np.exp(-(((x - w * 0.4) / (w / 4)) ** 2 + ((y - h * 0.6) / (h / 5)) ** 2))
-            channels.append(0.5 + 0.3 * wave + 0.2 * blob + 0.02 * rng.standard_normal((h, w)))
-        images.append((np.clip(np.stack(channels, -1), 0, 1) * 255).astype(np.uint8))
-    return images
-
-
 def _test_images() -> tuple[str, list[np.ndarray]]:
-    directory = _photos_dir()
-    if directory is None:
-        return "synthetic", _synthetic_images()
     from PIL import Image
 
-    paths = sorted(directory.glob("*.jpg"))[:3]
+    paths = sample_photos()[:3]
     images = []
     for path in paths:
         with Image.open(path) as im:
             images.append(_fit_256(im))
-    return str(directory), images
+    return str(paths[0].parent), images
 
 
 def _to_batch(rgb: np.ndarray) -> torch.Tensor:

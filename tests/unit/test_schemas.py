@@ -1,12 +1,10 @@
-"""Option resolution and the batch route's item shape."""
-
-import base64
+"""Option resolution and the result's headers."""
 
 import pytest
 
 from serve_app.config import AppConfig
-from serve_app.errors import ApiError
-from serve_app.schemas import StylizeResult, batch_item, resolve_options
+from serve_app.errors import ServiceError
+from serve_app.schemas import StylizeResult, resolve_options
 
 CONFIG = AppConfig.model_validate(
     {"styles": [{"name": "a", "weights": "random"}], "default_size": 256, "default_quality": 80}
@@ -29,6 +27,7 @@ def test_quality_defaults_for_lossy_formats_and_is_dropped_for_png():
     [
         (("zz", None, None, None), "unknown_style"),
         ((None, 0, None, None), "invalid_size"),
+        ((None, 15, None, None), "invalid_size"),
         ((None, 1025, None, None), "invalid_size"),
         ((None, None, "bmp", None), "invalid_format"),
         ((None, None, "jpeg", 101), "invalid_quality"),
@@ -36,20 +35,20 @@ def test_quality_defaults_for_lossy_formats_and_is_dropped_for_png():
     ],
 )
 def test_bad_options_are_422(args, code):
-    with pytest.raises(ApiError) as raised:
+    with pytest.raises(ServiceError) as raised:
         resolve_options(CONFIG, *args)
     assert (raised.value.status, raised.value.code) == (422, code)
 
 
-def test_batch_items():
+def test_smallest_size_is_the_generators_minimum():
+    assert resolve_options(CONFIG, None, 16, None, None).size == 16
+
+
+def test_result_headers():
     result = StylizeResult(b"png!", "image/png", "miss", "a", 4, 3, "k", True)
-    ok = batch_item(0, result)
-    assert ok["status"] == 200 and base64.b64decode(ok["data"]) == b"png!"
-    assert result.headers()["X-Weights"] == "random" and result.headers()["ETag"] == '"k"'
-    bad = batch_item(1, ApiError(400, "undecodable_image", "no"))
-    assert bad == {
-        "index": 1,
-        "status": 400,
-        "error": {"code": "undecodable_image", "message": "no"},
+    assert result.headers() == {
+        "X-Cache": "miss",
+        "X-Style": "a",
+        "ETag": '"k"',
+        "X-Weights": "random",
     }
-    assert batch_item(2, RuntimeError("boom"))["status"] == 500

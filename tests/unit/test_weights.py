@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
+import os
 import socket
+import stat
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -276,6 +280,164 @@ def test_concurrent_processes_download_once(served_style):
     assert outcomes == [str(served_style.path)] * 2
     assert served_style.server.request_count == 1
     assert served_style.path.read_bytes() == served_style.data
+
+
+# --- size cap, lock timeout, permissions ----------------------------------------------------
+
+
+def test_declared_length_over_the_cap_is_refused_before_reading(served_style):
+    # Gated: half the body, then nothing until the gate opens. A cap between half and all
+    # of it is only hit in time if the declared length is checked before reading.
+    served_style.server.mode = "gated"
+    cap = len(served_style.data) * 3 // 4
+    started = time.monotonic()
+    try:
+        with pytest.raises(WeightsError) as info:
+            download_weights(served_style.name, progress=False, timeout_s=20.0, max_bytes=cap)
+        elapsed = time.monotonic() - started
+    finally:
+        served_style.server.gate.set()
+    assert elapsed < 5.0
+    message = str(info.value)
+    assert f"declared {len(served_style.data)} bytes" in message
+    assert f"cap of {cap} bytes" in message
+    assert weights.WEIGHTS_MAX_BYTES_ENV in message
+    _assert_actionable(message, served_style)
+    assert not served_style.path.exists()
+    assert served_style.leftovers() == []
+
+
+def test_undeclared_length_is_cut_off_at_the_cap_while_streaming(served_style):
+    # No Content-Length and the second half held back: only counting the bytes as they
+    # arrive stops the download before the gate (or the read timeout) would.
+    served_style.server.mode = "gated"
+    served_style.server.send_length = False
+    cap = len(served_style.data) // 4
+    started = time.monotonic()
+    try:
+        with pytest.raises(WeightsError) as info:
+            download_weights(served_style.name, progress=False, timeout_s=20.0, max_bytes=cap)
+        elapsed = time.monotonic() - started
+    finally:
+        served_style.server.gate.set()
+    assert elapsed < 5.0
+    message = str(info.value)
+    assert f"sent more than {cap} bytes" in message
+    assert "partial file was removed" in message
+    _assert_actionable(message, served_style)
+    assert not served_style.path.exists()
+    assert served_style.leftovers() == []
+
+
+def test_cap_comes_from_the_env_and_a_body_at_the_cap_passes(served_style, monkeypatch):
+    size = len(served_style.data)
+    assert weights.DEFAULT_MAX_BYTES > 2 * 8_600_000  # well above the official checkpoints
+    monkeypatch.setenv(weights.WEIGHTS_MAX_BYTES_ENV, str(size - 1))
+    with pytest.raises(WeightsError, match=f"cap of {size - 1} bytes"):
+        resolve_weights(served_style.name, progress=False)
+    assert served_style.leftovers() == []
+
+    monkeypatch.setenv(weights.WEIGHTS_MAX_BYTES_ENV, "lots")
+    with pytest.raises(WeightsError, match=weights.WEIGHTS_MAX_BYTES_ENV):
+        resolve_weights(served_style.name, progress=False)
+
+    served_style.server.send_length = False  # counted, not declared: exactly the cap is fine
+    monkeypatch.setenv(weights.WEIGHTS_MAX_BYTES_ENV, str(size))
+    resolved = resolve_weights(served_style.name, progress=False)
+    assert resolved.path.read_bytes() == served_style.data
+    assert served_style.leftovers() == []
+
+
+_HOLD_LOCK = """
+import sys
+from filelock import FileLock
+lock = FileLock(sys.argv[1])
+lock.acquire()
+print("held", flush=True)
+sys.stdin.read()
+"""
+
+
+def _download_in_thread(name: str, **kwargs) -> tuple[threading.Thread, dict[str, object]]:
+    outcome: dict[str, object] = {}
+
+    def run():
+        try:
+            outcome["path"] = download_weights(name, progress=False, **kwargs)
+        except Exception as exc:
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread, outcome
+
+
+def test_lock_held_elsewhere_times_out_with_a_clear_error(served_style, monkeypatch):
+    served_style.cache_dir.mkdir(parents=True)
+    lock_path = served_style.cache_dir / f"{served_style.name}.pt.lock"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", _HOLD_LOCK, str(lock_path)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout is not None
+        assert holder.stdout.readline().strip() == "held"
+
+        started = time.monotonic()
+        thread, outcome = _download_in_thread(served_style.name, lock_timeout_s=0.5)
+        thread.join(timeout=10)  # without a lock timeout this would wait forever
+        assert not thread.is_alive(), "download_weights kept waiting for the lock"
+        assert time.monotonic() - started < 5.0
+        error = outcome.get("error")
+        assert isinstance(error, WeightsError), outcome
+        message = str(error)
+        assert str(lock_path) in message
+        assert "Another process" in message
+        assert "remove" in message
+        assert weights.WEIGHTS_LOCK_TIMEOUT_ENV in message
+
+        monkeypatch.setenv(weights.WEIGHTS_LOCK_TIMEOUT_ENV, "0.2")  # the env sets the default
+        thread, outcome = _download_in_thread(served_style.name)
+        thread.join(timeout=10)
+        assert not thread.is_alive()
+        assert isinstance(outcome.get("error"), WeightsError), outcome
+        assert served_style.server.request_count == 0
+    finally:
+        holder.kill()
+        holder.wait(timeout=10)
+
+    # The holder died with the lock held: the kernel dropped it, the next download proceeds.
+    assert download_weights(served_style.name, progress=False) == served_style.path
+    assert served_style.server.request_count == 1
+
+    monkeypatch.setenv(weights.WEIGHTS_LOCK_TIMEOUT_ENV, "soon")
+    with pytest.raises(WeightsError, match=weights.WEIGHTS_LOCK_TIMEOUT_ENV):
+        download_weights(served_style.name, progress=False)
+
+
+def test_downloads_are_readable_by_other_users(served_style, monkeypatch, tmp_path):
+    private = tmp_path / "private"
+    private.mkdir(mode=0o700)
+    cache_dir = private / "a" / "weights"
+    monkeypatch.setenv(weights.WEIGHTS_DIR_ENV, str(cache_dir))
+    previous = os.umask(0o077)  # the most restrictive common umask
+    try:
+        path = download_weights(served_style.name, progress=False)
+    finally:
+        os.umask(previous)
+    assert path == cache_dir / f"{served_style.name}.pt"
+    assert path.read_bytes() == served_style.data
+
+    def mode(p: Path) -> int:
+        return stat.S_IMODE(p.stat().st_mode)
+
+    assert mode(path) == 0o644
+    assert mode(cache_dir) == 0o755
+    assert mode(cache_dir.parent) == 0o755
+    assert mode(private) == 0o700  # a directory that existed keeps its owner's choice
+    assert mode(cache_dir / f"{served_style.name}.pt.lock") == 0o666
 
 
 # --- specs and loading --------------------------------------------------------------------

@@ -1,0 +1,317 @@
+"""The request pipeline: upload bytes -> cache key -> cached or computed picture.
+
+    bytes -> digest -> key -> cache hit? -> same key in flight? join it
+          -> (one shared task) decode + resize -> model -> encode -> cache -> waiters
+
+Plain asyncio: the cache client and the "stylize one array" callable are passed in, so
+the whole path runs in unit tests without Ray. The ingress deployment is thin routes
+over it.
+
+Shared work (one task per key, however many requests wait for it) belongs to no single
+request: it runs in an empty context, so the serving framework's per-request
+cancellation (a client that hangs up) reaches only that request's wait, never the work
+others are waiting for. Each waiter keeps its own deadline; work nobody waits for any
+more is cancelled and frees its slot.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextvars
+import hashlib
+import json
+import logging
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+import PIL
+
+from serve_app import imaging
+from serve_app.cache import CachedImage
+from serve_app.config import AppConfig
+from serve_app.errors import EmptyUpload, Overloaded, ServiceError, Timeout, Unavailable
+from serve_app.schemas import (
+    CacheStatus,
+    ModelIdentity,
+    StylizedArray,
+    StylizeOptions,
+    StylizeResult,
+)
+from serve_app.weights import is_random_digest
+
+logger = logging.getLogger(__name__)
+
+# Bump whenever decoding, resizing or encoding can change the bytes of a result: old cache
+# entries then miss instead of being served for a request they no longer match. Pillow's
+# version is part of the key too (its codecs write the bytes).
+PIPELINE_VERSION = 2
+_DIGEST_SIZE = 20
+# Hashing a large upload takes tens of ms: do it in a thread so hits and health checks
+# on the same event loop are not held up; small ones are cheaper than the thread hop.
+HASH_IN_THREAD_BYTES = 256 * 1024
+
+
+class ReplicaFailed(Exception):
+    """Raised by the stylize callable when the model replica died mid-call (retryable)."""
+
+
+class ResultStore(Protocol):
+    async def get(self, key: str) -> CachedImage | None: ...
+
+    async def put(self, key: str, value: CachedImage) -> None: ...
+
+
+StylizeArray = Callable[[np.ndarray, str], Awaitable[StylizedArray]]
+
+
+def image_digest(data: bytes) -> str:
+    """BLAKE2b-160 hex digest of the uploaded bytes."""
+    return hashlib.blake2b(data, digest_size=_DIGEST_SIZE).hexdigest()
+
+
+def result_key(image: str, options: StylizeOptions, identity: ModelIdentity) -> str:
+    """Key of one result: every input that can change its bytes is part of it.
+
+    JSON of a sorted dict is the canonical encoding, so no two different part tuples give
+    one byte string and ``None`` differs from ``0``.
+    """
+    parts = {
+        "pipeline": PIPELINE_VERSION,
+        "pillow": PIL.__version__,
+        "image": image,
+        "style": options.style,
+        "size": options.size,
+        "format": options.format,
+        "quality": options.quality,
+        "weights": identity.weights,
+        "runtime": identity.runtime,
+    }
+    encoded = json.dumps(parts, sort_keys=True, separators=(",", ":")).encode()
+    return hashlib.blake2b(encoded, digest_size=_DIGEST_SIZE).hexdigest()
+
+
+def run_detached(coroutine: Coroutine[Any, Any, Any]) -> asyncio.Task:
+    """A task that carries none of the current request's context variables."""
+    return contextvars.Context().run(asyncio.ensure_future, coroutine)
+
+
+@dataclass
+class _SharedWork:
+    """One computation and the requests waiting for it."""
+
+    task: asyncio.Task
+    waiters: int = 0
+
+
+@dataclass
+class _Computed:
+    image: CachedImage
+    key: str  # the key it was stored under (the ETag)
+    timings_ms: dict[str, float] = field(default_factory=dict)
+
+
+class StylizePipeline:
+    """Bytes of a picture -> the stylised picture, with caching, coalescing and limits."""
+
+    def __init__(
+        self,
+        config: AppConfig,
+        cache: ResultStore,
+        stylize_array: StylizeArray,
+        weights: dict[str, str],
+        *,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        """``weights``: style -> the digest of the weights the config asks for."""
+        self._config = config
+        self._cache = cache
+        self._stylize_array = stylize_array
+        self._weights = weights
+        self._clock = clock
+        # The runtime the model replicas report per style (device, precision, versions):
+        # lookups use it, so results computed elsewhere on another runtime never match.
+        self._runtimes: dict[str, str] = {}
+        self._in_flight: dict[str, _SharedWork] = {}
+        self._decodes = asyncio.Semaphore(config.decode_concurrency)
+        self._background: set[asyncio.Task] = set()
+        self.requests: Counter[CacheStatus] = Counter()
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._in_flight)
+
+    def learn(self, style: str, identity: ModelIdentity) -> None:
+        """Record what a model replica runs for ``style`` (if it runs the configured weights)."""
+        if identity.weights == self._weights.get(style):
+            self._runtimes[style] = identity.runtime
+
+    def expected_identity(self, style: str) -> ModelIdentity:
+        return ModelIdentity(self._weights[style], self._runtimes.get(style, "unknown"))
+
+    # --- the one code path -------------------------------------------------------------
+
+    async def stylize(self, data: bytes, options: StylizeOptions) -> StylizeResult:
+        deadline = self._clock() + self._config.request_timeout_s
+        if not data:
+            raise EmptyUpload("the uploaded picture is empty")
+        imaging.check_upload_size(data, self._config.limits)  # before hashing it
+        digest = await self._digest(data)
+        key = result_key(digest, options, self.expected_identity(options.style))
+        cached = await self._cache.get(key)
+        if cached is not None:
+            return self._result(_Computed(cached, key), options, "hit")
+        work = self._in_flight.get(key)
+        status: CacheStatus = "coalesced"
+        if work is None:
+            if len(self._in_flight) >= self._config.max_in_flight:
+                raise Overloaded("too many pictures in progress; retry shortly")
+            work = _SharedWork(run_detached(self._compute(digest, data, options)))
+            self._in_flight[key] = work
+            work.task.add_done_callback(lambda _: self._forget(key, work))
+            status = "miss"
+        computed = await self._wait(key, work, deadline)
+        return self._result(computed, options, status)
+
+    async def stylize_many(
+        self, files: Sequence[bytes], options: StylizeOptions
+    ) -> list[StylizeResult | BaseException]:
+        """Several pictures at once; each succeeds or fails alone."""
+        return await asyncio.gather(
+            *(self.stylize(data, options) for data in files), return_exceptions=True
+        )
+
+    async def warm(self, photos: Sequence[bytes], options: Sequence[StylizeOptions]) -> int:
+        """Compute (or find) each photo for each option set, so no visitor waits for them."""
+        done = 0
+        for data in photos:
+            for option in options:
+                try:
+                    await self.stylize(data, option)
+                    done += 1
+                except ServiceError as error:
+                    logger.warning("warm cache: %s for style %s", error.message, option.style)
+        logger.info("warm cache: %d results ready", done)
+        return done
+
+    # --- shared work -------------------------------------------------------------------
+
+    async def _wait(self, key: str, work: _SharedWork, deadline: float) -> _Computed:
+        """Wait for shared work until this caller's own deadline; the last to leave
+        cancels it."""
+        work.waiters += 1
+        try:
+            remaining = max(deadline - self._clock(), 0.0)
+            return await asyncio.wait_for(asyncio.shield(work.task), remaining)
+        except asyncio.TimeoutError:  # not the builtin TimeoutError before Python 3.11
+            timeout = self._config.request_timeout_s
+            raise Timeout(f"not ready within {timeout:g} s") from None
+        finally:
+            work.waiters -= 1
+            if work.waiters == 0 and not work.task.done():
+                work.task.cancel()
+                self._forget(key, work)
+
+    def _forget(self, key: str, work: _SharedWork) -> None:
+        if self._in_flight.get(key) is work:
+            del self._in_flight[key]
+
+    async def _compute(self, digest: str, data: bytes, options: StylizeOptions) -> _Computed:
+        started = time.perf_counter()
+        async with self._decodes:  # bounds the ingress's memory: see decode_concurrency
+            decoded = await asyncio.to_thread(
+                imaging.decode_resized, data, self._config.limits, options.size
+            )
+        decoded_at = time.perf_counter()
+        stylized = await self._stylize_with_retry(decoded.rgb, options.style)
+        encode_from = time.perf_counter()
+        encoded = await asyncio.to_thread(
+            imaging.encode_image, stylized.rgb, decoded.alpha, options.format, options.quality
+        )
+        encoded_at = time.perf_counter()
+        height, width = stylized.rgb.shape[:2]
+        image = CachedImage(encoded, imaging.MEDIA_TYPES[options.format], width, height)
+        key = result_key(digest, options, stylized.identity)
+        self._store(key, image, options.style, stylized.identity)
+        timings = {
+            "decode": (decoded_at - started) * 1e3,
+            "queue": stylized.queue_ms,
+            "inference": stylized.inference_ms,
+            "encode": (encoded_at - encode_from) * 1e3,
+        }
+        return _Computed(image, key, timings)
+
+    def _store(self, key: str, image: CachedImage, style: str, identity: ModelIdentity) -> None:
+        """Cache a result only under the key of what actually computed it, and only if that
+        is what the config asks for (during a rolling update, an old replica's answer is
+        returned to its caller but never cached)."""
+        if identity.weights != self._weights[style]:
+            logger.warning(
+                "style %s: a model replica ran other weights (%s); result not cached",
+                style,
+                identity.weights,
+            )
+            return
+        self.learn(style, identity)
+        task = run_detached(self._cache.put(key, image))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _stylize_with_retry(self, rgb: np.ndarray, style: str) -> StylizedArray:
+        """A replica that dies mid-call is retried once: stylising is idempotent."""
+        try:
+            return await self._stylize_array(rgb, style)
+        except ReplicaFailed as error:
+            logger.warning("model replica failed (%s); retrying once", error)
+        try:
+            return await self._stylize_array(rgb, style)
+        except ReplicaFailed as error:
+            raise Unavailable("the model replica failed; retry shortly") from error
+
+    async def _digest(self, data: bytes) -> str:
+        if len(data) < HASH_IN_THREAD_BYTES:
+            return image_digest(data)
+        return await asyncio.to_thread(image_digest, data)
+
+    def _result(self, computed: _Computed, options: StylizeOptions, status: CacheStatus):
+        self.requests[status] += 1
+        image = computed.image
+        return StylizeResult(
+            data=image.data,
+            media_type=image.media_type,
+            cache=status,
+            style=options.style,
+            width=image.width,
+            height=image.height,
+            key=computed.key,
+            random_weights=is_random_digest(self._weights[options.style]),
+            timings_ms=computed.timings_ms if status == "miss" else {},
+        )
+
+
+def batch_item(index: int, outcome: StylizeResult | BaseException) -> dict:
+    """One entry of a batch answer: the picture (base64) or its error."""
+    if isinstance(outcome, StylizeResult):
+        return {
+            "index": index,
+            "status": 200,
+            "media_type": outcome.media_type,
+            "cache": outcome.cache,
+            "width": outcome.width,
+            "height": outcome.height,
+            "data": base64.b64encode(outcome.data).decode("ascii"),
+        }
+    if not isinstance(outcome, ServiceError):
+        logger.error("batch item %d failed", index, exc_info=outcome)
+        outcome = ServiceError()
+    return {"index": index, "status": outcome.status, **outcome.to_dict()}
+
+
+def batch_body(outcomes: Sequence[StylizeResult | BaseException]) -> bytes:
+    """The batch answer as JSON bytes (base64 of megabytes: run it off the event loop)."""
+    results = [batch_item(index, outcome) for index, outcome in enumerate(outcomes)]
+    return json.dumps({"results": results}, separators=(",", ":")).encode()

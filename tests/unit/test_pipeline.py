@@ -1,0 +1,352 @@
+"""The request pipeline without Ray: a fake model and a dict for a cache."""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import json
+import threading
+
+import numpy as np
+import pytest
+
+from serve_app import pipeline as pipeline_module
+from serve_app.config import AppConfig
+from serve_app.errors import Overloaded, Timeout, Unavailable
+from serve_app.pipeline import ReplicaFailed, StylizePipeline, batch_body, result_key
+from serve_app.schemas import ModelIdentity, StylizedArray, StylizeResult, resolve_options
+from tests.conftest import synthetic_jpeg
+
+WEIGHTS = "weights-a:align_corners=True"
+RUNTIME = "cpu/fp32/nhwc/torch-x"
+IDENTITY = ModelIdentity(WEIGHTS, RUNTIME)
+REQUEST = contextvars.ContextVar("request", default=None)
+
+
+def make_config(**overrides) -> AppConfig:
+    args = {
+        "styles": [{"name": "alpha", "weights": "random"}],
+        "default_size": 32,
+        "request_timeout_s": 5,
+        **overrides,
+    }
+    return AppConfig.model_validate(args)
+
+
+class FakeCache:
+    def __init__(self):
+        self.data = {}
+        self.puts = 0
+
+    async def get(self, key):
+        return self.data.get(key)
+
+    async def put(self, key, value):
+        self.puts += 1
+        self.data[key] = value
+
+
+class FakeModel:
+    """Answers after ``gate`` opens; records calls, cancellations and the caller's context."""
+
+    def __init__(self, identity=IDENTITY, failures=0):
+        self.identity = identity
+        self.gate = asyncio.Event()
+        self.gate.set()
+        self.calls = 0
+        self.cancelled = 0
+        self.failures = failures
+        self.contexts = []
+
+    async def __call__(self, rgb: np.ndarray, style: str) -> StylizedArray:
+        self.calls += 1
+        self.contexts.append(REQUEST.get())
+        if self.failures:
+            self.failures -= 1
+            raise ReplicaFailed("replica died")
+        try:
+            await self.gate.wait()
+        except asyncio.CancelledError:
+            self.cancelled += 1
+            raise
+        return StylizedArray(255 - rgb, self.identity, 0.0, 1.0, 1)
+
+
+def make_pipeline(model=None, cache=None, **config):
+    config = make_config(**config)
+    model = model or FakeModel()
+    cache = cache or FakeCache()
+    return StylizePipeline(config, cache, model, {"alpha": WEIGHTS}), model, cache
+
+
+def options(pipe: StylizePipeline, **kw):
+    return resolve_options(pipe._config, **kw)
+
+
+def run(coroutine):
+    return asyncio.run(coroutine)
+
+
+async def settle():
+    for _ in range(20):
+        await asyncio.sleep(0.01)
+
+
+def test_miss_then_hit_computes_once():
+    async def scenario():
+        pipe, model, cache = make_pipeline()
+        first = await pipe.stylize(synthetic_jpeg(seed=1), options(pipe))
+        await settle()  # the cache put runs in the background
+        second = await pipe.stylize(synthetic_jpeg(seed=1), options(pipe))
+        return first, second, model, cache
+
+    first, second, model, cache = run(scenario())
+    assert (first.cache, second.cache) == ("miss", "hit")
+    assert first.data == second.data and first.key == second.key
+    assert model.calls == 1 and cache.puts == 1
+    assert set(first.timings_ms) == {"decode", "queue", "inference", "encode"}
+
+
+def test_identical_requests_coalesce_onto_one_computation():
+    async def scenario():
+        pipe, model, _ = make_pipeline()
+        model.gate.clear()
+        data = synthetic_jpeg(seed=2)
+        tasks = [asyncio.create_task(pipe.stylize(data, options(pipe))) for _ in range(8)]
+        await settle()
+        model.gate.set()
+        return await asyncio.gather(*tasks), model
+
+    results, model = run(scenario())
+    assert sorted(r.cache for r in results) == ["coalesced"] * 7 + ["miss"]
+    assert model.calls == 1
+    assert len({r.data for r in results}) == 1
+
+
+def test_leader_hang_up_does_not_fail_the_follower():
+    async def scenario():
+        pipe, model, cache = make_pipeline()
+        model.gate.clear()
+        data = synthetic_jpeg(seed=3)
+        leader = asyncio.create_task(pipe.stylize(data, options(pipe)))
+        await settle()
+        follower = asyncio.create_task(pipe.stylize(data, options(pipe)))
+        await settle()
+        leader.cancel()  # what Serve does when the leader's client disconnects
+        await settle()
+        model.gate.set()
+        result = await follower
+        await settle()
+        return leader, result, model, cache
+
+    leader, result, model, cache = run(scenario())
+    assert leader.cancelled()
+    assert result.cache == "coalesced"
+    assert model.calls == 1 and model.cancelled == 0
+    assert cache.puts == 1  # the work completed for the cache too
+
+
+def test_shared_work_runs_outside_the_callers_context():
+    async def scenario():
+        pipe, model, _ = make_pipeline()
+        REQUEST.set("request-1")  # like Serve's per-request context
+        await pipe.stylize(synthetic_jpeg(seed=4), options(pipe))
+        return model
+
+    assert run(scenario()).contexts == [None]
+
+
+def test_each_waiter_has_its_own_deadline():
+    async def scenario():
+        pipe, model, _ = make_pipeline(request_timeout_s=0.4)
+        model.gate.clear()
+        data = synthetic_jpeg(seed=5)
+        early = asyncio.create_task(pipe.stylize(data, options(pipe)))
+        await asyncio.sleep(0.3)
+        late = asyncio.create_task(pipe.stylize(data, options(pipe)))
+        with pytest.raises(Timeout):
+            await early  # its deadline: 0.4 s after it arrived
+        model.gate.set()
+        return await late, model  # joined 0.3 s in: it still has time
+
+    result, model = run(scenario())
+    assert result.cache == "coalesced"
+    assert model.calls == 1
+
+
+def test_work_nobody_waits_for_is_cancelled_and_frees_its_slot():
+    async def scenario():
+        pipe, model, _ = make_pipeline(max_in_flight=1, request_timeout_s=0.2)
+        model.gate.clear()
+        with pytest.raises(Timeout):
+            await pipe.stylize(synthetic_jpeg(seed=6), options(pipe))
+        await settle()
+        freed = pipe.in_flight
+        model.gate.set()
+        other = await pipe.stylize(synthetic_jpeg(seed=7), options(pipe))
+        return freed, other, model
+
+    freed, other, model = run(scenario())
+    assert freed == 0
+    assert model.cancelled == 1  # the model call itself was stopped
+    assert other.cache == "miss"
+
+
+def test_all_waiters_hanging_up_cancels_the_work():
+    async def scenario():
+        pipe, model, _ = make_pipeline()
+        model.gate.clear()
+        data = synthetic_jpeg(seed=8)
+        tasks = [asyncio.create_task(pipe.stylize(data, options(pipe))) for _ in range(3)]
+        await settle()
+        for task in tasks:
+            task.cancel()
+        await settle()
+        return pipe, model
+
+    pipe, model = run(scenario())
+    assert model.cancelled == 1 and pipe.in_flight == 0
+
+
+def test_past_max_in_flight_a_new_picture_is_refused_but_a_repeat_joins():
+    async def scenario():
+        pipe, model, _ = make_pipeline(max_in_flight=1)
+        model.gate.clear()
+        busy = synthetic_jpeg(seed=9)
+        first = asyncio.create_task(pipe.stylize(busy, options(pipe)))
+        await settle()
+        with pytest.raises(Overloaded) as refused:
+            await pipe.stylize(synthetic_jpeg(seed=10), options(pipe))
+        joined = asyncio.create_task(pipe.stylize(busy, options(pipe)))
+        await settle()
+        model.gate.set()
+        return refused.value, await first, await joined
+
+    refused, first, joined = run(scenario())
+    assert refused.status == 503 and refused.headers == {"Retry-After": "1"}
+    assert (first.cache, joined.cache) == ("miss", "coalesced")
+
+
+def test_a_failed_replica_is_retried_once():
+    async def scenario(failures):
+        pipe, model, _ = make_pipeline(model=FakeModel(failures=failures))
+        try:
+            return await pipe.stylize(synthetic_jpeg(seed=11), options(pipe)), model
+        except Unavailable as error:
+            return error, model
+
+    result, model = run(scenario(1))
+    assert result.cache == "miss" and model.calls == 2
+    error, model = run(scenario(2))
+    assert isinstance(error, Unavailable) and error.status == 503 and model.calls == 2
+
+
+def test_a_result_from_other_weights_is_returned_but_never_cached():
+    async def scenario():
+        stale = FakeModel(identity=ModelIdentity("old-weights", RUNTIME))
+        pipe, _, cache = make_pipeline(model=stale)
+        result = await pipe.stylize(synthetic_jpeg(seed=12), options(pipe))
+        await settle()
+        return result, cache
+
+    result, cache = run(scenario())
+    assert result.cache == "miss"
+    assert cache.puts == 0
+
+
+def test_results_are_keyed_by_the_runtime_that_computed_them():
+    async def scenario():
+        pipe, model, _ = make_pipeline()
+        data = synthetic_jpeg(seed=13)
+        before = pipe.expected_identity("alpha")
+        first = await pipe.stylize(data, options(pipe))
+        await settle()
+        again = await pipe.stylize(data, options(pipe))
+        model.identity = ModelIdentity(WEIGHTS, "cpu/bf16/nhwc/torch-x")  # another node
+        other = await pipe.stylize(synthetic_jpeg(seed=14), options(pipe))
+        await settle()
+        return before, first, again, other, pipe
+
+    before, first, again, other, pipe = run(scenario())
+    assert before.runtime == "unknown"  # nothing learnt yet: the first lookup misses
+    assert first.key == result_key(
+        pipeline_module.image_digest(synthetic_jpeg(seed=13)),
+        options(pipe),
+        ModelIdentity(WEIGHTS, RUNTIME),
+    )
+    assert again.cache == "hit"
+    assert other.key != first.key
+    assert pipe.expected_identity("alpha").runtime == "cpu/bf16/nhwc/torch-x"
+
+
+def test_key_changes_with_every_part_and_the_pipeline_version(monkeypatch):
+    pipe, _, _ = make_pipeline()
+    identity = ModelIdentity(WEIGHTS, RUNTIME)
+    base = result_key("d", options(pipe), identity)
+    variants = [
+        result_key("e", options(pipe), identity),
+        result_key("d", options(pipe, size=64), identity),
+        result_key("d", options(pipe, fmt="jpeg"), identity),
+        result_key("d", options(pipe, fmt="jpeg", quality=50), identity),
+        result_key("d", options(pipe), ModelIdentity("other", RUNTIME)),
+        result_key("d", options(pipe), ModelIdentity(WEIGHTS, "cuda/fp16")),
+    ]
+    assert len({base, *variants}) == 7
+    monkeypatch.setattr(pipeline_module, "PIPELINE_VERSION", pipeline_module.PIPELINE_VERSION + 1)
+    assert result_key("d", options(pipe), identity) != base
+
+
+def test_decodes_are_bounded(monkeypatch):
+    active, peak, lock = [0], [0], threading.Lock()
+    real_decode = pipeline_module.imaging.decode_resized
+
+    def counting_decode(*args):
+        with lock:
+            active[0] += 1
+            peak[0] = max(peak[0], active[0])
+        try:
+            threading.Event().wait(0.05)
+            return real_decode(*args)
+        finally:
+            with lock:
+                active[0] -= 1
+
+    monkeypatch.setattr(pipeline_module.imaging, "decode_resized", counting_decode)
+
+    async def scenario():
+        pipe, _, _ = make_pipeline(decode_concurrency=2)
+        files = [synthetic_jpeg(seed=20 + i) for i in range(6)]
+        return await asyncio.gather(*(pipe.stylize(f, options(pipe)) for f in files))
+
+    assert len(run(scenario())) == 6
+    assert peak[0] == 2
+
+
+def test_large_uploads_are_hashed_off_the_event_loop(monkeypatch):
+    threads = []
+    real_digest = pipeline_module.image_digest
+
+    def recording_digest(data):
+        threads.append(threading.current_thread() is threading.main_thread())
+        return real_digest(data)
+
+    monkeypatch.setattr(pipeline_module, "image_digest", recording_digest)
+
+    async def scenario():
+        pipe, _, _ = make_pipeline()
+        small = synthetic_jpeg(seed=30)
+        large = small + b"\0" * pipeline_module.HASH_IN_THREAD_BYTES  # JPEG ignores the tail
+        await pipe.stylize(small, options(pipe))
+        await pipe.stylize(large, options(pipe))
+
+    run(scenario())
+    assert threads == [True, False]
+
+
+def test_batch_body_reports_each_item():
+    ok = StylizeResult(b"\x89PNG", "image/png", "miss", "alpha", 4, 4, "k", True)
+    body = json.loads(batch_body([ok, Overloaded("busy"), RuntimeError("boom")]))
+    first, second, third = body["results"]
+    assert first["status"] == 200 and first["data"] == "iVBORw=="
+    assert second == {"index": 1, "status": 503, "error": {"code": "overloaded", "message": "busy"}}
+    assert third["status"] == 500 and third["error"]["code"] == "internal_error"
