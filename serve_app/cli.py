@@ -50,7 +50,7 @@ def _progress_enabled() -> bool:
 
 
 def _positive_size(text: str) -> int:
-    from serve_app.imaging import MIN_SIDE
+    from serve_app.config import MIN_SIDE
 
     value = int(text)
     if value < MIN_SIDE:
@@ -159,7 +159,7 @@ def _plan_outputs(
 def cmd_stylize(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from serve_app import imaging
+    from serve_app import config, errors, imaging, tensors
     from serve_app.model import StyleModel, select_runtime
 
     plan = _plan_outputs(args.inputs, args.output, args.format)
@@ -191,7 +191,7 @@ def cmd_stylize(args: argparse.Namespace) -> int:
         len(args.inputs),
     )
 
-    limits = imaging.ImageLimits()
+    limits = config.ImageLimits()
     failed = 0
     started = time.monotonic()
     pairs = list(zip(args.inputs, outputs, strict=True))
@@ -204,12 +204,12 @@ def cmd_stylize(args: argparse.Namespace) -> int:
     for source, target in bar:
         try:
             decoded = imaging.decode_resized(source.read_bytes(), limits, args.size)
-            batch = imaging.to_model_batch([decoded.rgb])
-            rgb = imaging.from_model_batch(model(batch))[0]
+            batch = tensors.to_model_batch([decoded.rgb])
+            rgb = tensors.from_model_batch(model(batch))[0]
             data = imaging.encode_image(rgb, decoded.alpha, fmt, args.quality)
             target.parent.mkdir(parents=True, exist_ok=True)
             target.write_bytes(data)
-        except (OSError, imaging.ImageError, ValueError) as exc:
+        except (OSError, errors.ServiceError, ValueError) as exc:
             failed += 1
             _err(f"{source}: {_one_line(exc)}")
             continue

@@ -1,6 +1,7 @@
 """Typed configuration: the application arguments and the Stylizer's live batch knobs.
 
-Every default lives here (image limits live with the image functions in ``imaging.py``).
+Every setting and its default lives here, the image limits included; this module imports
+nothing of the project, so every other module may import it.
 ``serve_config.yaml``'s ``args:`` block is validated against :class:`AppConfig` at deploy
 time; per-deployment knobs (replicas, autoscaling, queue bounds) stay in the YAML.
 """
@@ -99,12 +100,13 @@ class AppConfig(_Strict):
         description="misses one ingress replica computes at once; past it: 503 at once, "
         "before any decoding (hits are still served)",
     )
-    decode_concurrency: int = Field(
-        default=2,
-        ge=1,
-        le=64,
-        description="uploads one ingress replica decodes at once; bounds its memory: each "
-        "decode of the largest accepted picture peaks near 4 bytes per pixel of max_pixels",
+    decode_memory_bytes: int = Field(
+        default=2**30,
+        ge=64 * 2**20,
+        description="memory one ingress replica lets its decodes use at once; each reserves "
+        "its upper bound (imaging.decode_peak_bytes: 18 bytes a pixel + 32 MiB) before it "
+        "starts, so the largest accepted pictures decode one or two at a time and photos "
+        "many at once",
     )
     cache: CacheConfig = CacheConfig()
     api_key_env: str | None = Field(

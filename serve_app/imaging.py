@@ -1,8 +1,8 @@
 """Pure image functions: upload bytes → validated RGB array → model tensor → encoded bytes.
 
-Every input limit lives here (:class:`ImageLimits`), and every way an upload can be bad
-maps to one :class:`ImageError` subclass carrying a machine-readable ``code`` and the
-HTTP status the API answers with. Nothing here knows about Ray or HTTP frameworks, and
+Every way an upload can be bad maps to one of the service's errors (``errors.py``),
+which carries the HTTP status and code the API answers with; the limits themselves are
+configuration (``config.ImageLimits``). Nothing here knows about Ray or HTTP frameworks, and
 importing the module changes no global state: optional Pillow plugins (pillow-heif) are
 registered on first use.
 """
@@ -14,18 +14,21 @@ import io
 import logging
 import re
 import warnings
-from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
 
 import numpy as np
-import torch
-from PIL import Image, ImageCms, ImageOps, UnidentifiedImageError, features
-from pydantic import BaseModel, Field
+from PIL import ExifTags, Image, ImageCms, UnidentifiedImageError, features
+
+from serve_app.config import MIN_SIDE, SIDE_MULTIPLE, ImageLimits, OutputFormat
+from serve_app.errors import (
+    ImageTooLarge,
+    ImageTooSmall,
+    ServiceError,
+    UndecodableImage,
+    UnsupportedFormat,
+)
 
 logger = logging.getLogger(__name__)
-
-OutputFormat = Literal["png", "jpeg", "webp"]
 
 MEDIA_TYPES: dict[str, str] = {
     "png": "image/png",
@@ -33,11 +36,6 @@ MEDIA_TYPES: dict[str, str] = {
     "webp": "image/webp",
 }
 
-SIDE_MULTIPLE = 4
-"""The generator's two stride-2 stages need both sides divisible by 4."""
-
-MIN_SIDE = 16
-"""Smallest side the generator accepts after resizing (its reflection pads need it)."""
 
 # Pillow format names accepted without optional plugins. MPO is what Pillow calls the
 # JPEGs many phones write (a primary image plus previews/depth maps).
@@ -59,71 +57,6 @@ _REDUCING_GAP = 2.0
 _WHITE = (255, 255, 255)
 
 
-class ImageLimits(BaseModel, frozen=True, extra="forbid"):
-    """Limits applied to every upload; one instance is shared by the whole app."""
-
-    max_bytes: int = Field(
-        default=20 * 1024 * 1024,
-        gt=0,
-        description="Largest upload accepted, in bytes; larger ones answer 413.",
-    )
-    max_pixels: int = Field(
-        default=50_000_000,
-        gt=0,
-        description=(
-            "Largest width×height accepted, read from the image header before any pixel "
-            "is decoded (a few-KB file can claim gigapixels); larger ones answer 413."
-        ),
-    )
-    max_size: int = Field(
-        default=1024,
-        ge=MIN_SIDE,
-        description=(
-            "Largest output longer side (px) a request may ask for; at least MIN_SIDE "
-            "(16), since no smaller output can be produced."
-        ),
-    )
-
-
-class ImageError(Exception):
-    """An upload the service refuses; ``code`` and ``http_status`` say how to answer."""
-
-    code: str = "image_error"
-    http_status: int = 400
-
-    def __init__(self, message: str) -> None:
-        super().__init__(message)
-        self.message = message
-
-
-class UndecodableImage(ImageError):
-    """Not an image, or a corrupt or truncated one."""
-
-    code = "undecodable_image"
-    http_status = 400
-
-
-class ImageTooLarge(ImageError):
-    """Too many bytes or too many pixels."""
-
-    code = "image_too_large"
-    http_status = 413
-
-
-class UnsupportedFormat(ImageError):
-    """A valid image in a format (or colour mode) that is not accepted."""
-
-    code = "unsupported_format"
-    http_status = 415
-
-
-class ImageTooSmall(ImageError):
-    """The shorter side would fall under MIN_SIDE after resizing."""
-
-    code = "image_too_small"
-    http_status = 400
-
-
 @dataclass(frozen=True)
 class DecodedImage:
     """An upright 8-bit sRGB image, with its transparency kept apart.
@@ -138,7 +71,7 @@ class DecodedImage:
     source_format: str
 
     def __post_init__(self) -> None:
-        _check_rgb(self.rgb)
+        check_rgb(self.rgb)
         if not self.rgb.flags.c_contiguous:
             raise ValueError("rgb must be C-contiguous.")
         if self.alpha is not None:
@@ -186,18 +119,89 @@ def _openers(allowed: tuple[str, ...]) -> tuple[str, ...]:
 
 # --------------------------------------------------------------------------- decoding
 
+# Pixels converted per step. Every copy made while converting a picture (the band cut
+# out of it, turned upright, scaled to 8 bits via float64, converted to RGB(A), through
+# an ICC transform, composited over white) has this many pixels, so each is a few MB
+# whatever the picture's size; only Pillow's decoded picture itself is full-size.
+_BAND_PIXELS = 1 << 18
+
+# EXIF orientation → the transpose that makes the picture upright (as ImageOps.exif_transpose).
+_ORIENTATIONS = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
+_SWAPS_SIDES = (Image.Transpose.TRANSPOSE, Image.Transpose.ROTATE_270)
+_SWAPS_SIDES_REVERSED = (Image.Transpose.TRANSVERSE, Image.Transpose.ROTATE_90)
+_FLIPS_ROWS = (Image.Transpose.ROTATE_180, Image.Transpose.FLIP_TOP_BOTTOM)
+
 
 def decode_upload(data: bytes, limits: ImageLimits, size_hint: int | None = None) -> DecodedImage:
-    """Validate and decode an upload into an upright 8-bit sRGB image.
+    """Validate and decode an upload into an upright 8-bit sRGB image, at full size.
 
     Cheap checks come first: byte size, then the format and the pixel count read from
     the header, so oversized or unwanted files are refused without decoding pixels.
     With ``size_hint`` (the output's longer side), a JPEG is decoded by DCT scaling at
     the smallest scale that still leaves twice the pixels the resize needs, which keeps
     the resized picture's detail and spends a quarter of the time on a large photo.
-    Animated and multi-page files yield their first frame. Raises an ImageError
-    subclass for every bad input, never a raw Pillow exception.
+    Animated and multi-page files yield their first frame. Raises a ServiceError
+    subclass for every bad input, never a raw Pillow exception. The service calls
+    decode_resized, which also bounds the memory a large picture takes.
     """
+    return _decode(data, limits, size_hint, None)
+
+
+def decode_resized(data: bytes, limits: ImageLimits, size: int) -> DecodedImage:
+    """An upload decoded, validated and resized so its longer side is ``size``.
+
+    The pixels are those of ``resize_long_side(decode_upload(data, limits, size), size)``
+    (the same Lanczos with Pillow's ``reducing_gap``, whose first step is a box
+    reduction by an integer factor), but that reduction happens while the picture is
+    converted, a band of rows at a time: apart from what the decoder itself holds (the
+    picture as Pillow stores it; see ``decode_peak_bytes``) no copy is ever full-size.
+    """
+    return _decode(data, limits, size, size)
+
+
+def decode_peak_bytes(pixels: int) -> int:
+    """An upper bound on the memory one decode_resized of a ``pixels``-pixel upload adds.
+
+    Measured as the peak resident set of a fresh process over one decode of a
+    7000×7000 picture at size 1024 (``tests/unit/test_decode_memory.py``), in bytes a
+    pixel: palette GIF 1.5, 16-bit grey PNG 2.6, RGB or RGBA PNG (8 or 16 bits) and
+    TIFF 4.5 (Pillow keeps RGB as 4 bytes), baseline JPEG 1.4 (DCT scaling), progressive
+    JPEG 4 (4:2:0), 7 (4:4:4) or 9 (CMYK), as libjpeg keeps every DCT coefficient, AVIF
+    9 (11.5 with alpha), WebP 16: libwebp's animation decoder, the only one Pillow uses,
+    keeps two full-size RGBA canvases and Pillow a copy of the frame besides the
+    picture. Pillow has no scaled decoding but JPEG's. The worst, 17.3, is a WebP with
+    alpha just under four times the output side: no box reduction applies, so its
+    converted copy is full-size too. HEIF (pillow-heif) was not measured.
+    """
+    return _DECODE_PEAK_BYTES_PER_PIXEL * pixels + _DECODE_PEAK_OVERHEAD
+
+
+_DECODE_PEAK_BYTES_PER_PIXEL = 18
+_DECODE_PEAK_OVERHEAD = 32 * 1024 * 1024
+
+
+def header_pixels(data: bytes) -> int:
+    """Width × height as the header claims it (no pixel is decoded); 0 if unreadable
+    (decoding then refuses the upload with the right error)."""
+    try:
+        with Image.open(io.BytesIO(data), formats=_openers(_input_formats())) as image:
+            width, height = image.size
+            return width * height
+    except Exception:
+        return 0
+
+
+def _decode(
+    data: bytes, limits: ImageLimits, size_hint: int | None, size: int | None
+) -> DecodedImage:
     check_upload_size(data, limits)
     if not data:
         raise UndecodableImage("The upload is empty.")
@@ -217,9 +221,11 @@ def decode_upload(data: bytes, limits: ImageLimits, size_hint: int | None = None
                 if size_hint and image.format in ("JPEG", "MPO"):
                     _draft_for(image, size_hint)
                 image.load()  # first frame only: Image.open leaves us on frame 0
-                _apply_exif_orientation(image)
-                return _to_decoded(image, image.format or "unknown")
-        except ImageError:
+                plan = _Plan.of(image, size)
+                rgb, alpha = _to_upright_rgb(image, plan)
+                source_format = image.format or "unknown"
+            del image  # the full-size picture goes before the final resize
+        except ServiceError:
             raise
         except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
             raise _pillow_bomb_error(exc, limits) from exc
@@ -238,6 +244,11 @@ def decode_upload(data: bytes, limits: ImageLimits, size_hint: int | None = None
             raise UndecodableImage(
                 f"The image could not be decoded; it may be corrupt or truncated ({exc})."
             ) from exc
+    return DecodedImage(
+        rgb=np.asarray(plan.finish(rgb)),
+        alpha=None if alpha is None else np.asarray(plan.finish(alpha)),
+        source_format=source_format,
+    )
 
 
 # Signatures of picture and document formats refused on purpose, so they get a 415 that
@@ -279,11 +290,6 @@ def check_upload_size(data: bytes, limits: ImageLimits) -> None:
         )
 
 
-def decode_resized(data: bytes, limits: ImageLimits, size: int) -> DecodedImage:
-    """An upload decoded, validated and resized so its longer side is ``size``."""
-    return resize_long_side(decode_upload(data, limits, size_hint=size), size)
-
-
 def _draft_for(image: Image.Image, size: int) -> None:
     """Let the JPEG decoder scale down by 2, 4 or 8 while both sides stay >= 2x target."""
     width, height = image.size
@@ -320,50 +326,169 @@ def _pillow_bomb_error(exc: Exception, limits: ImageLimits) -> ImageTooLarge:
     return ImageTooLarge(f"The image is {actual}; the limit is {limit} pixels.")
 
 
-def _apply_exif_orientation(image: Image.Image) -> None:
+def _orientation(image: Image.Image) -> Image.Transpose | None:
+    """The transpose EXIF (or XMP) orientation asks for, as ImageOps.exif_transpose reads it."""
     # Malformed EXIF is common in the wild; an image we cannot orient is still usable.
     try:
-        ImageOps.exif_transpose(image, in_place=True)
+        return _ORIENTATIONS.get(image.getexif().get(ExifTags.Base.Orientation, 1))
     except Exception:
         logger.debug("Ignoring unreadable EXIF orientation", exc_info=True)
+        return None
 
 
-def _to_decoded(image: Image.Image, source_format: str) -> DecodedImage:
+@dataclass(frozen=True)
+class _Plan:
+    """Where a decoded picture goes: upright size, output size, and the box reduction.
+
+    ``factor`` is the integer reduction Pillow's ``resize(..., reducing_gap=2.0)`` would
+    apply first; doing it band by band gives the same pixels (a box filter does not reach
+    across bands whose heights are multiples of the factor), and ``finish`` then runs
+    the rest of that resize on the reduced picture with the same fractional box.
+    """
+
+    transpose: Image.Transpose | None
+    width: int  # upright, as decoded
+    height: int
+    size: tuple[int, int]  # the output's (width, height)
+    factor: tuple[int, int]
+
+    @classmethod
+    def of(cls, image: Image.Image, size: int | None) -> _Plan:
+        transpose = _orientation(image)
+        width, height = image.size
+        if transpose in _SWAPS_SIDES or transpose in _SWAPS_SIDES_REVERSED:
+            width, height = height, width
+        output = (width, height) if size is None else target_dimensions(width, height, size)
+        factor = (1, 1)
+        if output != (width, height):
+            factor = (
+                int(width / output[0] / _REDUCING_GAP) or 1,
+                int(height / output[1] / _REDUCING_GAP) or 1,
+            )
+        return cls(transpose, width, height, output, factor)
+
+    def finish(self, image: Image.Image) -> Image.Image:
+        """The (reduced) upright picture or alpha resized to the output size."""
+        if self.size == (self.width, self.height):
+            return image
+        box = (0.0, 0.0, self.width / self.factor[0], self.height / self.factor[1])
+        return image.resize(self.size, Image.Resampling.LANCZOS, box=box)
+
+
+def _to_upright_rgb(image: Image.Image, plan: _Plan) -> tuple[Image.Image, Image.Image | None]:
+    """Upright 8-bit sRGB "RGB" (over white) and "L" alpha or None, reduced by plan.factor."""
+    deep = image.mode.startswith("I;16") or image.mode in ("I", "F")
+    if deep or image.mode == "CMYK":
+        # Deep modes become a fresh "L" image, which has no transparency key.
+        target = "RGB"
+    else:
+        # P/L/RGB with a tRNS key, LA, PA, RGBa and La all become RGBA.
+        target = "RGBA" if image.has_transparency_data else "RGB"
     icc_profile = image.info.get("icc_profile")
-    image = _to_eight_bit(image)
-    image = _to_rgb_or_rgba(image, icc_profile)
-    rgb, alpha = _flatten_alpha(image)
-    return DecodedImage(
-        rgb=np.asarray(rgb),
-        alpha=None if alpha is None else np.asarray(alpha),
-        source_format=source_format,
-    )
+    transform = _icc_transform(icc_profile, "CMYK" if image.mode == "CMYK" else target, target)
+    if image.mode == target == "RGB" and plan.transpose is None and transform is None:
+        # Nothing to convert (the common case): reduce the decoded picture directly.
+        return (image if plan.factor == (1, 1) else image.reduce(plan.factor)), None
+    value_range = _deep_range(image) if deep else None
+    try:
+        return _convert_bands(image, plan, value_range, target, transform)
+    except _IccFailed:
+        logger.debug("Ignoring an ICC profile that could not be applied", exc_info=True)
+        return _convert_bands(image, plan, value_range, target, None)
 
 
-def _to_eight_bit(image: Image.Image) -> Image.Image:
-    """Scale deep single-channel modes (16-bit, 32-bit int, float) to 8-bit "L".
+class _IccFailed(Exception):
+    pass
+
+
+def _convert_bands(
+    image: Image.Image,
+    plan: _Plan,
+    value_range: tuple[float, float] | None,
+    target: str,
+    transform: ImageCms.ImageCmsTransform | None,
+) -> tuple[Image.Image, Image.Image | None]:
+    factor_x, factor_y = plan.factor
+    reduced_size = (-(-plan.width // factor_x), -(-plan.height // factor_y))
+    rgb_out = Image.new("RGB", reduced_size)
+    alpha_out = Image.new("L", reduced_size, 255) if target == "RGBA" else None
+    translucent = False
+    rows = max(factor_y, _BAND_PIXELS // plan.width // factor_y * factor_y)
+    for top in range(0, plan.height, rows):
+        band = _upright_band(image, plan, top, min(top + rows, plan.height))
+        if value_range is not None:
+            band = _to_eight_bit(band, value_range)
+        if transform is None or band.mode != "CMYK":  # a CMYK transform converts itself
+            band = _convert(band, target)
+        if transform is not None:
+            try:
+                band = transform.apply(band)
+            except Exception as exc:
+                raise _IccFailed from exc
+        rgb, alpha = _flatten_alpha(band)
+        if plan.factor != (1, 1):
+            rgb = rgb.reduce(plan.factor)
+            alpha = None if alpha is None else alpha.reduce(plan.factor)
+        rgb_out.paste(rgb, (0, top // factor_y))
+        if alpha is not None and alpha_out is not None:
+            alpha_out.paste(alpha, (0, top // factor_y))
+            translucent = True
+    return rgb_out, (alpha_out if translucent else None)
+
+
+def _upright_band(image: Image.Image, plan: _Plan, top: int, bottom: int) -> Image.Image:
+    """Rows top..bottom of the upright picture, cut from the stored one and turned."""
+    stored_width, stored_height = image.size
+    if plan.transpose in _SWAPS_SIDES:
+        box = (top, 0, bottom, stored_height)  # upright rows are stored columns
+    elif plan.transpose in _SWAPS_SIDES_REVERSED:
+        box = (stored_width - bottom, 0, stored_width - top, stored_height)
+    elif plan.transpose in _FLIPS_ROWS:
+        box = (0, stored_height - bottom, stored_width, stored_height - top)
+    else:
+        box = (0, top, stored_width, bottom)
+    band = image.crop(box)
+    return band if plan.transpose is None else band.transpose(plan.transpose)
+
+
+def _deep_range(image: Image.Image) -> tuple[float, float]:
+    """The value range mapped onto 0..255 for 16-bit, 32-bit int and float pictures.
 
     Pillow's own convert("L") clips these at 255, which turns most 16-bit images white.
     """
     if image.mode.startswith("I;16"):
-        return Image.fromarray(_scale_to_uint8(np.asarray(image), 0, 65535))
+        return 0, 65535
+    width, height = image.size
+    rows = max(1, _BAND_PIXELS // width)
+    low, high = np.inf, -np.inf
+    for top in range(0, height, rows):
+        values = _deep_values(image.crop((0, top, width, min(top + rows, height))))
+        low, high = min(low, values.min()), max(high, values.max())
     if image.mode == "I":
-        values = np.asarray(image)
-        low, high = int(values.min()), int(values.max())
+        low, high = int(low), int(high)
         # Usually 16-bit data widened to 32 bits; stretch only what does not fit.
         if low >= 0 and high <= 65535:
-            low, high = 0, 65535
-        return Image.fromarray(_scale_to_uint8(values, low, high))
+            return 0, 65535
+        return low, high
+    low, high = float(low), float(high)
+    # Float images are mostly 0..1 or 0..255; anything else is stretched to fit.
+    if low >= 0.0 and high <= 1.0:
+        return 0.0, 1.0
+    if low >= 0.0 and high <= 255.0:
+        return 0.0, 255.0
+    return low, high
+
+
+def _deep_values(image: Image.Image) -> np.ndarray:
+    values = np.asarray(image)
     if image.mode == "F":
-        values = np.nan_to_num(np.asarray(image), nan=0.0, posinf=0.0, neginf=0.0)
-        low, high = float(values.min()), float(values.max())
-        # Float images are mostly 0..1 or 0..255; anything else is stretched to fit.
-        if low >= 0.0 and high <= 1.0:
-            low, high = 0.0, 1.0
-        elif low >= 0.0 and high <= 255.0:
-            low, high = 0.0, 255.0
-        return Image.fromarray(_scale_to_uint8(values, low, high))
-    return image
+        values = np.nan_to_num(values, nan=0.0, posinf=0.0, neginf=0.0)
+    return values
+
+
+def _to_eight_bit(image: Image.Image, value_range: tuple[float, float]) -> Image.Image:
+    """A deep-mode picture (or band of one) as "L", value_range mapped onto 0..255."""
+    return Image.fromarray(_scale_to_uint8(_deep_values(image), *value_range))
 
 
 def _scale_to_uint8(values: np.ndarray, low: float, high: float) -> np.ndarray:
@@ -371,17 +496,6 @@ def _scale_to_uint8(values: np.ndarray, low: float, high: float) -> np.ndarray:
     span = max(high - low, 1e-12)
     scaled = (values.astype(np.float64) - low) * (255.0 / span)
     return np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
-
-
-def _to_rgb_or_rgba(image: Image.Image, icc_profile: bytes | None) -> Image.Image:
-    """Convert any 8-bit mode to sRGB "RGB", or "RGBA" when it carries transparency."""
-    if image.mode == "CMYK":
-        # Adobe's inverted CMYK JPEGs are already un-inverted by Pillow's decoder.
-        return _icc_to_srgb(image, icc_profile, "RGB") or _convert(image, "RGB")
-    # P/L/RGB with a tRNS key, LA, PA, RGBa and La all become RGBA here.
-    target = "RGBA" if image.has_transparency_data else "RGB"
-    image = _convert(image, target)
-    return _icc_to_srgb(image, icc_profile, target) or image
 
 
 def _convert(image: Image.Image, mode: str) -> Image.Image:
@@ -393,13 +507,14 @@ def _convert(image: Image.Image, mode: str) -> Image.Image:
         raise UnsupportedFormat(f"Images in colour mode {image.mode} are not supported.") from exc
 
 
-def _icc_to_srgb(
-    image: Image.Image, icc_profile: bytes | None, output_mode: str
-) -> Image.Image | None:
-    """Convert to sRGB through the embedded ICC profile; None when not needed or failed.
+def _icc_transform(
+    icc_profile: bytes | None, input_mode: str, output_mode: str
+) -> ImageCms.ImageCmsTransform | None:
+    """The transform to sRGB through the embedded ICC profile; None when not needed or failed.
 
     Best effort: a broken or unusable profile leaves the pixels as they are, which is
-    what a browser showing the upload would do too.
+    what a browser showing the upload would do too. (Same transform as
+    ImageCms.profileToProfile's defaults, built once for all bands.)
     """
     if not icc_profile:
         return None
@@ -408,15 +523,15 @@ def _icc_to_srgb(
         description = (source.profile.profile_description or "").lower()
         if "srgb" in description:
             return None
-        expected_space = "CMYK" if image.mode == "CMYK" else "RGB"
+        expected_space = "CMYK" if input_mode == "CMYK" else "RGB"
         if source.profile.xcolor_space.strip() != expected_space:
             logger.debug(
                 "Ignoring a %s ICC profile on a %s image",
                 source.profile.xcolor_space.strip(),
-                image.mode,
+                input_mode,
             )
             return None
-        return ImageCms.profileToProfile(image, source, _srgb_profile(), outputMode=output_mode)
+        return ImageCms.buildTransform(source, _srgb_profile(), input_mode, output_mode)
     except Exception:
         logger.debug("Ignoring an ICC profile that could not be applied", exc_info=True)
         return None
@@ -487,54 +602,6 @@ def _resize_array(array: np.ndarray, dimensions: tuple[int, int]) -> np.ndarray:
     return np.asarray(resized)
 
 
-# --------------------------------------------------------------------------- model I/O
-
-
-def to_model_batch(images: Sequence[np.ndarray]) -> torch.Tensor:
-    """Stack equal-shape (H, W, 3) uint8 arrays into an (N, 3, H, W) float32 batch in [-1, 1].
-
-    The arithmetic is the official AnimeGANv2 script's: torchvision's to_tensor
-    (``x.float().div(255)``) then ``* 2 - 1``, so outputs match it bit for bit.
-    """
-    if not images:
-        raise ValueError("to_model_batch needs at least one image.")
-    shape = images[0].shape
-    for index, array in enumerate(images):
-        _check_rgb(array, f"image {index}")
-        if array.shape != shape:
-            raise ValueError(
-                f"All images in a batch must have one shape: image 0 is {shape}, "
-                f"image {index} is {array.shape}."
-            )
-    # One uint8 copy (needed to make one block of N images, and it also makes
-    # read-only arrays from Pillow or Ray safe for torch), then one float copy that
-    # also moves channels first; the rest happens in place.
-    stacked = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2)
-    batch = stacked.to(torch.float32, memory_format=torch.contiguous_format)
-    return batch.div_(255).mul_(2).sub_(1)
-
-
-def from_model_batch(batch: torch.Tensor) -> list[np.ndarray]:
-    """Turn generator output (N, 3, H, W), any float dtype, into (H, W, 3) uint8 arrays.
-
-    Exactly the official script's post-processing: ``clip(-1, 1) * 0.5 + 0.5``, then
-    torchvision's to_pil_image. The arrays are views into one block.
-    """
-    if batch.ndim != 4 or batch.shape[1] != 3 or not batch.is_floating_point():
-        raise ValueError(
-            f"Expected a floating (N, 3, H, W) tensor, got {tuple(batch.shape)} {batch.dtype}."
-        )
-    # Computed where the tensor lives (these element-wise ops round the same on every
-    # device) so that only uint8 data, a quarter of the float size, is copied back.
-    pixels = batch.detach().float().clip(-1, 1)
-    pixels.mul_(0.5).add_(0.5)
-    # Truncation, not rounding: to_pil_image does mul(255).byte(), and matching the
-    # reference output exactly matters more than the half-level it costs on average.
-    pixels = pixels.mul_(255).byte()
-    hwc = pixels.permute(0, 2, 3, 1).contiguous().cpu().numpy()
-    return list(hwc)
-
-
 # --------------------------------------------------------------------------- encoding
 
 
@@ -556,7 +623,7 @@ def encode_image(
         isinstance(quality, bool) or not isinstance(quality, int) or not 1 <= quality <= 100
     ):
         raise ValueError(f"quality must be an integer from 1 to 100, got {quality!r}.")
-    _check_rgb(rgb)
+    check_rgb(rgb)
     image = Image.fromarray(rgb)
     if alpha is not None and fmt != "jpeg":
         _check_alpha(alpha, rgb.shape[:2])
@@ -575,7 +642,7 @@ def encode_image(
 # --------------------------------------------------------------------------- checks
 
 
-def _check_rgb(array: np.ndarray, name: str = "rgb") -> None:
+def check_rgb(array: np.ndarray, name: str = "rgb") -> None:
     if array.ndim != 3 or array.shape[2] != 3 or array.dtype != np.uint8:
         raise ValueError(
             f"{name} must be an (H, W, 3) uint8 array, got {array.shape} {array.dtype}."

@@ -18,13 +18,15 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import contextvars
+import ctypes
 import hashlib
 import json
 import logging
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -54,6 +56,18 @@ _DIGEST_SIZE = 20
 # Hashing a large upload takes tens of ms: do it in a thread so hits and health checks
 # on the same event loop are not held up; small ones are cheaper than the thread hop.
 HASH_IN_THREAD_BYTES = 256 * 1024
+
+
+# After decoding a picture this large, hand the freed memory back to the OS: glibc keeps
+# freed blocks in per-thread arenas, and a few full-size decodes in different worker
+# threads otherwise leave the ingress hundreds of MiB larger for good.
+TRIM_AFTER_PIXELS = 16_000_000
+
+
+def trim_heap() -> None:
+    """glibc's malloc_trim(0); nothing where the C library has no such call."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None).malloc_trim(0)
 
 
 class ReplicaFailed(Exception):
@@ -100,6 +114,32 @@ def run_detached(coroutine: Coroutine[Any, Any, Any]) -> asyncio.Task:
     return contextvars.Context().run(asyncio.ensure_future, coroutine)
 
 
+class MemoryBudget:
+    """An async semaphore counted in bytes: decodes reserve their peak memory from it.
+
+    One reservation larger than the whole budget is let through alone, so no upload
+    within the limits waits forever.
+    """
+
+    def __init__(self, total: int) -> None:
+        self._total = total
+        self._free = total
+        self._changed = asyncio.Condition()
+
+    @contextlib.asynccontextmanager
+    async def reserve(self, amount: int) -> AsyncIterator[None]:
+        amount = min(amount, self._total)
+        async with self._changed:
+            await self._changed.wait_for(lambda: self._free >= amount)
+            self._free -= amount
+        try:
+            yield
+        finally:
+            async with self._changed:
+                self._free += amount
+                self._changed.notify_all()
+
+
 @dataclass
 class _SharedWork:
     """One computation and the requests waiting for it."""
@@ -137,7 +177,7 @@ class StylizePipeline:
         # lookups use it, so results computed elsewhere on another runtime never match.
         self._runtimes: dict[str, str] = {}
         self._in_flight: dict[str, _SharedWork] = {}
-        self._decodes = asyncio.Semaphore(config.decode_concurrency)
+        self._decode_memory = MemoryBudget(config.decode_memory_bytes)
         self._background: set[asyncio.Task] = set()
         self.requests: Counter[CacheStatus] = Counter()
 
@@ -222,10 +262,9 @@ class StylizePipeline:
 
     async def _compute(self, digest: str, data: bytes, options: StylizeOptions) -> _Computed:
         started = time.perf_counter()
-        async with self._decodes:  # bounds the ingress's memory: see decode_concurrency
-            decoded = await asyncio.to_thread(
-                imaging.decode_resized, data, self._config.limits, options.size
-            )
+        pixels = imaging.header_pixels(data)
+        async with self._decode_memory.reserve(imaging.decode_peak_bytes(pixels)):
+            decoded = await asyncio.to_thread(self._decode, data, pixels, options.size)
         decoded_at = time.perf_counter()
         stylized = await self._stylize_with_retry(decoded.rgb, options.style)
         encode_from = time.perf_counter()
@@ -244,6 +283,13 @@ class StylizePipeline:
             "encode": (encoded_at - encode_from) * 1e3,
         }
         return _Computed(image, key, timings)
+
+    def _decode(self, data: bytes, pixels: int, size: int) -> imaging.DecodedImage:
+        try:
+            return imaging.decode_resized(data, self._config.limits, size)
+        finally:
+            if pixels >= TRIM_AFTER_PIXELS:
+                trim_heap()
 
     def _store(self, key: str, image: CachedImage, style: str, identity: ModelIdentity) -> None:
         """Cache a result only under the key of what actually computed it, and only if that

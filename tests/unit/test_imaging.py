@@ -12,29 +12,26 @@ import zlib
 
 import numpy as np
 import pytest
-import torch
-from PIL import Image, ImageCms, ImageFile
+from PIL import Image, ImageCms, ImageFile, ImageOps
 from pydantic import ValidationError
 
 from serve_app import imaging
-from serve_app.imaging import (
-    MEDIA_TYPES,
-    MIN_SIDE,
-    SIDE_MULTIPLE,
-    DecodedImage,
-    ImageError,
-    ImageLimits,
+from serve_app.config import MIN_SIDE, SIDE_MULTIPLE, ImageLimits
+from serve_app.errors import (
     ImageTooLarge,
     ImageTooSmall,
+    ServiceError,
     UndecodableImage,
     UnsupportedFormat,
+)
+from serve_app.imaging import (
+    MEDIA_TYPES,
+    DecodedImage,
     decode_upload,
     encode_image,
-    from_model_batch,
     resize_long_side,
     supported_input_formats,
     target_dimensions,
-    to_model_batch,
 )
 
 LIMITS = ImageLimits()
@@ -166,10 +163,10 @@ def test_synthetic_photo_decodes_and_resizes() -> None:
         (ImageTooSmall, "image_too_small", 400),
     ],
 )
-def test_error_classes_carry_code_and_status(error: type[ImageError], code: str, status: int):
+def test_error_classes_carry_code_and_status(error: type[ServiceError], code: str, status: int):
     exc = error("something is wrong")
-    assert isinstance(exc, ImageError)
-    assert (exc.code, exc.http_status) == (code, status)
+    assert isinstance(exc, ServiceError)
+    assert (exc.code, exc.status) == (code, status)
     assert exc.message == str(exc) == "something is wrong"
 
 
@@ -206,7 +203,7 @@ UNDECODABLE = {
 def test_undecodable_uploads(name: str) -> None:
     with pytest.raises(UndecodableImage) as caught:
         decode(UNDECODABLE[name])
-    assert caught.value.http_status == 400
+    assert caught.value.status == 400
     assert caught.value.message
     assert ImageFile.LOAD_TRUNCATED_IMAGES is False
 
@@ -234,7 +231,7 @@ UNSUPPORTED = {
 def test_other_formats_are_unsupported_and_never_parsed(fmt: str) -> None:
     with pytest.raises(UnsupportedFormat) as caught:
         decode(UNSUPPORTED[fmt]())
-    assert caught.value.http_status == 415
+    assert caught.value.status == 415
     message = caught.value.message
     assert fmt in message
     assert all(allowed in message for allowed in supported_input_formats())
@@ -244,7 +241,7 @@ def test_too_many_bytes_is_checked_first() -> None:
     data = save(solid(), "PNG")
     with pytest.raises(ImageTooLarge) as caught:
         decode(data, ImageLimits(max_bytes=len(data) - 1))
-    assert caught.value.http_status == 413
+    assert caught.value.status == 413
     assert str(len(data)) in caught.value.message
     assert str(len(data) - 1) in caught.value.message
     with pytest.raises(ImageTooLarge):  # even garbage is refused on size alone
@@ -264,7 +261,7 @@ def test_pixel_bomb_is_refused_from_the_header_fast() -> None:
     with pytest.raises(ImageTooLarge) as caught:
         decode(data)
     assert time.perf_counter() - started < 0.5
-    assert caught.value.http_status == 413
+    assert caught.value.status == 413
     assert "1600000000" in caught.value.message
 
 
@@ -582,7 +579,7 @@ def test_target_dimensions_invariants(width: int, height: int, size: int) -> Non
 def test_target_dimensions_too_small(width: int, height: int, size: int, short_side: int):
     with pytest.raises(ImageTooSmall) as caught:
         target_dimensions(width, height, size)
-    assert caught.value.http_status == 400
+    assert caught.value.status == 400
     assert f"{short_side} px" in caught.value.message
     assert f"{MIN_SIDE} px" in caught.value.message
 
@@ -644,112 +641,6 @@ def test_image_limits_validation() -> None:
     with pytest.raises(ValidationError):
         LIMITS.max_bytes = 1  # frozen
     assert ImageLimits.model_fields["max_pixels"].description
-
-
-# --------------------------------------------------------------------------- model I/O
-
-
-def _reference_pre(pixels: np.ndarray) -> torch.Tensor:
-    """The official script: to_tensor(image).unsqueeze(0) * 2 - 1."""
-    to_tensor = torch.from_numpy(pixels.copy()).permute(2, 0, 1).contiguous()
-    return to_tensor.to(torch.float32).div(255).unsqueeze(0) * 2 - 1
-
-
-def _reference_post(output: torch.Tensor) -> np.ndarray:
-    """The official script: clip(-1, 1) * 0.5 + 0.5, then to_pil_image."""
-    out = output.squeeze(0).clip(-1, 1) * 0.5 + 0.5
-    return np.transpose(out.mul(255).byte().numpy(), (1, 2, 0))
-
-
-def test_to_model_batch_matches_the_reference() -> None:
-    rng = np.random.default_rng(4)
-    images = [rng.integers(0, 256, (8, 12, 3), np.uint8) for _ in range(3)]
-    batch = to_model_batch(images)
-    assert batch.shape == (3, 3, 8, 12) and batch.dtype == torch.float32
-    assert batch.is_contiguous()
-    assert batch.min() >= -1 and batch.max() <= 1
-    for index, image in enumerate(images):
-        assert torch.equal(batch[index], _reference_pre(image)[0])
-    extremes = to_model_batch([np.array([[[0, 255, 0]]], np.uint8)])
-    assert extremes.flatten().tolist() == [-1.0, 1.0, -1.0]
-
-
-def test_to_model_batch_accepts_read_only_arrays_without_warnings() -> None:
-    decoded = decode(save(solid(), "PNG"))
-    assert not decoded.rgb.flags.writeable  # how Pillow (and Ray) hand arrays over
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        batch = to_model_batch([decoded.rgb])
-    assert batch.shape == (1, 3, 24, 32)
-
-
-@pytest.mark.parametrize(
-    "images",
-    [
-        [],
-        [np.zeros((8, 8, 3), np.uint8), np.zeros((8, 12, 3), np.uint8)],
-        [np.zeros((8, 8, 4), np.uint8)],
-        [np.zeros((8, 8, 3), np.float32)],
-        [np.zeros((8, 8), np.uint8)],
-    ],
-    ids=["empty", "mismatched", "rgba", "float", "gray"],
-)
-def test_to_model_batch_rejects_bad_input(images) -> None:
-    with pytest.raises(ValueError):
-        to_model_batch(images)
-
-
-def test_from_model_batch_matches_the_reference() -> None:
-    output = torch.randn(2, 3, 8, 12, generator=torch.Generator().manual_seed(5)) * 1.5
-    images = from_model_batch(output)
-    assert len(images) == 2
-    for index, image in enumerate(images):
-        assert image.shape == (8, 12, 3) and image.dtype == np.uint8
-        assert image.flags.c_contiguous
-        assert np.array_equal(image, _reference_post(output[index : index + 1]))
-
-
-def test_from_model_batch_clips_and_truncates() -> None:
-    values = torch.tensor([-5.0, -1.0, 0.0, 0.999, 1.0, 7.0]).reshape(1, 1, 1, 6)
-    image = from_model_batch(values.expand(1, 3, 1, 6))[0]
-    # 0.0 → 127.5 → 127 and 0.999 → 254.87 → 254: truncated like to_pil_image.
-    assert image[0, :, 0].tolist() == [0, 0, 127, 254, 255, 255]
-
-
-@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float64])
-def test_from_model_batch_other_float_dtypes(dtype: torch.dtype) -> None:
-    output = torch.linspace(-1, 1, 3 * 4 * 4).reshape(1, 3, 4, 4).to(dtype)
-    expected = _reference_post(output.float())
-    assert np.array_equal(from_model_batch(output)[0], expected)
-
-
-@pytest.mark.parametrize(
-    "batch",
-    [torch.zeros(3, 4, 4), torch.zeros(1, 4, 4, 4), torch.zeros(1, 3, 4, 4, dtype=torch.uint8)],
-    ids=["3d", "4-channels", "integer"],
-)
-def test_from_model_batch_rejects_bad_input(batch: torch.Tensor) -> None:
-    with pytest.raises(ValueError):
-        from_model_batch(batch)
-
-
-def test_model_batch_round_trip_follows_the_reference() -> None:
-    """Every uint8 value through x/255*2-1 and back through (y*0.5+0.5)*255, truncated.
-
-    Finding: 0 and 64..255 come back exactly; 1..63 come back one lower. In float32,
-    x/255*2-1 for small x sits near -1, where the spacing of floats is 2**-24; adding
-    1 then halving does not restore x/255 exactly, and the result lands just under x,
-    which truncation (not rounding) turns into x-1. The reference script does the same,
-    so this matches it rather than fixing it.
-    """
-    values = np.arange(256, dtype=np.uint8)
-    pixels = np.repeat(values[:, None, None], 3, axis=2).reshape(16, 16, 3)
-    round_trip = from_model_batch(to_model_batch([pixels]))[0]
-    assert np.array_equal(round_trip, _reference_post(_reference_pre(pixels)))
-    back = round_trip[..., 0].ravel().astype(int)
-    assert np.array_equal(back[64:], values[64:])
-    assert back[0] == 0
-    assert np.array_equal(back[1:64], values[1:64].astype(int) - 1)
 
 
 # --------------------------------------------------------------------------- encoding
@@ -906,3 +797,107 @@ def test_draft_with_exif_rotation_stays_upright() -> None:
 def test_size_hint_does_not_touch_other_formats() -> None:
     data = save(_smooth_photo(800, 600), "PNG")
     assert imaging.decode_upload(data, LIMITS, size_hint=100).width == 800
+
+
+# --------------------------------------------------------------------------- banded decoding
+
+
+def _textured(width: int, height: int, seed: int = 7) -> np.ndarray:
+    """Photo-like RGB with fine detail, so any shift or misplaced band changes pixels."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:height, 0:width].astype(np.float32)
+    pixels = np.stack([x / width, y / height, (x + y) / (width + height)], axis=-1) * 255
+    pixels += 30 * np.sin(x / 5)[..., None] * np.cos(y / 3)[..., None]
+    pixels += rng.normal(0, 8, pixels.shape)
+    return np.clip(pixels, 0, 255).astype(np.uint8)
+
+
+def _oriented(orientation: int) -> Image.Exif:
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    return exif
+
+
+# 403×297: odd sides, so the box reduction (factors 6, 3 and 2 at the sizes below) has
+# partial blocks on the right and bottom edges.
+_W, _H = 403, 297
+_RGB = _textured(_W, _H)
+_ALPHA = np.tile(np.linspace(0, 255, _W).astype(np.uint8), (_H, 1))
+_ALPHA[: _H // 3] = 255  # whole bands that are opaque, next to translucent ones
+_RGBA = Image.fromarray(np.dstack([_RGB, _ALPHA]))
+_IMAGE = Image.fromarray(_RGB)
+_GRAY16 = (_RGB[..., 0].astype(np.uint32) * 257 + _RGB[..., 1] % 7).astype(">u2")
+_FLOATS = _RGB[..., 2].astype(np.float32) * 4 - 100
+_FLOATS[3, 3], _FLOATS[4, 4] = np.nan, np.inf
+
+BANDED_CASES = {
+    "png rgb": lambda: save(_IMAGE, "PNG"),
+    "png rgba": lambda: save(_RGBA, "PNG"),
+    "png la": lambda: save(_RGBA.convert("LA"), "PNG"),
+    "png palette with trns": lambda: save(_IMAGE.quantize(100), "PNG", transparency=3),
+    "png rgb colour key": lambda: save(_IMAGE, "PNG", transparency=tuple(map(int, _RGB[5, 5]))),
+    "png 16-bit gray": lambda: raw_png(_W, _H, 16, 0, png_rows(_GRAY16)),
+    "png icc": lambda: save(_IMAGE, "PNG", icc_profile=_swapped_primaries_profile()),
+    "png rgba icc": lambda: save(_RGBA, "PNG", icc_profile=_swapped_primaries_profile()),
+    "tiff 32-bit int": lambda: save(Image.fromarray(_GRAY16.astype(np.int32) * 3 - 7), "TIFF"),
+    "tiff float": lambda: save(Image.fromarray(_FLOATS), "TIFF"),
+    "tiff cmyk": lambda: save(_IMAGE.convert("CMYK"), "TIFF"),
+    "tiff ycbcr": lambda: save(_IMAGE.convert("YCbCr"), "TIFF"),
+    "jpeg cmyk": lambda: save(_IMAGE.convert("CMYK"), "JPEG", quality=90),
+    "gif with transparency": lambda: save(_IMAGE.quantize(64), "GIF", transparency=2),
+    "webp rgba": lambda: save(_RGBA, "WEBP", quality=90),
+    "jpeg rotated": lambda: save(_IMAGE, "JPEG", quality=90, exif=_oriented(6)),
+    "png rgba transversed": lambda: save(_RGBA, "PNG", exif=_oriented(7)),
+}
+
+
+@pytest.mark.parametrize("name", BANDED_CASES)
+def test_banded_decode_matches_the_whole_picture_decode(
+    name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """decode_resized converts and box-reduces a few rows at a time; the pixels must be
+    exactly those of converting the whole picture and then resizing it with Pillow."""
+    data = BANDED_CASES[name]()
+    for size in (32, 64, 100):
+        monkeypatch.setattr(imaging, "_BAND_PIXELS", 10**12)  # one band: the whole picture
+        whole = resize_long_side(decode_upload(data, LIMITS, size_hint=size), size)
+        # Bands of 5 rows (7 when turned): a multiple of no reduction factor here, so
+        # rounding them to one is what keeps box blocks from straddling two bands.
+        monkeypatch.setattr(imaging, "_BAND_PIXELS", 2100)
+        banded = imaging.decode_resized(data, LIMITS, size)
+        assert banded.rgb.shape == whole.rgb.shape
+        assert np.array_equal(banded.rgb, whole.rgb), size
+        assert (banded.alpha is None) == (whole.alpha is None)
+        if whole.alpha is not None:
+            assert np.array_equal(banded.alpha, whole.alpha), size
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_every_exif_orientation_matches_pillows_exif_transpose(
+    orientation: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(imaging, "_BAND_PIXELS", 2100)
+    for image in (_IMAGE, _RGBA):
+        data = save(image, "PNG", exif=_oriented(orientation))
+        expected = ImageOps.exif_transpose(Image.open(io.BytesIO(data)))
+        decoded = decode(data)
+        assert (decoded.width, decoded.height) == expected.size
+        if image.mode == "RGB":
+            assert np.array_equal(decoded.rgb, np.asarray(expected))
+        else:
+            assert np.array_equal(decoded.alpha, np.asarray(expected.getchannel("A")))
+
+
+def test_opaque_bands_next_to_translucent_ones_keep_their_colour() -> None:
+    """Bands that are fully opaque are not composited, the others are; together one picture."""
+    decoded = imaging.decode_resized(save(_RGBA, "PNG"), LIMITS, 100)
+    assert decoded.alpha is not None
+    assert decoded.alpha[0].min() == 255  # the opaque top third
+    assert decoded.alpha[-1, 0] < 10  # fully transparent bottom-left: white
+    assert_close(decoded.rgb[-1, 0], (255, 255, 255), 3)
+
+
+def test_decode_resized_too_small() -> None:
+    data = save(solid("RGBA", size=(4000, 20), colour=(1, 2, 3, 4)), "PNG")
+    with pytest.raises(ImageTooSmall):
+        imaging.decode_resized(data, LIMITS, 256)

@@ -296,7 +296,7 @@ def test_key_changes_with_every_part_and_the_pipeline_version(monkeypatch):
     assert result_key("d", options(pipe), identity) != base
 
 
-def test_decodes_are_bounded(monkeypatch):
+def test_decodes_share_a_memory_budget(monkeypatch):
     active, peak, lock = [0], [0], threading.Lock()
     real_decode = pipeline_module.imaging.decode_resized
 
@@ -314,7 +314,8 @@ def test_decodes_are_bounded(monkeypatch):
     monkeypatch.setattr(pipeline_module.imaging, "decode_resized", counting_decode)
 
     async def scenario():
-        pipe, _, _ = make_pipeline(decode_concurrency=2)
+        # Room for two decodes of these small pictures (each reserves ~34 MiB).
+        pipe, _, _ = make_pipeline(decode_memory_bytes=70 * 2**20)
         files = [synthetic_jpeg(seed=20 + i) for i in range(6)]
         return await asyncio.gather(*(pipe.stylize(f, options(pipe)) for f in files))
 
@@ -350,3 +351,22 @@ def test_batch_body_reports_each_item():
     assert first["status"] == 200 and first["data"] == "iVBORw=="
     assert second == {"index": 1, "status": 503, "error": {"code": "overloaded", "message": "busy"}}
     assert third["status"] == 500 and third["error"]["code"] == "internal_error"
+
+
+def test_memory_budget_lets_an_oversized_reservation_through_alone():
+    async def scenario():
+        budget = pipeline_module.MemoryBudget(100)
+        order = []
+
+        async def use(name, amount, hold_s):
+            async with budget.reserve(amount):
+                order.append(f"{name}+")
+                await asyncio.sleep(hold_s)
+                order.append(f"{name}-")
+
+        await asyncio.gather(use("a", 60, 0.05), use("b", 60, 0.01), use("huge", 500, 0.01))
+        return order
+
+    order = run(scenario())
+    assert order[:2] == ["a+", "a-"]  # b (60) does not fit beside a (60)
+    assert "huge+" in order and order.index("huge-") == order.index("huge+") + 1

@@ -29,7 +29,7 @@ from serve_app.weights import (
     resolve_weights,
 )
 
-# From DESIGN.md, "Weights".
+# The official checkpoints: git blob SHA-1 and upsampling mode, as published upstream.
 DESIGN_WEIGHTS = {
     "face_paint_512_v2": ("d75102f8f201ddaf8dbe6b913b1a97585b55f838", True),
     "face_paint_512_v1": ("19c1a1da4d9580186109a2b055d91044e5127de6", True),
