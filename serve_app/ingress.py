@@ -6,6 +6,7 @@ neither torch nor the model deployment.
 """
 
 import asyncio
+import copy
 import logging
 import time
 from pathlib import Path
@@ -47,7 +48,12 @@ from serve_app.schemas import (
     resolve_options,
 )
 from serve_app.security import enable_cors, load_api_keys, require_api_key
-from serve_app.uploads import MULTIPART_OVERHEAD_BYTES, read_form_files, read_single_upload
+from serve_app.uploads import (
+    MULTIPART_OVERHEAD_BYTES,
+    RAW_MEDIA_TYPES,
+    read_form_files,
+    read_single_upload,
+)
 from serve_app.weights import is_random_digest
 
 logger = logging.getLogger(__name__)
@@ -99,20 +105,62 @@ def install_error_handlers(app: FastAPI) -> None:
         return error_response(ServiceError())
 
 
+ERROR_DESCRIPTIONS = {
+    400: "not a usable picture (undecodable, empty, too small), or a broken multipart body",
+    401: "an API key is configured and the request has none or a wrong one",
+    413: "more bytes, pixels or multipart parts than the limits allow",
+    415: "a picture format not accepted, or a body neither multipart nor image/*",
+    422: "a bad query parameter, or no picture in the multipart body",
+    500: "a bug; the server log has the traceback",
+    503: "at capacity, or the model could not answer; retry after Retry-After seconds",
+    504: "not ready within the request's deadline",
+}
+ERROR_HEADERS = {
+    401: {"WWW-Authenticate": {"schema": {"type": "string"}, "description": "Bearer"}},
+    503: {"Retry-After": {"schema": {"type": "integer"}, "description": "seconds"}},
+}
+
+
 def error_statuses(*statuses: int) -> dict:
     """OpenAPI entries for the error statuses a route can answer."""
-    return {status: {"model": ErrorBody} for status in statuses}
+    return {
+        status: {
+            "model": ErrorBody,
+            "description": ERROR_DESCRIPTIONS[status],
+            **({"headers": ERROR_HEADERS[status]} if status in ERROR_HEADERS else {}),
+        }
+        for status in statuses
+    }
 
 
 BINARY = {"type": "string", "format": "binary"}
-IMAGE_TYPES = ("image/jpeg", "image/png", "image/webp", "image/gif", "image/bmp", "image/tiff")
-RAW_BODY = {media_type: {"schema": BINARY} for media_type in (*IMAGE_TYPES, "image/heic")}
+# The types a client may label a picture with; the server goes by the bytes' signature.
+IMAGE_TYPES = (
+    "image/jpeg",
+    "image/png",
+    "image/webp",
+    "image/gif",
+    "image/bmp",
+    "image/tiff",
+    "image/heic",
+    "image/heif",
+    "image/avif",
+)
+RAW_BODY = {media_type: {"schema": BINARY} for media_type in (*IMAGE_TYPES, *RAW_MEDIA_TYPES)}
 
 
 def multipart_body(field: str, many: bool) -> dict:
     schema = {"type": "array", "items": BINARY, "minItems": 1} if many else BINARY
-    form = {"type": "object", "required": [field], "properties": {field: schema}}
-    return {"multipart/form-data": {"schema": form}}
+    # Other fields are ignored by the server, within its limit on parts; the contract is
+    # the picture field alone.
+    form = {
+        "type": "object",
+        "required": [field],
+        "properties": {field: schema},
+        "additionalProperties": False,
+    }
+    encoding = {field: {"contentType": ", ".join(IMAGE_TYPES)}}
+    return {"multipart/form-data": {"schema": form, "encoding": encoding}}
 
 
 app = FastAPI(
@@ -126,10 +174,18 @@ app.mount("/static", StaticFiles(directory=WEB_DIR, check_dir=False), name="stat
 
 StyleParam = Annotated[str | None, Query(description="a style from /v1/styles")]
 SizeParam = Annotated[int | None, Query(description="output longer side, px")]
-FormatParam = Annotated[str | None, Query(description="output format")]
+FormatParam = Annotated[str | None, Query(description="output format, case-insensitive")]
 QualityParam = Annotated[int | None, Query(description="1..100, jpeg and webp")]
 API_KEY = [Depends(require_api_key)]
-STYLIZE_ERRORS = error_statuses(400, 401, 413, 415, 422, 503, 504)
+# Query parameters whose empty value stands for the default (resolve_options).
+EMPTY_MEANS_DEFAULT = ("style", "format")
+STYLIZE_ERRORS = error_statuses(400, 401, 413, 415, 422, 500, 503, 504)
+PICTURE_HEADERS = {
+    "X-Cache": {"schema": {"type": "string", "enum": ["hit", "miss", "coalesced"]}},
+    "X-Style": {"schema": {"type": "string"}, "description": "the style applied"},
+    "ETag": {"schema": {"type": "string"}, "description": "the cache key, quoted"},
+    "X-Weights": {"schema": {"type": "string", "enum": ["random"]}, "description": "untrained"},
+}
 
 
 @serve.deployment(max_ongoing_requests=64)
@@ -240,7 +296,8 @@ class Ingress:
         responses={
             200: {
                 "content": {t: {"schema": BINARY} for t in imaging.MEDIA_TYPES.values()},
-                "description": "the picture; headers X-Cache, X-Style, ETag",
+                "description": "the picture",
+                "headers": PICTURE_HEADERS,
             },
             **STYLIZE_ERRORS,
         },
@@ -309,7 +366,7 @@ class Ingress:
         "/v1/styles",
         dependencies=API_KEY,
         summary="The styles served, the defaults and the limits",
-        responses=error_statuses(401),
+        responses=error_statuses(401, 500),
     )
     async def styles_route(self) -> StylesResponse:
         config = self._config
@@ -337,7 +394,7 @@ class Ingress:
         "/v1/stats",
         dependencies=API_KEY,
         summary="Cache figures and one model replica's own report",
-        responses=error_statuses(401),
+        responses=error_statuses(401, 500),
     )
     async def stats_route(self) -> StatsResponse:
         cache = await self._cache_stats()
@@ -356,7 +413,7 @@ class Ingress:
             logger.warning("model replica stats unavailable: %s", error)
             return None
 
-    @app.get("/healthz", summary="200 once the app can serve")
+    @app.get("/healthz", summary="200 once the app can serve", responses=error_statuses(500))
     async def healthz(self) -> HealthResponse:
         return HealthResponse(status="ok")
 
@@ -374,13 +431,26 @@ class Ingress:
         if app.openapi_schema is None:
             from fastapi.openapi.utils import get_openapi
 
-            schema = get_openapi(
-                title=app.title, version=app.version, summary=app.summary, routes=app.routes
+            # A copy: the document shares dicts with the routes' openapi_extra.
+            schema = copy.deepcopy(
+                get_openapi(
+                    title=app.title, version=app.version, summary=app.summary, routes=app.routes
+                )
             )
             constraints = self._query_constraints()
+            limits = self._config.limits
             for path in ("/v1/stylize", "/v1/stylize/batch"):
-                for parameter in schema["paths"][path]["post"].get("parameters", []):
+                operation = schema["paths"][path]["post"]
+                for parameter in operation.get("parameters", []):
                     parameter["schema"] = constraints[parameter["name"]]
+                    if parameter["name"] in EMPTY_MEANS_DEFAULT:
+                        parameter["allowEmptyValue"] = True  # `?style=` is the default style
+                operation["requestBody"]["description"] = (
+                    f"each picture at most {limits.max_bytes} bytes and {limits.max_pixels} pixels"
+                )
+            batch = schema["paths"]["/v1/stylize/batch"]["post"]["requestBody"]
+            images = batch["content"]["multipart/form-data"]["schema"]["properties"]["images"]
+            images["maxItems"] = self._config.max_batch_images
             app.openapi_schema = schema
         return app.openapi_schema
 

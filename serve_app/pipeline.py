@@ -34,7 +34,7 @@ import numpy as np
 import PIL
 
 from serve_app import imaging
-from serve_app.cache import CachedImage
+from serve_app.cache import CachedImage, image_digest
 from serve_app.config import AppConfig
 from serve_app.errors import EmptyUpload, Overloaded, ServiceError, Timeout, Unavailable
 from serve_app.schemas import (
@@ -52,7 +52,7 @@ logger = logging.getLogger(__name__)
 # entries then miss instead of being served for a request they no longer match. Pillow's
 # version is part of the key too (its codecs write the bytes).
 PIPELINE_VERSION = 2
-_DIGEST_SIZE = 20
+_KEY_DIGEST_SIZE = 20
 # Hashing a large upload takes tens of ms: do it in a thread so hits and health checks
 # on the same event loop are not held up; small ones are cheaper than the thread hop.
 HASH_IN_THREAD_BYTES = 256 * 1024
@@ -83,11 +83,6 @@ class ResultStore(Protocol):
 StylizeArray = Callable[[np.ndarray, str], Awaitable[StylizedArray]]
 
 
-def image_digest(data: bytes) -> str:
-    """BLAKE2b-160 hex digest of the uploaded bytes."""
-    return hashlib.blake2b(data, digest_size=_DIGEST_SIZE).hexdigest()
-
-
 def result_key(image: str, options: StylizeOptions, identity: ModelIdentity) -> str:
     """Key of one result: every input that can change its bytes is part of it.
 
@@ -106,7 +101,7 @@ def result_key(image: str, options: StylizeOptions, identity: ModelIdentity) -> 
         "runtime": identity.runtime,
     }
     encoded = json.dumps(parts, sort_keys=True, separators=(",", ":")).encode()
-    return hashlib.blake2b(encoded, digest_size=_DIGEST_SIZE).hexdigest()
+    return hashlib.blake2b(encoded, digest_size=_KEY_DIGEST_SIZE).hexdigest()
 
 
 def run_detached(coroutine: Coroutine[Any, Any, Any]) -> asyncio.Task:

@@ -141,11 +141,46 @@ class BatchResponse(BaseModel):
     results: list[BatchItem]
 
 
+# The figures below come from the cache and the model replicas; fields added there later
+# pass through (extra="allow") rather than being dropped from the answer.
+
+
+class CacheFigures(BaseModel, extra="allow"):
+    entries: int
+    bytes: int
+    max_bytes: int
+    hits: int
+    misses: int
+    evictions: int = Field(description="entries the byte bound forced out")
+    expirations: int = Field(default=0, description="entries whose TTL ran out")
+    hit_ratio: float
+
+
+class CacheReport(BaseModel, extra="allow"):
+    shared: CacheFigures = Field(description="the shared cache, all shards summed")
+    local: CacheFigures = Field(description="this ingress replica's in-process LRU")
+    errors: int = Field(description="failed calls to the shared cache")
+    shards: int
+    shards_answered: int
+    coalesced: int = Field(description="requests that awaited the same work in flight")
+
+
+class ModelReport(BaseModel, extra="allow"):
+    replica: str
+    loads: int
+    images: int
+    batches: int
+    batch_sizes: dict[int, int] = Field(description="batch size -> batches of that size")
+    inference_s: dict[str, float] = Field(description="style -> seconds of forward passes")
+
+
 class StatsResponse(BaseModel):
-    cache: dict = Field(description="shared cache (all shards), this replica's local LRU")
+    cache: CacheReport
     requests: dict[str, int] = Field(description="this ingress replica's answers by cache status")
     in_flight: int = Field(description="misses this ingress replica is computing now")
-    model: dict | None = Field(description="one model replica's own report; null if none answered")
+    model: ModelReport | None = Field(
+        description="one model replica's own report; null if none answered"
+    )
 
 
 class HealthResponse(BaseModel):

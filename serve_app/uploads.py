@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 
 from fastapi import Request
+from python_multipart.multipart import parse_options_header
 from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 
@@ -43,6 +44,31 @@ async def read_limited_body(request: Request, limit: int) -> bytes:
     return b"".join([chunk async for chunk in limited_stream(request, limit)])
 
 
+class _FileFieldParser(MultiPartParser):
+    """Reads a part of the picture field as a file when it has a filename or a non-text
+    Content-Type.
+
+    RFC 7578 makes ``filename`` optional (SHOULD, not MUST), and clients generated from
+    the OpenAPI document label the part with its image type instead; Starlette would read
+    such a part as a text field, and the request would fail with a misleading "send the
+    picture as the field" error. A part with neither is text (the RFC's default type).
+    """
+
+    def __init__(self, *args, file_field: str, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self._file_field = file_field.encode()
+
+    def on_headers_finished(self) -> None:
+        part = self._current_part
+        if part.content_disposition is not None:
+            _, options = parse_options_header(part.content_disposition)
+            content_types = [v for name, v in part.item_headers if name == b"content-type"]
+            typed = any(not v.strip().lower().startswith(b"text/") for v in content_types)
+            if options.get(b"name") == self._file_field and b"filename" not in options and typed:
+                part.content_disposition += b'; filename=""'
+        super().on_headers_finished()
+
+
 def media_type_of(request: Request) -> str:
     return request.headers.get("content-type", "").split(";")[0].strip().lower()
 
@@ -54,9 +80,10 @@ async def read_form_files(request: Request, field: str, max_files: int, limit: i
             f"content type {media_type_of(request) or '(none)'!r}: send multipart/form-data "
             f"with the pictures as fields {field!r}"
         )
-    parser = MultiPartParser(
+    parser = _FileFieldParser(
         request.headers,
         limited_stream(request, limit),
+        file_field=field,
         max_files=max_files,
         max_fields=max_files + 16,
     )
