@@ -1,2 +1,2 @@
-"""Load tests and benchmarks: ``python -m load_tests.bench`` (one command, every figure of
-issue 4 side by side) and ``locustfile.py`` (exploring by hand)."""
+"""The benchmark: ``python -m load_tests.bench`` (the model's limit, the service, the
+framework floor and a Flask baseline side by side in one run; see docs/benchmarks.md)."""

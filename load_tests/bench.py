@@ -1,674 +1,533 @@
-"""One command, one machine, one run: the model's own limit, the service, the framework
-floor and a baseline, side by side.
+"""The benchmark: the model's own limit, the service, the framework floor and a naive Flask
+baseline, side by side in one run on one machine.
 
-    python -m load_tests.bench                 # full run (under 10 min on 2 cores)
-    python -m load_tests.bench --quick         # a few seconds per point (smoke test)
+    python -m load_tests.bench            # the full run (about 8 min on 2 cores)
+    python -m load_tests.bench --quick    # a smoke run: a few requests per point
 
-It prints a table, writes ``load_tests/results/bench.json`` and ``docs/benchmarks.md`` +
-``docs/benchmarks.png``. Order of work (each part alone on the machine):
+In order, each part alone on the machine:
 
-1. the model's cold start (a fresh process) and the model limit grid (worker processes);
-2. ``serve run`` of a temporary config (the service config with random weights, a free
-   port, and the framework floor as a second application), with RAY_ADDRESS=local so
-   it never joins another Ray cluster: time to the first 200, idle memory, then the
-   workloads over HTTP, memory under load; then it is stopped (its whole process tree);
-3. the Flask reference service (and/or ``--baseline-url``) on the same workloads;
-4. the target ratios of issue 4.
+1. the model limit: the bare generator (random weights, the runtime the Stylizer picks) in
+   as many processes × threads as the service has Stylizer replicas × CPUs, at 256 and
+   512 px, on the very input shapes the service feeds it;
+2. ``serve run`` of a temporary copy of ``serve_config.yaml`` (random weights, Stylizer
+   replicas pinned to that process count, a free 127.0.0.1 port, the framework floor as a
+   second application) with RAY_ADDRESS=local: the time to its first 200, then unique
+   photos, a mixed workload, and cache hits each next to the floor; then it is stopped;
+3. the Flask baseline (``load_tests/flask_reference.py``) on the mixed workload.
+
+Every figure is measured ``--repeats`` times; each target ratio is taken within one
+repetition, then reported as the median over them with the range. Writes
+``docs/benchmarks.md`` and ``load_tests/results/bench.json``.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
-import dataclasses
 import datetime
+import importlib.metadata
 import json
+import logging
+import multiprocessing
 import os
 import platform
 import shlex
+import signal
+import socket
+import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
-import numpy as np
 import psutil
 import yaml
 
-from load_tests import processes, report
-from load_tests.loadgen import Phase, PointResult, run_point
-from load_tests.model_limit import Measurement, ModelBench, Setting, grid
-from load_tests.workloads import CANVAS, Uploads, load_photos, make_variants, repeated
+from load_tests.loadgen import MIN_ANSWERS, run_point
+from load_tests.workloads import (
+    CANVAS,
+    CONTENT_TYPE,
+    SAMPLES,
+    Uploads,
+    UploadSource,
+    load_samples,
+    multipart,
+    repeated,
+)
+from serve_app.imaging import target_dimensions
+
+logger = logging.getLogger("load_tests.bench")
 
 REPO = Path(__file__).resolve().parents[1]
-SERVICE_APP = "serve_app.app:build_app"
-FLOOR_PREFIX = "/floor"
-HOT_SET = 4
-HOT_RATIO = 0.5
-MIXED_SIZE = 256
 SIZES = (256, 512)
-IDLE_WINDOW_S = 4.0
-_started = time.monotonic()
+MIXED_SIZE = 256
+MIXED_CLIENTS = 8
+HOT_SET, HOT_RATIO = 4, 0.5
+FLOOR_PREFIX = "/floor"
 
-
-def progress(message: str) -> None:
-    print(f"[bench {time.monotonic() - _started:6.1f}s] {message}", file=sys.stderr, flush=True)
-
-
-# --------------------------------------------------------------------------- the plan
+# (target, numerator (point, field), denominator (point, field), wanted, higher is better)
+TARGETS = (
+    ("unique photos / model limit, 256 px", ("misses 256", "rps"), ("model 256", "rps"), 0.9, True),
+    ("unique photos / model limit, 512 px", ("misses 512", "rps"), ("model 512", "rps"), 0.9, True),
+    ("cache hits / floor, c8 req/s", ("hits c8", "rps"), ("floor c8", "rps"), 0.9, True),
+    ("cache hits / floor, c1 p50", ("hits c1", "p50_ms"), ("floor c1", "p50_ms"), 1 / 0.9, False),
+    ("mixed / Flask, c8 req/s", ("mixed", "rps"), ("flask mixed", "rps"), 3.0, True),
+    ("mixed / Flask, c8 mean ms", ("mixed", "mean_ms"), ("flask mixed", "mean_ms"), 0.33, False),
+)
+# point: (what, workload, px)
+POINTS = {
+    "model 256": ("model, in-process", "generator on a ready tensor (img/s)", "256"),
+    "model 512": ("model, in-process", "generator on a ready tensor (img/s)", "512"),
+    "misses 256": ("service", "unique photos (all misses)", "256"),
+    "misses 512": ("service", "unique photos (all misses)", "512"),
+    "mixed": ("service", f"mixed: {HOT_RATIO:.0%} from {HOT_SET} hot photos", "256"),
+    "hits c1": ("service", "one photo again (cache hits)", "256"),
+    "floor c1": ("framework floor", "bare route, one actor call", "–"),
+    "hits c8": ("service", "one photo again (cache hits)", "256"),
+    "floor c8": ("framework floor", "bare route, one actor call", "–"),
+    "flask mixed": ("Flask baseline", f"mixed: {HOT_RATIO:.0%} from {HOT_SET} hot photos", "256"),
+}
 
 
 @dataclass(frozen=True)
 class Plan:
-    """How much to measure: the full run, or a quick one for the smoke test."""
-
-    all_precisions: bool
-    batches: tuple[int, ...]
-    grid_min_time_s: float
-    larger_top_k: int  # settings measured again at 512 px: the best at 256 px
-    misses_concurrency: dict[int, tuple[int, ...]]
-    misses_phase: dict[int, Phase]
-    mixed_phase: Phase
-    hits_phase: Phase
-    baseline_workloads: tuple[str, ...]
-    variants: int
+    model_s: float  # measured seconds of each model-limit figure, after one warm-up pass
+    phases: dict[str, tuple[float, float]]  # workload: (warm-up s, measured s)
+    variants: int  # pixel variants of the sample photos
 
 
 FULL = Plan(
-    all_precisions=True,
-    batches=(1, 2, 4),
-    grid_min_time_s=1.5,
-    larger_top_k=3,
-    misses_concurrency={256: (1, 2, 4, 8), 512: (1, 2, 4, 8)},
-    misses_phase={256: Phase(3, 10), 512: Phase(5, 15)},
-    mixed_phase=Phase(4, 15),
-    hits_phase=Phase(2, 8),
-    baseline_workloads=("mixed", "all misses", "all hits"),
-    variants=24,
+    3.0, {"misses 256": (3, 10), "misses 512": (5, 15), "mixed": (4, 15), "hits": (2, 8)}, 24
 )
 QUICK = Plan(
-    all_precisions=False,
-    batches=(1, 2),
-    grid_min_time_s=0.3,
-    larger_top_k=1,
-    misses_concurrency={256: (1, 4), 512: (2,)},
-    misses_phase={256: Phase(1, 2), 512: Phase(1.5, 2.5)},
-    mixed_phase=Phase(1.5, 3),
-    hits_phase=Phase(1, 2),
-    baseline_workloads=("mixed",),
-    variants=4,
+    0.3,
+    {"misses 256": (0.3, 1.2), "misses 512": (0.3, 1.7), "mixed": (0.5, 1.5), "hits": (0.2, 0.6)},
+    6,
 )
-
-
-@dataclass(frozen=True)
-class Workload:
-    name: str
-    size: int | None
-    concurrency: int
-    phase: Phase
-    source: Callable[[], bytes]
-
-
-@dataclass(frozen=True)
-class Inputs:
-    """The uploads of the whole run (shared by the service and the baselines)."""
-
-    uploads: Uploads
-    hot: list[bytes]
-    hit_photo: bytes
-
-
-# --------------------------------------------------------------------------- arguments
-
-
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="python -m load_tests.bench", description=__doc__.split("\n\n")[0]
-    )
-    parser.add_argument(
-        "--quick", action="store_true", help="a few seconds per point, fewer points"
-    )
-    parser.add_argument(
-        "--out", type=Path, default=REPO / "docs", help="where benchmarks.md/.png go"
-    )
-    parser.add_argument(
-        "--results-dir",
-        type=Path,
-        default=REPO / "load_tests" / "results",
-        help="bench.json, logs, the temporary serve config (gitignored)",
-    )
-    parser.add_argument(
-        "--config", type=Path, default=REPO / "configs" / "dev.yaml", help="serve config to copy"
-    )
-    parser.add_argument("--photos", type=Path, default=REPO.parent / "shared" / "photos")
-    parser.add_argument(
-        "--baseline-url",
-        help="another service, POST multipart field `image` (put ?size=256 in it if it takes one)",
-    )
-    parser.add_argument(
-        "--run-flask-baseline",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="start the Flask reference service and run the baseline workloads on it",
-    )
-    parser.add_argument(
-        "--flask-app",
-        type=Path,
-        default=REPO.parent / "shared" / "baselines" / "flask_reference" / "app.py",
-    )
-    return parser.parse_args(argv)
-
-
-# --------------------------------------------------------------------------- machine
-
-
-def machine_info() -> dict:
-    import ray
-    import torch
-
-    from serve_app.model import cpu_supports_bf16
-
-    return {
-        "cpu": _cpu_model(),
-        "cores": os.cpu_count(),
-        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-        "bf16": cpu_supports_bf16(),
-        "ram_gib": psutil.virtual_memory().total / 2**30,
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "ray": ray.__version__,
-    }
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
-def model_shape(size: int) -> tuple[int, int]:
-    """(height, width) the service feeds the model for an upload of the canvas size."""
-    from serve_app.imaging import target_dimensions
-
-    width, height = target_dimensions(*CANVAS, size)
-    return height, width
-
-
-# --------------------------------------------------------------------------- inputs
-
-
-def prepare_inputs(args: argparse.Namespace, plan: Plan) -> tuple[Inputs, str]:
-    photos = load_photos(args.photos)
-    source = str(args.photos) if args.photos.is_dir() else "synthetic pictures (no photos found)"
-    uploads = Uploads(
-        make_variants(photos, plan.variants), tag=f"bench-{os.getpid()}-{time.time_ns()}"
-    )
-    inputs = Inputs(uploads=uploads, hot=uploads.hot_set(HOT_SET), hit_photo=uploads.unique())
-    return inputs, source
-
-
-def decoded_at(data: bytes, size: int) -> np.ndarray:
-    from serve_app import imaging
-
-    return imaging.resize_long_side(imaging.decode_upload(data, imaging.ImageLimits()), size).rgb
 
 
 # --------------------------------------------------------------------------- the model
 
 
-def serve_config(path: Path) -> dict:
-    return yaml.safe_load(path.read_text())
-
-
-def service_app(config: dict) -> dict:
-    for app in config["applications"]:
-        if app.get("import_path") == SERVICE_APP:
-            return app
-    raise ValueError(f"no application with import_path {SERVICE_APP} in the config")
-
-
-def stylizer_layout(config: dict) -> tuple[int, int]:
-    """(replicas, CPUs per replica) of the Stylizer in the config (autoscaling: its minimum)."""
-    for deployment in service_app(config).get("deployments", []):
-        if deployment.get("name") == "Stylizer":
-            cpus = deployment.get("ray_actor_options", {}).get("num_cpus", 1)
-            replicas = deployment.get("num_replicas", 1)
-            if not isinstance(replicas, int):
-                replicas = deployment.get("autoscaling_config", {}).get("min_replicas", 1)
-            return max(int(replicas), 1), max(int(cpus), 1)
-    return 1, 1
-
-
-def model_cold_start(config: dict) -> dict:
-    """The model's own load and warm-up, in a fresh interpreter, as a Stylizer does it."""
-    from serve_app import stylizer
-
-    warm_up_side = getattr(stylizer, "WARM_UP_SIDE", 256)
-    styles = len(service_app(config)["args"]["styles"])
-    argv = [sys.executable, "-m", "load_tests.model_limit", "cold-start"]
-    argv += [
-        "--styles",
-        str(styles),
-        "--threads",
-        str(stylizer_layout(config)[1]),
-        "--side",
-        str(warm_up_side),
-    ]
-    started = time.monotonic()
-    done = subprocess.run(argv, capture_output=True, text=True, check=True, cwd=REPO, timeout=300)
-    wall = time.monotonic() - started
-    return {**json.loads(done.stdout.strip().splitlines()[-1]), "process_wall_s": wall}
-
-
-def precisions(plan: Plan) -> list[str]:
-    from serve_app.model import cpu_supports_bf16, select_runtime
-
-    if not plan.all_precisions:
-        return [select_runtime("cpu", "auto").precision]
-    return ["fp32", "bf16"] if cpu_supports_bf16() else ["fp32"]
-
-
-def model_limit(bench: ModelBench, plan: Plan, cores: int, layout: tuple[int, int]) -> dict:
-    """The grid at 256 px; at 512 px the best few and the best at the service's layout."""
+def _model_worker(conn, barrier, threads: int) -> None:
+    """One process of the model limit: the generator as a Stylizer builds it (random
+    weights, the runtime ``auto`` resolves to here) on a ready tensor, no serving."""
     import torch
 
-    settings = grid(cores, precisions(plan), list(plan.batches), cuda=torch.cuda.is_available())
-    at_256 = [_measure(bench, setting, 256, plan) for setting in settings]
-    ranked = sorted(at_256, key=lambda m: m.images_per_s, reverse=True)
-    again = [m.setting for m in ranked[: plan.larger_top_k]]
-    same_layout = _best(_at_layout(at_256, layout))
-    if same_layout is not None and same_layout.setting not in again:
-        again.append(same_layout.setting)
-    at_512 = [_measure(bench, setting, 512, plan) for setting in again]
-    measured = {"256": at_256, "512": at_512}
-    note = (
-        f"The generator alone in worker processes, on a ready tensor; each setting runs "
-        f"≥ {plan.grid_min_time_s:g} s after one warm-up pass. All settings at 256 px; "
-        f"the best {plan.larger_top_k} (and the best at the service's layout, "
-        f"{layout[0]}x{layout[1]}t) again at 512 px. `PxTt` = P processes × T threads "
-        "(two processes run at once; their rates add up)."
-    )
-    return {
-        "grid": [m.to_dict() for m in at_256],
-        "larger": [m.to_dict() for m in at_512],
-        "best": {size: _best(ms).to_dict() for size, ms in measured.items()},
-        "service_layout": {"processes": layout[0], "threads": layout[1]},
-        "best_at_service_layout": {
-            size: m.to_dict()
-            for size, ms in measured.items()
-            if (m := _best(_at_layout(ms, layout))) is not None
-        },
-        "note": note,
-    }
+    from serve_app.model import StyleModel, random_generator, select_runtime
+
+    torch.set_num_threads(threads)
+    model = StyleModel(random_generator(seed=0), select_runtime("auto", "auto"))
+    conn.send(model.runtime.precision)
+    while (job := conn.recv()) is not None:
+        if job[0] == "trace":  # the Flask baseline's model: the same weights, fp32 TorchScript
+            with torch.no_grad(), warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                example = torch.rand(1, 3, 256, 256) * 2 - 1
+                torch.jit.trace(random_generator(seed=0).eval(), example).save(job[1])
+            conn.send(None)
+            continue
+        _, (width, height), min_s = job
+        batch = torch.rand(1, 3, height, width) * 2 - 1
+        model(batch)  # the first pass at a shape builds the oneDNN kernels
+        barrier.wait(timeout=600)  # the processes run at once: their rates add up
+        passes, start = 0, time.perf_counter()
+        while passes < 1 or time.perf_counter() - start < min_s:
+            model(batch)
+            passes += 1
+        conn.send(passes / (time.perf_counter() - start))
 
 
-def _at_layout(measured: list[Measurement], layout: tuple[int, int]) -> list[Measurement]:
-    return [m for m in measured if (m.setting.processes, m.setting.threads) == layout]
+class ModelWorkers:
+    """``processes`` spawned worker processes of ``threads`` torch threads each."""
+
+    def __init__(self, processes: int, threads: int):
+        context = multiprocessing.get_context("spawn")
+        barrier = context.Barrier(processes)
+        self._pipes, self._procs = [], []
+        for _ in range(processes):
+            ours, theirs = context.Pipe()
+            proc = context.Process(target=_model_worker, args=(theirs, barrier, threads))
+            proc.start()
+            self._pipes.append(ours)
+            self._procs.append(proc)
+        self.precision = [pipe.recv() for pipe in self._pipes].pop()
+
+    def images_per_s(self, size: int, min_s: float) -> float:
+        for pipe in self._pipes:
+            pipe.send(("measure", target_dimensions(*CANVAS, size), min_s))
+        return sum(pipe.recv() for pipe in self._pipes)
+
+    def trace(self, path: Path) -> None:
+        self._pipes[0].send(("trace", str(path)))
+        self._pipes[0].recv()
+
+    def close(self) -> None:
+        for pipe in self._pipes:
+            with contextlib.suppress(OSError):
+                pipe.send(None)
+        for proc in self._procs:
+            proc.join(30)
+            if proc.is_alive():
+                proc.kill()
+                proc.join()
 
 
-def _best(measured: list[Measurement]) -> Measurement | None:
-    return max(measured, key=lambda m: m.images_per_s, default=None)
+# --------------------------------------------------------------------------- servers
 
 
-def _measure(bench: ModelBench, setting: Setting, size: int, plan: Plan) -> Measurement:
-    height, width = model_shape(size)
-    with processes.OtherLoad() as other:
-        measured = bench.measure(setting, height, width, plan.grid_min_time_s)
-    measured = dataclasses.replace(measured, other_cpu_cores=other.cores)
-    progress(
-        f"model {setting.label} {width}x{height}: {measured.images_per_s:.2f} img/s "
-        f"(other load {other.cores:.2f} cores)"
-    )
-    return measured
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
-def run_model_phase(
-    plan: Plan, inputs: Inputs, results_dir: Path, layout: tuple[int, int]
-) -> tuple[dict, Path, Path]:
-    """The model limit grid; also the floor's response bytes and the Flask TorchScript file."""
-    cores = len(os.sched_getaffinity(0))
-    with ModelBench(workers=cores) as bench:
-        limit = model_limit(bench, plan, cores, layout)
-        png = bench.stylize_png(decoded_at(inputs.hit_photo, MIXED_SIZE), layout[1])
-        torchscript = results_dir / "flask_generator_torchscript.pt"
-        bench.trace(torchscript)
-    floor_png = results_dir / "floor_response.png"
-    floor_png.write_bytes(png)
-    return limit, floor_png, torchscript
+@contextlib.contextmanager
+def server(argv: list[str], env: dict[str, str], log_path: Path) -> Iterator[subprocess.Popen]:
+    """A server in a session of its own. On the way out: SIGINT (``serve run`` then shuts
+    Serve and its local Ray down), then SIGKILL to whatever of its process tree is left,
+    each by process id (Ray's workers leave the server's process group)."""
+    with log_path.open("wb") as log:
+        popen = subprocess.Popen(
+            argv,
+            env=env,
+            cwd=REPO,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        yield popen
+    finally:
+        tree = []
+        with contextlib.suppress(psutil.Error):
+            tree = [psutil.Process(popen.pid), *psutil.Process(popen.pid).children(recursive=True)]
+        popen.send_signal(signal.SIGINT)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            popen.wait(60)
+        _, alive = psutil.wait_procs(tree, timeout=10)
+        for process in alive:
+            with contextlib.suppress(psutil.Error):
+                process.kill()
+        psutil.wait_procs(alive, timeout=10)
+        popen.wait(10)
+        if alive:
+            logger.warning("%s: killed leftover processes %s", argv, [p.pid for p in alive])
 
 
-# --------------------------------------------------------------------------- the service
+def first_200(url: str, data: bytes, popen: subprocess.Popen, log: Path, timeout_s: float) -> bytes:
+    """POST ``data`` until a 200 comes back; its body."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if popen.poll() is not None:
+            raise RuntimeError(f"{popen.args[:3]} exited with {popen.returncode}; see {log}")
+        with contextlib.suppress(httpx.HTTPError):
+            body, headers = multipart(data), {"Content-Type": CONTENT_TYPE}
+            response = httpx.post(url, content=body, headers=headers, timeout=60)
+            if response.status_code == 200:
+                return response.content
+        time.sleep(0.2)
+    raise TimeoutError(f"no 200 from {url} within {timeout_s:g} s; see {log}")
 
 
-def bench_serve_config(base: dict, port: int, floor_png: Path) -> dict:
-    """The service config with random weights on a free port, plus the floor app (logging
-    as the service's, so that neither pays for an access log the other skips)."""
+def bench_config(base: dict, port: int, replicas: int, floor_body: Path) -> dict:
+    """The service's config with random weights, ``replicas`` Stylizers (no autoscaling)
+    and a free port, plus the floor (logging as the service's: neither pays for an access
+    log the other skips)."""
     config = copy.deepcopy(base)
     config["http_options"] = {**config.get("http_options", {}), "host": "127.0.0.1", "port": port}
-    service = service_app(config)
+    service = config["applications"][0]
     for style in service["args"]["styles"]:
         style["weights"] = "random"
-    floor = {
-        "name": "floor",
-        "route_prefix": FLOOR_PREFIX,
-        "import_path": "load_tests.floor_app:build_floor",
-        "args": {"png_path": str(floor_png)},
-    }
+    for deployment in service.get("deployments", []):
+        if deployment["name"] == "Stylizer":
+            deployment.pop("autoscaling_config", None)
+            deployment["num_replicas"] = replicas
+    floor = {"name": "floor", "route_prefix": FLOOR_PREFIX, "args": {"body_path": str(floor_body)}}
+    floor["import_path"] = "load_tests.floor_app:build_floor"
     if "logging_config" in service:
-        floor["logging_config"] = copy.deepcopy(service["logging_config"])
+        floor["logging_config"] = service["logging_config"]
     config["applications"].append(floor)
     return config
 
 
-def service_workloads(plan: Plan, inputs: Inputs) -> list[Workload]:
-    uploads = inputs.uploads
-    workloads = [
-        Workload("all misses", size, c, plan.misses_phase[size], uploads.all_misses())
-        for size in SIZES
-        for c in plan.misses_concurrency[size]
-    ]
-    workloads.append(
-        Workload(
-            "mixed", MIXED_SIZE, 8, plan.mixed_phase, uploads.mixed(inputs.hot, HOT_RATIO, seed=1)
-        )
-    )
-    workloads += [
-        Workload("all hits", MIXED_SIZE, c, plan.hits_phase, repeated(inputs.hit_photo))
-        for c in (1, 8)
-    ]
-    return workloads
+def stylizer_cpus(config: dict) -> int:
+    for deployment in config["applications"][0].get("deployments", []):
+        if deployment["name"] == "Stylizer":
+            return max(1, int(deployment.get("ray_actor_options", {}).get("num_cpus", 1)))
+    return 1
 
 
-def run_workloads(
-    target: str,
-    url_for: Callable[[int | None], str],
-    workloads: list[Workload],
-    server: processes.ManagedProcess | None,
-) -> list[dict]:
-    """Each workload as one point; with ``server``, the CPU its processes used per answer."""
-    points = []
-    for workload in workloads:
-        started = time.monotonic()
-        with processes.OtherLoad() as other, processes.CpuByRole(server) as cpu:
-            point = run_point(
-                url_for(workload.size),
-                workload.source,
-                workload.concurrency,
-                workload.phase,
-                target=target,
-                workload=workload.name,
-                size=workload.size,
-            )
-        point.other_cpu_cores = other.cores
-        point.cpu_cores_used = sum(cpu.seconds.values()) / (time.monotonic() - started)
-        point.cpu_ms_per_answer = {
-            role: seconds * 1e3 / max(point.answered, 1)
-            for role, seconds in sorted(cpu.seconds.items(), key=lambda kv: -kv[1])
-            if seconds > 0
-        }
-        progress(_describe(point))
-        points.append(point.to_dict())
-    return points
+# --------------------------------------------------------------------------- the run
 
 
-def _describe(point: PointResult) -> str:
-    latency = (
-        "" if point.p50_ms is None else f" p50 {point.p50_ms:.0f} ms p95 {point.p95_ms:.0f} ms"
-    )
-    size = f" {point.size}px" if point.size else ""
-    return (
-        f"{point.target} {point.workload}{size} c{point.concurrency}: "
-        f"{point.throughput:.2f} req/s{latency} errors {point.errors} cache {point.cache} "
-        f"(other load {point.other_cpu_cores:.2f} cores)"
-    )
-
-
-def run_service_phase(
-    args: argparse.Namespace, plan: Plan, inputs: Inputs, floor_png: Path, results: dict
-) -> None:
-    base = serve_config(args.config)
-    port = processes.free_port()
-    config = bench_serve_config(base, port, floor_png)
-    config_path = args.results_dir / "bench_serve_config.yaml"
-    config_path.write_text(yaml.safe_dump(config, sort_keys=False))
-    root = f"http://127.0.0.1:{port}{service_app(config).get('route_prefix', '/').rstrip('/')}"
-
-    def service_url(size: int | None) -> str:
-        return f"{root}/v1/stylize?size={size}&format=png"
-
-    floor_url = f"http://127.0.0.1:{port}{FLOOR_PREFIX}/stylize"
-    env = processes.python_env(REPO, RAY_ADDRESS="local", RAY_USAGE_STATS_ENABLED="0")
-    progress(f"starting `serve run` on port {port}")
-    started = time.monotonic()
-    argv = processes.serve_argv(config_path)
-    with processes.running("serve run", argv, env, args.results_dir / "serve.log") as serve:
-        ready = processes.wait_until(
-            _first_200(service_url(MIXED_SIZE), inputs.uploads.unique()), serve, 300
-        )
-        results["cold_start"]["serve_first_200_s"] = ready - started
-        progress(f"first 200 after {ready - started:.1f} s")
-        processes.wait_until(_first_200(floor_url, b"\xff\xd8"), serve, 120)
-        time.sleep(1)
-        results["idle_cpu_cores"] = idle_cpu(serve, IDLE_WINDOW_S)
-        results["memory"]["idle_mib"] = processes.ray_worker_rss(serve)
-        workloads = service_workloads(plan, inputs)
-        loaded = [w for w in workloads if w.name != "all hits"]
-        with processes.PeakRss(serve) as peak:
-            points = run_workloads("service", service_url, loaded, serve)
-        results["memory"]["load_peak_mib"] = peak.peak
-        hits = [w for w in workloads if w.name == "all hits"]
-        points += run_workloads("service", service_url, hits, serve)
-        results["service"]["points"] = points
-        floor = [
-            Workload("floor", None, c, plan.hits_phase, repeated(inputs.hit_photo)) for c in (1, 8)
+class Bench:
+    def __init__(self, args: argparse.Namespace):
+        self.args = args
+        self.plan = QUICK if args.quick else FULL
+        self.points: dict[str, list[dict]] = {}
+        self.dir = args.results_dir
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.uploads = Uploads(load_samples(args.photos), self.plan.variants, f"{time.time_ns()}")
+        self.hot_sets = [
+            [self.uploads.unique() for _ in range(HOT_SET)] for _ in range(args.repeats)
         ]
-        results["floor"]["points"] = run_workloads("floor", lambda _: floor_url, floor, serve)
-        results["service"]["stats"] = _stats(f"{root}/v1/stats")
-        progress("stopping `serve run`")
-    progress("`serve run` stopped; its process tree is gone")
+        self.base = yaml.safe_load(args.config.read_text())
+        self.threads = stylizer_cpus(self.base)
+        self.replicas = max(1, len(os.sched_getaffinity(0)) // self.threads)
 
+    def point(self, name: str, url: str, source: UploadSource, clients: int, phase: str) -> None:
+        figures = run_point(url, source, clients, *self.plan.phases[phase])
+        self.points.setdefault(name, []).append(figures)
+        logger.info("%s c%d: %s", name, clients, json.dumps(figures))
 
-def idle_cpu(server: processes.ManagedProcess, seconds: float) -> dict[str, float]:
-    """Cores' worth of CPU each process of the idle service uses (no traffic)."""
-    with processes.CpuByRole(server) as cpu:
-        time.sleep(seconds)
-    return {
-        role: used / seconds for role, used in sorted(cpu.seconds.items(), key=lambda kv: -kv[1])
-    }
+    def model_limit(self) -> str:
+        workers = ModelWorkers(self.replicas, self.threads)
+        try:
+            for _ in range(self.args.repeats):
+                for size in SIZES:
+                    rate = workers.images_per_s(size, self.plan.model_s)
+                    self.points.setdefault(f"model {size}", []).append({"rps": rate})
+                    logger.info("model %d px: %.2f img/s", size, rate)
+            workers.trace(self.dir / "flask_generator.pt")
+            return workers.precision
+        finally:
+            workers.close()
 
+    def service(self) -> tuple[float, dict]:
+        port, body = free_port(), self.dir / "floor_body.png"
+        body.unlink(missing_ok=True)
+        config_path = self.dir / "bench_serve_config.yaml"
+        config = bench_config(self.base, port, self.replicas, body)
+        config_path.write_text(yaml.safe_dump(config, sort_keys=False))
+        prefix = config["applications"][0].get("route_prefix", "/").rstrip("/")
+        root = f"http://127.0.0.1:{port}{prefix}"
+        url = {size: f"{root}/v1/stylize?size={size}&format=png" for size in SIZES}
+        floor = f"http://127.0.0.1:{port}{FLOOR_PREFIX}/stylize"
+        path = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
+        env = {
+            **os.environ,
+            "PYTHONPATH": path,
+            "RAY_ADDRESS": "local",
+            "RAY_USAGE_STATS_ENABLED": "0",
+        }
+        argv = [str(Path(sys.executable).with_name("serve")), "run", str(config_path)]
+        hit, log = self.uploads.unique(), self.dir / "serve.log"
+        started = time.monotonic()
+        with server(argv, env, log) as popen:
+            body.write_bytes(first_200(url[MIXED_SIZE], hit, popen, log, 300))
+            cold_start = time.monotonic() - started
+            logger.info("serve run: first 200 after %.1f s", cold_start)
+            first_200(floor, hit, popen, log, 120)
+            for rep in range(self.args.repeats):
+                for size in SIZES:
+                    name, clients = f"misses {size}", 2 * self.replicas
+                    self.point(name, url[size], self.uploads.unique, clients, name)
+                mixed = self.uploads.mixed(self.hot_sets[rep], HOT_RATIO, seed=rep)
+                self.point("mixed", url[MIXED_SIZE], mixed, MIXED_CLIENTS, "mixed")
+                for clients in (1, 8):  # each next to the floor, so that both see the same load
+                    self.point(f"hits c{clients}", url[MIXED_SIZE], repeated(hit), clients, "hits")
+                    self.point(f"floor c{clients}", floor, repeated(hit), clients, "hits")
+            stats = httpx.get(f"{root}/v1/stats", timeout=30).json()
+        return cold_start, stats
 
-def _stats(url: str) -> dict:
-    """The service's own figures (/v1/stats): batch sizes, inference time, cache."""
-    try:
-        return httpx.get(url, timeout=10).json()
-    except (httpx.HTTPError, ValueError) as error:
-        return {"error": str(error)}
-
-
-def _first_200(url: str, data: bytes) -> Callable[[], bool]:
-    return processes.answers(
-        "POST",
-        url,
-        lambda r: r.status_code == 200,
-        files={"image": ("photo.jpg", data, "image/jpeg")},
-    )
-
-
-# --------------------------------------------------------------------------- baselines
-
-
-def baseline_workloads(plan: Plan, inputs: Inputs) -> list[Workload]:
-    uploads = inputs.uploads
-    every = {
-        "mixed": [
-            Workload(
-                "mixed",
-                MIXED_SIZE,
-                8,
-                plan.mixed_phase,
-                uploads.mixed(inputs.hot, HOT_RATIO, seed=1),
-            )
-        ],
-        "all misses": [
-            Workload("all misses", MIXED_SIZE, 8, plan.misses_phase[256], uploads.all_misses())
-        ],
-        "all hits": [
-            Workload("all hits", MIXED_SIZE, c, plan.hits_phase, repeated(inputs.hit_photo))
-            for c in (1, 8)
-        ],
-    }
-    return [w for name in plan.baseline_workloads for w in every[name]]
-
-
-def run_flask_baseline(
-    args: argparse.Namespace, plan: Plan, inputs: Inputs, torchscript: Path
-) -> dict:
-    app = args.flask_app
-    if not app.is_file():
-        return {"skipped": f"no Flask app at {app}"}
-    port = processes.free_port()
-    env = processes.python_env(REPO, ANIMEGAN_TS=str(torchscript), PORT=str(port))
-    progress(f"starting the Flask baseline on port {port}")
-    argv = [sys.executable, str(app)]
-    with processes.running("flask", argv, env, args.results_dir / "flask.log") as flask:
-        processes.wait_until(
-            processes.answers("GET", f"http://127.0.0.1:{port}/", lambda r: True), flask, 60
-        )
+    def flask(self) -> None:
+        port, log = free_port(), self.dir / "flask.log"
+        env = {**os.environ, "ANIMEGAN_TS": str(self.dir / "flask_generator.pt"), "PORT": f"{port}"}
         url = f"http://127.0.0.1:{port}/transform"
-        points = run_workloads("flask", lambda _: url, baseline_workloads(plan, inputs), flask)
-    return {
-        "url": url,
-        "app": str(app),
-        "note": "fixed 256×256 resize, fp32 TorchScript",
-        "points": points,
-    }
+        argv = [sys.executable, str(REPO / "load_tests" / "flask_reference.py")]
+        with server(argv, env, log) as popen:
+            first_200(url, self.uploads.unique(), popen, log, 120)
+            for rep in range(self.args.repeats):
+                mixed = self.uploads.mixed(self.hot_sets[rep], HOT_RATIO, seed=rep)
+                self.point("flask mixed", url, mixed, MIXED_CLIENTS, "mixed")
+
+    def run(self, argv: list[str]) -> dict:
+        started, load_start = time.monotonic(), os.getloadavg()[0]
+        logger.info("model limit: %d process(es) × %d thread(s)", self.replicas, self.threads)
+        precision = self.model_limit()
+        cold_start, stats = self.service()
+        self.flask()
+        return {
+            "meta": {
+                "command": shlex.join(["python", "-m", "load_tests.bench", *argv]),
+                "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M"),
+                "elapsed_s": time.monotonic() - started,
+                "quick": self.args.quick,
+                "config": self.args.config.name,
+                "repeats": self.args.repeats,
+                "machine": machine(),
+                "loadavg": [load_start, os.getloadavg()[0]],
+                "layout": {"processes": self.replicas, "threads": self.threads},
+                "precision": precision,
+                "plan": {"model_s": self.plan.model_s, "phases": self.plan.phases},
+            },
+            "cold_start_s": cold_start,
+            "points": self.points,
+            "targets": targets(self.points, self.args.repeats),
+            "service_stats": stats,
+        }
 
 
-def run_url_baseline(url: str, plan: Plan, inputs: Inputs) -> dict:
-    progress(f"baseline at {url}")
-    return {
-        "url": url,
-        "points": run_workloads("baseline", lambda _: url, baseline_workloads(plan, inputs), None),
-    }
+def machine() -> dict:
+    cpu = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ),
+        platform.processor(),
+    )
+    versions = {name: importlib.metadata.version(name) for name in ("torch", "ray")}
+    return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(), **versions}
 
 
-# --------------------------------------------------------------------------- output
+def targets(points: dict[str, list[dict]], repeats: int) -> list[dict]:
+    """Each target's ratio within each repetition; the median and range over them."""
+    out = []
+    for name, (top, top_field), (bottom, bottom_field), wanted, higher in TARGETS:
+        values = []
+        for rep in range(repeats):
+            a, b = points[top][rep][top_field], points[bottom][rep][bottom_field]
+            values.append(a / b if a is not None and b else None)
+        measured = [v for v in values if v is not None]
+        median = statistics.median(measured) if measured else None
+        passed = None if median is None else (median >= wanted if higher else median <= wanted)
+        spread = {"min": min(measured, default=None), "max": max(measured, default=None)}
+        figures = {"target": name, "values": values, "median": median, **spread}
+        out.append({**figures, "wanted": wanted, "higher_is_better": higher, "passed": passed})
+    return out
 
 
-def notes(plan: Plan, photos_source: str, config_path: Path) -> list[str]:
-    width, height = CANVAS
-    return [
-        f"Uploads: {width}×{height} JPEGs (q90) from {photos_source}: {plan.variants} pixel "
-        "variants (random crop, rescale, faint noise), each request made byte-unique by a JPEG "
-        f"comment carrying a counter (the cache keys on bytes). Hot set: {HOT_SET} photos; "
-        f"mixed: {HOT_RATIO:.0%} of requests from the hot set, at {MIXED_SIZE} px.",
-        "Clients: closed loop at fixed concurrency (asyncio + aiohttp, multipart field `image`), "
-        "on the same machine as the server; each point has a warm-up that is discarded, then "
-        "a measured window; answers in flight at its end are awaited but not counted.",
-        f"Service: `serve run` of a copy of `{config_path.name}` with random weights, a free "
-        "port, RAY_ADDRESS=local; the framework floor (`load_tests/floor_app.py`: read the "
-        "body, one call to a named actor, fixed PNG bytes) is a second application at "
-        f"`{FLOOR_PREFIX}`.",
-        f"Model input for the service's {width}×{height} uploads: "
-        + ", ".join(f"{s} px → {model_shape(s)[1]}×{model_shape(s)[0]}" for s in SIZES)
-        + "; the model limit uses the same shapes. The Flask reference resizes to 256×256 "
-        "(1.5× the pixels) and runs fp32 TorchScript; that is the baseline as given.",
-        "Memory: RSS of the processes titled `ray::…` in the `serve run` tree, idle after "
-        "the first 200, and the peak sampled every 0.5 s during the miss and mixed workloads.",
-        "`other CPU`: cores' worth of CPU that processes outside this benchmark used during "
-        f"the point (the machine has {os.cpu_count()}); well above 0, the point ran on a "
-        "shared, busy machine and its figures are low by about that share.",
+# --------------------------------------------------------------------------- the report
+
+
+def _num(value: float | None) -> str:
+    if value is None:
+        return "–"
+    return f"{value:.{0 if abs(value) >= 100 else 1 if abs(value) >= 10 else 2}f}"
+
+
+def _spread(values: list[float | None]) -> str:
+    measured = [v for v in values if v is not None]
+    if not measured:
+        return "–"
+    return f"{_num(statistics.median(measured))} ({_num(min(measured))}–{_num(max(measured))})"
+
+
+def _table(headers: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows])
+
+
+def targets_table(results: dict) -> str:
+    verdict = {True: "pass", False: "**FAIL**", None: "n/a"}
+    rows = [
+        [
+            t["target"],
+            _num(t["median"]),
+            f"{_num(t['min'])}–{_num(t['max'])}",
+            ("≥ " if t["higher_is_better"] else "≤ ") + _num(t["wanted"]),
+            verdict[t["passed"]],
+        ]
+        for t in results["targets"]
     ]
+    return _table(["target (ratio)", "median", "range", "wanted", "result"], rows)
 
 
-def write_outputs(results: dict, args: argparse.Namespace) -> tuple[Path, Path, Path]:
-    args.results_dir.mkdir(parents=True, exist_ok=True)
-    json_path = args.results_dir / "bench.json"
-    json_path.write_text(json.dumps(results, indent=2) + "\n")
-    args.out.mkdir(parents=True, exist_ok=True)
-    png_path = args.out / "benchmarks.png"
-    report.plot(results, png_path)
-    md_path = args.out / "benchmarks.md"
-    md_path.write_text(report.markdown(results, png_path.name))
-    return json_path, md_path, png_path
+def figures_table(results: dict) -> str:
+    rows = []
+    for name, (what, workload, px) in POINTS.items():
+        runs = results["points"].get(name, [])
+        clients = str(runs[0]["concurrency"]) if runs and "concurrency" in runs[0] else "–"
+        cells = [_spread([run.get(key) for run in runs]) for key in ("rps", "p50_ms", "mean_ms")]
+        errors = sum(run.get("errors", 0) for run in runs)
+        rows.append([what, workload, px, clients, *cells, str(errors)])
+    headers = ["what", "workload", "px", "clients", "req/s", "p50 ms", "mean ms", "errors"]
+    return _table(headers, rows)
 
 
-def command_line(argv: list[str] | None) -> str:
-    return shlex.join(
-        ["python", "-m", "load_tests.bench", *(sys.argv[1:] if argv is None else argv)]
-    )
+def markdown(results: dict) -> str:
+    meta, layout, m = results["meta"], results["meta"]["layout"], results["meta"]["machine"]
+    width, height = CANVAS
+    phases = ", ".join(f"{k} {w:g}+{s:g} s" for k, (w, s) in meta["plan"]["phases"].items())
+    shapes = ", ".join("{} px → {}×{}".format(s, *target_dimensions(*CANVAS, s)) for s in SIZES)
+    smoke = "\n\n**A smoke run (`--quick`): a few requests per point, not a measurement.**"
+    return f"""# Benchmarks
 
+Generated by `{meta["command"]}` on {meta["date"]} UTC in {meta["elapsed_s"] / 60:.0f} min;
+run it again to regenerate this page.{smoke if meta["quick"] else ""}
 
-# --------------------------------------------------------------------------- main
+Every figure is measured {meta["repeats"]} times in the run: a cell is the median (min–max).
+Each target is a ratio of two figures of the same repetition, its median over them and its
+range. This machine is shared and noisy: the ratios are what count, not absolute figures.
 
+- CPU: {m["cpu"]}, {m["cores"]} cores; Python {m["python"]}, torch {m["torch"]}, Ray {m["ray"]}
+- load average (1 min) at start {meta["loadavg"][0]:.2f}, at end {meta["loadavg"][1]:.2f}
 
-def new_results(args: argparse.Namespace, argv: list[str] | None) -> dict:
-    return {
-        "meta": {
-            "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M"),
-            "command": command_line(argv),
-            "quick": args.quick,
-            "machine": machine_info(),
-            "loadavg_start": os.getloadavg()[0],
-        },
-        "cold_start": {},
-        "model_limit": {},
-        "service": {"points": []},
-        "floor": {"points": []},
-        "baselines": {},
-        "memory": {},
-        "idle_cpu_cores": {},
-        "targets": [],
-    }
+## Targets
 
+{targets_table(results)}
 
-def run(args: argparse.Namespace, argv: list[str] | None) -> dict:
-    plan = QUICK if args.quick else FULL
-    args.results_dir.mkdir(parents=True, exist_ok=True)
-    results = new_results(args, argv)
-    inputs, photos_source = prepare_inputs(args, plan)
-    config = serve_config(args.config)
-    progress("the model's cold start (fresh process)")
-    results["cold_start"]["model"] = model_cold_start(config)
-    progress("the model limit grid")
-    limit, floor_png, torchscript = run_model_phase(
-        plan, inputs, args.results_dir, stylizer_layout(config)
-    )
-    results["model_limit"] = limit
-    run_service_phase(args, plan, inputs, floor_png, results)
-    if args.run_flask_baseline:
-        results["baselines"]["flask"] = run_flask_baseline(args, plan, inputs, torchscript)
-    else:
-        results["baselines"]["flask"] = {"skipped": "--no-run-flask-baseline"}
-    if args.baseline_url:
-        results["baselines"]["url"] = run_url_baseline(args.baseline_url, plan, inputs)
-    results["targets"] = [t.to_dict() for t in report.compute_targets(results)]
-    results["meta"].update(
-        loadavg_end=os.getloadavg()[0],
-        elapsed_s=time.monotonic() - _started,
-        notes=notes(plan, photos_source, args.config),
-    )
-    return results
+## Figures
+
+{figures_table(results)}
+
+Cold start: `serve run` to the first 200 on `/v1/stylize`: {results["cold_start_s"]:.1f} s.
+
+## How it measures
+
+- Model limit: the bare generator (random weights, {meta["precision"]}, channels_last,
+  batch 1) in {layout["processes"]} process(es) × {layout["threads"]} thread(s) at once, the
+  layout of the service's Stylizer replicas; ≥ {meta["plan"]["model_s"]:g} s per figure
+  after a warm-up pass, on the shapes the service feeds it ({shapes}).
+- Service: `serve run` of a copy of `{meta["config"]}` with random weights and the
+  Stylizer pinned at {layout["processes"]} replica(s) × {layout["threads"]} CPU, on a free
+  127.0.0.1 port with RAY_ADDRESS=local; unique photos at {2 * layout["processes"]} clients.
+- Framework floor: `load_tests/floor_app.py` (read the body, one actor call, the service's
+  own answer bytes) as a second application at `{FLOOR_PREFIX}` of the same `serve run`,
+  measured right after the cache hits at the same concurrency.
+- Flask baseline: `load_tests/flask_reference.py` as given (a fixed 256×256 resize, 1.5×
+  the pixels of the service's 256×172; fp32 TorchScript of the same random generator;
+  batches of up to 4; results as hex in JSON), after the service has stopped.
+- Uploads: {width}×{height} JPEG crops of `serve_app/samples/`, each made byte-unique by a
+  JPEG comment (the cache keys on bytes). Mixed: {HOT_RATIO:.0%} of the uploads from
+  {HOT_SET} hot photos (a new hot set each repetition, the same for the service and Flask),
+  {MIXED_CLIENTS} clients, PNG output.
+- Clients: closed loop at a fixed concurrency (httpx, multipart field `image`) on the same
+  machine; each point a discarded warm-up then a measured window ({phases}; kept open
+  until it holds {MIN_ANSWERS} answers); req/s counts 200s, latencies count errors too.
+"""
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    parser = argparse.ArgumentParser(prog="python -m load_tests.bench", description=__doc__)
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    parser.add_argument("--quick", action="store_true", help="a smoke run: seconds per point")
+    parser.add_argument("--repeats", type=int, default=3, help="repetitions of every figure")
+    parser.add_argument("--config", type=Path, default=REPO / "serve_config.yaml")
+    parser.add_argument("--photos", type=Path, default=SAMPLES, help="1.jpg, 2.jpg, 3.jpg")
+    parser.add_argument("--out", type=Path, default=REPO / "docs", help="benchmarks.md goes here")
+    parser.add_argument("--results-dir", type=Path, default=REPO / "load_tests" / "results")
+    args = parser.parse_args(argv)
+    if args.repeats < 1:
+        parser.error("--repeats must be at least 1")
     args.results_dir = args.results_dir.resolve()
-    results = run(args, argv)
-    paths = write_outputs(results, args)
-    print(report.points_table(results))
-    print()
-    print(report.targets_table(results["targets"]))
-    print()
-    print("wrote " + ", ".join(str(p) for p in paths))
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s bench: %(message)s")
+    # SIGTERM unwinds like Ctrl-C, so that the servers started are stopped on the way out.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    results = Bench(args).run(argv)
+    (args.results_dir / "bench.json").write_text(json.dumps(results, indent=2) + "\n")
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "benchmarks.md").write_text(markdown(results))
+    print(targets_table(results), figures_table(results), sep="\n\n")
     return 0
 
 

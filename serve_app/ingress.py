@@ -6,7 +6,6 @@ neither torch nor the model deployment.
 """
 
 import asyncio
-import copy
 import logging
 import time
 from pathlib import Path
@@ -14,31 +13,31 @@ from typing import Annotated
 
 import numpy as np
 from fastapi import Depends, FastAPI, Query, Request
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.responses import FileResponse, Response
 from fastapi.staticfiles import StaticFiles
 from ray import serve
 from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
 from ray.serve.exceptions import BackPressureError
 from ray.serve.handle import DeploymentHandle
-from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from serve_app import imaging
 from serve_app.cache import CacheClient
 from serve_app.config import MIN_SIDE, AppConfig
-from serve_app.errors import (
-    InvalidParameters,
-    MethodNotAllowed,
-    MissingImage,
-    NotFound,
-    Overloaded,
-    ServiceError,
+from serve_app.errors import MissingImage, NotFound, Overloaded
+from serve_app.http_errors import install_error_handlers
+from serve_app.openapi import (
+    BINARY,
+    PICTURE_HEADERS,
+    RAW_BODY,
+    STYLIZE_ERRORS,
+    error_statuses,
+    multipart_body,
+    openapi_document,
 )
 from serve_app.pipeline import ReplicaFailed, StylizePipeline, batch_body
 from serve_app.request_log import RequestContextMiddleware, ingress_metrics, log_fields
 from serve_app.schemas import (
     BatchResponse,
-    ErrorBody,
     HealthResponse,
     StatsResponse,
     StyleInfo,
@@ -48,12 +47,7 @@ from serve_app.schemas import (
     resolve_options,
 )
 from serve_app.security import enable_cors, load_api_keys, require_api_key
-from serve_app.uploads import (
-    MULTIPART_OVERHEAD_BYTES,
-    RAW_MEDIA_TYPES,
-    read_form_files,
-    read_single_upload,
-)
+from serve_app.uploads import MULTIPART_OVERHEAD_BYTES, read_form_files, read_single_upload
 from serve_app.weights import is_random_digest
 
 logger = logging.getLogger(__name__)
@@ -64,103 +58,6 @@ REPLICA_FAILURES = (ActorDiedError, ActorUnavailableError, RayActorError)
 CACHE_GAUGES_EVERY_S = 10.0
 STATS_TIMEOUT_S = 1.0
 IDENTITY_TIMEOUT_S = 30.0
-
-
-def error_response(error: ServiceError) -> JSONResponse:
-    return JSONResponse(error.to_dict(), status_code=error.status, headers=error.headers)
-
-
-def _validation_message(error: RequestValidationError) -> str:
-    parts = []
-    for item in error.errors():
-        where = ".".join(str(part) for part in item.get("loc", ()) if part not in ("query", "body"))
-        parts.append(f"{where}: {item.get('msg')}" if where else str(item.get("msg")))
-    return "; ".join(parts) or "invalid request parameters"
-
-
-def install_error_handlers(app: FastAPI) -> None:
-    """Every failure, ours or the framework's, answers in the one JSON shape."""
-
-    @app.exception_handler(ServiceError)
-    async def _service_error(_: Request, error: ServiceError):
-        return error_response(error)
-
-    @app.exception_handler(RequestValidationError)
-    async def _invalid_parameters(_: Request, error: RequestValidationError):
-        return error_response(InvalidParameters(_validation_message(error)))
-
-    @app.exception_handler(StarletteHTTPException)
-    async def _http_error(_: Request, error: StarletteHTTPException):
-        known = {404: NotFound, 405: MethodNotAllowed}.get(error.status_code)
-        if known is None:
-            body = {"error": {"code": "http_error", "message": str(error.detail)}}
-            return JSONResponse(body, status_code=error.status_code, headers=error.headers)
-        response = error_response(known(str(error.detail)))
-        response.headers.update(error.headers or {})
-        return response
-
-    @app.exception_handler(Exception)
-    async def _unexpected(_: Request, error: Exception):
-        logger.exception("unexpected error")
-        return error_response(ServiceError())
-
-
-ERROR_DESCRIPTIONS = {
-    400: "not a usable picture (undecodable, empty, too small), or a broken multipart body",
-    401: "an API key is configured and the request has none or a wrong one",
-    413: "more bytes, pixels or multipart parts than the limits allow",
-    415: "a picture format not accepted, or a body neither multipart nor image/*",
-    422: "a bad query parameter, or no picture in the multipart body",
-    500: "a bug; the server log has the traceback",
-    503: "at capacity, or the model could not answer; retry after Retry-After seconds",
-    504: "not ready within the request's deadline",
-}
-ERROR_HEADERS = {
-    401: {"WWW-Authenticate": {"schema": {"type": "string"}, "description": "Bearer"}},
-    503: {"Retry-After": {"schema": {"type": "integer"}, "description": "seconds"}},
-}
-
-
-def error_statuses(*statuses: int) -> dict:
-    """OpenAPI entries for the error statuses a route can answer."""
-    return {
-        status: {
-            "model": ErrorBody,
-            "description": ERROR_DESCRIPTIONS[status],
-            **({"headers": ERROR_HEADERS[status]} if status in ERROR_HEADERS else {}),
-        }
-        for status in statuses
-    }
-
-
-BINARY = {"type": "string", "format": "binary"}
-# The types a client may label a picture with; the server goes by the bytes' signature.
-IMAGE_TYPES = (
-    "image/jpeg",
-    "image/png",
-    "image/webp",
-    "image/gif",
-    "image/bmp",
-    "image/tiff",
-    "image/heic",
-    "image/heif",
-    "image/avif",
-)
-RAW_BODY = {media_type: {"schema": BINARY} for media_type in (*IMAGE_TYPES, *RAW_MEDIA_TYPES)}
-
-
-def multipart_body(field: str, many: bool) -> dict:
-    schema = {"type": "array", "items": BINARY, "minItems": 1} if many else BINARY
-    # Other fields are ignored by the server, within its limit on parts; the contract is
-    # the picture field alone.
-    form = {
-        "type": "object",
-        "required": [field],
-        "properties": {field: schema},
-        "additionalProperties": False,
-    }
-    encoding = {field: {"contentType": ", ".join(IMAGE_TYPES)}}
-    return {"multipart/form-data": {"schema": form, "encoding": encoding}}
 
 
 app = FastAPI(
@@ -177,15 +74,6 @@ SizeParam = Annotated[int | None, Query(description="output longer side, px")]
 FormatParam = Annotated[str | None, Query(description="output format, case-insensitive")]
 QualityParam = Annotated[int | None, Query(description="1..100, jpeg and webp")]
 API_KEY = [Depends(require_api_key)]
-# Query parameters whose empty value stands for the default (resolve_options).
-EMPTY_MEANS_DEFAULT = ("style", "format")
-STYLIZE_ERRORS = error_statuses(400, 401, 413, 415, 422, 500, 503, 504)
-PICTURE_HEADERS = {
-    "X-Cache": {"schema": {"type": "string", "enum": ["hit", "miss", "coalesced"]}},
-    "X-Style": {"schema": {"type": "string"}, "description": "the style applied"},
-    "ETag": {"schema": {"type": "string"}, "description": "the cache key, quoted"},
-    "X-Weights": {"schema": {"type": "string", "enum": ["random"]}, "description": "untrained"},
-}
 
 
 @serve.deployment(max_ongoing_requests=64)
@@ -424,41 +312,7 @@ class Ingress:
             raise NotFound("the upload page is not installed")
         return FileResponse(index)
 
-    # --- OpenAPI -------------------------------------------------------------------------
-
     def openapi(self) -> dict:
-        """FastAPI's document, with the query constraints this config enforces."""
         if app.openapi_schema is None:
-            from fastapi.openapi.utils import get_openapi
-
-            # A copy: the document shares dicts with the routes' openapi_extra.
-            schema = copy.deepcopy(
-                get_openapi(
-                    title=app.title, version=app.version, summary=app.summary, routes=app.routes
-                )
-            )
-            constraints = self._query_constraints()
-            limits = self._config.limits
-            for path in ("/v1/stylize", "/v1/stylize/batch"):
-                operation = schema["paths"][path]["post"]
-                for parameter in operation.get("parameters", []):
-                    parameter["schema"] = constraints[parameter["name"]]
-                    if parameter["name"] in EMPTY_MEANS_DEFAULT:
-                        parameter["allowEmptyValue"] = True  # `?style=` is the default style
-                operation["requestBody"]["description"] = (
-                    f"each picture at most {limits.max_bytes} bytes and {limits.max_pixels} pixels"
-                )
-            batch = schema["paths"]["/v1/stylize/batch"]["post"]["requestBody"]
-            images = batch["content"]["multipart/form-data"]["schema"]["properties"]["images"]
-            images["maxItems"] = self._config.max_batch_images
-            app.openapi_schema = schema
+            app.openapi_schema = openapi_document(app, self._config)
         return app.openapi_schema
-
-    def _query_constraints(self) -> dict[str, dict]:
-        config = self._config
-        return {
-            "style": {"type": "string", "enum": [s.name for s in config.styles]},
-            "size": {"type": "integer", "minimum": MIN_SIDE, "maximum": config.limits.max_size},
-            "format": {"type": "string", "enum": sorted(imaging.MEDIA_TYPES)},
-            "quality": {"type": "integer", "minimum": 1, "maximum": 100},
-        }

@@ -19,7 +19,6 @@ from torch import nn
 logger = logging.getLogger(__name__)
 
 
-
 class ConvNormLReLU(nn.Sequential):
     """pad -> conv -> GroupNorm(1 group) -> LeakyReLU(0.2); children named 0..3 as upstream."""
 

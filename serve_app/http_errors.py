@@ -1,0 +1,53 @@
+"""Every failure, ours or the framework's, answered in the API's one JSON shape."""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from serve_app.errors import InvalidParameters, MethodNotAllowed, NotFound, ServiceError
+
+logger = logging.getLogger(__name__)
+
+
+def error_response(error: ServiceError) -> JSONResponse:
+    return JSONResponse(error.to_dict(), status_code=error.status, headers=error.headers)
+
+
+def _validation_message(error: RequestValidationError) -> str:
+    parts = []
+    for item in error.errors():
+        where = ".".join(str(part) for part in item.get("loc", ()) if part not in ("query", "body"))
+        parts.append(f"{where}: {item.get('msg')}" if where else str(item.get("msg")))
+    return "; ".join(parts) or "invalid request parameters"
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Every failure, ours or the framework's, answers in the one JSON shape."""
+
+    @app.exception_handler(ServiceError)
+    async def _service_error(_: Request, error: ServiceError):
+        return error_response(error)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid_parameters(_: Request, error: RequestValidationError):
+        return error_response(InvalidParameters(_validation_message(error)))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(_: Request, error: StarletteHTTPException):
+        known = {404: NotFound, 405: MethodNotAllowed}.get(error.status_code)
+        if known is None:
+            body = {"error": {"code": "http_error", "message": str(error.detail)}}
+            return JSONResponse(body, status_code=error.status_code, headers=error.headers)
+        response = error_response(known(str(error.detail)))
+        response.headers.update(error.headers or {})
+        return response
+
+    @app.exception_handler(Exception)
+    async def _unexpected(_: Request, error: Exception):
+        logger.exception("unexpected error")
+        return error_response(ServiceError())

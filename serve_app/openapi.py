@@ -1,0 +1,114 @@
+"""The OpenAPI contract: request bodies, response headers and error statuses of the routes,
+and the document with the constraints of the running config."""
+
+from __future__ import annotations
+
+import copy
+
+from fastapi import FastAPI
+from fastapi.openapi.utils import get_openapi
+
+from serve_app import imaging
+from serve_app.config import MIN_SIDE, AppConfig
+from serve_app.schemas import ErrorBody
+from serve_app.uploads import RAW_MEDIA_TYPES
+
+ERROR_DESCRIPTIONS = {
+    400: "not a usable picture (undecodable, empty, too small), or a broken multipart body",
+    401: "an API key is configured and the request has none or a wrong one",
+    413: "more bytes, pixels or multipart parts than the limits allow",
+    415: "a picture format not accepted, or a body neither multipart nor image/*",
+    422: "a bad query parameter, or no picture in the multipart body",
+    500: "a bug; the server log has the traceback",
+    503: "at capacity, or the model could not answer; retry after Retry-After seconds",
+    504: "not ready within the request's deadline",
+}
+ERROR_HEADERS = {
+    401: {"WWW-Authenticate": {"schema": {"type": "string"}, "description": "Bearer"}},
+    503: {"Retry-After": {"schema": {"type": "integer"}, "description": "seconds"}},
+}
+
+
+def error_statuses(*statuses: int) -> dict:
+    """OpenAPI entries for the error statuses a route can answer."""
+    return {
+        status: {
+            "model": ErrorBody,
+            "description": ERROR_DESCRIPTIONS[status],
+            **({"headers": ERROR_HEADERS[status]} if status in ERROR_HEADERS else {}),
+        }
+        for status in statuses
+    }
+
+
+BINARY = {"type": "string", "format": "binary"}
+# The types a client may label a picture with; the server goes by the bytes' signature.
+IMAGE_TYPES = (
+    "image/jpeg",
+    "image/png",
+    "image/webp",
+    "image/gif",
+    "image/bmp",
+    "image/tiff",
+    "image/heic",
+    "image/heif",
+    "image/avif",
+)
+RAW_BODY = {media_type: {"schema": BINARY} for media_type in (*IMAGE_TYPES, *RAW_MEDIA_TYPES)}
+
+
+def multipart_body(field: str, many: bool) -> dict:
+    schema = {"type": "array", "items": BINARY, "minItems": 1} if many else BINARY
+    # Other fields are ignored by the server, within its limit on parts; the contract is
+    # the picture field alone.
+    form = {
+        "type": "object",
+        "required": [field],
+        "properties": {field: schema},
+        "additionalProperties": False,
+    }
+    encoding = {field: {"contentType": ", ".join(IMAGE_TYPES)}}
+    return {"multipart/form-data": {"schema": form, "encoding": encoding}}
+
+
+# Query parameters whose empty value stands for the default (resolve_options).
+EMPTY_MEANS_DEFAULT = ("style", "format")
+STYLIZE_ERRORS = error_statuses(400, 401, 413, 415, 422, 500, 503, 504)
+PICTURE_HEADERS = {
+    "X-Cache": {"schema": {"type": "string", "enum": ["hit", "miss", "coalesced"]}},
+    "X-Style": {"schema": {"type": "string"}, "description": "the style applied"},
+    "ETag": {"schema": {"type": "string"}, "description": "the cache key, quoted"},
+    "X-Weights": {"schema": {"type": "string", "enum": ["random"]}, "description": "untrained"},
+}
+
+
+def openapi_document(app: FastAPI, config: AppConfig) -> dict:
+    """FastAPI's document, with the query constraints and limits ``config`` enforces."""
+    # A copy: the document shares dicts with the routes' openapi_extra.
+    schema = copy.deepcopy(
+        get_openapi(title=app.title, version=app.version, summary=app.summary, routes=app.routes)
+    )
+    constraints = query_constraints(config)
+    limits = config.limits
+    for path in ("/v1/stylize", "/v1/stylize/batch"):
+        operation = schema["paths"][path]["post"]
+        for parameter in operation.get("parameters", []):
+            parameter["schema"] = constraints[parameter["name"]]
+            if parameter["name"] in EMPTY_MEANS_DEFAULT:
+                parameter["allowEmptyValue"] = True  # `?style=` is the default style
+        operation["requestBody"]["description"] = (
+            f"each picture at most {limits.max_bytes} bytes and {limits.max_pixels} pixels"
+        )
+    batch = schema["paths"]["/v1/stylize/batch"]["post"]["requestBody"]
+    images = batch["content"]["multipart/form-data"]["schema"]["properties"]["images"]
+    images["maxItems"] = config.max_batch_images
+    return schema
+
+
+def query_constraints(config: AppConfig) -> dict[str, dict]:
+    return {
+        "style": {"type": "string", "enum": [s.name for s in config.styles]},
+        "size": {"type": "integer", "minimum": MIN_SIDE, "maximum": config.limits.max_size},
+        "format": {"type": "string", "enum": sorted(imaging.MEDIA_TYPES)},
+        "quality": {"type": "integer", "minimum": 1, "maximum": 100},
+    }
