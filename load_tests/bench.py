@@ -521,6 +521,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--repeats must be at least 1")
     args.results_dir = args.results_dir.resolve()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s bench: %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # a line per request otherwise
     # SIGTERM unwinds like Ctrl-C, so that the servers started are stopped on the way out.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     results = Bench(args).run(argv)

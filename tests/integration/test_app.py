@@ -230,6 +230,7 @@ def test_styles_stats_health_docs(client):
     styles = client.get("/v1/styles").json()
     assert [s["name"] for s in styles["styles"]] == [STYLE_A, STYLE_B]
     assert all(s["random_weights"] for s in styles["styles"])
+    assert all("weights" not in s for s in styles["styles"])  # no file paths published
     assert styles["default_style"] == STYLE_A
     stats = client.get("/v1/stats").json()
     for field in ("entries", "bytes", "max_bytes", "hits", "misses", "evictions", "hit_ratio"):

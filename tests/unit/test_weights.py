@@ -30,7 +30,7 @@ from serve_app.weights import (
 )
 
 # The official checkpoints: git blob SHA-1 and upsampling mode, as published upstream.
-DESIGN_WEIGHTS = {
+PUBLISHED_WEIGHTS = {
     "face_paint_512_v2": ("d75102f8f201ddaf8dbe6b913b1a97585b55f838", True),
     "face_paint_512_v1": ("19c1a1da4d9580186109a2b055d91044e5127de6", True),
     "celeba_distill": ("3b7ea61b02254980831cc3bc77af30666dbc999c", True),
@@ -61,7 +61,7 @@ def _assert_actionable(message: str, served) -> None:
 
 def test_registry_matches_design():
     assert {name: (w.blob_sha1, w.align_corners) for name, w in REGISTRY.items()} == (
-        DESIGN_WEIGHTS
+        PUBLISHED_WEIGHTS
     )
     for name, w in REGISTRY.items():
         assert w.name == name
