@@ -65,6 +65,13 @@ def _quality(text: str) -> int:
     return value
 
 
+def _strength(text: str) -> float:
+    value = float(text)
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be 0..1, got {text}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="animegan",
@@ -101,6 +108,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="output format (default: from OUT's suffix for one input, else png)",
     )
     stylize.add_argument("--quality", type=_quality, default=None, help="JPEG/WebP quality")
+    stylize.add_argument(
+        "--strength",
+        type=_strength,
+        default=1.0,
+        help="0 (the photo) .. 1 (the style's full effect, default)",
+    )
+    stylize.add_argument(
+        "--preserve-color",
+        action="store_true",
+        help="keep the photo's colours, take the style's lightness and lines",
+    )
     stylize.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     stylize.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), default="auto")
     stylize.add_argument(
@@ -206,6 +224,7 @@ def cmd_stylize(args: argparse.Namespace) -> int:
             decoded = imaging.decode_resized(source.read_bytes(), limits, args.size)
             batch = tensors.to_model_batch([decoded.rgb])
             rgb = tensors.from_model_batch(model(batch))[0]
+            rgb = imaging.apply_controls(decoded.rgb, rgb, args.strength, args.preserve_color)
             data = imaging.encode_image(rgb, decoded.alpha, fmt, args.quality)
             target.parent.mkdir(parents=True, exist_ok=True)
             target.write_bytes(data)

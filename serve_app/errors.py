@@ -119,6 +119,10 @@ class InvalidQuality(ServiceError):
     status, code = 422, "invalid_quality"
 
 
+class InvalidStrength(ServiceError):
+    status, code = 422, "invalid_strength"
+
+
 class InvalidParameters(ServiceError):
     status, code = 422, "invalid_parameters"
 

@@ -605,6 +605,52 @@ def _resize_array(array: np.ndarray, dimensions: tuple[int, int]) -> np.ndarray:
 # --------------------------------------------------------------------------- encoding
 
 
+# --------------------------------------------------------------------------- controls
+
+
+def apply_controls(
+    photo: np.ndarray, stylized: np.ndarray, strength: float, preserve_color: bool
+) -> np.ndarray:
+    """The user's controls over the look, applied to the model's output.
+
+    ``preserve_color`` keeps the photo's colours and takes the style's lightness and lines
+    (in CIELAB, where lightness and colour are separate, unlike RGB channels); then
+    ``strength`` blends from the photo (0) to that result (1). Both arrays are (H, W, 3)
+    uint8 of one shape; with the defaults (1.0, False) the output is the model's own.
+    """
+    check_rgb(photo, "photo")
+    check_rgb(stylized, "stylized")
+    if photo.shape != stylized.shape:
+        raise ValueError(f"photo {photo.shape} and stylized {stylized.shape} differ in shape")
+    if not 0.0 <= strength <= 1.0:
+        raise ValueError(f"strength must be 0..1, got {strength}")
+    styled = transfer_lightness(photo, stylized) if preserve_color else stylized
+    if strength == 1.0:
+        return styled
+    mixed = photo.astype(np.float32) * (1.0 - strength) + styled.astype(np.float32) * strength
+    return np.clip(np.rint(mixed), 0, 255).astype(np.uint8)
+
+
+def transfer_lightness(photo: np.ndarray, stylized: np.ndarray) -> np.ndarray:
+    """CIELAB L* of ``stylized`` with the a*, b* (colour) of ``photo``, back in sRGB."""
+    to_lab, to_rgb = _lab_transforms()
+    photo_lab = ImageCms.applyTransform(Image.fromarray(photo), to_lab)
+    styled_lab = ImageCms.applyTransform(Image.fromarray(stylized), to_lab)
+    lightness = styled_lab.getchannel("L")
+    merged = Image.merge("LAB", (lightness, photo_lab.getchannel("A"), photo_lab.getchannel("B")))
+    return np.asarray(ImageCms.applyTransform(merged, to_rgb))
+
+
+@functools.cache
+def _lab_transforms() -> tuple[ImageCms.ImageCmsTransform, ImageCms.ImageCmsTransform]:
+    lab = ImageCms.createProfile("LAB", colorTemp=6500)  # D65, sRGB's white point
+    srgb = _srgb_profile()
+    return (
+        ImageCms.buildTransform(srgb, lab, "RGB", "LAB"),
+        ImageCms.buildTransform(lab, srgb, "LAB", "RGB"),
+    )
+
+
 def encode_image(
     rgb: np.ndarray,
     alpha: np.ndarray | None,

@@ -73,6 +73,12 @@ StyleParam = Annotated[str | None, Query(description="a style from /v1/styles")]
 SizeParam = Annotated[int | None, Query(description="output longer side, px")]
 FormatParam = Annotated[str | None, Query(description="output format, case-insensitive")]
 QualityParam = Annotated[int | None, Query(description="1..100, jpeg and webp")]
+StrengthParam = Annotated[
+    float | None, Query(description="0 (the photo) .. 1 (the style's full effect, default)")
+]
+PreserveColorParam = Annotated[
+    bool | None, Query(description="keep the photo's colours, take the style's lightness")
+]
 API_KEY = [Depends(require_api_key)]
 
 
@@ -96,8 +102,7 @@ class Ingress:
         self._in_background(self._start())
 
     async def _start(self) -> None:
-        await self._cache.connect()
-        await self._learn_model_identity()
+        await asyncio.gather(self._cache.connect(), self._learn_model_identity())
         if self._config.warm_examples:
             await self.warm_cache(self._config.warm_examples)
 
@@ -123,9 +128,13 @@ class Ingress:
         size: int | None = None,
         format: str | None = None,
         quality: int | None = None,
+        strength: float | None = None,
+        preserve_color: bool | None = None,
     ) -> StylizeResult:
         """Bytes of a picture -> the stylised picture; raises the API's errors."""
-        options = resolve_options(self._config, style, size, format, quality)
+        options = resolve_options(
+            self._config, style, size, format, quality, strength, preserve_color
+        )
         result = await self._pipeline.stylize(data, options)
         self._record(result)
         return result
@@ -203,8 +212,12 @@ class Ingress:
         size: SizeParam = None,
         format: FormatParam = None,
         quality: QualityParam = None,
+        strength: StrengthParam = None,
+        preserve_color: PreserveColorParam = None,
     ) -> Response:
-        options = resolve_options(self._config, style, size, format, quality)  # before reading
+        options = resolve_options(  # before the body is read
+            self._config, style, size, format, quality, strength, preserve_color
+        )
         data = await read_single_upload(request, self._config.limits.max_bytes)
         result = await self._pipeline.stylize(data, options)
         self._record(result)
@@ -235,8 +248,12 @@ class Ingress:
         size: SizeParam = None,
         format: FormatParam = None,
         quality: QualityParam = None,
+        strength: StrengthParam = None,
+        preserve_color: PreserveColorParam = None,
     ) -> Response:
-        options = resolve_options(self._config, style, size, format, quality)  # before reading
+        options = resolve_options(  # before the body is read
+            self._config, style, size, format, quality, strength, preserve_color
+        )
         count = self._config.max_batch_images
         limit = count * (self._config.limits.max_bytes + MULTIPART_OVERHEAD_BYTES)
         files = await read_form_files(request, "images", count, limit)

@@ -111,4 +111,6 @@ def query_constraints(config: AppConfig) -> dict[str, dict]:
         "size": {"type": "integer", "minimum": MIN_SIDE, "maximum": config.limits.max_size},
         "format": {"type": "string", "enum": sorted(imaging.MEDIA_TYPES)},
         "quality": {"type": "integer", "minimum": 1, "maximum": 100},
+        "strength": {"type": "number", "minimum": 0, "maximum": 1},
+        "preserve_color": {"type": "boolean"},
     }

@@ -97,6 +97,8 @@ def result_key(image: str, options: StylizeOptions, identity: ModelIdentity) -> 
         "size": options.size,
         "format": options.format,
         "quality": options.quality,
+        "strength": options.strength,
+        "preserve_color": options.preserve_color,
         "weights": identity.weights,
         "runtime": identity.runtime,
     }
@@ -159,15 +161,12 @@ class StylizePipeline:
         cache: ResultStore,
         stylize_array: StylizeArray,
         weights: dict[str, str],
-        *,
-        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         """``weights``: style -> the digest of the weights the config asks for."""
         self._config = config
         self._cache = cache
         self._stylize_array = stylize_array
         self._weights = weights
-        self._clock = clock
         # The runtime the model replicas report per style (device, precision, versions):
         # lookups use it, so results computed elsewhere on another runtime never match.
         self._runtimes: dict[str, str] = {}
@@ -191,7 +190,7 @@ class StylizePipeline:
     # --- the one code path -------------------------------------------------------------
 
     async def stylize(self, data: bytes, options: StylizeOptions) -> StylizeResult:
-        deadline = self._clock() + self._config.request_timeout_s
+        deadline = time.monotonic() + self._config.request_timeout_s
         if not data:
             raise EmptyUpload("the uploaded picture is empty")
         imaging.check_upload_size(data, self._config.limits)  # before hashing it
@@ -240,7 +239,7 @@ class StylizePipeline:
         cancels it."""
         work.waiters += 1
         try:
-            remaining = max(deadline - self._clock(), 0.0)
+            remaining = max(deadline - time.monotonic(), 0.0)
             return await asyncio.wait_for(asyncio.shield(work.task), remaining)
         except asyncio.TimeoutError:  # not the builtin TimeoutError before Python 3.11
             timeout = self._config.request_timeout_s
@@ -263,9 +262,7 @@ class StylizePipeline:
         decoded_at = time.perf_counter()
         stylized = await self._stylize_with_retry(decoded.rgb, options.style)
         encode_from = time.perf_counter()
-        encoded = await asyncio.to_thread(
-            imaging.encode_image, stylized.rgb, decoded.alpha, options.format, options.quality
-        )
+        encoded = await asyncio.to_thread(finish, decoded, stylized.rgb, options)
         encoded_at = time.perf_counter()
         height, width = stylized.rgb.shape[:2]
         image = CachedImage(encoded, imaging.MEDIA_TYPES[options.format], width, height)
@@ -332,6 +329,12 @@ class StylizePipeline:
             random_weights=is_random_digest(self._weights[options.style]),
             timings_ms=computed.timings_ms if status == "miss" else {},
         )
+
+
+def finish(decoded: imaging.DecodedImage, stylized: np.ndarray, options: StylizeOptions) -> bytes:
+    """The user's controls over the model's output, then the encoded picture."""
+    rgb = imaging.apply_controls(decoded.rgb, stylized, options.strength, options.preserve_color)
+    return imaging.encode_image(rgb, decoded.alpha, options.format, options.quality)
 
 
 def batch_item(index: int, outcome: StylizeResult | BaseException) -> dict:

@@ -10,10 +10,17 @@ import numpy as np
 from pydantic import BaseModel, Field
 
 from serve_app.config import MIN_SIDE, AppConfig, OutputFormat
-from serve_app.errors import InvalidFormat, InvalidQuality, InvalidSize, UnknownStyle
+from serve_app.errors import (
+    InvalidFormat,
+    InvalidQuality,
+    InvalidSize,
+    InvalidStrength,
+    UnknownStyle,
+)
 from serve_app.imaging import MEDIA_TYPES
 
 CacheStatus = Literal["hit", "miss", "coalesced"]
+STRENGTH_DECIMALS = 3
 
 
 # --- what a model replica answers --------------------------------------------------------
@@ -45,6 +52,8 @@ class StylizeOptions:
     size: int
     format: OutputFormat
     quality: int | None  # None for png
+    strength: float = 1.0  # 0: the photo, 1: the style's full effect
+    preserve_color: bool = False  # keep the photo's colours, take the style's lightness
 
 
 @dataclass(frozen=True)
@@ -74,6 +83,8 @@ def resolve_options(
     size: int | None = None,
     fmt: str | None = None,
     quality: int | None = None,
+    strength: float | None = None,
+    preserve_color: bool | None = None,
 ) -> StylizeOptions:
     """Fill defaults and check every option against the config; 422 on anything wrong."""
     style = style or config.default_style_name
@@ -92,7 +103,18 @@ def resolve_options(
         quality = None
     elif quality is None:
         quality = config.default_quality
-    return StylizeOptions(style=style, size=size, format=fmt, quality=quality)
+    strength = 1.0 if strength is None else strength
+    if not 0.0 <= strength <= 1.0:  # also refuses NaN
+        raise InvalidStrength(f"strength must be 0..1, got {strength}")
+    return StylizeOptions(
+        style=style,
+        size=size,
+        format=fmt,
+        quality=quality,
+        # Rounded so that 0.5 and 0.5000001 share one cache entry.
+        strength=round(float(strength), STRENGTH_DECIMALS),
+        preserve_color=bool(preserve_color),
+    )
 
 
 # --- JSON wire shapes (the OpenAPI document is generated from these) ---------------------

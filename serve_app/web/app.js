@@ -8,6 +8,9 @@
     styleList: $("#style-list"),
     size: $("#size"),
     format: $("#format"),
+    strength: $("#strength"),
+    strengthValue: $("#strength-value"),
+    preserveColor: $("#preserve-color"),
     photos: $("#photos"),
     drop: $("#drop"),
     limits: $("#limits"),
@@ -141,6 +144,10 @@
     announce("The API key was accepted.");
   }
 
+  ui.strength.addEventListener("input", () => {
+    ui.strengthValue.textContent = `${Math.round(Number(ui.strength.value) * 100)}%`;
+  });
+
   ui.keyForm.addEventListener("submit", (event) => {
     event.preventDefault();
     const key = ui.keyInput.value.trim();
@@ -184,6 +191,7 @@
       return;
     }
     renderStyles();
+    ui.size.min = String(config.min_size);
     ui.size.max = String(config.max_size);
     ui.size.value = String(config.default_size);
     ui.format.replaceChildren(...config.formats.map((name) => new Option(name.toUpperCase(), name)));
@@ -191,7 +199,7 @@
     ui.limits.textContent =
       `JPEG, PNG, WebP, GIF, BMP, TIFF or HEIC, up to ${megabytes(config.max_bytes)} ` +
       `and ${Math.round(config.max_pixels / 1e6)} megapixels; ` +
-      `sizes up to ${config.max_size} px.`;
+      `sizes from ${config.min_size} to ${config.max_size} px.`;
   }
 
   function renderStyles() {
@@ -229,7 +237,13 @@
 
   function currentOptions() {
     const style = $('input[name="style"]:checked')?.value ?? config.default_style;
-    return { style, size: ui.size.value || String(config.default_size), format: ui.format.value };
+    return {
+      style,
+      size: ui.size.value || String(config.default_size),
+      format: ui.format.value,
+      strength: ui.strength.value,
+      preserve_color: String(ui.preserveColor.checked),
+    };
   }
 
   // --- jobs ------------------------------------------------------------------------
@@ -243,7 +257,7 @@
       return;
     }
     if (!ui.size.reportValidity()) {
-      announce(`Choose a size from 1 to ${config.max_size} px first.`);
+      announce(`Choose a size from ${config.min_size} to ${config.max_size} px first.`);
       return;
     }
     for (const file of files) enqueue(createJob(file));

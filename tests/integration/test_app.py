@@ -86,14 +86,25 @@ def test_repeat_is_a_hit_without_inference(client):
 
 
 @pytest.mark.parametrize(
-    "change", [{"style": STYLE_B}, {"size": 64}, {"format": "webp"}, {"format": "jpeg"}]
+    "change",
+    [
+        {"style": STYLE_B},
+        {"size": 64},
+        {"format": "webp"},
+        {"format": "jpeg"},
+        {"strength": 0.5},
+        {"preserve_color": "true"},
+    ],
 )
-def test_another_style_size_or_format_is_a_miss(client, change):
+def test_every_option_is_part_of_the_key(client, change):
     data = fresh_jpeg()
-    assert post(client, data, style=STYLE_A).headers["x-cache"] == "miss"
+    first = post(client, data, style=STYLE_A)
+    assert first.headers["x-cache"] == "miss"
     changed = post(client, data, **{"style": STYLE_A, **change})
     assert changed.status_code == 200
     assert changed.headers["x-cache"] == "miss"
+    assert changed.content != first.content
+    assert post(client, data, **{"style": STYLE_A, **change}).headers["x-cache"] == "hit"
 
 
 def test_concurrent_identical_requests_share_one_inference(client):
@@ -250,6 +261,9 @@ def test_styles_stats_health_docs(client):
         ({"size": 100_000}, "invalid_size"),
         ({"format": "bmp"}, "invalid_format"),
         ({"quality": 1000}, "invalid_quality"),
+        ({"strength": 1.5}, "invalid_strength"),
+        ({"strength": -0.1}, "invalid_strength"),
+        ({"preserve_color": "maybe"}, "invalid_parameters"),
         ({"size": "big"}, "invalid_parameters"),
     ],
 )

@@ -165,6 +165,22 @@ def test_page_stylizes_a_photo_and_shows_errors(open_page, photo_file, photo_byt
     page.screenshot(path=ARTIFACTS / "page-error.png", full_page=True)
 
 
+def test_page_sends_the_look_controls(open_page, photo_file):
+    from playwright.sync_api import expect
+
+    page = open_page()
+    strength = page.get_by_label("Strength")
+    strength.fill("0.35")  # a range input takes fill() as its value
+    expect(page.locator("#strength-value")).to_have_text("35%")
+    page.get_by_label("Keep the photo's colours").check()
+    with page.expect_request(re.compile(r"/v1/stylize\?")) as request_info:
+        card = stylize_in_page(page, photo_file, STYLE_A, SIZE, "png")
+    query = httpx.URL(request_info.value.url).params
+    assert (query["strength"], query["preserve_color"]) == ("0.35", "true")
+    wait_state(card, "done")
+    assert max(natural_size(card)) == SIZE
+
+
 def test_page_on_a_phone_takes_several_files_and_stacks_before_and_after(open_page, photo_file):
     page = open_page(375, 740)
     # Record every per-file state the page shows, to see the elapsed time ticking.
@@ -198,7 +214,8 @@ def test_page_on_a_phone_takes_several_files_and_stacks_before_and_after(open_pa
 
 def test_page_is_labelled_and_keyboard_reachable(open_page):
     page = open_page()
-    for label in ("Size (longer side, px)", "Format", "Choose photos", STYLE_A, STYLE_B):
+    labels = ("Size (longer side, px)", "Format", "Keep the photo's colours", "Choose photos")
+    for label in (*labels, STYLE_A, STYLE_B):
         assert page.get_by_label(label, exact=True).count() == 1, label
     unlabelled = page.evaluate(
         """() => [...document.querySelectorAll('input, select, textarea, button')]
@@ -212,7 +229,7 @@ def test_page_is_labelled_and_keyboard_reachable(open_page):
 
     # Tab reaches every control, and the focused one is visibly outlined.
     reached = set()
-    for _ in range(20):
+    for _ in range(24):
         page.keyboard.press("Tab")
         focused = page.evaluate(
             """() => { const el = document.activeElement;
@@ -222,7 +239,7 @@ def test_page_is_labelled_and_keyboard_reachable(open_page):
         reached.add(focused[0])
         if focused[0] in ("size", "format"):
             assert focused[1] != "none", focused
-    assert {"style", "size", "format", "photos"} <= reached, reached
+    assert {"style", "size", "format", "strength", "preserve_color", "photos"} <= reached, reached
 
 
 def wait_styles_status(base_url: str, status: int, timeout_s: float = 60) -> None:

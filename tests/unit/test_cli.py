@@ -57,6 +57,24 @@ def test_stylize_format_from_suffix(tmp_path):
         assert result.size == (64, 44)  # 300×200 -> 64 × round(42.7 / 4) * 4
 
 
+def test_stylize_controls(tmp_path, capsys):
+    from serve_app import config, imaging
+
+    source = _synthetic(tmp_path / "in.png")
+    photo_only = tmp_path / "photo.png"
+    args = ["stylize", str(source), "--style", "random", "--size", "64"]
+    assert main([*args, "-o", str(photo_only), "--strength", "0"]) == 0
+    resized = imaging.decode_resized(source.read_bytes(), config.ImageLimits(), 64).rgb
+    assert np.array_equal(np.asarray(Image.open(photo_only)), resized)  # strength 0: the photo
+    full, muted = tmp_path / "full.png", tmp_path / "muted.png"
+    assert main([*args, "-o", str(full)]) == 0
+    assert main([*args, "-o", str(muted), "--preserve-color"]) == 0
+    assert not np.array_equal(np.asarray(Image.open(full)), np.asarray(Image.open(muted)))
+    with pytest.raises(SystemExit):
+        main([*args, "-o", str(full), "--strength", "1.5"])
+    assert "must be 0..1" in capsys.readouterr().err
+
+
 def test_stylize_unknown_suffix_is_a_usage_error(tmp_path, capsys):
     source = _synthetic(tmp_path / "in.png")
     rc = main(["stylize", str(source), "-o", str(tmp_path / "out.xyz"), "--style", "random"])

@@ -288,10 +288,12 @@ def test_key_changes_with_every_part_and_the_pipeline_version(monkeypatch):
         result_key("d", options(pipe, size=64), identity),
         result_key("d", options(pipe, fmt="jpeg"), identity),
         result_key("d", options(pipe, fmt="jpeg", quality=50), identity),
+        result_key("d", options(pipe, strength=0.5), identity),
+        result_key("d", options(pipe, preserve_color=True), identity),
         result_key("d", options(pipe), ModelIdentity("other", RUNTIME)),
         result_key("d", options(pipe), ModelIdentity(WEIGHTS, "cuda/fp16")),
     ]
-    assert len({base, *variants}) == 7
+    assert len({base, *variants}) == 9
     monkeypatch.setattr(pipeline_module, "PIPELINE_VERSION", pipeline_module.PIPELINE_VERSION + 1)
     assert result_key("d", options(pipe), identity) != base
 

@@ -52,3 +52,17 @@ def test_result_headers():
         "ETag": '"k"',
         "X-Weights": "random",
     }
+
+
+@pytest.mark.parametrize("strength", [-0.01, 1.01, float("nan"), float("inf")])
+def test_strength_outside_0_to_1_is_422(strength):
+    with pytest.raises(ServiceError) as raised:
+        resolve_options(CONFIG, strength=strength)
+    assert (raised.value.status, raised.value.code) == (422, "invalid_strength")
+
+
+def test_controls_default_and_round():
+    options = resolve_options(CONFIG)
+    assert (options.strength, options.preserve_color) == (1.0, False)
+    options = resolve_options(CONFIG, strength=0.50000001, preserve_color=True)
+    assert (options.strength, options.preserve_color) == (0.5, True)
