@@ -145,7 +145,9 @@
   }
 
   ui.strength.addEventListener("input", () => {
-    ui.strengthValue.textContent = `${Math.round(Number(ui.strength.value) * 100)}%`;
+    const percent = `${Math.round(Number(ui.strength.value) * 100)}%`;
+    ui.strengthValue.textContent = percent;
+    ui.strength.setAttribute("aria-valuetext", percent);  // read out instead of "0.35"
   });
 
   ui.keyForm.addEventListener("submit", (event) => {
