@@ -43,12 +43,12 @@ from serve_app.schemas import (
     StyleInfo,
     StylesResponse,
     StylizedArray,
+    StylizeOptions,
     StylizeResult,
     resolve_options,
 )
 from serve_app.security import enable_cors, load_api_keys, require_api_key
 from serve_app.uploads import MULTIPART_OVERHEAD_BYTES, read_form_files, read_single_upload
-from serve_app.weights import is_random_digest
 
 logger = logging.getLogger(__name__)
 
@@ -91,7 +91,6 @@ class Ingress:
         self._config = config
         self._cache = CacheClient(config.cache)
         self._pipeline = StylizePipeline(config, self._cache, self._stylize_array, weights)
-        self._random_styles = frozenset(s for s, d in weights.items() if is_random_digest(d))
         self._metrics = ingress_metrics()
         self._gauges_at = 0.0
         self._background: set[asyncio.Task] = set()
@@ -136,7 +135,7 @@ class Ingress:
             self._config, style, size, format, quality, strength, preserve_color
         )
         result = await self._pipeline.stylize(data, options)
-        self._record(result)
+        self._record(result, options)
         return result
 
     async def warm_cache(self, paths: list[str]) -> int:
@@ -162,12 +161,12 @@ class Ingress:
         except REPLICA_FAILURES as error:
             raise ReplicaFailed(str(error)[:200]) from error
 
-    def _record(self, result: StylizeResult) -> None:
+    def _record(self, result: StylizeResult, options: StylizeOptions) -> None:
         self._metrics.cache_results.inc(tags={"status": result.cache})
         timings = result.timings_ms
         if timings:
             self._metrics.decode_ms.observe(timings["decode"])
-            self._metrics.encode_ms.observe(timings["encode"], tags={"format": result.media_type})
+            self._metrics.encode_ms.observe(timings["encode"], tags={"format": options.format})
         now = time.monotonic()
         if now - self._gauges_at >= CACHE_GAUGES_EVERY_S:
             self._gauges_at = now
@@ -220,7 +219,7 @@ class Ingress:
         )
         data = await read_single_upload(request, self._config.limits.max_bytes)
         result = await self._pipeline.stylize(data, options)
-        self._record(result)
+        self._record(result, options)
         log_fields(request.scope).update(
             style=result.style,
             size=max(result.width, result.height),
@@ -262,7 +261,7 @@ class Ingress:
         outcomes = await self._pipeline.stylize_many(files, options)
         for outcome in outcomes:
             if isinstance(outcome, StylizeResult):
-                self._record(outcome)
+                self._record(outcome, options)
         log_fields(request.scope).update(style=options.style, images=len(files))
         body = await asyncio.to_thread(batch_body, outcomes)
         return Response(body, media_type="application/json")
@@ -289,7 +288,7 @@ class Ingress:
                 StyleInfo(
                     name=style.name,
                     description=style.description,
-                    random_weights=style.name in self._random_styles,
+                    random_weights=self._pipeline.runs_random_weights(style.name),
                 )
                 for style in config.styles
             ],

@@ -184,6 +184,9 @@ class StylizePipeline:
         if identity.weights == self._weights.get(style):
             self._runtimes[style] = identity.runtime
 
+    def runs_random_weights(self, style: str) -> bool:
+        return is_random_digest(self._weights[style])
+
     def expected_identity(self, style: str) -> ModelIdentity:
         return ModelIdentity(self._weights[style], self._runtimes.get(style, "unknown"))
 
@@ -326,7 +329,7 @@ class StylizePipeline:
             width=image.width,
             height=image.height,
             key=computed.key,
-            random_weights=is_random_digest(self._weights[options.style]),
+            random_weights=self.runs_random_weights(options.style),
             timings_ms=computed.timings_ms if status == "miss" else {},
         )
 

@@ -97,3 +97,10 @@ def test_metrics_move_after_requests(client):
     assert moved(after), {k: (before.get(k), v) for k, v in after.items()}
     assert after["ray_animegan_model_loads_total"] >= 2
     assert "ray_animegan_cache_bytes" in after and "ray_animegan_cache_entries" in after
+    # Encode times are labelled by the output format's name, as the dashboard groups them.
+    encode_formats = set(
+        re.findall(
+            r'ray_animegan_encode_ms_count\{[^}]*format="([^"]+)"', httpx.get(METRICS_URL).text
+        )
+    )
+    assert encode_formats == {"png"}, encode_formats
