@@ -119,6 +119,27 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="keep the photo's colours, take the style's lightness and lines",
     )
+    stylize.add_argument(
+        "--portrait",
+        choices=("off", "crop", "paste"),
+        default="off",
+        help="off (default); crop: the largest face, square, stylised at the face styles' "
+        "512 px scale; paste: every face so, pasted back into the picture",
+    )
+    stylize.add_argument(
+        "--background",
+        default="photo",
+        metavar="STYLE",
+        help="--portrait paste: `photo` (default: the picture around the faces as it is) "
+        "or a style for it (registry name, .pt path or random)",
+    )
+    stylize.add_argument(
+        "--no-face",
+        choices=("error", "whole"),
+        default="error",
+        help="--portrait found no face: error (default: that input fails) or whole "
+        "(stylise the whole picture)",
+    )
     stylize.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     stylize.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), default="auto")
     stylize.add_argument(
@@ -200,6 +221,26 @@ def cmd_stylize(args: argparse.Namespace) -> int:
         _err(str(exc))
         return EXIT_USAGE
     model = StyleModel(generator, runtime)
+    scene_model = None
+    if args.portrait == "paste" and args.background != "photo":
+        try:
+            scene = weights_mod.resolve_weights(
+                args.background,
+                seed=args.seed,
+                timeout_s=args.timeout,
+                progress=_progress_enabled(),
+            )
+            scene_generator = weights_mod.load_generator_for(
+                scene, align_corners=args.align_corners
+            )
+        except weights_mod.WeightsError as exc:
+            _err(str(exc))
+            return EXIT_USAGE
+        scene_model = StyleModel(scene_generator, runtime)
+
+    def run(model: StyleModel, pictures: list) -> list:
+        return tensors.from_model_batch(model(tensors.to_model_batch(pictures)))
+
     logger.info(
         "style %s (%s), %s %s, %d input(s)",
         args.style,
@@ -221,18 +262,21 @@ def cmd_stylize(args: argparse.Namespace) -> int:
     )
     for source, target in bar:
         try:
-            decoded = imaging.decode_resized(source.read_bytes(), limits, args.size)
-            batch = tensors.to_model_batch([decoded.rgb])
-            rgb = tensors.from_model_batch(model(batch))[0]
-            rgb = imaging.apply_controls(decoded.rgb, rgb, args.strength, args.preserve_color)
-            data = imaging.encode_image(rgb, decoded.alpha, fmt, args.quality)
+            if args.portrait == "off":
+                decoded = imaging.decode_resized(source.read_bytes(), limits, args.size)
+                rgb = run(model, [decoded.rgb])[0]
+                rgb = imaging.apply_controls(decoded.rgb, rgb, args.strength, args.preserve_color)
+                alpha = decoded.alpha
+            else:
+                rgb, alpha = _portrait(source.read_bytes(), args, limits, model, scene_model, run)
+            data = imaging.encode_image(rgb, alpha, fmt, args.quality)
             target.parent.mkdir(parents=True, exist_ok=True)
             target.write_bytes(data)
         except (OSError, errors.ServiceError, ValueError) as exc:
             failed += 1
             _err(f"{source}: {_one_line(exc)}")
             continue
-        logger.info("%s -> %s (%d×%d)", source, target, decoded.width, decoded.height)
+        logger.info("%s -> %s (%d×%d)", source, target, rgb.shape[1], rgb.shape[0])
     bar.close()
     logger.info(
         "%d of %d done in %.1f s", len(pairs) - failed, len(pairs), time.monotonic() - started
@@ -241,6 +285,35 @@ def cmd_stylize(args: argparse.Namespace) -> int:
         _err(f"animegan: {failed} of {len(pairs)} input(s) failed")
         return EXIT_FAILED
     return EXIT_OK
+
+
+def _portrait(data: bytes, args: argparse.Namespace, limits, model, scene_model, run):
+    """One picture in portrait mode, as the service makes it: (rgb, alpha)."""
+    from serve_app import config, errors, faces, imaging, portrait
+
+    settings = config.PortraitConfig()
+    full = imaging.decode_upload(data, limits)
+    found = faces.detect_faces(full.rgb, settings)
+    if not found and args.no_face == "error":
+        raise errors.NoFace("no face found (--no-face whole stylises the whole picture)")
+    logger.info("%d face(s) found", len(found))
+    prepared = portrait.prepare(full, found, args.portrait, args.size, settings)
+    del full
+    # The faces go through the model as one batch: they share the face size.
+    styled = run(model, prepared.crops or [prepared.photo.rgb])
+    scene = None
+    if scene_model is not None and prepared.crops:
+        scene = run(scene_model, [prepared.photo.rgb])[0]
+    return portrait.finish(
+        prepared,
+        styled,
+        scene,
+        args.portrait,
+        args.size,
+        args.strength,
+        args.preserve_color,
+        settings.feather,
+    )
 
 
 def _one_line(exc: BaseException) -> str:

@@ -8,6 +8,7 @@ time; per-deployment knobs (replicas, autoscaling, queue bounds) stay in the YAM
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -23,6 +24,9 @@ SIDE_MULTIPLE = 4
 
 MIN_SIDE = 16
 """Smallest side the generator accepts after resizing (its reflection pads need it)."""
+
+SAMPLES_DIR = Path(__file__).resolve().parent / "samples"
+"""The sample photos shipped in the package; a bare file name in `warm_examples` is one."""
 
 
 class ImageLimits(BaseModel, frozen=True, extra="forbid"):
@@ -49,6 +53,14 @@ class ImageLimits(BaseModel, frozen=True, extra="forbid"):
             "(16), since no smaller output can be produced."
         ),
     )
+    max_sync_size: int = Field(
+        default=1024,
+        ge=MIN_SIDE,
+        description=(
+            "Largest output longer side `POST /v1/stylize` makes while the caller waits; "
+            "larger sizes (up to max_size) go through `POST /v1/jobs` (422 `use_jobs`)."
+        ),
+    )
 
 
 class _Strict(BaseModel):
@@ -69,6 +81,56 @@ class StyleConfig(_Strict):
     description: str = ""
 
 
+class PortraitConfig(_Strict):
+    """Portrait mode (`portrait=crop|paste`): finding faces, cropping and pasting them."""
+
+    margin: float = Field(
+        default=0.6, ge=0, le=3, description="added on each side of a face box, × its side"
+    )
+    face_size: int = Field(
+        default=512,
+        ge=64,
+        le=1024,
+        description="square crop fed to the model (the face styles were trained on 512 px "
+        "face crops)",
+    )
+    detect_side: int = Field(
+        default=800, ge=128, le=4096, description="longer side of the copy searched for faces"
+    )
+    min_face_fraction: float = Field(
+        default=0.04, gt=0, le=1, description="smallest face searched, × the shorter side"
+    )
+    rotations: tuple[float, ...] = Field(
+        default=(25.0, -25.0),
+        description="extra passes on copies rotated by these angles (degrees) find tilted "
+        "faces; each pass costs about as much as the upright one",
+    )
+    min_neighbors: int = Field(
+        default=2,
+        ge=1,
+        le=50,
+        description="overlapping hits a candidate needs in the first, coarse search",
+    )
+    verify_neighbors: int = Field(
+        default=30,
+        ge=1,
+        le=500,
+        description="overlapping hits a candidate needs in the second look, at full "
+        "resolution with its face at 64 px (fewer: more faces found, more false ones)",
+    )
+    agree_neighbors: int = Field(
+        default=45,
+        ge=0,
+        le=500,
+        description="hits a second, independently trained cascade needs on the same view "
+        "(drops the foliage, brick and fabric one cascade takes for a face); 0: no check",
+    )
+    max_faces: int = Field(default=8, ge=1, le=64, description="`paste`: the largest N faces")
+    feather: float = Field(
+        default=0.35, gt=0, le=1, description="`paste`: soft edge, × the pasted ellipse's radius"
+    )
+
+
 class CacheConfig(_Strict):
     """The shared result cache (named Ray actors) and the small LRU in each ingress replica."""
 
@@ -78,6 +140,74 @@ class CacheConfig(_Strict):
     ttl_s: float | None = Field(default=None, gt=0, description="entry lifetime; none: LRU only")
     local_max_bytes: int = Field(default=32 * 2**20, ge=0, description="per-ingress-replica LRU")
     timeout_s: float = Field(default=0.25, gt=0, description="a slower cache call is a miss")
+
+
+class TilingConfig(_Strict):
+    """Large pictures go through the model in overlapping tiles (``serve_app/tiling.py``):
+    the model's working memory then grows with the tile, not with the picture."""
+
+    max_whole_pixels: int = Field(
+        default=1024 * 1024,
+        ge=MIN_SIDE * MIN_SIDE,
+        description="pictures of at most this many pixels run whole (as 1024x1024 and "
+        "smaller always have); larger ones are tiled, one at a time, their tiles batched",
+    )
+    tile_size: int = Field(
+        default=512,
+        ge=64,
+        multiple_of=SIDE_MULTIPLE,
+        description="tile side, px: the model's working memory grows with its square "
+        "(measured peak RSS of a replica stylising 4096x4096: TILING_PEAK_RSS)",
+    )
+    overlap: int = Field(
+        default=64,
+        ge=0,
+        multiple_of=SIDE_MULTIPLE,
+        description="px two neighbouring tiles share: the middle half is blended with a "
+        "linear ramp, the rest is context the model needs near a tile's border",
+    )
+    tile_batch: int = Field(default=1, ge=1, le=64, description="tiles per forward pass")
+    stats_pixels: int = Field(
+        default=512 * 512,
+        ge=MIN_SIDE * MIN_SIDE,
+        description="size of the shrunk copy run whole to estimate the picture-wide "
+        "normalisation statistics every tile uses",
+    )
+
+    @model_validator(mode="after")
+    def _check_overlap(self) -> TilingConfig:
+        if self.overlap > self.tile_size // 2:
+            raise ValueError("tiling.overlap must be at most half of tiling.tile_size")
+        return self
+
+
+class JobsConfig(_Strict):
+    """Jobs: pictures submitted, followed and fetched later (`/v1/jobs`)."""
+
+    store_url: str = Field(
+        default="~/.cache/animegan-serve/jobs",
+        description="fsspec URL of job records, uploads and results: a local folder by "
+        "default; on a cluster a location every node reaches (s3://..., gs://...)",
+    )
+    max_store_bytes: int = Field(
+        default=2 * 2**30, gt=0, description="the store's bound; past it new jobs get 507"
+    )
+    ttl_s: float = Field(default=24 * 3600, gt=0, description="finished jobs kept this long")
+    timeout_s: float = Field(default=3600, gt=0, description="one job's deadline")
+    max_running: int = Field(
+        default=2, ge=1, description="jobs one ingress replica runs at once; others queue"
+    )
+    heartbeat_s: float = Field(default=5, gt=0, description="a running job's record beat")
+    stale_after_s: float = Field(
+        default=30, gt=0, description="a job whose beat stopped this long is run again"
+    )
+    poll_interval_s: float = Field(default=0.25, gt=0, description="events stream polling")
+
+    @model_validator(mode="after")
+    def _check_beats(self) -> JobsConfig:
+        if self.stale_after_s <= 2 * self.heartbeat_s:
+            raise ValueError("stale_after_s must exceed twice heartbeat_s")
+        return self
 
 
 class AppConfig(_Strict):
@@ -109,6 +239,9 @@ class AppConfig(_Strict):
         "many at once",
     )
     cache: CacheConfig = CacheConfig()
+    tiling: TilingConfig = TilingConfig()
+    portrait: PortraitConfig = PortraitConfig()
+    jobs: JobsConfig = JobsConfig()
     api_key_env: str | None = Field(
         default="ANIMEGAN_API_KEYS",
         description="environment variable with the API keys (comma-separated) that /v1 "
@@ -119,8 +252,22 @@ class AppConfig(_Strict):
     )
     warm_examples: list[str] = Field(
         default_factory=list,
-        description="photo files stylised for every style at start (default size and format)",
+        description="photo files stylised for every style at start (default size and format) "
+        "and shown on the page as examples; a bare file name (`4.jpg`) is one of the "
+        "package's sample photos, anything with a directory part a path as written",
     )
+
+    @field_validator("warm_examples")
+    @classmethod
+    def _unique_example_names(cls, entries: list[str]) -> list[str]:
+        # The file name is the example's public name (GET /examples/{name}).
+        names = [Path(entry).name for entry in entries]
+        if any(name in ("", ".", "..") for name in names):
+            raise ValueError(f"warm_examples entries must name files, got {entries}")
+        repeated = sorted({name for name in names if names.count(name) > 1})
+        if repeated:
+            raise ValueError(f"warm_examples file names must be unique; repeated: {repeated}")
+        return entries
 
     @model_validator(mode="after")
     def _check_styles(self) -> AppConfig:
@@ -142,6 +289,16 @@ class AppConfig(_Strict):
 
     def style(self, name: str) -> StyleConfig | None:
         return next((style for style in self.styles if style.name == name), None)
+
+    def example_paths(self) -> dict[str, Path]:
+        """`warm_examples` by public name (the file name) -> the file to read."""
+        return {Path(entry).name: example_path(entry) for entry in self.warm_examples}
+
+
+def example_path(entry: str) -> Path:
+    """A `warm_examples` entry as a file: a bare file name is a package sample photo."""
+    path = Path(entry).expanduser()
+    return SAMPLES_DIR / entry if entry == path.name else path
 
 
 DEFAULT_MAX_BATCH_SIZE = 4

@@ -73,6 +73,18 @@ class MethodNotAllowed(ServiceError):
     status, code = 405, "method_not_allowed"
 
 
+class UnknownJob(ServiceError):
+    """No such job (or it expired)."""
+
+    status, code = 404, "unknown_job"
+
+
+class JobNotDone(ServiceError):
+    """The job's result was asked for before it finished (or after it failed)."""
+
+    status, code = 409, "job_not_done"
+
+
 # --- 413, 415: too much, or the wrong kind ------------------------------------------
 
 
@@ -131,6 +143,30 @@ class MissingImage(ServiceError):
     status, code = 422, "missing_image"
 
 
+class InvalidPortrait(ServiceError):
+    status, code = 422, "invalid_portrait"
+
+
+class InvalidBackground(ServiceError):
+    status, code = 422, "invalid_background"
+
+
+class InvalidNoFace(ServiceError):
+    status, code = 422, "invalid_no_face"
+
+
+class NoFace(ServiceError):
+    """Portrait mode found no face, and the request asked for an error then."""
+
+    status, code = 422, "no_face"
+
+
+class UseJobs(ServiceError):
+    """A size past the synchronous limit: the picture is made as a job instead."""
+
+    status, code = 422, "use_jobs"
+
+
 # --- 5xx: the service, not the request -------------------------------------------------
 
 
@@ -148,6 +184,12 @@ class Unavailable(ServiceError):
     """The model could not answer (a replica failed twice)."""
 
     status, code, retry_after_s = 503, "unavailable", 1
+
+
+class StoreFull(ServiceError):
+    """The job store is at its byte bound: new jobs are refused up front."""
+
+    status, code = 507, "store_full"
 
 
 class Timeout(ServiceError):

@@ -8,6 +8,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from serve_app.errors import InvalidParameters, MethodNotAllowed, NotFound, ServiceError
 
@@ -26,6 +27,20 @@ def _validation_message(error: RequestValidationError) -> str:
     return "; ".join(parts) or "invalid request parameters"
 
 
+def allowed_methods(request: Request) -> list[str]:
+    """Every method some route takes at this path: Starlette's own Allow header names only
+    the first route that matched, though GET and DELETE of one path are two routes."""
+    methods: set[str] = set()
+    for route in request.app.router.routes:
+        route_methods = getattr(route, "methods", None)
+        if not route_methods:
+            continue
+        match, _ = route.matches({**request.scope, "method": next(iter(route_methods))})
+        if match == Match.FULL:
+            methods |= route_methods
+    return sorted(methods)
+
+
 def install_error_handlers(app: FastAPI) -> None:
     """Every failure, ours or the framework's, answers in the one JSON shape."""
 
@@ -38,13 +53,15 @@ def install_error_handlers(app: FastAPI) -> None:
         return error_response(InvalidParameters(_validation_message(error)))
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http_error(_: Request, error: StarletteHTTPException):
+    async def _http_error(request: Request, error: StarletteHTTPException):
         known = {404: NotFound, 405: MethodNotAllowed}.get(error.status_code)
         if known is None:
             body = {"error": {"code": "http_error", "message": str(error.detail)}}
             return JSONResponse(body, status_code=error.status_code, headers=error.headers)
         response = error_response(known(str(error.detail)))
         response.headers.update(error.headers or {})
+        if error.status_code == 405:
+            response.headers["Allow"] = ", ".join(allowed_methods(request))
         return response
 
     @app.exception_handler(Exception)

@@ -8,12 +8,14 @@ neither torch nor the model deployment.
 import asyncio
 import logging
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
+from urllib.parse import quote
 
 import numpy as np
 from fastapi import Depends, FastAPI, Query, Request
-from fastapi.responses import FileResponse, Response
+from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
 from fastapi.staticfiles import StaticFiles
 from ray import serve
 from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
@@ -22,9 +24,11 @@ from ray.serve.handle import DeploymentHandle
 
 from serve_app import imaging
 from serve_app.cache import CacheClient
-from serve_app.config import MIN_SIDE, AppConfig
-from serve_app.errors import MissingImage, NotFound, Overloaded
+from serve_app.config import MIN_SIDE, AppConfig, example_path
+from serve_app.errors import MissingImage, NotFound, Overloaded, ServiceError
+from serve_app.examples import document_examples, load_examples, read_example
 from serve_app.http_errors import install_error_handlers
+from serve_app.jobs import JobOutput, JobRecord, JobService, JobView, sse_event
 from serve_app.openapi import (
     BINARY,
     PICTURE_HEADERS,
@@ -38,6 +42,9 @@ from serve_app.pipeline import ReplicaFailed, StylizePipeline, batch_body
 from serve_app.request_log import RequestContextMiddleware, ingress_metrics, log_fields
 from serve_app.schemas import (
     BatchResponse,
+    ErrorBody,
+    ExampleInfo,
+    ExamplesResponse,
     HealthResponse,
     StatsResponse,
     StyleInfo,
@@ -58,6 +65,21 @@ REPLICA_FAILURES = (ActorDiedError, ActorUnavailableError, RayActorError)
 CACHE_GAUGES_EVERY_S = 10.0
 STATS_TIMEOUT_S = 1.0
 IDENTITY_TIMEOUT_S = 30.0
+# An example's bytes are fixed for a deploy; an hour bounds how long a browser keeps an
+# old photo after a redeploy changes it.
+EXAMPLE_CACHE_CONTROL = "public, max-age=3600"
+# Event streams pass proxies unbuffered (nginx reads X-Accel-Buffering) and uncached.
+SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+SSE_KEEP_ALIVE = b": keep-alive\n\n"
+SSE_EVENT_SCHEMA = {
+    "type": "object",
+    "required": ["event", "data"],
+    "properties": {
+        "event": {"type": "string", "enum": ["queued", "running", "done", "failed", "cancelled"]},
+        "data": {"type": "string", "description": "the job's JSON, as GET /v1/jobs/{id}"},
+    },
+}
+JOB_HEADERS = {"Location": {"schema": {"type": "string"}, "description": "the job's URL"}}
 
 
 app = FastAPI(
@@ -79,7 +101,58 @@ StrengthParam = Annotated[
 PreserveColorParam = Annotated[
     bool | None, Query(description="keep the photo's colours, take the style's lightness")
 ]
+PortraitParam = Annotated[
+    str | None,
+    Query(
+        description="off (default); crop: the largest face, square; paste: every face "
+        "stylised at the face styles' scale and pasted back into the picture"
+    ),
+]
+BackgroundParam = Annotated[
+    str | None,
+    Query(description="portrait=paste: `photo` (default) or a style for the rest"),
+]
+NoFaceParam = Annotated[
+    str | None,
+    Query(description="portrait found no face: `error` (default, 422 no_face) or `whole`"),
+]
 API_KEY = [Depends(require_api_key)]
+
+
+def stylize_query(
+    style: StyleParam = None,
+    size: SizeParam = None,
+    format: FormatParam = None,
+    quality: QualityParam = None,
+    strength: StrengthParam = None,
+    preserve_color: PreserveColorParam = None,
+    portrait: PortraitParam = None,
+    background: BackgroundParam = None,
+    no_face: NoFaceParam = None,
+) -> dict:
+    """The options as sent, for resolve_options (every route that makes pictures)."""
+    return {
+        "style": style,
+        "size": size,
+        "fmt": format,
+        "quality": quality,
+        "strength": strength,
+        "preserve_color": preserve_color,
+        "portrait": portrait,
+        "background": background,
+        "no_face": no_face,
+    }
+
+
+StylizeQuery = Annotated[dict, Depends(stylize_query)]
+
+
+def resolve_job_options(config: AppConfig, options: dict[str, Any]) -> StylizeOptions:
+    """The handle API's keyword options (``format``, as over HTTP) for a job."""
+    options = dict(options)
+    if "format" in options:
+        options["fmt"] = options.pop("format")
+    return resolve_options(config, **options, synchronous=False)
 
 
 @serve.deployment(max_ongoing_requests=64)
@@ -91,9 +164,15 @@ class Ingress:
         self._config = config
         self._cache = CacheClient(config.cache)
         self._pipeline = StylizePipeline(config, self._cache, self._stylize_array, weights)
+        self._jobs = JobService(
+            config.jobs, self._pipeline.stylize, progress_of=self._pipeline.progress
+        )
         self._metrics = ingress_metrics()
         self._gauges_at = 0.0
         self._background: set[asyncio.Task] = set()
+        self._examples = load_examples(config)
+        self._warm: dict[tuple[str, str], bool] = {}  # (example, style) -> warmed at start
+        self._warming = bool(self._examples)
         app.state.api_keys = load_api_keys(config.api_key_env)
         enable_cors(app, config.cors_origins)
         app.openapi_schema = None  # regenerated with this config's limits (see openapi())
@@ -102,8 +181,10 @@ class Ingress:
 
     async def _start(self) -> None:
         await asyncio.gather(self._cache.connect(), self._learn_model_identity())
-        if self._config.warm_examples:
-            await self.warm_cache(self._config.warm_examples)
+        try:
+            await self._warm_examples()
+        finally:
+            self._warming = False
 
     async def _learn_model_identity(self) -> None:
         """Ask a model replica what it runs, so lookups hit results computed before this
@@ -129,25 +210,77 @@ class Ingress:
         quality: int | None = None,
         strength: float | None = None,
         preserve_color: bool | None = None,
+        portrait: str | None = None,
+        background: str | None = None,
+        no_face: str | None = None,
     ) -> StylizeResult:
         """Bytes of a picture -> the stylised picture; raises the API's errors."""
         options = resolve_options(
-            self._config, style, size, format, quality, strength, preserve_color
+            self._config,
+            style,
+            size,
+            format,
+            quality,
+            strength,
+            preserve_color,
+            portrait,
+            background,
+            no_face,
         )
         result = await self._pipeline.stylize(data, options)
         self._record(result, options)
         return result
 
+    async def submit_job(self, data: bytes, **options: Any) -> JobView:
+        """Start a job for a picture (the options of ``stylize``; sizes up to
+        ``limits.max_size``), or find the one already made for these bytes and options."""
+        record, _ = await self._submit_job(data, resolve_job_options(self._config, options))
+        return self._jobs.view(record)
+
+    async def job(self, job_id: str) -> JobView:
+        """A job's state and progress; raises UnknownJob."""
+        return self._jobs.view(await self._jobs.get(job_id))
+
+    async def job_result(self, job_id: str) -> JobOutput:
+        """A finished job's picture; raises JobNotDone before it is done."""
+        return await self._jobs.result(job_id)
+
+    async def cancel_job(self, job_id: str) -> JobView:
+        """Stop a job and delete its files."""
+        return self._jobs.view(await self._jobs.cancel(job_id))
+
+    async def _submit_job(self, data: bytes, options: StylizeOptions) -> tuple[JobRecord, bool]:
+        job_id = await self._pipeline.key_of(data, options)
+        return await self._jobs.submit(job_id, data, options)
+
     async def warm_cache(self, paths: list[str]) -> int:
-        """Stylise example photos for every style, so their first visitor waits for nothing."""
-        photos = []
-        for path in paths:
-            try:
-                photos.append(Path(path).read_bytes())
-            except OSError as error:
-                logger.warning("warm cache: cannot read %s: %s", path, error)
-        options = [resolve_options(self._config, style.name) for style in self._config.styles]
-        return await self._pipeline.warm(photos, options)
+        """Stylise photos for every style at the defaults, so their first visitor waits for
+        nothing; a bare file name (``4.jpg``) is one of the package's sample photos."""
+        limit = self._config.limits.max_bytes
+        examples = [read_example(entry, example_path(entry), limit) for entry in paths]
+        photos = [example.data for example in examples if example is not None]
+        return await self._pipeline.warm(photos, self._warm_options())
+
+    def _warm_options(self) -> list[StylizeOptions]:
+        return [resolve_options(self._config, style.name) for style in self._config.styles]
+
+    async def _warm_examples(self) -> None:
+        """The configured examples, one (example, style) at a time: warming is background
+        work and leaves the model's capacity to visitors meanwhile."""
+        for example in self._examples.values():
+            for options in self._warm_options():
+                try:
+                    await self._pipeline.stylize(example.data, options)
+                    self._warm[(example.name, options.style)] = True
+                except ServiceError as error:
+                    logger.warning(
+                        "warm cache: example %s, style %s: %s",
+                        example.name,
+                        options.style,
+                        error.message,
+                    )
+        wanted = len(self._examples) * len(self._config.styles)
+        logger.info("warm cache: %d of %d example results ready", len(self._warm), wanted)
 
     async def _stylize_array(self, rgb: np.ndarray, style: str) -> StylizedArray:
         response = self._stylizer.stylize.remote(rgb, style)
@@ -207,16 +340,9 @@ class Ingress:
     async def stylize_route(
         self,
         request: Request,
-        style: StyleParam = None,
-        size: SizeParam = None,
-        format: FormatParam = None,
-        quality: QualityParam = None,
-        strength: StrengthParam = None,
-        preserve_color: PreserveColorParam = None,
+        query: StylizeQuery,
     ) -> Response:
-        options = resolve_options(  # before the body is read
-            self._config, style, size, format, quality, strength, preserve_color
-        )
+        options = resolve_options(self._config, **query)  # before the body is read
         data = await read_single_upload(request, self._config.limits.max_bytes)
         result = await self._pipeline.stylize(data, options)
         self._record(result, options)
@@ -243,16 +369,9 @@ class Ingress:
     async def stylize_batch_route(
         self,
         request: Request,
-        style: StyleParam = None,
-        size: SizeParam = None,
-        format: FormatParam = None,
-        quality: QualityParam = None,
-        strength: StrengthParam = None,
-        preserve_color: PreserveColorParam = None,
+        query: StylizeQuery,
     ) -> Response:
-        options = resolve_options(  # before the body is read
-            self._config, style, size, format, quality, strength, preserve_color
-        )
+        options = resolve_options(self._config, **query)  # before the body is read
         count = self._config.max_batch_images
         limit = count * (self._config.limits.max_bytes + MULTIPART_OVERHEAD_BYTES)
         files = await read_form_files(request, "images", count, limit)
@@ -265,6 +384,99 @@ class Ingress:
         log_fields(request.scope).update(style=options.style, images=len(files))
         body = await asyncio.to_thread(batch_body, outcomes)
         return Response(body, media_type="application/json")
+
+    @app.post(
+        "/v1/jobs",
+        status_code=202,
+        dependencies=API_KEY,
+        summary="Submit a picture as a job (sizes up to limits.max_size); follow it, fetch it",
+        responses={
+            200: {
+                "model": JobView,
+                "description": "the job made before for these bytes and options",
+            },
+            202: {"model": JobView, "description": "a new job", "headers": JOB_HEADERS},
+            **error_statuses(400, 401, 413, 415, 422, 500, 503, 507),
+        },
+        openapi_extra={
+            "requestBody": {
+                "required": True,
+                "content": {**multipart_body("image", many=False), **RAW_BODY},
+            }
+        },
+    )
+    async def submit_job_route(self, request: Request, query: StylizeQuery) -> JSONResponse:
+        options = resolve_options(self._config, **query, synchronous=False)
+        data = await read_single_upload(request, self._config.limits.max_bytes)
+        record, created = await self._submit_job(data, options)
+        view = self._jobs.view(record)
+        log_fields(request.scope).update(job=record.id, job_state=record.state)
+        return JSONResponse(
+            view.model_dump(mode="json"),
+            status_code=202 if created else 200,
+            headers={"Location": view.links["self"]},
+        )
+
+    @app.get(
+        "/v1/jobs/{job_id}",
+        dependencies=API_KEY,
+        summary="A job's state, progress and result description",
+        responses=error_statuses(401, 404, 500),
+    )
+    async def job_route(self, job_id: str) -> JobView:
+        return await self.job(job_id)
+
+    @app.get(
+        "/v1/jobs/{job_id}/events",
+        response_class=StreamingResponse,
+        dependencies=API_KEY,
+        summary="Server-Sent Events: the job at each change, ending with its final state",
+        responses={
+            200: {
+                "content": {"text/event-stream": {"schema": SSE_EVENT_SCHEMA}},
+                "description": "one event per change; a `: keep-alive` comment when idle",
+            },
+            **error_statuses(401, 404, 500),
+        },
+    )
+    async def job_events_route(self, job_id: str) -> StreamingResponse:
+        events = self._jobs.events(job_id)
+        first = await anext(events)  # an unknown job answers 404 before the stream starts
+
+        async def stream() -> AsyncIterator[bytes]:
+            yield sse_event(self._jobs.view(first))
+            async for record in events:
+                yield SSE_KEEP_ALIVE if record is None else sse_event(self._jobs.view(record))
+
+        return StreamingResponse(stream(), media_type="text/event-stream", headers=SSE_HEADERS)
+
+    @app.get(
+        "/v1/jobs/{job_id}/result",
+        response_class=Response,
+        dependencies=API_KEY,
+        summary="A finished job's picture",
+        responses={
+            200: {
+                "content": {t: {"schema": BINARY} for t in imaging.MEDIA_TYPES.values()},
+                "description": "the picture",
+            },
+            409: {"model": ErrorBody, "description": "the job is not done"},
+            **error_statuses(401, 404, 500),
+        },
+    )
+    async def job_result_route(self, job_id: str) -> Response:
+        output = await self._jobs.result(job_id)
+        headers = {"ETag": f'"{job_id}"', "Cache-Control": "private, max-age=3600"}
+        return Response(output.data, media_type=output.media_type, headers=headers)
+
+    @app.delete(
+        "/v1/jobs/{job_id}",
+        dependencies=API_KEY,
+        summary="Cancel a job and delete its files",
+        responses=error_statuses(401, 404, 500),
+    )
+    async def cancel_job_route(self, job_id: str) -> JobView:
+        return await self.cancel_job(job_id)
 
     @app.get(
         "/v1/styles",
@@ -317,6 +529,51 @@ class Ingress:
             logger.warning("model replica stats unavailable: %s", error)
             return None
 
+    @app.get(
+        "/v1/examples",
+        dependencies=API_KEY,
+        summary="The example photos, and the styles each is warm for",
+        responses=error_statuses(401, 500),
+    )
+    async def examples_route(self) -> ExamplesResponse:
+        styles = [style.name for style in self._config.styles]
+        return ExamplesResponse(
+            size=self._config.default_size,
+            format=self._config.default_format,
+            warming=self._warming,
+            examples=[
+                ExampleInfo(
+                    name=example.name,
+                    url=f"/examples/{quote(example.name)}",
+                    media_type=example.media_type,
+                    width=example.width,
+                    height=example.height,
+                    warm={style: self._warm.get((example.name, style), False) for style in styles},
+                )
+                for example in self._examples.values()
+            ],
+        )
+
+    # Public like the page and /static: it serves only the photos the operator configured.
+    @app.get(
+        "/examples/{name}",
+        response_class=Response,
+        summary="An example photo's bytes, exactly those warmed at start",
+        responses={
+            200: {"content": {"image/*": {"schema": BINARY}}, "description": "the photo"},
+            404: {"model": ErrorBody, "description": "no example of that name"},
+            # FastAPI documents one for every route with parameters; ours is the one shape.
+            422: {"model": ErrorBody, "description": "a name that is not a path segment"},
+            **error_statuses(500),
+        },
+    )
+    async def example_route(self, name: str) -> Response:
+        example = self._examples.get(name)
+        if example is None:
+            raise NotFound(f"no example named {name[:100]!r}; GET /v1/examples lists them")
+        headers = {"ETag": f'"{example.etag}"', "Cache-Control": EXAMPLE_CACHE_CONTROL}
+        return Response(example.data, media_type=example.media_type, headers=headers)
+
     @app.get("/healthz", summary="200 once the app can serve", responses=error_statuses(500))
     async def healthz(self) -> HealthResponse:
         return HealthResponse(status="ok")
@@ -330,5 +587,7 @@ class Ingress:
 
     def openapi(self) -> dict:
         if app.openapi_schema is None:
-            app.openapi_schema = openapi_document(app, self._config)
+            document = openapi_document(app, self._config)
+            document_examples(document, self._examples)
+            app.openapi_schema = document
         return app.openapi_schema

@@ -10,18 +10,20 @@ from fastapi.openapi.utils import get_openapi
 
 from serve_app import imaging
 from serve_app.config import MIN_SIDE, AppConfig
-from serve_app.schemas import ErrorBody
+from serve_app.schemas import BACKGROUND_PHOTO, NO_FACE_MODES, PORTRAIT_MODES, ErrorBody
 from serve_app.uploads import RAW_MEDIA_TYPES
 
 ERROR_DESCRIPTIONS = {
     400: "not a usable picture (undecodable, empty, too small), or a broken multipart body",
     401: "an API key is configured and the request has none or a wrong one",
+    404: "no such job (or it expired)",
     413: "more bytes, pixels or multipart parts than the limits allow",
     415: "a picture format not accepted, or a body neither multipart nor image/*",
-    422: "a bad query parameter, or no picture in the multipart body",
+    422: "a bad parameter, or no picture in the multipart body",
     500: "a bug; the server log has the traceback",
     503: "at capacity, or the model could not answer; retry after Retry-After seconds",
     504: "not ready within the request's deadline",
+    507: "the job store is full; retry later",
 }
 ERROR_HEADERS = {
     401: {"WWW-Authenticate": {"schema": {"type": "string"}, "description": "Bearer"}},
@@ -42,6 +44,7 @@ def error_statuses(*statuses: int) -> dict:
 
 
 BINARY = {"type": "string", "format": "binary"}
+ERROR_BODY_REF = "#/components/schemas/ErrorBody"
 # The types a client may label a picture with; the server goes by the bytes' signature.
 IMAGE_TYPES = (
     "image/jpeg",
@@ -72,7 +75,7 @@ def multipart_body(field: str, many: bool) -> dict:
 
 
 # Query parameters whose empty value stands for the default (resolve_options).
-EMPTY_MEANS_DEFAULT = ("style", "format")
+EMPTY_MEANS_DEFAULT = ("style", "format", "portrait", "background", "no_face")
 STYLIZE_ERRORS = error_statuses(400, 401, 413, 415, 422, 500, 503, 504)
 PICTURE_HEADERS = {
     "X-Cache": {"schema": {"type": "string", "enum": ["hit", "miss", "coalesced"]}},
@@ -88,9 +91,9 @@ def openapi_document(app: FastAPI, config: AppConfig) -> dict:
     schema = copy.deepcopy(
         get_openapi(title=app.title, version=app.version, summary=app.summary, routes=app.routes)
     )
-    constraints = query_constraints(config)
     limits = config.limits
-    for path in ("/v1/stylize", "/v1/stylize/batch"):
+    for path in ("/v1/stylize", "/v1/stylize/batch", "/v1/jobs"):
+        constraints = query_constraints(config, synchronous=path != "/v1/jobs")
         operation = schema["paths"][path]["post"]
         for parameter in operation.get("parameters", []):
             parameter["schema"] = constraints[parameter["name"]]
@@ -99,18 +102,47 @@ def openapi_document(app: FastAPI, config: AppConfig) -> dict:
         operation["requestBody"]["description"] = (
             f"each picture at most {limits.max_bytes} bytes and {limits.max_pixels} pixels"
         )
+    _own_validation_errors(schema)
     batch = schema["paths"]["/v1/stylize/batch"]["post"]["requestBody"]
     images = batch["content"]["multipart/form-data"]["schema"]["properties"]["images"]
     images["maxItems"] = config.max_batch_images
     return schema
 
 
-def query_constraints(config: AppConfig) -> dict[str, dict]:
+def _own_validation_errors(schema: dict) -> None:
+    """FastAPI documents a 422 in its own shape wherever a route takes parameters; the
+    service answers those in the one error shape (``invalid_parameters``)."""
+    ours = error_statuses(422)[422]
+    for operations in schema["paths"].values():
+        for operation in operations.values():
+            answer = operation.get("responses", {}).get("422")
+            content = (answer or {}).get("content", {}).get("application/json", {})
+            if content.get("schema", {}).get("$ref", "").endswith("/HTTPValidationError"):
+                operation["responses"]["422"] = {
+                    "description": ours["description"],
+                    "content": {"application/json": {"schema": {"$ref": ERROR_BODY_REF}}},
+                }
+    components = schema.get("components", {}).get("schemas", {})
+    for name in ("HTTPValidationError", "ValidationError"):
+        components.pop(name, None)
+
+
+def query_constraints(config: AppConfig, synchronous: bool = True) -> dict[str, dict]:
+    """``synchronous``: for the routes that answer with the picture (sizes up to
+    ``limits.max_sync_size``); jobs take sizes up to ``limits.max_size``."""
+    limits = config.limits
+    largest = min(limits.max_sync_size, limits.max_size) if synchronous else limits.max_size
     return {
         "style": {"type": "string", "enum": [s.name for s in config.styles]},
-        "size": {"type": "integer", "minimum": MIN_SIDE, "maximum": config.limits.max_size},
+        "size": {"type": "integer", "minimum": MIN_SIDE, "maximum": largest},
         "format": {"type": "string", "enum": sorted(imaging.MEDIA_TYPES)},
         "quality": {"type": "integer", "minimum": 1, "maximum": 100},
         "strength": {"type": "number", "minimum": 0, "maximum": 1},
         "preserve_color": {"type": "boolean"},
+        "portrait": {"type": "string", "enum": list(PORTRAIT_MODES)},
+        "background": {
+            "type": "string",
+            "enum": [BACKGROUND_PHOTO, *(s.name for s in config.styles)],
+        },
+        "no_face": {"type": "string", "enum": list(NO_FACE_MODES)},
     }

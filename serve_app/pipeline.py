@@ -34,10 +34,20 @@ import numpy as np
 import PIL
 
 from serve_app import imaging
+from serve_app import portrait as geometry
 from serve_app.cache import CachedImage, image_digest
 from serve_app.config import AppConfig
-from serve_app.errors import EmptyUpload, Overloaded, ServiceError, Timeout, Unavailable
+from serve_app.errors import (
+    EmptyUpload,
+    NoFace,
+    Overloaded,
+    ServiceError,
+    Timeout,
+    Unavailable,
+)
+from serve_app.faces import detect_faces
 from serve_app.schemas import (
+    BACKGROUND_PHOTO,
     CacheStatus,
     ModelIdentity,
     StylizedArray,
@@ -62,6 +72,13 @@ HASH_IN_THREAD_BYTES = 256 * 1024
 # freed blocks in per-thread arenas, and a few full-size decodes in different worker
 # threads otherwise leave the ingress hundreds of MiB larger for good.
 TRIM_AFTER_PIXELS = 16_000_000
+# A computation's progress at the end of each stage, for those who follow it (jobs): the
+# model's pass is most of the time.
+PROGRESS_DECODED, PROGRESS_STYLIZED = 0.05, 0.9
+# Portrait mode cuts faces from the full-resolution picture, so its decode also holds the
+# full-size picture converted (Pillow keeps RGB as 4 bytes a pixel) and as an array (3),
+# on top of what decode_peak_bytes bounds for a resized decode.
+PORTRAIT_DECODE_BYTES_PER_PIXEL = 8
 
 
 def trim_heap() -> None:
@@ -83,8 +100,16 @@ class ResultStore(Protocol):
 StylizeArray = Callable[[np.ndarray, str], Awaitable[StylizedArray]]
 
 
-def result_key(image: str, options: StylizeOptions, identity: ModelIdentity) -> str:
+def result_key(
+    image: str,
+    options: StylizeOptions,
+    identity: ModelIdentity,
+    background: ModelIdentity | None = None,
+) -> str:
     """Key of one result: every input that can change its bytes is part of it.
+
+    ``background``: what stylises the picture around the faces (``portrait=paste`` with a
+    background style), else None.
 
     JSON of a sorted dict is the canonical encoding, so no two different part tuples give
     one byte string and ``None`` differs from ``0``.
@@ -99,8 +124,13 @@ def result_key(image: str, options: StylizeOptions, identity: ModelIdentity) -> 
         "quality": options.quality,
         "strength": options.strength,
         "preserve_color": options.preserve_color,
+        "portrait": options.portrait,
+        "background": options.background,
+        "no_face": options.no_face,
         "weights": identity.weights,
         "runtime": identity.runtime,
+        "background_weights": None if background is None else background.weights,
+        "background_runtime": None if background is None else background.runtime,
     }
     encoded = json.dumps(parts, sort_keys=True, separators=(",", ":")).encode()
     return hashlib.blake2b(encoded, digest_size=_KEY_DIGEST_SIZE).hexdigest()
@@ -139,10 +169,19 @@ class MemoryBudget:
 
 @dataclass
 class _SharedWork:
-    """One computation and the requests waiting for it."""
+    """One computation, the requests waiting for it, and how far it is (0..1)."""
 
-    task: asyncio.Task
+    task: asyncio.Task | None = None
     waiters: int = 0
+    progress: float = 0.0
+
+
+@dataclass
+class _Portrait:
+    """A picture made ready for portrait mode (in a worker thread, from the full decode)."""
+
+    prepared: geometry.Prepared
+    detect_ms: float
 
 
 @dataclass
@@ -192,13 +231,35 @@ class StylizePipeline:
 
     # --- the one code path -------------------------------------------------------------
 
-    async def stylize(self, data: bytes, options: StylizeOptions) -> StylizeResult:
-        deadline = time.monotonic() + self._config.request_timeout_s
+    async def key_of(self, data: bytes, options: StylizeOptions) -> str:
+        """The key the picture for these bytes and options is cached under."""
+        return (await self._digest_and_key(data, options))[1]
+
+    def progress(self, key: str) -> float | None:
+        """How far the work for ``key`` is (0..1); None when none is in flight here."""
+        work = self._in_flight.get(key)
+        return None if work is None else work.progress
+
+    async def _digest_and_key(self, data: bytes, options: StylizeOptions) -> tuple[str, str]:
         if not data:
             raise EmptyUpload("the uploaded picture is empty")
         imaging.check_upload_size(data, self._config.limits)  # before hashing it
         digest = await self._digest(data)
-        key = result_key(digest, options, self.expected_identity(options.style))
+        key = result_key(
+            digest,
+            options,
+            self.expected_identity(options.style),
+            self._expected_background(options),
+        )
+        return digest, key
+
+    async def stylize(
+        self, data: bytes, options: StylizeOptions, timeout_s: float | None = None
+    ) -> StylizeResult:
+        """``timeout_s``: the caller's deadline (default ``request_timeout_s``)."""
+        timeout_s = timeout_s or self._config.request_timeout_s
+        deadline = time.monotonic() + timeout_s
+        digest, key = await self._digest_and_key(data, options)
         cached = await self._cache.get(key)
         if cached is not None:
             return self._result(_Computed(cached, key), options, "hit")
@@ -207,11 +268,12 @@ class StylizePipeline:
         if work is None:
             if len(self._in_flight) >= self._config.max_in_flight:
                 raise Overloaded("too many pictures in progress; retry shortly")
-            work = _SharedWork(run_detached(self._compute(digest, data, options)))
+            work = _SharedWork()
+            work.task = run_detached(self._compute(digest, data, options, work))
             self._in_flight[key] = work
             work.task.add_done_callback(lambda _: self._forget(key, work))
             status = "miss"
-        computed = await self._wait(key, work, deadline)
+        computed = await self._wait(key, work, deadline, timeout_s)
         return self._result(computed, options, status)
 
     async def stylize_many(
@@ -237,7 +299,9 @@ class StylizePipeline:
 
     # --- shared work -------------------------------------------------------------------
 
-    async def _wait(self, key: str, work: _SharedWork, deadline: float) -> _Computed:
+    async def _wait(
+        self, key: str, work: _SharedWork, deadline: float, timeout_s: float
+    ) -> _Computed:
         """Wait for shared work until this caller's own deadline; the last to leave
         cancels it."""
         work.waiters += 1
@@ -245,8 +309,7 @@ class StylizePipeline:
             remaining = max(deadline - time.monotonic(), 0.0)
             return await asyncio.wait_for(asyncio.shield(work.task), remaining)
         except asyncio.TimeoutError:  # not the builtin TimeoutError before Python 3.11
-            timeout = self._config.request_timeout_s
-            raise Timeout(f"not ready within {timeout:g} s") from None
+            raise Timeout(f"not ready within {timeout_s:g} s") from None
         finally:
             work.waiters -= 1
             if work.waiters == 0 and not work.task.done():
@@ -257,13 +320,24 @@ class StylizePipeline:
         if self._in_flight.get(key) is work:
             del self._in_flight[key]
 
-    async def _compute(self, digest: str, data: bytes, options: StylizeOptions) -> _Computed:
+    def _expected_background(self, options: StylizeOptions) -> ModelIdentity | None:
+        if options.portrait != "paste" or options.background == BACKGROUND_PHOTO:
+            return None
+        return self.expected_identity(options.background)
+
+    async def _compute(
+        self, digest: str, data: bytes, options: StylizeOptions, work: _SharedWork
+    ) -> _Computed:
+        if options.portrait != "off":
+            return await self._compute_portrait(digest, data, options, work)
         started = time.perf_counter()
         pixels = imaging.header_pixels(data)
         async with self._decode_memory.reserve(imaging.decode_peak_bytes(pixels)):
             decoded = await asyncio.to_thread(self._decode, data, pixels, options.size)
         decoded_at = time.perf_counter()
+        work.progress = PROGRESS_DECODED
         stylized = await self._stylize_with_retry(decoded.rgb, options.style)
+        work.progress = PROGRESS_STYLIZED
         encode_from = time.perf_counter()
         encoded = await asyncio.to_thread(finish, decoded, stylized.rgb, options)
         encoded_at = time.perf_counter()
@@ -278,6 +352,88 @@ class StylizePipeline:
             "encode": (encoded_at - encode_from) * 1e3,
         }
         return _Computed(image, key, timings)
+
+    async def _compute_portrait(
+        self, digest: str, data: bytes, options: StylizeOptions, work: _SharedWork
+    ) -> _Computed:
+        """Faces found, cut from the full-resolution picture and stylised at the model's
+        face size in one batch (the same shape), then cropped out or pasted back."""
+        started = time.perf_counter()
+        pixels = imaging.header_pixels(data)
+        peak = imaging.decode_peak_bytes(pixels) + PORTRAIT_DECODE_BYTES_PER_PIXEL * pixels
+        async with self._decode_memory.reserve(peak):
+            ready = await asyncio.to_thread(self._prepare_portrait, data, pixels, options)
+        prepared_at = time.perf_counter()
+        work.progress = PROGRESS_DECODED
+        prepared = ready.prepared
+        background = None  # the style of the picture around the faces, if any
+        if prepared.crops and self._expected_background(options) is not None:
+            background = options.background
+        calls = [self._stylize_with_retry(crop, options.style) for crop in prepared.crops]
+        if not calls:  # no face, and no_face=whole: the whole picture, as without portrait
+            calls = [self._stylize_with_retry(prepared.photo.rgb, options.style)]
+        if background:
+            calls.append(self._stylize_with_retry(prepared.photo.rgb, background))
+        results = await _all_or_none(calls)
+        work.progress = PROGRESS_STYLIZED
+        faces = results[:-1] if background else results
+        scene = results[-1] if background else None
+        encode_from = time.perf_counter()
+        encoded, width, height = await asyncio.to_thread(
+            finish_portrait,
+            prepared,
+            [face.rgb for face in faces],
+            None if scene is None else scene.rgb,
+            options,
+            self._config.portrait.feather,
+        )
+        encoded_at = time.perf_counter()
+        image = CachedImage(encoded, imaging.MEDIA_TYPES[options.format], width, height)
+        identity = faces[0].identity
+        scene_identity = self._expected_background(options) if scene is None else scene.identity
+        key = result_key(digest, options, identity, scene_identity)
+        if any(face.identity != identity for face in faces):
+            logger.warning(
+                "style %s: model replicas of two runtimes answered one picture; result not cached",
+                options.style,
+            )
+        elif scene is not None and scene.identity.weights != self._weights[background]:
+            logger.warning(
+                "background style %s: a model replica ran other weights (%s); result not cached",
+                background,
+                scene.identity.weights,
+            )
+        else:
+            if scene is not None:
+                self.learn(background, scene.identity)
+            self._store(key, image, options.style, identity)
+        timings = {
+            "decode": (prepared_at - started) * 1e3 - ready.detect_ms,
+            "detect": ready.detect_ms,
+            "queue": max(result.queue_ms for result in results),
+            "inference": max(result.inference_ms for result in results),
+            "encode": (encoded_at - encode_from) * 1e3,
+        }
+        return _Computed(image, key, timings)
+
+    def _prepare_portrait(self, data: bytes, pixels: int, options: StylizeOptions) -> _Portrait:
+        """The full decode, the faces, and the model's inputs (a worker thread's work)."""
+        config = self._config.portrait
+        try:
+            full = imaging.decode_upload(data, self._config.limits)
+            detect_from = time.perf_counter()
+            faces = detect_faces(full.rgb, config)
+            detect_ms = (time.perf_counter() - detect_from) * 1e3
+            if not faces and options.no_face == "error":
+                raise NoFace(
+                    "no face found in the picture; send no_face=whole to stylise the whole "
+                    "picture instead, or portrait=off"
+                )
+            prepared = geometry.prepare(full, faces, options.portrait, options.size, config)
+            return _Portrait(prepared, detect_ms)
+        finally:
+            if pixels >= TRIM_AFTER_PIXELS:
+                trim_heap()
 
     def _decode(self, data: bytes, pixels: int, size: int) -> imaging.DecodedImage:
         try:
@@ -338,6 +494,40 @@ def finish(decoded: imaging.DecodedImage, stylized: np.ndarray, options: Stylize
     """The user's controls over the model's output, then the encoded picture."""
     rgb = imaging.apply_controls(decoded.rgb, stylized, options.strength, options.preserve_color)
     return imaging.encode_image(rgb, decoded.alpha, options.format, options.quality)
+
+
+def finish_portrait(
+    prepared: geometry.Prepared,
+    faces: Sequence[np.ndarray],
+    scene: np.ndarray | None,
+    options: StylizeOptions,
+    feather: float,
+) -> tuple[bytes, int, int]:
+    """Portrait mode's answer: (encoded bytes, width, height); see portrait.finish."""
+    rgb, alpha = geometry.finish(
+        prepared,
+        faces,
+        scene,
+        options.portrait,
+        options.size,
+        options.strength,
+        options.preserve_color,
+        feather,
+    )
+    encoded = imaging.encode_image(rgb, alpha, options.format, options.quality)
+    return encoded, rgb.shape[1], rgb.shape[0]
+
+
+async def _all_or_none(calls: Sequence[Awaitable[StylizedArray]]) -> list[StylizedArray]:
+    """Every call's result, run at once (so the model batches them); the first failure
+    cancels the rest, as nobody will use them."""
+    tasks = [asyncio.ensure_future(call) for call in calls]
+    try:
+        return await asyncio.gather(*tasks)
+    except BaseException:
+        for task in tasks:
+            task.cancel()
+        raise
 
 
 def batch_item(index: int, outcome: StylizeResult | BaseException) -> dict:

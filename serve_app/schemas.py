@@ -11,16 +11,25 @@ from pydantic import BaseModel, Field
 
 from serve_app.config import MIN_SIDE, AppConfig, OutputFormat
 from serve_app.errors import (
+    InvalidBackground,
     InvalidFormat,
+    InvalidNoFace,
+    InvalidPortrait,
     InvalidQuality,
     InvalidSize,
     InvalidStrength,
     UnknownStyle,
+    UseJobs,
 )
 from serve_app.imaging import MEDIA_TYPES
 
 CacheStatus = Literal["hit", "miss", "coalesced"]
 STRENGTH_DECIMALS = 3
+PortraitMode = Literal["off", "crop", "paste"]
+NoFaceMode = Literal["error", "whole"]
+PORTRAIT_MODES: tuple[PortraitMode, ...] = ("off", "crop", "paste")
+NO_FACE_MODES: tuple[NoFaceMode, ...] = ("error", "whole")
+BACKGROUND_PHOTO = "photo"  # `background`: leave the picture around the faces as it is
 
 
 # --- what a model replica answers --------------------------------------------------------
@@ -54,6 +63,9 @@ class StylizeOptions:
     quality: int | None  # None for png
     strength: float = 1.0  # 0: the photo, 1: the style's full effect
     preserve_color: bool = False  # keep the photo's colours, take the style's lightness
+    portrait: PortraitMode = "off"  # crop: the largest face; paste: every face, pasted back
+    background: str = BACKGROUND_PHOTO  # paste: "photo", or the style of the rest
+    no_face: NoFaceMode = "error"  # portrait found no face: 422, or the whole picture
 
 
 @dataclass(frozen=True)
@@ -85,8 +97,17 @@ def resolve_options(
     quality: int | None = None,
     strength: float | None = None,
     preserve_color: bool | None = None,
+    portrait: str | None = None,
+    background: str | None = None,
+    no_face: str | None = None,
+    *,
+    synchronous: bool = True,
 ) -> StylizeOptions:
-    """Fill defaults and check every option against the config; 422 on anything wrong."""
+    """Fill defaults and check every option against the config; 422 on anything wrong.
+
+    ``synchronous``: the caller waits for the picture, so sizes past
+    ``limits.max_sync_size`` are refused (they are made as jobs).
+    """
     style = style or config.default_style_name
     if config.style(style) is None:
         names = [s.name for s in config.styles]
@@ -94,6 +115,11 @@ def resolve_options(
     size = config.default_size if size is None else size
     if not MIN_SIDE <= size <= config.limits.max_size:
         raise InvalidSize(f"size must be {MIN_SIDE}..{config.limits.max_size} px, got {size}")
+    if synchronous and size > config.limits.max_sync_size:
+        raise UseJobs(
+            f"size {size} is above the {config.limits.max_sync_size} px made while the caller "
+            "waits; submit it to POST /v1/jobs and fetch the result when it is done"
+        )
     fmt = (fmt or config.default_format).lower()
     if fmt not in MEDIA_TYPES:
         raise InvalidFormat(f"format must be one of {sorted(MEDIA_TYPES)}, got {fmt!r}")
@@ -106,6 +132,22 @@ def resolve_options(
     strength = 1.0 if strength is None else strength
     if not 0.0 <= strength <= 1.0:  # also refuses NaN
         raise InvalidStrength(f"strength must be 0..1, got {strength}")
+    portrait = (portrait or "off").lower()
+    if portrait not in PORTRAIT_MODES:
+        raise InvalidPortrait(f"portrait must be one of {list(PORTRAIT_MODES)}, got {portrait!r}")
+    background = background or BACKGROUND_PHOTO
+    if background != BACKGROUND_PHOTO and config.style(background) is None:
+        names = [BACKGROUND_PHOTO, *(s.name for s in config.styles)]
+        raise InvalidBackground(f"background must be one of {names}, got {background!r}")
+    no_face = (no_face or "error").lower()
+    if no_face not in NO_FACE_MODES:
+        raise InvalidNoFace(f"no_face must be one of {list(NO_FACE_MODES)}, got {no_face!r}")
+    # Options that change nothing in a mode take their default there, so requests that
+    # differ only in them share one cache entry.
+    if portrait != "paste":
+        background = BACKGROUND_PHOTO
+    if portrait == "off":
+        no_face = "error"
     return StylizeOptions(
         style=style,
         size=size,
@@ -114,6 +156,9 @@ def resolve_options(
         # Rounded so that 0.5 and 0.5000001 share one cache entry.
         strength=round(float(strength), STRENGTH_DECIMALS),
         preserve_color=bool(preserve_color),
+        portrait=portrait,
+        background=background,
+        no_face=no_face,
     )
 
 
@@ -207,3 +252,23 @@ class StatsResponse(BaseModel):
 
 class HealthResponse(BaseModel):
     status: Literal["ok"]
+
+
+class ExampleInfo(BaseModel):
+    name: str = Field(description="the file name, e.g. `4.jpg`")
+    url: str = Field(description="where the photo's bytes are (public, like the page)")
+    media_type: str
+    width: int
+    height: int
+    warm: dict[str, bool] = Field(
+        description="style -> this ingress replica stylised the photo for it at start, at "
+        "the response's `size` and `format` and the other controls' defaults; the shared "
+        "cache may have evicted a result since (it is then computed again)"
+    )
+
+
+class ExamplesResponse(BaseModel):
+    size: int = Field(description="the output size the examples are warm for")
+    format: OutputFormat = Field(description="the output format the examples are warm for")
+    warming: bool = Field(description="the start-up warming is still running")
+    examples: list[ExampleInfo]

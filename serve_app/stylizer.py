@@ -8,6 +8,7 @@ HTTP live in the ingress.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import time
@@ -27,10 +28,12 @@ from serve_app.config import (
     AppConfig,
     BatchConfig,
     StyleConfig,
+    TilingConfig,
 )
 from serve_app.metrics import ModelMetrics
 from serve_app.model import Runtime, StyleModel, select_runtime
 from serve_app.schemas import ModelIdentity, StylizedArray
+from serve_app.tiling import TiledGenerator, TileSettings
 from serve_app.weights import ResolvedWeights, load_generator_for, resolve_weights
 
 logger = logging.getLogger(__name__)
@@ -44,6 +47,7 @@ MODEL_NICENESS = 5
 AUTO_BATCH_MAX_SIDE = 256
 # A larger batch must beat a smaller one by this factor to be chosen.
 AUTO_BATCH_MIN_GAIN = 1.05
+_DONE = object()  # what a finished tiled run's next step returns
 
 
 def weights_identity(weights: ResolvedWeights, align_corners: bool | None) -> str:
@@ -53,10 +57,40 @@ def weights_identity(weights: ResolvedWeights, align_corners: bool | None) -> st
     return f"{weights.digest}:align_corners={align_corners}"
 
 
-def runtime_identity(runtime: Runtime) -> str:
-    """Everything about how the model runs that can change its output's bits."""
+def runtime_identity(runtime: Runtime, tiling: TilingConfig | None = None) -> str:
+    """Everything about how the model runs that can change its output's bits (tiling
+    changes a large picture's)."""
     layout = "nhwc" if runtime.channels_last else "nchw"
-    return f"{runtime.device}/{runtime.precision}/{layout}/torch-{torch.__version__}"
+    identity = f"{runtime.device}/{runtime.precision}/{layout}/torch-{torch.__version__}"
+    if tiling is not None:
+        identity += (
+            f"/tiles-{tiling.max_whole_pixels}-{tiling.tile_size}-{tiling.overlap}"
+            f"-{tiling.stats_pixels}"
+        )
+    return identity
+
+
+def tile_settings(tiling: TilingConfig) -> TileSettings:
+    return TileSettings(
+        tile=tiling.tile_size,
+        overlap=tiling.overlap,
+        batch=tiling.tile_batch,
+        stats_pixels=tiling.stats_pixels,
+    )
+
+
+async def run_to_completion(function, *args):
+    """``asyncio.to_thread``, except that a cancelled caller still waits for the thread:
+    whatever the thread was doing (a forward pass) has ended when the cancellation
+    arrives, so the locks it ran under are not released while it still runs."""
+    future = asyncio.ensure_future(asyncio.to_thread(function, *args))
+    try:
+        return await asyncio.shield(future)
+    except asyncio.CancelledError:
+        while not future.done():
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.wait([future])
+        raise
 
 
 def replica_cpu_count() -> int:
@@ -117,9 +151,18 @@ class Stylizer:
         self._replica = self._replica_name()
         self._metrics = ModelMetrics()
         self._default_size = config.default_size
+        self._tiling = config.tiling
+        self._tile_settings = tile_settings(config.tiling)
         self._loads = 0
         self._identities: dict[str, ModelIdentity] = {}
+        self._tiled: dict[str, tuple[TiledGenerator, StyleModel]] = {}
         self._models = {style.name: self._load(style, config.seed) for style in config.styles}
+        # One forward pass at a time on this replica (batches and tiles take turns), and
+        # one tiled picture at a time (its tiles share the norms' picture-wide state).
+        self._model_lock = asyncio.Lock()
+        self._tiled_lock = asyncio.Lock()
+        self._tiled_images = 0
+        self._tiles_run = 0
         self._batch_config = BatchConfig()
         self._max_batch_size = DEFAULT_MAX_BATCH_SIZE  # until reconfigure
         self._batch_curve: dict[int, float] = {}
@@ -146,10 +189,13 @@ class Stylizer:
         weights = resolve_weights(style.weights, seed=seed, progress=False)
         generator = load_generator_for(weights, align_corners=style.align_corners)
         self._identities[style.name] = ModelIdentity(
-            weights_identity(weights, style.align_corners), runtime_identity(self._runtime)
+            weights_identity(weights, style.align_corners),
+            runtime_identity(self._runtime, self._tiling),
         )
         self._loads += 1
         self._metrics.loads.inc()
+        tiled = TiledGenerator(generator)
+        self._tiled[style.name] = (tiled, StyleModel(tiled.module, self._runtime))
         return StyleModel(generator, self._runtime)
 
     def _warm_up(self) -> None:
@@ -197,6 +243,8 @@ class Stylizer:
 
     async def stylize(self, rgb: np.ndarray, style: str) -> StylizedArray:
         """One (H, W, 3) uint8 array -> its stylised twin. Raises ValueError for a bad item."""
+        if self.is_tiled(rgb):
+            return await self._run_tiled(rgb, style, time.perf_counter())
         result = await self._run_batch(rgb, style, time.perf_counter())
         if isinstance(result, Exception):
             raise result
@@ -210,7 +258,8 @@ class Stylizer:
         self._batch_sizes[len(images)] += 1
         self._metrics.batch_size.observe(len(images))
         # A worker thread runs the forward passes so this replica's event loop stays free.
-        outcomes = await asyncio.to_thread(self._infer_batch, images, styles)
+        async with self._model_lock:
+            outcomes = await run_to_completion(self._infer_batch, images, styles)
         results: list[StylizedArray | Exception] = []
         for (outcome, inference_s), arrival, style in zip(outcomes, arrivals, styles, strict=True):
             if isinstance(outcome, Exception):
@@ -271,6 +320,57 @@ class Stylizer:
         self._metrics.inference_ms.observe(seconds * 1e3, tags={"style": style})
         return [(rgb, seconds) for rgb in outputs]
 
+    def is_tiled(self, rgb: object) -> bool:
+        """Whether a picture goes through the model in tiles (more than max_whole_pixels)."""
+        shape = getattr(rgb, "shape", ())
+        return len(shape) == 3 and shape[0] * shape[1] > self._tiling.max_whole_pixels
+
+    async def _run_tiled(self, rgb: np.ndarray, style: str, arrival: float) -> StylizedArray:
+        """One large picture alone, in tiles; between two of its forward passes, batches
+        of small pictures take their turn on the model."""
+        check_model_input(rgb, style, self._models)
+        tiled, model = self._tiled[style]
+        async with self._tiled_lock:
+            started = time.perf_counter()
+            out = np.empty_like(rgb)
+            steps = tiled.steps(
+                rgb,
+                model,
+                tensors.to_model_batch,
+                tensors.from_model_batch,
+                self._tile_settings,
+                out,
+            )
+            seconds = 0.0
+            try:
+                while True:
+                    async with self._model_lock:
+                        step_start = time.perf_counter()
+                        step = await run_to_completion(next, steps, _DONE)
+                        seconds += time.perf_counter() - step_start
+                    if step is _DONE:
+                        break
+                    self._tiles_run += 1
+            except Exception as error:
+                logger.exception("tiled inference failed for one %s picture", style)
+                raise RuntimeError(f"inference failed: {error}") from error
+            finally:
+                steps.close()
+        self._images += 1
+        self._tiled_images += 1
+        self._inference_s[style] += seconds
+        self._metrics.images.inc(1, tags={"style": style})
+        self._metrics.inference_ms.observe(seconds * 1e3, tags={"style": style})
+        queue_ms = (started - arrival) * 1e3
+        self._metrics.queue_ms.observe(queue_ms, tags={"style": style})
+        return StylizedArray(
+            rgb=out,
+            identity=self._identities[style],
+            queue_ms=queue_ms,
+            inference_ms=seconds * 1e3,
+            batch_size=1,
+        )
+
     def identities(self) -> dict[str, ModelIdentity]:
         """What this replica runs for each style (the cache keys its results may take)."""
         return dict(self._identities)
@@ -293,6 +393,9 @@ class Stylizer:
             "max_batch_size": self._max_batch_size,
             "batch_config": self._batch_config.model_dump(),
             "batch_curve": self._batch_curve,
+            "tiled_images": self._tiled_images,
+            "tiled_steps": self._tiles_run,
+            "tiling": self._tiling.model_dump(),
         }
 
     def check_health(self) -> None:

@@ -1,5 +1,5 @@
-// The upload page: plain JS, no build step. Talks to GET /v1/styles and POST /v1/stylize,
-// with an API key when the service asks for one (401).
+// The upload page: plain JS, no build step. Talks to GET /v1/styles, GET /v1/examples and
+// POST /v1/stylize, with an API key when the service asks for one (401).
 "use strict";
 
 (() => {
@@ -11,6 +11,11 @@
     strength: $("#strength"),
     strengthValue: $("#strength-value"),
     preserveColor: $("#preserve-color"),
+    portrait: $("#portrait"),
+    options: $("#options"),
+    examples: $("#examples"),
+    exampleList: $("#example-list"),
+    examplesAbout: $("#examples-about"),
     photos: $("#photos"),
     drop: $("#drop"),
     limits: $("#limits"),
@@ -27,8 +32,12 @@
   const PARALLEL = 2; // uploads at once; the service batches and queues the rest
   const RANDOM_BADGE = "random weights — meaningless picture";
   const KEY_ITEM = "animegan-serve.api-key";
+  const WARM_POLL_MS = 3000; // how often to ask while the service warms its examples
 
   let config = null;
+  let examples = null; // GET /v1/examples: what the examples are warm for, and each one
+  const exampleEntries = []; // {example, button, ready, file}: file once its bytes are here
+  const previews = new WeakMap(); // example file -> its thumbnail's URL, decoded already
   const queue = [];
   const running = new Set();
   let ticker = null;
@@ -202,6 +211,7 @@
       `JPEG, PNG, WebP, GIF, BMP, TIFF or HEIC, up to ${megabytes(config.max_bytes)} ` +
       `and ${Math.round(config.max_pixels / 1e6)} megapixels; ` +
       `sizes from ${config.min_size} to ${config.max_size} px.`;
+    await loadExamples();
   }
 
   function renderStyles() {
@@ -215,11 +225,6 @@
       });
       input.setAttribute("aria-labelledby", `${id}-name`);
       input.setAttribute("aria-describedby", `${id}-about`);
-      const sample = Object.assign(document.createElement("img"), {
-        className: "sample", alt: `Sample of the ${style.name} style`, loading: "lazy",
-        src: `/static/samples/${encodeURIComponent(style.name)}.jpg`,
-      });
-      sample.addEventListener("error", () => sample.remove());
       const text = document.createElement("span");
       text.className = "style-text";
       const name = badge(style.name, "style-name");
@@ -231,7 +236,7 @@
       else about.textContent = style.description || "";
       if (!about.childNodes.length) input.removeAttribute("aria-describedby");
       text.append(name, about);
-      label.append(input, sample, text);
+      label.append(input, text);
       return label;
     });
     ui.styleList.replaceChildren(...cards);
@@ -239,14 +244,112 @@
 
   function currentOptions() {
     const style = $('input[name="style"]:checked')?.value ?? config.default_style;
-    return {
+    const options = {
       style,
       size: ui.size.value || String(config.default_size),
       format: ui.format.value,
       strength: ui.strength.value,
       preserve_color: String(ui.preserveColor.checked),
     };
+    // Sent only when on, so that "off" asks exactly what a page without the control did.
+    if (ui.portrait.value !== "off") options.portrait = ui.portrait.value;
+    return options;
   }
+
+  // --- examples ----------------------------------------------------------------------
+  // The service stylises its example photos for every style at start (at its default
+  // size and format). The page downloads each photo once, at load, shows it, and posts
+  // those very bytes on a click: the same bytes as were warmed, so the answer is a cache
+  // hit and the click waits for no download.
+
+  async function loadExamples() {
+    try {
+      const response = await withKey((key) =>
+        fetch("/v1/examples", { headers: { Accept: "application/json", ...bearer(key) } }));
+      if (!response.ok) return; // a service without examples: the page goes without them
+      examples = await response.json();
+    } catch {
+      return;
+    }
+    if (!examples.examples?.length) return;
+    ui.exampleList.replaceChildren(...examples.examples.map(renderExample));
+    ui.examplesAbout.textContent =
+      "One click stylises the photo with the options above. Marked “ready”: already " +
+      `made for the chosen style at ${examples.size} px ${examples.format.toUpperCase()} ` +
+      "with the other controls at their defaults, so the result comes at once.";
+    ui.examples.hidden = false;
+    markReady();
+    if (examples.warming) setTimeout(refreshWarm, WARM_POLL_MS);
+  }
+
+  // While the service is still warming its examples, ask again now and then, so the
+  // "ready" marks appear as the results do.
+  async function refreshWarm() {
+    let fresh;
+    try {
+      const response = await fetch("/v1/examples", {
+        headers: { Accept: "application/json", ...bearer(apiKey) },
+      });
+      if (!response.ok) return;
+      fresh = await response.json();
+    } catch {
+      return;
+    }
+    const warm = new Map(fresh.examples.map((example) => [example.name, example.warm]));
+    for (const { example } of exampleEntries) example.warm = warm.get(example.name) ?? {};
+    markReady();
+    if (fresh.warming) setTimeout(refreshWarm, WARM_POLL_MS);
+  }
+
+  function renderExample(example) {
+    const item = document.createElement("li");
+    const button = Object.assign(document.createElement("button"), {
+      type: "button", className: "example", disabled: true,
+    });
+    button.setAttribute("aria-describedby", "examples-about");
+    const thumb = Object.assign(document.createElement("img"), { alt: "", className: "thumb" });
+    thumb.width = example.width;
+    thumb.height = example.height;
+    const name = badge(example.name, "example-name");
+    const ready = badge("ready", "badge ready");
+    ready.hidden = true;
+    button.append(thumb, name, ready);
+    item.append(button);
+    const entry = { example, button, ready, file: null };
+    button.addEventListener("click", () => {
+      if (entry.file) addFiles([entry.file]);
+    });
+    // Fetched as bytes (not an <img src>): the page needs the blob to post it.
+    fetch(example.url)
+      .then((response) => {
+        if (!response.ok) throw new Error(`HTTP ${response.status}`);
+        return response.blob();
+      })
+      .then((blob) => {
+        entry.file = new File([blob], example.name, { type: blob.type || example.media_type });
+        thumb.src = URL.createObjectURL(entry.file);
+        previews.set(entry.file, thumb.src);
+        button.disabled = false;
+      })
+      .catch(() => item.remove()); // unreachable photo: one example fewer, no broken slot
+    exampleEntries.push(entry);
+    return item;
+  }
+
+  // "ready" where the chosen options are those the service warmed the examples at.
+  function markReady() {
+    if (!examples || !config) return;
+    const options = currentOptions();
+    const atDefaults = Number(options.size) === examples.size &&
+      options.format === examples.format && Number(options.strength) === 1 &&
+      options.preserve_color === "false" && !options.portrait;
+    for (const { example, ready } of exampleEntries) {
+      ready.hidden = !(atDefaults && example.warm?.[options.style]);
+    }
+  }
+
+  ui.options.addEventListener("input", markReady);
+  ui.options.addEventListener("change", markReady);
 
   // --- jobs ------------------------------------------------------------------------
 
@@ -271,7 +374,7 @@
     const job = { file, card };
     $(".name", card).textContent = file.name;
     const before = $(".before", card);
-    before.src = URL.createObjectURL(file);
+    before.src = previews.get(file) ?? URL.createObjectURL(file);
     before.alt = `Original: ${file.name}`;
     before.addEventListener("load", () => {
       // the after picture and its placeholder take the photo's shape
@@ -391,6 +494,15 @@
       xhr.addEventListener("error", () =>
         reject(new Error("Could not reach the service; check the connection and try again.")));
       xhr.addEventListener("abort", () => reject(new Error("The upload was cancelled.")));
+      if (file.type.startsWith("image/")) {
+        // The picture itself as the body: no multipart to build or parse, which is
+        // measurably quicker on a cache hit (an example's answer comes at once).
+        xhr.setRequestHeader("Content-Type", file.type);
+        xhr.send(file);
+        return;
+      }
+      // Anything else goes as the multipart field, so the service judges the bytes
+      // and its own message for them is what the page shows.
       const form = new FormData();
       form.append("image", file, file.name);
       xhr.send(form);

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import socket
+import tempfile
 import time
 
 import httpx
@@ -24,6 +25,8 @@ def free_port() -> int:
 
 METRICS_PORT = free_port()  # Ray's Prometheus endpoint for this session
 METRICS_URL = f"http://127.0.0.1:{METRICS_PORT}/metrics"
+# This session's job store (never the user's own ~/.cache one).
+JOBS_STORE = os.path.join(tempfile.gettempdir(), f"animegan-test-jobs-{os.getpid()}")
 
 
 def app_args(**overrides) -> dict:
@@ -38,6 +41,7 @@ def app_args(**overrides) -> dict:
         "max_batch_images": 4,
         "request_timeout_s": 60,
         "cache": {"name": f"test-cache-{os.getpid()}", "local_max_bytes": 0},
+        "jobs": {"store_url": JOBS_STORE},
     }
     args.update(overrides)
     return args

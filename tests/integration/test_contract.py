@@ -232,7 +232,7 @@ def test_schemathesis_finds_no_contract_violation(base_url, tmp_path):
     assert report["errors"] == [], output
     assert completed.returncode == 0, output
     operations = report["operations"]
-    assert operations["tested"] == operations["total"] == 5, operations
+    assert operations["tested"] == operations["total"] == 11, operations
     assert operations["errored"] == 0, operations
     assert report["phases"]["coverage"]["status"] == "success", report["phases"]
     assert report["phases"]["fuzzing"]["status"] == "success", report["phases"]

@@ -214,7 +214,13 @@ def test_page_on_a_phone_takes_several_files_and_stacks_before_and_after(open_pa
 
 def test_page_is_labelled_and_keyboard_reachable(open_page):
     page = open_page()
-    labels = ("Size (longer side, px)", "Format", "Keep the photo's colours", "Choose photos")
+    labels = (
+        "Size (longer side, px)",
+        "Format",
+        "Keep the photo's colours",
+        "Portrait",
+        "Choose photos",
+    )
     for label in (*labels, STYLE_A, STYLE_B):
         assert page.get_by_label(label, exact=True).count() == 1, label
     unlabelled = page.evaluate(
@@ -239,7 +245,8 @@ def test_page_is_labelled_and_keyboard_reachable(open_page):
         reached.add(focused[0])
         if focused[0] in ("size", "format"):
             assert focused[1] != "none", focused
-    assert {"style", "size", "format", "strength", "preserve_color", "photos"} <= reached, reached
+    controls = {"style", "size", "format", "strength", "preserve_color", "portrait", "photos"}
+    assert controls <= reached, reached
 
 
 def wait_styles_status(base_url: str, status: int, timeout_s: float = 60) -> None:
@@ -354,10 +361,13 @@ def test_page_asks_for_the_api_key_when_the_service_needs_one(
 
         # Reloaded in the same tab: the key is still there, nothing is asked.
         seen = len(calls)
-        page.reload()
+        with page.expect_request(re.compile(r"/v1/examples$")):
+            page.reload()
         expect(styles).to_have_count(2)
         expect(key_field).to_be_hidden()
-        assert authorizations(seen) == [f"Bearer {RIGHT_KEY}"]
+        # Both calls of a load carry it: the styles, then the example photos' list.
+        assert [httpx.URL(call.url).path for call in calls[seen:]] == ["/v1/styles", "/v1/examples"]
+        assert authorizations(seen) == [f"Bearer {RIGHT_KEY}"] * 2
         forget = page.get_by_role("button", name="Forget the key")
         expect(forget).to_be_visible()
 

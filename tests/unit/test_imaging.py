@@ -634,8 +634,16 @@ def test_image_limits_validation() -> None:
         "max_bytes": 20 * 1024 * 1024,
         "max_pixels": 50_000_000,
         "max_size": 1024,
+        "max_sync_size": 1024,
     }
-    for bad in ({"max_bytes": 0}, {"max_pixels": -1}, {"max_size": 8}, {"max_bites": 5}):
+    bad_limits = (
+        {"max_bytes": 0},
+        {"max_pixels": -1},
+        {"max_size": 8},
+        {"max_sync_size": 8},
+        {"max_bites": 5},
+    )
+    for bad in bad_limits:
         with pytest.raises(ValidationError):
             ImageLimits(**bad)
     with pytest.raises(ValidationError):

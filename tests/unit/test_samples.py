@@ -14,7 +14,12 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - Python 3.10
     tomllib = pytest.importorskip("tomli")
 
-EXPECTED = {"1.jpg": (1280, 853), "2.jpg": (1279, 867), "3.jpg": (1280, 672)}
+EXPECTED = {
+    "1.jpg": (1280, 853),
+    "2.jpg": (1279, 867),
+    "3.jpg": (1280, 672),
+    "4.jpg": (512, 512),  # the portrait example (public domain, see the README)
+}
 
 
 def test_samples_are_in_the_repository_and_decode(monkeypatch):

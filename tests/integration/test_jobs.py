@@ -1,0 +1,179 @@
+"""Jobs over real HTTP on a real local Ray: submit, follow, fetch, cancel, survive."""
+
+from __future__ import annotations
+
+import io
+import json
+import time
+
+import httpx
+import pytest
+from PIL import Image
+from ray import serve
+
+from tests.conftest import synthetic_jpeg
+from tests.integration.conftest import app_args, deploy, wait_healthy
+from tests.integration.test_faults import kill_replica
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+SYNC_SIZE = 128
+JOB_SIZE = 320
+
+
+@pytest.fixture(scope="module")
+def jobs_app(default_app, tmp_path_factory):
+    store = tmp_path_factory.mktemp("job-store")
+    args = app_args(
+        limits={"max_size": 512, "max_sync_size": SYNC_SIZE, "max_bytes": 2 * 2**20},
+        jobs={"store_url": str(store), "heartbeat_s": 0.5, "stale_after_s": 3},
+    )
+    deploy(args)
+    wait_healthy(default_app)
+    yield default_app, args, store
+
+
+def submit(client: httpx.Client, data: bytes, **params) -> httpx.Response:
+    return client.post("/v1/jobs", params=params, files={"image": ("p.jpg", data, "image/jpeg")})
+
+
+def wait_done(client: httpx.Client, job_id: str, timeout_s: float = 120) -> dict:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        body = client.get(f"/v1/jobs/{job_id}").json()
+        if body["state"] in ("done", "failed", "cancelled") or time.monotonic() > deadline:
+            return body
+        time.sleep(0.2)
+
+
+def sse_states(base_url: str, path: str) -> list[dict]:
+    events = []
+    with httpx.stream("GET", f"{base_url}{path}", timeout=120) as response:
+        assert response.status_code == 200
+        assert response.headers["content-type"].startswith("text/event-stream")
+        name = None
+        for line in response.iter_lines():
+            if line.startswith("event: "):
+                name = line.removeprefix("event: ")
+            elif line.startswith("data: "):
+                body = json.loads(line.removeprefix("data: "))
+                assert body["state"] == name
+                events.append(body)
+    return events
+
+
+def test_a_size_past_the_synchronous_limit_is_sent_to_jobs(jobs_app, client):
+    response = client.post(
+        "/v1/stylize",
+        params={"size": JOB_SIZE},
+        files={"image": ("p.jpg", synthetic_jpeg(seed=61_000))},
+    )
+    assert response.status_code == 422
+    error = response.json()["error"]
+    assert error["code"] == "use_jobs" and "/v1/jobs" in error["message"]
+    too_big = submit(client, synthetic_jpeg(seed=61_000), size=1024)
+    assert too_big.status_code == 422 and too_big.json()["error"]["code"] == "invalid_size"
+
+
+def test_a_large_print_job_is_followed_and_fetched(jobs_app, client):
+    base_url, _, _ = jobs_app
+    photo = synthetic_jpeg(seed=61_001, width=640, height=480)
+    response = submit(client, photo, size=JOB_SIZE, format="png")
+    assert response.status_code == 202, response.text
+    job = response.json()
+    assert response.headers["location"] == f"/v1/jobs/{job['id']}"
+    assert job["state"] in ("queued", "running") and job["frames_total"] == 1
+    assert set(job["links"]) == {"self", "events", "result"}
+
+    events = sse_states(base_url, f"/v1/jobs/{job['id']}/events")
+    assert events[-1]["state"] == "done"
+    assert events[-1]["frames_done"] == 1 and events[-1]["eta_s"] == 0
+
+    result = client.get(f"/v1/jobs/{job['id']}/result")
+    assert result.status_code == 200 and result.headers["content-type"] == "image/png"
+    picture = Image.open(io.BytesIO(result.content))
+    assert max(picture.size) == JOB_SIZE
+    assert int(result.headers["content-length"]) == events[-1]["result"]["bytes"]
+
+    started = time.monotonic()
+    again = submit(client, photo, size=JOB_SIZE, format="png")
+    seconds = time.monotonic() - started
+    print(f"resubmitted job answered in {seconds * 1e3:.0f} ms")
+    assert again.status_code == 200 and again.json()["id"] == job["id"]
+    assert again.json()["state"] == "done"
+    other = submit(client, photo, size=JOB_SIZE, format="jpeg")  # other options: a new job
+    assert other.status_code == 202 and other.json()["id"] != job["id"]
+    assert wait_done(client, other.json()["id"])["state"] == "done"
+
+
+def test_a_failed_job_reports_its_error_and_has_no_result(jobs_app, client):
+    response = submit(client, b"definitely not a picture", size=JOB_SIZE)
+    assert response.status_code == 202
+    job = wait_done(client, response.json()["id"])
+    assert job["state"] == "failed"
+    assert job["error"]["code"] == "undecodable_image"
+    result = client.get(f"/v1/jobs/{job['id']}/result")
+    assert result.status_code == 409 and result.json()["error"]["code"] == "job_not_done"
+
+
+def test_unknown_jobs_answer_404_json(jobs_app, client):
+    for method, path in (
+        ("GET", "/v1/jobs/0123abcd"),
+        ("GET", "/v1/jobs/0123abcd/result"),
+        ("GET", "/v1/jobs/0123abcd/events"),
+        ("DELETE", "/v1/jobs/0123abcd"),
+        ("GET", "/v1/jobs/..%2F..%2Fetc"),
+    ):
+        response = client.request(method, path)
+        assert response.status_code == 404, (method, path)
+        assert response.json()["error"]["code"] in ("unknown_job", "not_found")
+
+
+def test_a_deleted_job_is_cancelled_and_gone(jobs_app, client):
+    _, _, store = jobs_app
+    response = submit(client, synthetic_jpeg(seed=61_002, width=800, height=600), size=512)
+    job_id = response.json()["id"]
+    deleted = client.delete(f"/v1/jobs/{job_id}")
+    assert deleted.status_code == 200
+    assert deleted.json()["state"] == "cancelled"
+    assert client.get(f"/v1/jobs/{job_id}").status_code == 404
+    time.sleep(2)  # the runner notices and writes nothing back
+    assert not (store / job_id).exists()
+
+
+def test_the_handle_api_submits_follows_and_fetches(jobs_app):
+    handle = serve.get_app_handle("animegan")
+    photo = synthetic_jpeg(seed=61_003)
+    job = handle.submit_job.remote(photo, size=JOB_SIZE, format="webp").result()
+    deadline = time.monotonic() + 120
+    while job.state not in ("done", "failed") and time.monotonic() < deadline:
+        time.sleep(0.2)
+        job = handle.job.remote(job.id).result()
+    assert job.state == "done"
+    result = handle.job_result.remote(job.id).result()
+    assert result.media_type == "image/webp"
+    assert max(Image.open(io.BytesIO(result.data)).size) == JOB_SIZE
+
+
+def test_jobs_outlive_the_ingress_that_ran_them(jobs_app, client):
+    base_url, args, _ = jobs_app
+    finished = submit(client, synthetic_jpeg(seed=61_004), size=JOB_SIZE)
+    finished_id = finished.json()["id"]
+    assert wait_done(client, finished_id)["state"] == "done"
+
+    # A job in progress when its ingress replica dies is taken over by the next one.
+    running = submit(client, synthetic_jpeg(seed=61_005, width=800, height=600), size=512)
+    running_id = running.json()["id"]
+    kill_replica("Ingress")
+    wait_healthy(base_url)
+    job = wait_done(client, running_id, timeout_s=180)
+    assert job["state"] == "done", job
+    assert (
+        max(Image.open(io.BytesIO(client.get(f"/v1/jobs/{running_id}/result").content)).size) == 512
+    )
+
+    # A redeploy (new ingress replicas) still answers for finished jobs.
+    deploy({**args, "request_timeout_s": 61})
+    wait_healthy(base_url)
+    assert client.get(f"/v1/jobs/{finished_id}").json()["state"] == "done"
+    assert client.get(f"/v1/jobs/{finished_id}/result").status_code == 200
