@@ -48,6 +48,7 @@ import httpx
 import psutil
 import yaml
 
+from load_tests import portrait_bench
 from load_tests.loadgen import MIN_ANSWERS, run_point
 from load_tests.workloads import (
     CANVAS,
@@ -352,9 +353,12 @@ class Bench:
         started, load_start = time.monotonic(), os.getloadavg()[0]
         logger.info("model limit: %d process(es) × %d thread(s)", self.replicas, self.threads)
         precision = self.model_limit()
+        logger.info("portrait mode: the face search against the model")
+        portrait = portrait_bench.run(self.args.quick)
         cold_start, stats = self.service()
         self.flask()
         return {
+            "portrait": portrait,
             "meta": {
                 "command": shlex.join(["python", "-m", "load_tests.bench", *argv]),
                 "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M"),
@@ -480,6 +484,8 @@ range. This machine is shared and noisy: the ratios are what count, not absolute
 {figures_table(results)}
 
 Cold start: `serve run` to the first 200 on `/v1/stylize`: {results["cold_start_s"]:.1f} s.
+
+{chr(10).join(portrait_bench.markdown(results["portrait"]))}
 
 ## How it measures
 

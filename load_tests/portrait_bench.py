@@ -100,7 +100,8 @@ def markdown(results: dict) -> list[str]:
         "",
         f"One thread each; median (min–max) of {results['repeats']} runs, in ms. The face "
         "search (OpenCV Haar cascade, upright and ±25° passes on a copy of at most 800 px, "
-        "then a second look at each candidate) runs in the ingress, once per picture; the "
+        "then a second look at each candidate by two cascades) runs in the ingress, once "
+        "per picture; the "
         f"model's {MODEL_SIDE}×{MODEL_SIDE} forward pass (random weights, fp32) runs once "
         "per face found.",
         "",

@@ -491,6 +491,7 @@ class Ingress:
             default_size=config.default_size,
             min_size=MIN_SIDE,
             max_size=config.limits.max_size,
+            max_sync_size=min(config.limits.max_sync_size, config.limits.max_size),
             default_format=config.default_format,
             formats=sorted(imaging.MEDIA_TYPES),
             max_bytes=config.limits.max_bytes,

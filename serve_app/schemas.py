@@ -184,7 +184,10 @@ class StylesResponse(BaseModel):
     default_style: str
     default_size: int
     min_size: int
-    max_size: int
+    max_size: int = Field(description="largest size a job makes")
+    max_sync_size: int = Field(
+        description="largest size /v1/stylize makes while the caller waits; above: /v1/jobs"
+    )
     default_format: OutputFormat
     formats: list[OutputFormat]
     max_bytes: int

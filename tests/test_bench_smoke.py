@@ -81,6 +81,14 @@ def test_report_is_written(results, bench_run):
     assert "python -m load_tests.bench --quick" in markdown and "smoke run" in markdown
     assert all(target[0] in markdown for target in TARGETS)
     assert "## Figures" in markdown and "Cold start" in markdown
+    assert "## Portrait mode" in markdown
+
+
+def test_portrait_search_is_measured_against_the_model(results):
+    portrait = results["portrait"]
+    assert portrait["model"]["median_ms"] > 0
+    for figures in portrait["detect"].values():
+        assert figures["median_ms"] > 0 and figures["vs_model"] > 0
 
 
 def test_the_servers_it_started_are_gone(bench_run):

@@ -1,5 +1,6 @@
-// The upload page: plain JS, no build step. Talks to GET /v1/styles, GET /v1/examples and
-// POST /v1/stylize, with an API key when the service asks for one (401).
+// The upload page: plain JS, no build step. Talks to GET /v1/styles, GET /v1/examples,
+// POST /v1/stylize and, for sizes above the service's max_sync_size, POST /v1/jobs and the
+// job's routes, with an API key when the service asks for one (401).
 "use strict";
 
 (() => {
@@ -7,6 +8,7 @@
   const ui = {
     styleList: $("#style-list"),
     size: $("#size"),
+    sizeAbout: $("#size-about"),
     format: $("#format"),
     strength: $("#strength"),
     strengthValue: $("#strength-value"),
@@ -33,6 +35,11 @@
   const RANDOM_BADGE = "random weights — meaningless picture";
   const KEY_ITEM = "animegan-serve.api-key";
   const WARM_POLL_MS = 3000; // how often to ask while the service warms its examples
+  const JOB_POLL_MS = 1000; // how often to ask for a job when its events stream broke
+  const JOB_POLL_FAILURES = 30; // unanswered asks in a row before giving up on a job
+  const TERMINAL = new Set(["done", "failed", "cancelled"]);
+  // The page's own states while a job runs: Cancel is offered, "Again" is not.
+  const JOB_ACTIVE = new Set(["uploading", "submitting", "submitted", "running", "waiting"]);
 
   let config = null;
   let examples = null; // GET /v1/examples: what the examples are warm for, and each one
@@ -93,7 +100,7 @@
       try {
         result = await send(used);
       } catch (error) {
-        if (!ui.keyForm.hidden && used === apiKey) {
+        if (!ui.keyForm.hidden && used === apiKey && !error.cancelled) {
           ui.keyMessage.textContent = `Could not check the key: ${error.message}`;
         }
         throw error;
@@ -211,8 +218,19 @@
       `JPEG, PNG, WebP, GIF, BMP, TIFF or HEIC, up to ${megabytes(config.max_bytes)} ` +
       `and ${Math.round(config.max_pixels / 1e6)} megapixels; ` +
       `sizes from ${config.min_size} to ${config.max_size} px.`;
+    if (syncLimit() < config.max_size) {
+      const sync = syncLimit();
+      ui.limits.textContent +=
+        ` Sizes above ${sync} px are made as jobs: a progress bar follows each, and it can be cancelled.`;
+      ui.sizeAbout.textContent = `Above ${sync} px: made as a job, with a progress bar`;
+      ui.sizeAbout.hidden = false;
+    }
     await loadExamples();
   }
+
+  // The largest size the service makes while the caller waits; above it, jobs. A service
+  // from before jobs does not say: all of its sizes are made at once.
+  const syncLimit = () => config.max_sync_size ?? config.max_size;
 
   function renderStyles() {
     const cards = config.styles.map((style) => {
@@ -385,9 +403,12 @@
       before.closest("figure").classList.add("no-preview");
     });
     $(".again", card).addEventListener("click", () => {
+      // A job cancelled while it waited for the API key ends its run once the key comes.
+      if (running.has(job) || queue.includes(job)) return;
       if (!ui.size.reportValidity()) return;
       enqueue(job);
     });
+    $(".cancel", card).addEventListener("click", () => cancelJob(job));
     ui.results.prepend(card);
     return job;
   }
@@ -396,13 +417,20 @@
     job.state = state;
     job.card.dataset.state = state;
     $(".state", job.card).textContent = text;
-    $(".again", job.card).disabled = state === "queued" || state === "uploading" ||
-      state === "stylizing" || state === "waiting";
+    $(".again", job.card).disabled = state === "queued" || state === "stylizing" ||
+      state === "cancelling" || JOB_ACTIVE.has(state);
+    const cancel = $(".cancel", job.card);
+    const offered = job.viaJobs && (JOB_ACTIVE.has(state) || state === "cancelling");
+    if (!offered && document.activeElement === cancel) $(".again", job.card).focus();
+    cancel.hidden = !offered;
+    cancel.disabled = state === "cancelling";
   }
 
   function enqueue(job) {
     const { card } = job;
     job.options = currentOptions();
+    job.viaJobs = Number(job.options.size) > syncLimit();
+    Object.assign(job, { remote: null, record: null, uploaded: false, cancelled: false });
     const after = $(".after", card);
     if (after.src) URL.revokeObjectURL(after.src);
     after.hidden = true;
@@ -437,6 +465,10 @@
         $(".state", job.card).textContent = `Uploading ${job.percent}% · ${elapsed}`;
       } else if (job.state === "stylizing") {
         $(".state", job.card).textContent = `Stylizing · ${elapsed}`;
+      } else if (job.state === "submitting") {
+        $(".state", job.card).textContent = `Submitting the job · ${elapsed}`;
+      } else if ((job.state === "submitted" || job.state === "running") && job.record) {
+        $(".state", job.card).textContent = `${jobText(job, now)} · ${elapsed}`;
       }
     }
   }
@@ -448,13 +480,17 @@
       fail(job, `${file.name} has ${megabytes(file.size)}; the limit is ${limit}.`);
       return;
     }
+    if (job.viaJobs) {
+      await runAsJob(job);
+      return;
+    }
     const progress = $(".progress", card);
     const attempt = (key) => {
       job.started = performance.now(); // a wait for the API key is not the service's time
       job.percent = 0;
       progress.value = 0;
       setState(job, "uploading", "Uploading 0%");
-      return send(file, options, key, (loaded, total) => {
+      return send("/v1/stylize", job, key, (loaded, total) => {
         job.percent = Math.round((100 * loaded) / total);
         progress.value = job.percent;
       }, () => {
@@ -477,13 +513,15 @@
       fail(job, await errorText(xhr.response, xhr.status));
       return;
     }
-    show(job, xhr, elapsed);
+    show(job, { blob: xhr.response, header: (name) => xhr.getResponseHeader(name) }, elapsed);
   }
 
-  function send(file, options, key, onProgress, onUploaded) {
+  function send(path, job, key, onProgress, onUploaded) {
+    const { file, options } = job;
     return new Promise((resolve, reject) => {
       const xhr = new XMLHttpRequest();
-      xhr.open("POST", `/v1/stylize?${new URLSearchParams(options)}`);
+      job.xhr = xhr; // for Cancel while a job's upload is under way
+      xhr.open("POST", `${path}?${new URLSearchParams(options)}`);
       for (const [name, value] of Object.entries(bearer(key))) xhr.setRequestHeader(name, value);
       xhr.responseType = "blob";
       xhr.upload.addEventListener("progress", (event) => {
@@ -520,12 +558,13 @@
     return `The service answered with HTTP ${status}.`;
   }
 
-  function show(job, xhr, elapsed) {
+  // answer: {blob, header(name)}, from /v1/stylize or from a job's result.
+  function show(job, answer, elapsed) {
     const { card, file, options } = job;
-    const blob = xhr.response;
+    const { blob } = answer;
     const url = URL.createObjectURL(blob);
-    const style = xhr.getResponseHeader("X-Style") || options.style;
-    const cache = xhr.getResponseHeader("X-Cache") || "unknown";
+    const style = answer.header("X-Style") || options.style;
+    const cache = answer.header("X-Cache") || "unknown";
     const after = $(".after", card);
     after.alt = `${file.name} in the ${style} style`;
     after.addEventListener("load", () => {
@@ -535,8 +574,8 @@
         `${style}`, `${elapsed} ms`,
       ];
       meta.replaceChildren(badge(`cache ${cache}`, `badge cache-${cache}`), pieces.join(" · "));
-      if (xhr.getResponseHeader("X-Weights") === "random") meta.append(badge(RANDOM_BADGE, "badge warn"));
-      const etag = xhr.getResponseHeader("ETag");
+      if (answer.header("X-Weights") === "random") meta.append(badge(RANDOM_BADGE, "badge warn"));
+      const etag = answer.header("ETag");
       if (etag) meta.title = `ETag ${etag}`;
     }, { once: true });
     after.src = url;
@@ -560,6 +599,242 @@
     $(".progress", job.card).value = 0;
     setState(job, "failed", "Failed");
     announce(`${job.file.name} failed: ${message}`);
+  }
+
+  // --- large prints: jobs ----------------------------------------------------------
+  // Sizes above max_sync_size are submitted to POST /v1/jobs and followed on the job's
+  // events stream. The stream is read with fetch(), not EventSource: EventSource cannot
+  // send the Authorization header the API key needs. If the stream breaks, the page asks
+  // for the job every second instead.
+
+  async function runAsJob(job) {
+    const { card } = job;
+    const progress = $(".progress", card);
+    job.stop = new AbortController(); // Cancel stops following the job at once
+    const attempt = (key) => {
+      if (job.cancelled) {
+        // Cancelled while it waited for the API key: nothing to send (and no key to judge).
+        throw Object.assign(new Error("The job was cancelled."), { cancelled: true });
+      }
+      job.started = performance.now();
+      job.percent = 0;
+      progress.value = 0;
+      setState(job, "uploading", "Uploading 0%");
+      return send("/v1/jobs", job, key, (loaded, total) => {
+        job.percent = Math.round((100 * loaded) / total);
+        progress.value = job.percent;
+      }, () => {
+        job.uploaded = true;
+        progress.value = 0; // from here the bar is the job's own progress
+        setState(job, "submitting", "Submitting the job");
+      });
+    };
+    let xhr;
+    try {
+      xhr = await withKey(attempt, () => {
+        progress.value = 0;
+        setState(job, "waiting", "Waiting for the API key");
+      });
+    } catch (error) {
+      if (!job.cancelled) fail(job, error.message);
+      else if (job.state !== "cancelled") showCancelled(job);
+      return;
+    }
+    if (xhr.status !== 200 && xhr.status !== 202) {
+      fail(job, await errorText(xhr.response, xhr.status));
+      return;
+    }
+    try {
+      job.remote = JSON.parse(await xhr.response.text());
+    } catch {
+      fail(job, "The service's answer to the job was not readable.");
+      return;
+    }
+    let record = job.remote;
+    try {
+      if (!job.cancelled) {
+        followed(job, record);
+        if (!TERMINAL.has(record.state)) record = await follow(job);
+      }
+      if (job.cancelled) {
+        await deleteJob(job);
+        showCancelled(job);
+      } else if (record.state === "done") {
+        await fetchResult(job, record);
+      } else if (record.state === "failed") {
+        fail(job, record.error?.message || "The job failed.");
+      } else {
+        showCancelled(job); // deleted elsewhere while it was followed
+      }
+    } catch (error) {
+      fail(job, error.message);
+    }
+  }
+
+  function cancelJob(job) {
+    if (job.cancelled || !job.viaJobs) return;
+    job.cancelled = true;
+    if (job.state === "waiting") {
+      // Nothing sent yet: it is cancelled now (its turn after the key sends nothing).
+      showCancelled(job);
+      return;
+    }
+    setState(job, "cancelling", "Cancelling");
+    announce(`${job.file.name}: cancelling the job.`);
+    // An upload not finished yet made no job: stop it. Once the body is sent, the job
+    // exists (or is being made): runAsJob deletes it as soon as it knows the id.
+    if (!job.uploaded) job.xhr?.abort();
+    job.stop?.abort();
+  }
+
+  async function deleteJob(job) {
+    const { id } = job.remote;
+    const response = await withKey((key) =>
+      fetch(`/v1/jobs/${encodeURIComponent(id)}`, { method: "DELETE", headers: bearer(key) }));
+    // 404: gone already (expired, or deleted elsewhere): as cancelled as it gets.
+    if (!response.ok && response.status !== 404) {
+      throw new Error(`Could not cancel the job: ${await errorText(await response.blob(), response.status)}`);
+    }
+  }
+
+  function showCancelled(job) {
+    $(".progress", job.card).value = 0;
+    setState(job, "cancelled", "Cancelled");
+    announce(`${job.file.name}: the job was cancelled.`);
+  }
+
+  // The job as last heard of: the bar, its spoken value, the state line.
+  function followed(job, record) {
+    job.record = record;
+    job.recordAt = performance.now();
+    if (job.cancelled || TERMINAL.has(record.state)) return;
+    const progress = $(".progress", job.card);
+    progress.value = Math.round(100 * (record.progress || 0));
+    const state = record.state === "running" ? "running" : "submitted";
+    const text = jobText(job, job.recordAt);
+    progress.setAttribute("aria-valuetext", text);
+    if (state !== job.state) {
+      announce(`${job.file.name}: ${state === "running" ? "the job is running" : "the job is queued"}.`);
+    }
+    setState(job, state, `${text} · ${seconds(job.recordAt - job.started)}`);
+  }
+
+  // "Running 45% · about 3 s left": the ETA counts down from the last event.
+  function jobText(job, now) {
+    const { record } = job;
+    const percent = Math.round(100 * (record.progress || 0));
+    let text = `${record.state === "running" ? "Running" : "Queued"} ${percent}%`;
+    if (record.eta_s != null) {
+      const left = Math.max(1, Math.ceil(record.eta_s - (now - job.recordAt) / 1000));
+      text += ` · about ${duration(left)} left`;
+    }
+    return text;
+  }
+
+  function duration(s) {
+    return s < 60 ? `${s} s` : `${Math.floor(s / 60)} min ${s % 60} s`;
+  }
+
+  // Follows the job to its final state (or until cancelled); returns its last record.
+  async function follow(job) {
+    let record = job.record;
+    const signal = job.stop.signal;
+    try {
+      record = await readEvents(job, signal);
+    } catch {
+      // the stream broke (or was never there): ask for the job instead, below
+    }
+    let failures = 0;
+    while (!TERMINAL.has(record.state) && !signal.aborted) {
+      await pause(JOB_POLL_MS, signal);
+      if (signal.aborted) break;
+      let response;
+      try {
+        response = await withKey((key) => fetch(`/v1/jobs/${encodeURIComponent(record.id)}`, {
+          headers: { Accept: "application/json", ...bearer(key) }, cache: "no-store", signal,
+        }));
+      } catch (error) {
+        if (signal.aborted) break;
+        if (++failures >= JOB_POLL_FAILURES) throw new Error(`Lost the job: ${error.message}`);
+        continue;
+      }
+      if (response.status === 404) return { ...record, state: "cancelled" }; // deleted
+      if (!response.ok) {
+        const message = await errorText(await response.blob(), response.status);
+        if (++failures >= JOB_POLL_FAILURES) throw new Error(`Lost the job: ${message}`);
+        continue;
+      }
+      failures = 0;
+      record = await response.json();
+      followed(job, record);
+    }
+    return record;
+  }
+
+  // GET /v1/jobs/{id}/events as a stream of Server-Sent Events: `event:` and `data:`
+  // lines, a blank line ending each event; lines starting with ":" are comments (the
+  // keep-alives). Returns the last record when the stream ends; throws if it breaks.
+  async function readEvents(job, signal) {
+    let record = job.record;
+    const response = await withKey((key) =>
+      fetch(`/v1/jobs/${encodeURIComponent(record.id)}/events`, {
+        headers: { Accept: "text/event-stream", ...bearer(key) }, cache: "no-store", signal,
+      }));
+    if (response.status === 404) return { ...record, state: "cancelled" }; // deleted
+    if (!response.ok || !response.body) throw new Error(`HTTP ${response.status}`);
+    const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
+    let buffer = "";
+    let data = [];
+    const dispatch = () => {
+      if (!data.length) return;
+      const parsed = JSON.parse(data.join("\n"));
+      data = [];
+      record = parsed;
+      followed(job, record);
+    };
+    try {
+      for (;;) {
+        const { value, done } = await reader.read();
+        if (done) break;
+        buffer += value;
+        const lines = buffer.split("\n");
+        buffer = lines.pop(); // an unfinished line waits for the next chunk
+        for (let line of lines) {
+          if (line.endsWith("\r")) line = line.slice(0, -1);
+          if (line === "") dispatch();
+          else if (line.startsWith(":")) continue;
+          else if (line.startsWith("data:")) data.push(line.slice(5).replace(/^ /, ""));
+          // "event:" names the state, which the data carries too; other fields: unused
+        }
+      }
+    } finally {
+      reader.cancel().catch(() => {});
+    }
+    dispatch(); // a last event without its blank line
+    return record;
+  }
+
+  function pause(ms, signal) {
+    return new Promise((resolve) => {
+      const timer = setTimeout(resolve, ms);
+      signal.addEventListener("abort", () => { clearTimeout(timer); resolve(); }, { once: true });
+    });
+  }
+
+  async function fetchResult(job, record) {
+    const { id } = record;
+    const response = await withKey((key) =>
+      fetch(`/v1/jobs/${encodeURIComponent(id)}/result`, { headers: bearer(key) }));
+    if (!response.ok) throw new Error(await errorText(await response.blob(), response.status));
+    const blob = await response.blob();
+    const elapsed = Math.round(performance.now() - job.started);
+    const style = config.styles.find((s) => s.name === job.options.style);
+    // What /v1/stylize says in headers, a job says in its record and the style list.
+    const told = {
+      "X-Cache": record.result?.cache,
+      "X-Weights": style?.random_weights ? "random" : null,
+    };
+    show(job, { blob, header: (name) => told[name] ?? response.headers.get(name) }, elapsed);
   }
 
   // --- input: picker, drop, paste ----------------------------------------------------

@@ -170,21 +170,22 @@ def test_openapi_document_carries_the_running_limits(client):
     document = client.get("/openapi.json").json()
     limits = client.get("/v1/styles").json()
     paths = document["paths"]
-    for path in ("/v1/stylize", "/v1/stylize/batch"):
+    for path in ("/v1/stylize", "/v1/stylize/batch", "/v1/jobs"):
         operation = paths[path]["post"]
         params = {p["name"]: p for p in operation["parameters"]}
         assert params["style"]["schema"]["enum"] == [s["name"] for s in limits["styles"]]
         assert params["format"]["schema"]["enum"] == limits["formats"]
+        largest = limits["max_size"] if path == "/v1/jobs" else limits["max_sync_size"]
         assert params["size"]["schema"] == {
             "type": "integer",
             "minimum": limits["min_size"],
-            "maximum": limits["max_size"],
+            "maximum": largest,
         }
         assert params["quality"]["schema"] == {"type": "integer", "minimum": 1, "maximum": 100}
         assert str(limits["max_bytes"]) in operation["requestBody"]["description"]
-        assert set(operation["responses"]) == {
-            "200", "400", "401", "413", "415", "422", "500", "503", "504",
-        }  # fmt: skip
+        expected = {"200", "400", "401", "413", "415", "422", "500", "503"}
+        expected |= {"202", "507"} if path == "/v1/jobs" else {"504"}
+        assert set(operation["responses"]) == expected
     batch_form = paths["/v1/stylize/batch"]["post"]["requestBody"]["content"]
     images = batch_form["multipart/form-data"]["schema"]["properties"]["images"]
     assert images["maxItems"] == limits["max_batch_images"]
