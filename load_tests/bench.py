@@ -1,7 +1,7 @@
 """The benchmark: the model's own limit, the service, the framework floor and a naive Flask
 baseline, side by side in one run on one machine.
 
-    python -m load_tests.bench            # the full run (about 8 min on 2 cores)
+    python -m load_tests.bench            # the full run (about 16 min on 2 cores)
     python -m load_tests.bench --quick    # a smoke run: a few requests per point
 
 In order, each part alone on the machine:
@@ -9,6 +9,9 @@ In order, each part alone on the machine:
 1. the model limit: the bare generator (random weights, the runtime the Stylizer picks) in
    as many processes × threads as the service has Stylizer replicas × CPUs, at 256 and
    512 px, on the very input shapes the service feeds it;
+   then portrait mode's face search against the model's 512 px pass
+   (``load_tests/portrait_bench.py``) and large prints tiled against whole
+   (``load_tests/tiling_bench.py``: speed and each process's peak RSS);
 2. ``serve run`` of a temporary copy of ``serve_config.yaml`` (random weights, Stylizer
    replicas pinned to that process count, a free 127.0.0.1 port, the framework floor as a
    second application) with RAY_ADDRESS=local: the time to its first 200, then unique
@@ -48,7 +51,7 @@ import httpx
 import psutil
 import yaml
 
-from load_tests import portrait_bench
+from load_tests import portrait_bench, tiling_bench
 from load_tests.loadgen import MIN_ANSWERS, run_point
 from load_tests.workloads import (
     CANVAS,
@@ -355,10 +358,13 @@ class Bench:
         precision = self.model_limit()
         logger.info("portrait mode: the face search against the model")
         portrait = portrait_bench.run(self.args.quick)
+        logger.info("large prints: tiled against whole")
+        tiling = tiling_bench.run(self.args.quick)
         cold_start, stats = self.service()
         self.flask()
         return {
             "portrait": portrait,
+            "tiling": tiling,
             "meta": {
                 "command": shlex.join(["python", "-m", "load_tests.bench", *argv]),
                 "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M"),
@@ -486,6 +492,8 @@ range. This machine is shared and noisy: the ratios are what count, not absolute
 Cold start: `serve run` to the first 200 on `/v1/stylize`: {results["cold_start_s"]:.1f} s.
 
 {chr(10).join(portrait_bench.markdown(results["portrait"]))}
+
+{chr(10).join(tiling_bench.markdown(results["tiling"]))}
 
 ## How it measures
 

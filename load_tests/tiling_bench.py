@@ -22,6 +22,7 @@ import json
 import logging
 import os
 import resource
+import statistics
 import subprocess
 import sys
 import time
@@ -124,10 +125,15 @@ def run(quick: bool) -> dict:
 
 
 def markdown(results: dict) -> list[str]:
-    """A short table of the points."""
+    """The points as a Markdown section (a list of lines)."""
     lines = [
-        "| picture | path | forward passes | s/image (best) | images/s | peak RSS |",
-        "|---|---|---|---|---|---|",
+        "## Large prints: tiled against whole",
+        "",
+        "Seconds per picture are the median (min–max) of the runs; the first run of a "
+        "point includes building that shape's kernels. Peak RSS is the process's own.",
+        "",
+        "| picture | path | forward passes | runs | s/picture | pictures/s | peak RSS |",
+        "|---|---|---|---|---|---|---|",
     ]
     for point in results["points"]:
         path = (
@@ -135,10 +141,12 @@ def markdown(results: dict) -> list[str]:
             if point["tiled"]
             else "whole"
         )
+        seconds = point["seconds"]
+        median = statistics.median(seconds)
         lines.append(
             f"| {point['width']}×{point['height']} | {path} | {point['forward_passes']} "
-            f"| {point['s_per_image']:.1f} | {point['images_per_s']:.3f} "
-            f"| {point['peak_rss_mib']:,.0f} MiB |"
+            f"| {len(seconds)} | {median:.1f} ({min(seconds):.1f}–{max(seconds):.1f}) "
+            f"| {1 / median:.3f} | {point['peak_rss_mib']:,.0f} MiB |"
         )
     first = results["points"][0]
     lines.append("")

@@ -38,7 +38,7 @@ from serve_app.openapi import (
     multipart_body,
     openapi_document,
 )
-from serve_app.pipeline import ReplicaFailed, StylizePipeline, batch_body
+from serve_app.pipeline import ProgressSink, ReplicaFailed, StylizePipeline, batch_body
 from serve_app.request_log import RequestContextMiddleware, ingress_metrics, log_fields
 from serve_app.schemas import (
     BatchResponse,
@@ -282,10 +282,26 @@ class Ingress:
         wanted = len(self._examples) * len(self._config.styles)
         logger.info("warm cache: %d of %d example results ready", len(self._warm), wanted)
 
-    async def _stylize_array(self, rgb: np.ndarray, style: str) -> StylizedArray:
-        response = self._stylizer.stylize.remote(rgb, style)
+    async def _stylize_array(
+        self, rgb: np.ndarray, style: str, on_progress: ProgressSink | None = None
+    ) -> StylizedArray:
+        """One array through the model; ``on_progress`` hears how far a tiled picture's
+        forward passes are (a small picture is one pass: nothing to report)."""
+        tiled = rgb.shape[0] * rgb.shape[1] > self._config.tiling.max_whole_pixels
+        if on_progress is not None and tiled:
+            stream = self._stylizer.options(stream=True).stylize_with_progress
+            return await self._model_call(stream.remote(rgb, style), on_progress)
+        return await self._model_call(self._stylizer.stylize.remote(rgb, style))
+
+    async def _model_call(self, response, on_progress: ProgressSink | None = None):
         try:
-            return await response
+            if on_progress is None:
+                return await response
+            async for item in response:
+                if isinstance(item, StylizedArray):
+                    return item
+                on_progress(*item)
+            raise ReplicaFailed("the model's stream ended without a picture")
         except asyncio.CancelledError:
             response.cancel()  # nobody waits any more: stop the work on the replica too
             raise

@@ -97,7 +97,11 @@ class ResultStore(Protocol):
     async def put(self, key: str, value: CachedImage) -> None: ...
 
 
-StylizeArray = Callable[[np.ndarray, str], Awaitable[StylizedArray]]
+StylizeArray = Callable[..., Awaitable[StylizedArray]]
+"""(rgb, style) -> the stylised array; the keyword ``on_progress`` (a ProgressSink), when
+given, hears how far the model is with a large picture."""
+ProgressSink = Callable[[int, int], None]
+"""(steps done, steps in all)"""
 
 
 def result_key(
@@ -336,7 +340,17 @@ class StylizePipeline:
             decoded = await asyncio.to_thread(self._decode, data, pixels, options.size)
         decoded_at = time.perf_counter()
         work.progress = PROGRESS_DECODED
-        stylized = await self._stylize_with_retry(decoded.rgb, options.style)
+
+        def model_progress(done: int, total: int) -> None:
+            share = PROGRESS_STYLIZED - PROGRESS_DECODED
+            work.progress = PROGRESS_DECODED + share * done / max(total, 1)
+
+        # Only a tiled picture's model pass has steps worth reporting.
+        height, width = decoded.rgb.shape[:2]
+        large = height * width > self._config.tiling.max_whole_pixels
+        stylized = await self._stylize_with_retry(
+            decoded.rgb, options.style, model_progress if large else None
+        )
         work.progress = PROGRESS_STYLIZED
         encode_from = time.perf_counter()
         encoded = await asyncio.to_thread(finish, decoded, stylized.rgb, options)
@@ -458,14 +472,17 @@ class StylizePipeline:
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
-    async def _stylize_with_retry(self, rgb: np.ndarray, style: str) -> StylizedArray:
+    async def _stylize_with_retry(
+        self, rgb: np.ndarray, style: str, on_progress: ProgressSink | None = None
+    ) -> StylizedArray:
         """A replica that dies mid-call is retried once: stylising is idempotent."""
+        progress = {} if on_progress is None else {"on_progress": on_progress}
         try:
-            return await self._stylize_array(rgb, style)
+            return await self._stylize_array(rgb, style, **progress)
         except ReplicaFailed as error:
             logger.warning("model replica failed (%s); retrying once", error)
         try:
-            return await self._stylize_array(rgb, style)
+            return await self._stylize_array(rgb, style, **progress)
         except ReplicaFailed as error:
             raise Unavailable("the model replica failed; retry shortly") from error
 

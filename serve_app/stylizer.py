@@ -13,6 +13,7 @@ import logging
 import os
 import time
 from collections import Counter, defaultdict
+from collections.abc import AsyncIterator
 
 import numpy as np
 import ray
@@ -33,7 +34,7 @@ from serve_app.config import (
 from serve_app.metrics import ModelMetrics
 from serve_app.model import Runtime, StyleModel, select_runtime
 from serve_app.schemas import ModelIdentity, StylizedArray
-from serve_app.tiling import TiledGenerator, TileSettings
+from serve_app.tiling import TiledGenerator, TileSettings, step_count
 from serve_app.weights import ResolvedWeights, load_generator_for, resolve_weights
 
 logger = logging.getLogger(__name__)
@@ -325,11 +326,31 @@ class Stylizer:
         shape = getattr(rgb, "shape", ())
         return len(shape) == 3 and shape[0] * shape[1] > self._tiling.max_whole_pixels
 
+    async def stylize_with_progress(
+        self, rgb: np.ndarray, style: str
+    ) -> AsyncIterator[tuple[int, int] | StylizedArray]:
+        """``stylize`` as a stream: (steps done, steps in all) after each forward pass of
+        a tiled picture, then the stylised array (a small picture: the array alone)."""
+        if not self.is_tiled(rgb):
+            yield await self.stylize(rgb, style)
+            return
+        async for item in self._tiled_steps(rgb, style, time.perf_counter()):
+            yield item
+
     async def _run_tiled(self, rgb: np.ndarray, style: str, arrival: float) -> StylizedArray:
+        async for item in self._tiled_steps(rgb, style, arrival):
+            if isinstance(item, StylizedArray):
+                return item
+        raise RuntimeError("tiled inference ended without a result")
+
+    async def _tiled_steps(
+        self, rgb: np.ndarray, style: str, arrival: float
+    ) -> AsyncIterator[tuple[int, int] | StylizedArray]:
         """One large picture alone, in tiles; between two of its forward passes, batches
         of small pictures take their turn on the model."""
         check_model_input(rgb, style, self._models)
         tiled, model = self._tiled[style]
+        total = step_count(rgb.shape[0], rgb.shape[1], self._tile_settings)
         async with self._tiled_lock:
             started = time.perf_counter()
             out = np.empty_like(rgb)
@@ -341,7 +362,7 @@ class Stylizer:
                 self._tile_settings,
                 out,
             )
-            seconds = 0.0
+            seconds, done = 0.0, 0
             try:
                 while True:
                     async with self._model_lock:
@@ -351,6 +372,8 @@ class Stylizer:
                     if step is _DONE:
                         break
                     self._tiles_run += 1
+                    done += 1
+                    yield done, max(total, done)
             except Exception as error:
                 logger.exception("tiled inference failed for one %s picture", style)
                 raise RuntimeError(f"inference failed: {error}") from error
@@ -363,7 +386,7 @@ class Stylizer:
         self._metrics.inference_ms.observe(seconds * 1e3, tags={"style": style})
         queue_ms = (started - arrival) * 1e3
         self._metrics.queue_ms.observe(queue_ms, tags={"style": style})
-        return StylizedArray(
+        yield StylizedArray(
             rgb=out,
             identity=self._identities[style],
             queue_ms=queue_ms,

@@ -439,13 +439,27 @@ class TiledGenerator:
         _flush(band, out, band_top, plan.height - band_top, decode)
 
 
+def step_count(height: int, width: int, settings: TileSettings) -> int:
+    """How many steps ``TiledGenerator.steps`` takes for a picture of this size: the
+    shrunk copy's pass, the first layer's pass over the tiles (when the copy is shrunk),
+    the output pass."""
+    plan = plan_tiles(height, width, settings.tile, settings.overlap)
+    passes = math.ceil(plan.count / settings.batch)
+    shrunk = _shrink_factor(height, width, settings.stats_pixels) > 1
+    return 1 + passes * (2 if shrunk else 1)
+
+
+def _shrink_factor(height: int, width: int, max_pixels: int) -> int:
+    return max(1, math.ceil(math.sqrt(height * width / max_pixels)))
+
+
 def shrink(rgb: np.ndarray, max_pixels: int) -> np.ndarray:
     """``rgb`` box-filtered by the smallest whole factor that brings it to at most
     ``max_pixels`` (sides cut to multiples of 4; a few border pixels may be dropped),
     a band of rows at a time so that no float copy of the whole picture is made.
     ``rgb`` itself when it is small enough."""
     height, width, channels = rgb.shape
-    factor = max(1, math.ceil(math.sqrt(height * width / max_pixels)))
+    factor = _shrink_factor(height, width, max_pixels)
     if factor == 1:
         return rgb
     out_h = max(ALIGN, height // factor // ALIGN * ALIGN)

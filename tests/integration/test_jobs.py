@@ -27,6 +27,13 @@ def jobs_app(default_app, tmp_path_factory):
     args = app_args(
         limits={"max_size": 512, "max_sync_size": SYNC_SIZE, "max_bytes": 2 * 2**20},
         jobs={"store_url": str(store), "heartbeat_s": 0.5, "stale_after_s": 3},
+        # Pictures past 256×256 run in small tiles: a 512 px job takes dozens of steps.
+        tiling={
+            "max_whole_pixels": 256 * 256,
+            "tile_size": 128,
+            "overlap": 32,
+            "stats_pixels": 64 * 64,
+        },
     )
     deploy(args)
     wait_healthy(default_app)
@@ -104,6 +111,21 @@ def test_a_large_print_job_is_followed_and_fetched(jobs_app, client):
     other = submit(client, photo, size=JOB_SIZE, format="jpeg")  # other options: a new job
     assert other.status_code == 202 and other.json()["id"] != job["id"]
     assert wait_done(client, other.json()["id"])["state"] == "done"
+
+
+def test_a_tiled_large_print_reports_progress_as_its_tiles_run(jobs_app, client):
+    base_url, _, _ = jobs_app
+    photo = synthetic_jpeg(seed=61_010, width=800, height=600)
+    job = submit(client, photo, size=512).json()
+    events = sse_states(base_url, f"/v1/jobs/{job['id']}/events")
+    assert events[-1]["state"] == "done" and events[-1]["progress"] == 1
+    running = [event["progress"] for event in events if event["state"] == "running"]
+    print(f"progress seen while running: {running}")
+    assert any(0.05 < progress < 0.9 for progress in running), running  # the tiles' steps
+    assert running == sorted(running)
+    assert any(event["eta_s"] and event["eta_s"] > 0 for event in events)
+    stats = client.get("/v1/stats").json()["model"]
+    assert stats["tiled_images"] >= 1
 
 
 def test_a_failed_job_reports_its_error_and_has_no_result(jobs_app, client):

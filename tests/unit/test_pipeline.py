@@ -372,3 +372,29 @@ def test_memory_budget_lets_an_oversized_reservation_through_alone():
     order = run(scenario())
     assert order[:2] == ["a+", "a-"]  # b (60) does not fit beside a (60)
     assert "huge+" in order and order.index("huge-") == order.index("huge+") + 1
+
+
+def test_a_tiled_pictures_model_steps_move_its_progress():
+    class SteppingModel(FakeModel):
+        async def __call__(self, rgb, style, on_progress=None):
+            assert on_progress is not None  # a picture past tiling.max_whole_pixels
+            on_progress(1, 4)
+            return await super().__call__(rgb, style)
+
+    async def scenario():
+        model = SteppingModel()
+        model.gate.clear()
+        pipe, _, _ = make_pipeline(model, tiling={"max_whole_pixels": 16 * 16})
+        data, opts = synthetic_jpeg(seed=5), options(pipe)
+        key = await pipe.key_of(data, opts)
+        request = asyncio.ensure_future(pipe.stylize(data, opts))
+        await settle()
+        during = pipe.progress(key)
+        model.gate.set()
+        await request
+        return during, pipe.progress(key)
+
+    during, after = run(scenario())
+    decoded, stylized = pipeline_module.PROGRESS_DECODED, pipeline_module.PROGRESS_STYLIZED
+    assert during == pytest.approx(decoded + (stylized - decoded) / 4)
+    assert after is None  # nothing in flight any more

@@ -14,7 +14,15 @@ from torch import nn
 
 from serve_app import tensors
 from serve_app.model import StyleModel, load_generator, select_runtime
-from serve_app.tiling import ALIGN, TiledGenerator, TileSettings, plan_axis, plan_tiles, shrink
+from serve_app.tiling import (
+    ALIGN,
+    TiledGenerator,
+    TileSettings,
+    plan_axis,
+    plan_tiles,
+    shrink,
+    step_count,
+)
 from tests.conftest import sample_photos
 
 FIXTURE = Path(__file__).parents[1] / "fixtures" / "generator_parity.pt"
@@ -159,6 +167,20 @@ def test_weights_of_agreeing_tiles_reproduce_the_picture():
         rgb, tiled.module, tensors.to_model_batch, tensors.from_model_batch, settings, out
     )
     assert sum(1 for _ in steps) == 1 + plan_tiles(296, 516, 128, 32).count
+    assert step_count(296, 516, settings) == 1 + plan_tiles(296, 516, 128, 32).count
+
+
+@pytest.mark.parametrize("batch", [1, 3])
+def test_step_count_matches_the_steps_taken_with_a_shrunk_copy(batch):
+    module = nn.Sequential(nn.GroupNorm(1, 3))
+    tiled = TiledGenerator(module)
+    rgb = np.random.default_rng(3).integers(0, 256, (300, 520, 3), dtype=np.uint8)
+    out = np.zeros_like(rgb)
+    settings = TileSettings(tile=128, overlap=32, batch=batch, stats_pixels=64 * 64)
+    steps = tiled.steps(
+        rgb, tiled.module, tensors.to_model_batch, tensors.from_model_batch, settings, out
+    )
+    assert sum(1 for _ in steps) == step_count(300, 520, settings)
     whole = tensors.from_model_batch(module(tensors.to_model_batch([rgb])))[0]
     assert np.abs(out.astype(int) - whole).max() <= 1
 
