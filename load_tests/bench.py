@@ -241,12 +241,14 @@ def first_200(url: str, data: bytes, popen: subprocess.Popen, log: Path, timeout
 
 
 def bench_config(base: dict, port: int, replicas: int, floor_body: Path) -> dict:
-    """The service's config with random weights, ``replicas`` Stylizers (no autoscaling)
-    and a free port, plus the floor (logging as the service's: neither pays for an access
-    log the other skips)."""
+    """The service's config with random weights, ``replicas`` Stylizers (no autoscaling),
+    no examples warmed (a one-off start-up cost that would share the model with the first
+    workload) and a free port, plus the floor (logging as the service's: neither pays for
+    an access log the other skips)."""
     config = copy.deepcopy(base)
     config["http_options"] = {**config.get("http_options", {}), "host": "127.0.0.1", "port": port}
     service = config["applications"][0]
+    service["args"].pop("warm_examples", None)
     for style in service["args"]["styles"]:
         style["weights"] = "random"
     for deployment in service.get("deployments", []):
