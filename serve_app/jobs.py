@@ -299,12 +299,6 @@ class JobService:
         links = {"self": prefix, "events": f"{prefix}/events", "result": f"{prefix}/result"}
         return JobView(**record.model_dump(), elapsed_s=elapsed, eta_s=eta, links=links)
 
-    async def close(self) -> None:
-        """Stop this replica's jobs (another replica takes them over from the store)."""
-        for task in list(self._tasks.values()):
-            task.cancel()
-        await asyncio.gather(*self._tasks.values(), return_exceptions=True)
-
     # --- running ----------------------------------------------------------------------------
 
     def _start(self, record: JobRecord, data: bytes) -> None:
@@ -313,7 +307,11 @@ class JobService:
         run = _Run(record.model_copy(update={"runner": self.runner_id}))
         task = run_detached(self._run(run, data))
         self._tasks[record.id] = task
-        task.add_done_callback(lambda _: self._tasks.pop(record.id, None))
+        task.add_done_callback(lambda done: self._forget(record.id, done))
+
+    def _forget(self, job_id: str, task: asyncio.Task) -> None:
+        if self._tasks.get(job_id) is task:  # not a later run of the same job
+            del self._tasks[job_id]
 
     async def _run(self, run: _Run, data: bytes) -> None:
         if not await self._save(run, heartbeat_at=time.time()):
