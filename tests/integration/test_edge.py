@@ -66,7 +66,7 @@ TEST_NUMBERS = [
     ("client_body_timeout 15s;", f"client_body_timeout {BODY_TIMEOUT_S}s;", 1),
     ("client_header_timeout 10s;", f"client_header_timeout {HEADER_TIMEOUT_S}s;", 1),
     ("rate=10r/s", f"rate={RATE_PER_S}r/s", 1),
-    ("burst=20 ", f"burst={BURST} ", 2),
+    ("burst=20 ", f"burst={BURST} ", 3),
 ]
 
 assert EDGE_BODY_LIMIT < OVERSIZE < APP_MAX_BYTES < EDGE_BATCH_LIMIT
@@ -352,6 +352,29 @@ def test_upload_passes_with_its_headers_and_a_repeat_is_a_cache_hit(edge, base_u
     entry = edge.log_entry(request_id)
     assert entry["upstream_addr"] == urlsplit(base_url).netloc
     assert entry["upstream_status"] == "200"
+
+
+def test_a_job_goes_through_the_edge(edge):
+    """A job through the edge: submitted, its event stream read to the final state (the
+    events location is unbuffered), its result fetched."""
+    photo = synthetic_jpeg(240, 180, seed=424_250)
+    with httpx.Client(base_url=edge.url, timeout=60) as client:
+        files = {"image": ("photo.jpg", photo, "image/jpeg")}
+        submitted = client.post("/v1/jobs", params={"style": STYLE_A}, files=files)
+        assert submitted.status_code == 202, submitted.text
+        job = submitted.json()
+        states = []
+        with client.stream("GET", job["links"]["events"]) as events:
+            assert events.status_code == 200
+            assert events.headers["content-type"].startswith("text/event-stream")
+            states = [
+                line.removeprefix("event: ")
+                for line in events.iter_lines()
+                if line.startswith("event: ")
+            ]
+        result = client.get(job["links"]["result"])
+    assert states and states[-1] == "done", states
+    assert result.status_code == 200 and result.headers["content-type"] == "image/png"
 
 
 def test_the_batch_route_has_the_larger_bound(edge):
