@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import copy
 import datetime
 import importlib.metadata
 import json
@@ -37,7 +36,6 @@ import os
 import platform
 import shlex
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -51,7 +49,8 @@ import httpx
 import psutil
 import yaml
 
-from load_tests import portrait_bench, tiling_bench
+from load_tests import cold_start, job_bench, portrait_bench, tiling_bench
+from load_tests.cold_start import free_port, stylizer_cpus
 from load_tests.loadgen import MIN_ANSWERS, run_point
 from load_tests.workloads import (
     CANVAS,
@@ -63,6 +62,7 @@ from load_tests.workloads import (
     multipart,
     repeated,
 )
+from serve_app.config import MediaConfig
 from serve_app.imaging import target_dimensions
 
 logger = logging.getLogger("load_tests.bench")
@@ -82,6 +82,29 @@ TARGETS = (
     ("cache hits / floor, c1 p50", ("hits c1", "p50_ms"), ("floor c1", "p50_ms"), 1 / 0.9, False),
     ("mixed / Flask, c8 req/s", ("mixed", "rps"), ("flask mixed", "rps"), 3.0, True),
     ("mixed / Flask, c8 mean ms", ("mixed", "mean_ms"), ("flask mixed", "mean_ms"), 0.33, False),
+    (
+        "job frames/s / model limit, 256 px frames",
+        ("job", "frames_per_s"),
+        ("model frames", "rps"),
+        0.9,
+        True,
+    ),
+    (
+        "half-still clip: model passes / frames",
+        ("job", "still_model_passes"),
+        ("job", "still_frames"),
+        0.55,
+        False,
+    ),
+    ("resubmitted clip: answer, s", ("job", "resubmit_s"), None, 1.0, False),
+    ("cold start / bare Serve app", ("cold start", "app_s"), ("cold start", "hello_s"), 1.5, False),
+    (
+        "photo p50 during a job / idle",
+        ("job", "photo_during_job_p50_ms"),
+        ("job", "photo_idle_p50_ms"),
+        2.0,
+        False,
+    ),
 )
 # point: (what, workload, px)
 POINTS = {
@@ -95,6 +118,11 @@ POINTS = {
     "hits c8": ("service", "one photo again (cache hits)", "256"),
     "floor c8": ("framework floor", "bare route, one actor call", "–"),
     "flask mixed": ("Flask baseline", f"mixed: {HOT_RATIO:.0%} from {HOT_SET} hot photos", "256"),
+    "model frames": (
+        "model, in-process",
+        "generator, best of batch 1 and the jobs' batch",
+        "256×144",
+    ),
 }
 
 
@@ -136,15 +164,15 @@ def _model_worker(conn, barrier, threads: int) -> None:
                 torch.jit.trace(random_generator(seed=0).eval(), example).save(job[1])
             conn.send(None)
             continue
-        _, (width, height), min_s = job
-        batch = torch.rand(1, 3, height, width) * 2 - 1
+        _, (width, height), batch_size, min_s = job
+        batch = torch.rand(batch_size, 3, height, width) * 2 - 1
         model(batch)  # the first pass at a shape builds the oneDNN kernels
         barrier.wait(timeout=600)  # the processes run at once: their rates add up
         passes, start = 0, time.perf_counter()
         while passes < 1 or time.perf_counter() - start < min_s:
             model(batch)
             passes += 1
-        conn.send(passes / (time.perf_counter() - start))
+        conn.send(passes * batch_size / (time.perf_counter() - start))
 
 
 class ModelWorkers:
@@ -162,9 +190,9 @@ class ModelWorkers:
             self._procs.append(proc)
         self.precision = [pipe.recv() for pipe in self._pipes].pop()
 
-    def images_per_s(self, size: int, min_s: float) -> float:
+    def images_per_s(self, size: int, min_s: float, canvas=CANVAS, batch: int = 1) -> float:
         for pipe in self._pipes:
-            pipe.send(("measure", target_dimensions(*CANVAS, size), min_s))
+            pipe.send(("measure", target_dimensions(*canvas, size), batch, min_s))
         return sum(pipe.recv() for pipe in self._pipes)
 
     def trace(self, path: Path) -> None:
@@ -183,12 +211,6 @@ class ModelWorkers:
 
 
 # --------------------------------------------------------------------------- servers
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @contextlib.contextmanager
@@ -240,34 +262,19 @@ def first_200(url: str, data: bytes, popen: subprocess.Popen, log: Path, timeout
     raise TimeoutError(f"no 200 from {url} within {timeout_s:g} s; see {log}")
 
 
-def bench_config(base: dict, port: int, replicas: int, floor_body: Path) -> dict:
-    """The service's config with random weights, ``replicas`` Stylizers (no autoscaling),
-    no examples warmed (a one-off start-up cost that would share the model with the first
-    workload) and a free port, plus the floor (logging as the service's: neither pays for
-    an access log the other skips)."""
-    config = copy.deepcopy(base)
-    config["http_options"] = {**config.get("http_options", {}), "host": "127.0.0.1", "port": port}
+def bench_config(base: dict, port: int, floor_body: Path) -> dict:
+    """The service's config as the cold start measures it (random weights, Stylizers
+    pinned to the machine's CPUs, no examples warmed: a one-off start-up cost that would
+    share the model with the first workload, a free port), plus the floor (logging as the
+    service's: neither pays for an access log the other skips)."""
+    config = cold_start.app_config(base, port)
     service = config["applications"][0]
-    service["args"].pop("warm_examples", None)
-    for style in service["args"]["styles"]:
-        style["weights"] = "random"
-    for deployment in service.get("deployments", []):
-        if deployment["name"] == "Stylizer":
-            deployment.pop("autoscaling_config", None)
-            deployment["num_replicas"] = replicas
     floor = {"name": "floor", "route_prefix": FLOOR_PREFIX, "args": {"body_path": str(floor_body)}}
     floor["import_path"] = "load_tests.floor_app:build_floor"
     if "logging_config" in service:
         floor["logging_config"] = service["logging_config"]
     config["applications"].append(floor)
     return config
-
-
-def stylizer_cpus(config: dict) -> int:
-    for deployment in config["applications"][0].get("deployments", []):
-        if deployment["name"] == "Stylizer":
-            return max(1, int(deployment.get("ray_actor_options", {}).get("num_cpus", 1)))
-    return 1
 
 
 # --------------------------------------------------------------------------- the run
@@ -286,6 +293,8 @@ class Bench:
         ]
         self.base = yaml.safe_load(args.config.read_text())
         self.threads = stylizer_cpus(self.base)
+        media = self.base["applications"][0]["args"].get("media", {})
+        self.frame_batch = media.get("frame_batch", MediaConfig().frame_batch)
         self.replicas = max(1, len(os.sched_getaffinity(0)) // self.threads)
 
     def point(self, name: str, url: str, source: UploadSource, clients: int, phase: str) -> None:
@@ -301,6 +310,14 @@ class Bench:
                     rate = workers.images_per_s(size, self.plan.model_s)
                     self.points.setdefault(f"model {size}", []).append({"rps": rate})
                     logger.info("model %d px: %.2f img/s", size, rate)
+                rates = {
+                    batch: workers.images_per_s(
+                        job_bench.FRAME_SIZE, self.plan.model_s, job_bench.SOURCE, batch
+                    )
+                    for batch in (1, self.frame_batch)
+                }
+                self.points.setdefault("model frames", []).append({"rps": max(rates.values())})
+                logger.info("model, jobs' frames: %s img/s by batch size", rates)
             workers.trace(self.dir / "flask_generator.pt")
             return workers.precision
         finally:
@@ -310,7 +327,7 @@ class Bench:
         port, body = free_port(), self.dir / "floor_body.png"
         body.unlink(missing_ok=True)
         config_path = self.dir / "bench_serve_config.yaml"
-        config = bench_config(self.base, port, self.replicas, body)
+        config = bench_config(self.base, port, body)
         config_path.write_text(yaml.safe_dump(config, sort_keys=False))
         prefix = config["applications"][0].get("route_prefix", "/").rstrip("/")
         root = f"http://127.0.0.1:{port}{prefix}"
@@ -328,8 +345,8 @@ class Bench:
         started = time.monotonic()
         with server(argv, env, log) as popen:
             body.write_bytes(first_200(url[MIXED_SIZE], hit, popen, log, 300))
-            cold_start = time.monotonic() - started
-            logger.info("serve run: first 200 after %.1f s", cold_start)
+            first_200_s = time.monotonic() - started
+            logger.info("serve run: first 200 after %.1f s", first_200_s)
             first_200(floor, hit, popen, log, 120)
             for rep in range(self.args.repeats):
                 for size in SIZES:
@@ -340,8 +357,16 @@ class Bench:
                 for clients in (1, 8):  # each next to the floor, so that both see the same load
                     self.point(f"hits c{clients}", url[MIXED_SIZE], repeated(hit), clients, "hits")
                     self.point(f"floor c{clients}", floor, repeated(hit), clients, "hits")
+            logger.info("jobs: videos next to single photos")
+            jobs = job_bench.run(
+                root, url[256], self.uploads.unique, self.args.repeats, self.args.quick
+            )
+            for figures in jobs["runs"]:
+                figures["resubmit_s"] = figures["resubmit_ms"] / 1e3
+                self.points.setdefault("job", []).append(figures)
+                logger.info("jobs: %s", json.dumps(figures))
             stats = httpx.get(f"{root}/v1/stats", timeout=30).json()
-        return cold_start, stats
+        return first_200_s, stats
 
     def flask(self) -> None:
         port, log = free_port(), self.dir / "flask.log"
@@ -362,8 +387,14 @@ class Bench:
         portrait = portrait_bench.run(self.args.quick)
         logger.info("large prints: tiled against whole")
         tiling = tiling_bench.run(self.args.quick)
-        cold_start, stats = self.service()
+        cold_start_s, stats = self.service()
         self.flask()
+        logger.info("cold start: this app against a bare Serve app, taking turns")
+        starts = cold_start.measure_cold_starts(self.args.config, self.args.repeats)
+        for app_s, hello_s in zip(
+            starts["animegan"]["runs_s"], starts["hello"]["runs_s"], strict=True
+        ):
+            self.points.setdefault("cold start", []).append({"app_s": app_s, "hello_s": hello_s})
         return {
             "portrait": portrait,
             "tiling": tiling,
@@ -380,7 +411,8 @@ class Bench:
                 "precision": precision,
                 "plan": {"model_s": self.plan.model_s, "phases": self.plan.phases},
             },
-            "cold_start_s": cold_start,
+            "cold_start_s": cold_start_s,
+            "cold_starts": starts,
             "points": self.points,
             "targets": targets(self.points, self.args.repeats),
             "service_stats": stats,
@@ -403,10 +435,12 @@ def machine() -> dict:
 def targets(points: dict[str, list[dict]], repeats: int) -> list[dict]:
     """Each target's ratio within each repetition; the median and range over them."""
     out = []
-    for name, (top, top_field), (bottom, bottom_field), wanted, higher in TARGETS:
+    for name, (top, top_field), denominator, wanted, higher in TARGETS:
+        bottom, bottom_field = denominator or (None, None)
         values = []
         for rep in range(repeats):
-            a, b = points[top][rep][top_field], points[bottom][rep][bottom_field]
+            a = points[top][rep][top_field]
+            b = 1.0 if bottom is None else points[bottom][rep][bottom_field]
             values.append(a / b if a is not None and b else None)
         measured = [v for v in values if v is not None]
         median = statistics.median(measured) if measured else None
@@ -465,6 +499,23 @@ def figures_table(results: dict) -> str:
     return _table(headers, rows)
 
 
+JOB_FIGURES = (
+    ("frames_per_s", "unique-frame clip: frames/s (job start to finish)"),
+    ("frames", "its frames"),
+    ("still_model_passes", "half-still clip: model passes"),
+    ("still_frames", "its frames"),
+    ("resubmit_ms", "the first clip again: answer, ms"),
+    ("photo_idle_p50_ms", "single photos one by one, idle: p50 ms"),
+    ("photo_during_job_p50_ms", "the same while a clip runs: p50 ms"),
+)
+
+
+def jobs_table(results: dict) -> str:
+    runs = results["points"].get("job", [])
+    rows = [[what, _spread([run.get(key) for run in runs])] for key, what in JOB_FIGURES]
+    return _table(["figure", "median (min–max)"], rows)
+
+
 def markdown(results: dict) -> str:
     meta, layout, m = results["meta"], results["meta"]["layout"], results["meta"]["machine"]
     width, height = CANVAS
@@ -491,7 +542,22 @@ range. This machine is shared and noisy: the ratios are what count, not absolute
 
 {figures_table(results)}
 
-Cold start: `serve run` to the first 200 on `/v1/stylize`: {results["cold_start_s"]:.1f} s.
+Cold start: `serve run` to the first 200, each a fresh local Ray, the two apps taking
+turns ({meta["repeats"]} each): this app (`/v1/stylize`, 256 px)
+{_spread([run["app_s"] for run in results["points"]["cold start"]])} s, a bare Serve app
+answering "hello" (`load_tests/hello_app.py`)
+{_spread([run["hello_s"] for run in results["points"]["cold start"]])} s. The benchmark's
+own service came up in {results["cold_start_s"]:.1f} s.
+
+## Jobs: videos
+
+{jobs_table(results)}
+
+Clips: {job_bench.SOURCE[0]}×{job_bench.SOURCE[1]} H.264 + AAC at {job_bench.FPS} fps, made
+per repetition with frames that all differ (the half-still one losslessly, its second half
+one frame), submitted as jobs at size {job_bench.FRAME_SIZE} (frames of
+{"×".join(map(str, target_dimensions(*job_bench.SOURCE, job_bench.FRAME_SIZE)))}); the
+model limit for them is the best of batch 1 and the jobs' batch in the same process layout.
 
 {chr(10).join(portrait_bench.markdown(results["portrait"]))}
 

@@ -82,9 +82,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     stylize = commands.add_parser(
         "stylize",
-        help="stylize image files locally (no Ray)",
-        description="Stylize image files on this machine. One input: -o is the output "
-        "file. Several inputs: -o is a directory, outputs are named <stem>.<ext>.",
+        help="stylize pictures, animations and videos locally (no Ray)",
+        description="Stylize files on this machine: pictures, animated GIF/WebP/APNG "
+        "and videos (MP4/MOV/MKV/WebM; audio copied, timestamps and rotation kept). One "
+        "input: -o is the output file (a video's suffix picks its container). Several "
+        "inputs: -o is a directory, outputs are named <stem>.<ext>.",
     )
     stylize.add_argument("inputs", nargs="+", type=Path, metavar="IN", help="input images")
     stylize.add_argument("-o", "--output", required=True, type=Path, metavar="OUT")
@@ -140,6 +142,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="--portrait found no face: error (default: that input fails) or whole "
         "(stylise the whole picture)",
     )
+    stylize.add_argument(
+        "--max-fps",
+        type=float,
+        default=None,
+        help="videos: at most this many frames a second (default: every frame)",
+    )
     stylize.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     stylize.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), default="auto")
     stylize.add_argument(
@@ -169,11 +177,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _plan_outputs(
-    inputs: Sequence[Path], output: Path, fmt: str | None
+    inputs: Sequence[Path], output: Path, fmt: str | None, moving: frozenset[Path] = frozenset()
 ) -> tuple[list[Path], str] | str:
-    """(output paths, format), or an error message."""
+    """(output paths, format), or an error message. ``moving``: the inputs that are videos
+    or animations (their outputs keep their own kind of file)."""
     single = len(inputs) == 1 and not output.is_dir() and not str(output).endswith(("/", "\\"))
     if single:
+        if fmt is None and inputs[0] in moving:
+            return [output], "png"  # the output's suffix says what it is
         if fmt is None:
             fmt = SUFFIX_FORMATS.get(output.suffix.lower())
             if fmt is None:
@@ -187,9 +198,10 @@ def _plan_outputs(
     used: set[str] = set()
     paths = []
     for path in inputs:
-        name, n = f"{path.stem}.{ext}", 1
+        kept = path.suffix.lower().lstrip(".") if path in moving else ext
+        name, n = f"{path.stem}.{kept}", 1
         while name in used:  # a.jpg and a.png in one call
-            name, n = f"{path.stem}-{n}.{ext}", n + 1
+            name, n = f"{path.stem}-{n}.{kept}", n + 1
         used.add(name)
         paths.append(output / name)
     return paths, fmt
@@ -198,10 +210,18 @@ def _plan_outputs(
 def cmd_stylize(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from serve_app import config, errors, imaging, tensors
+    from serve_app import cli_media, config, errors, imaging, tensors
     from serve_app.model import StyleModel, select_runtime
 
-    plan = _plan_outputs(args.inputs, args.output, args.format)
+    moving = {}  # input -> its video/animation info
+    for source in args.inputs:
+        try:
+            info = cli_media.media_info(source, config.MediaConfig())
+        except (OSError, errors.ServiceError):
+            continue  # reported with the picture path's own error below
+        if info is not None:
+            moving[source] = info
+    plan = _plan_outputs(args.inputs, args.output, args.format, frozenset(moving))
     if isinstance(plan, str):
         _err(f"animegan: error: {plan}")
         return EXIT_USAGE
@@ -262,6 +282,11 @@ def cmd_stylize(args: argparse.Namespace) -> int:
     )
     for source, target in bar:
         try:
+            if source in moving:
+                _media(
+                    source, target, moving[source], args, resolved.digest, lambda p: run(model, p)
+                )
+                continue
             if args.portrait == "off":
                 decoded = imaging.decode_resized(source.read_bytes(), limits, args.size)
                 rgb = run(model, [decoded.rgb])[0]
@@ -285,6 +310,49 @@ def cmd_stylize(args: argparse.Namespace) -> int:
         _err(f"animegan: {failed} of {len(pairs)} input(s) failed")
         return EXIT_FAILED
     return EXIT_OK
+
+
+def _media(source: Path, target: Path, info, args: argparse.Namespace, digest: str, run) -> None:
+    """One video or animation, with a progress bar of its frames."""
+    from tqdm import tqdm
+
+    from serve_app import cli_media
+    from serve_app.schemas import StylizeOptions
+
+    if args.portrait != "off":
+        raise ValueError("--portrait takes still pictures only")
+    options = StylizeOptions(
+        style=args.style,
+        size=args.size,
+        format="png",
+        quality=args.quality,
+        strength=args.strength,
+        preserve_color=args.preserve_color,
+        container=cli_media.output_container(info, target),
+        max_fps=args.max_fps,
+    )
+    bar = tqdm(total=info.frames, unit="frame", desc=source.name, disable=not _progress_enabled())
+    try:
+        output = cli_media.stylize_media(
+            source,
+            target,
+            info,
+            options,
+            run,
+            digest,
+            lambda counts: bar.update(counts.done - bar.n),
+        )
+    finally:
+        bar.close()
+    logger.info(
+        "%s -> %s (%d frames, %d×%d, %.1f s)",
+        source,
+        target,
+        output.frames,
+        output.width,
+        output.height,
+        output.duration_s,
+    )
 
 
 def _portrait(data: bytes, args: argparse.Namespace, limits, model, scene_model, run):

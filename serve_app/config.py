@@ -18,6 +18,9 @@ STYLE_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 OutputFormat = Literal["png", "jpeg", "webp"]
 DeviceName = Literal["auto", "cpu", "cuda"]
 PrecisionName = Literal["auto", "fp32", "bf16", "fp16"]
+RuntimeName = Literal[
+    "auto", "eager-fp32", "eager-bf16", "eager-bf16-autocast", "eager-fp16-autocast"
+]
 
 SIDE_MULTIPLE = 4
 """The generator's two stride-2 stages need both sides divisible by 4."""
@@ -212,6 +215,59 @@ class JobsConfig(_Strict):
         return self
 
 
+class MediaConfig(_Strict):
+    """Videos and animated pictures: what is accepted, and how a job runs through them."""
+
+    max_bytes: int = Field(
+        default=256 * 2**20,
+        gt=0,
+        description="largest video or animation upload (`POST /v1/jobs`), bytes; 413 past it",
+    )
+    max_duration_s: float = Field(default=600, gt=0, description="longest video accepted")
+    max_frames: int = Field(default=18_000, ge=1, description="most frames in one upload")
+    max_frame_pixels: int = Field(
+        default=3840 * 2160, gt=0, description="largest input frame, width × height"
+    )
+    max_animation_frames: int = Field(
+        default=1000,
+        ge=1,
+        description="most frames of an animated GIF/WebP/APNG: its encoder holds the output "
+        "frames until the end (videos stream)",
+    )
+    max_sync_pixels: int = Field(
+        default=8 * 2**20,
+        ge=0,
+        description="`POST /v1/stylize` answers an animation whose frames × output pixels "
+        "stay within this, animated; past it, 422 `use_jobs` (videos always go to jobs)",
+    )
+    frames_in_flight: int = Field(
+        default=24,
+        ge=1,
+        description="a job's frames decoded and not yet encoded, at most (its memory bound)",
+    )
+    frame_batch: int = Field(
+        default=4, ge=1, le=64, description="frames sent to the model in one call"
+    )
+    video_crf: int = Field(
+        default=20, ge=0, le=51, description="H.264 CRF (VP9 uses CRF + 12) of the output"
+    )
+    model_calls: int = Field(
+        default=3,
+        ge=1,
+        description="frame batches of all jobs of one ingress replica at the model at once "
+        "while no single photo is asking (about the model replicas + 1 keeps them all busy)",
+    )
+    model_calls_busy: int = Field(
+        default=1,
+        ge=1,
+        description="the same while single photos are asking: the other model replicas "
+        "stay free for them",
+    )
+    interactive_quiet_s: float = Field(
+        default=2.0, gt=0, description="a single photo counts as asking for this long"
+    )
+
+
 class AppConfig(_Strict):
     """The application arguments (`args:` of the serve config)."""
 
@@ -224,6 +280,12 @@ class AppConfig(_Strict):
     max_batch_images: int = Field(default=8, ge=1, le=64, description="files per batch request")
     device: DeviceName = "auto"
     precision: PrecisionName = "auto"
+    runtime: RuntimeName = Field(
+        default="auto",
+        description="how the model runs; auto: at replica start, the fastest runtime of this "
+        "node (within `precision`) whose output is within 40 dB PSNR of eager-fp32, "
+        "measured on the replica's weights; eager-fp32 is the fallback",
+    )
     seed: int = Field(default=0, description="seed of `random` weights")
     request_timeout_s: float = Field(default=30.0, gt=0, description="past it: 504")
     max_in_flight: int = Field(
@@ -244,6 +306,7 @@ class AppConfig(_Strict):
     tiling: TilingConfig = TilingConfig()
     portrait: PortraitConfig = PortraitConfig()
     jobs: JobsConfig = JobsConfig()
+    media: MediaConfig = MediaConfig()
     api_key_env: str | None = Field(
         default="ANIMEGAN_API_KEYS",
         description="environment variable with the API keys (comma-separated) that /v1 "

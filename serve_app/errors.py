@@ -54,6 +54,12 @@ class BadMultipart(ServiceError):
     status, code = 400, "bad_multipart"
 
 
+class UndecodableMedia(ServiceError):
+    """A video or animation the decoder cannot read, or one that breaks off mid-way."""
+
+    status, code = 400, "undecodable_media"
+
+
 # --- 401, 404, 405 -------------------------------------------------------------------
 
 
@@ -100,6 +106,18 @@ class PayloadTooLarge(ServiceError):
     status, code = 413, "payload_too_large"
 
 
+class MediaTooLarge(ServiceError):
+    """A video or animation over a limit: bytes, duration, frames or frame size."""
+
+    status, code = 413, "media_too_large"
+
+
+class UnsupportedCodec(ServiceError):
+    """A video in a container or codec that is not accepted (or not in this decoder)."""
+
+    status, code = 415, "unsupported_codec"
+
+
 class UnsupportedFormat(ServiceError):
     """A valid picture in a format (or colour mode) that is not accepted."""
 
@@ -110,6 +128,12 @@ class UnsupportedMediaType(ServiceError):
     """A body that is neither multipart nor an ``image/*`` type."""
 
     status, code = 415, "unsupported_media_type"
+
+
+class RangeNotSatisfiable(ServiceError):
+    """A ``Range`` outside the result's bytes."""
+
+    status, code = 416, "range_not_satisfiable"
 
 
 # --- 422: the request's parameters ---------------------------------------------------
@@ -161,8 +185,15 @@ class NoFace(ServiceError):
     status, code = 422, "no_face"
 
 
+class InvalidVideoOptions(ServiceError):
+    """A video option out of range, or an output container that cannot hold the audio."""
+
+    status, code = 422, "invalid_video_options"
+
+
 class UseJobs(ServiceError):
-    """A size past the synchronous limit: the picture is made as a job instead."""
+    """A size past the synchronous limit, a video, or an animation over the synchronous
+    budget: made as a job instead."""
 
     status, code = 422, "use_jobs"
 

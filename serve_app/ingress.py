@@ -22,15 +22,19 @@ from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
 from ray.serve.exceptions import BackPressureError
 from ray.serve.handle import DeploymentHandle
 
-from serve_app import imaging
-from serve_app.cache import CacheClient
+from serve_app import imaging, media
+from serve_app.byte_ranges import content_range, parse_range
+from serve_app.cache import CacheClient, CachedImage
 from serve_app.config import MIN_SIDE, AppConfig, example_path
 from serve_app.errors import MissingImage, NotFound, Overloaded, ServiceError
 from serve_app.examples import document_examples, load_examples, read_example
 from serve_app.http_errors import install_error_handlers
 from serve_app.jobs import JobOutput, JobRecord, JobService, JobView, sse_event
+from serve_app.media_service import MediaService
+from serve_app.metrics import JobMetrics
 from serve_app.openapi import (
     BINARY,
+    JOB_BODY,
     PICTURE_HEADERS,
     RAW_BODY,
     STYLIZE_ERRORS,
@@ -79,6 +83,11 @@ SSE_EVENT_SCHEMA = {
         "data": {"type": "string", "description": "the job's JSON, as GET /v1/jobs/{id}"},
     },
 }
+# A job's result goes out in pieces of this size: a video is never whole in memory.
+RESULT_CHUNK_BYTES = 1 << 20
+RESULT_MEDIA_TYPES = sorted(
+    {*imaging.MEDIA_TYPES.values(), *media.VIDEO_MEDIA_TYPES, *media.ANIMATION_MEDIA_TYPES}
+)
 JOB_HEADERS = {"Location": {"schema": {"type": "string"}, "description": "the job's URL"}}
 
 
@@ -116,6 +125,20 @@ NoFaceParam = Annotated[
     str | None,
     Query(description="portrait found no face: `error` (default, 422 no_face) or `whole`"),
 ]
+ContainerParam = Annotated[
+    str | None,
+    Query(
+        description="videos (jobs): the output container, `same` (default: the input's "
+        "family), `mp4`, `webm`, `matroska` or `mov`"
+    ),
+]
+MaxFpsParam = Annotated[
+    float | None,
+    Query(
+        description="videos and animations: at most this many frames a second (frames "
+        "closer than 1/max_fps are dropped); default: every frame"
+    ),
+]
 API_KEY = [Depends(require_api_key)]
 
 
@@ -129,6 +152,8 @@ def stylize_query(
     portrait: PortraitParam = None,
     background: BackgroundParam = None,
     no_face: NoFaceParam = None,
+    container: ContainerParam = None,
+    max_fps: MaxFpsParam = None,
 ) -> dict:
     """The options as sent, for resolve_options (every route that makes pictures)."""
     return {
@@ -141,6 +166,8 @@ def stylize_query(
         "portrait": portrait,
         "background": background,
         "no_face": no_face,
+        "container": container,
+        "max_fps": max_fps,
     }
 
 
@@ -163,9 +190,18 @@ class Ingress:
         self._stylizer = stylizer
         self._config = config
         self._cache = CacheClient(config.cache)
-        self._pipeline = StylizePipeline(config, self._cache, self._stylize_array, weights)
+        self._pipeline = StylizePipeline(
+            config, self._cache, self._stylize_array, weights, animate=self._animate
+        )
+        self._media = MediaService(
+            config, self._cache, self._stylize_frames, self._pipeline.expected_identity
+        )
         self._jobs = JobService(
-            config.jobs, self._pipeline.stylize, progress_of=self._pipeline.progress
+            config.jobs,
+            self._pipeline.stylize,
+            progress_of=self._pipeline.progress,
+            run_media=self._media.run_job,
+            metrics=JobMetrics(),
         )
         self._metrics = ingress_metrics()
         self._gauges_at = 0.0
@@ -227,6 +263,7 @@ class Ingress:
             background,
             no_face,
         )
+        self._media.gate.interactive()
         result = await self._pipeline.stylize(data, options)
         self._record(result, options)
         return result
@@ -250,8 +287,27 @@ class Ingress:
         return self._jobs.view(await self._jobs.cancel(job_id))
 
     async def _submit_job(self, data: bytes, options: StylizeOptions) -> tuple[JobRecord, bool]:
-        job_id = await self._pipeline.key_of(data, options)
-        return await self._jobs.submit(job_id, data, options)
+        info = await self._media.inspect(data)
+        if info is None:
+            job_id = await self._pipeline.key_of(data, options)
+        else:
+            self._media.check(info, options)
+            job_id = await self._pipeline.key_of(data, options, media=True)
+        return await self._jobs.submit(job_id, data, options, info)
+
+    async def _animate(self, data: bytes, options: StylizeOptions) -> CachedImage | None:
+        """A synchronous request's animation, made animated (None: a still picture)."""
+        info = await self._media.inspect(data)
+        if info is None:
+            return None
+        output = await self._media.animate(data, info, options)
+        return CachedImage(output.data, output.media_type, output.width, output.height)
+
+    async def _stylize_frames(self, frames: list[np.ndarray], style: str) -> list[StylizedArray]:
+        results = await self._model_call(self._stylizer.stylize_frames.remote(frames, style))
+        if results:
+            self._pipeline.learn(style, results[0].identity)
+        return results
 
     async def warm_cache(self, paths: list[str]) -> int:
         """Stylise photos for every style at the defaults, so their first visitor waits for
@@ -340,8 +396,8 @@ class Ingress:
         summary="Stylise one picture",
         responses={
             200: {
-                "content": {t: {"schema": BINARY} for t in imaging.MEDIA_TYPES.values()},
-                "description": "the picture",
+                "content": {t: {"schema": BINARY} for t in RESULT_MEDIA_TYPES},
+                "description": "the picture, animation or video (`Range` supported)",
                 "headers": PICTURE_HEADERS,
             },
             **STYLIZE_ERRORS,
@@ -359,6 +415,7 @@ class Ingress:
         query: StylizeQuery,
     ) -> Response:
         options = resolve_options(self._config, **query)  # before the body is read
+        self._media.gate.interactive()
         data = await read_single_upload(request, self._config.limits.max_bytes)
         result = await self._pipeline.stylize(data, options)
         self._record(result, options)
@@ -405,7 +462,7 @@ class Ingress:
         "/v1/jobs",
         status_code=202,
         dependencies=API_KEY,
-        summary="Submit a picture as a job (sizes up to limits.max_size); follow it, fetch it",
+        summary="Submit a picture, animation or video as a job; follow it, fetch it",
         responses={
             200: {
                 "model": JobView,
@@ -414,16 +471,11 @@ class Ingress:
             202: {"model": JobView, "description": "a new job", "headers": JOB_HEADERS},
             **error_statuses(400, 401, 413, 415, 422, 500, 503, 507),
         },
-        openapi_extra={
-            "requestBody": {
-                "required": True,
-                "content": {**multipart_body("image", many=False), **RAW_BODY},
-            }
-        },
+        openapi_extra={"requestBody": {"required": True, "content": JOB_BODY}},
     )
     async def submit_job_route(self, request: Request, query: StylizeQuery) -> JSONResponse:
         options = resolve_options(self._config, **query, synchronous=False)
-        data = await read_single_upload(request, self._config.limits.max_bytes)
+        data = await read_single_upload(request, self._config.media.max_bytes, videos=True)
         record, created = await self._submit_job(data, options)
         view = self._jobs.view(record)
         log_fields(request.scope).update(job=record.id, job_state=record.state)
@@ -470,20 +522,33 @@ class Ingress:
         "/v1/jobs/{job_id}/result",
         response_class=Response,
         dependencies=API_KEY,
-        summary="A finished job's picture",
+        summary="A finished job's output; `Range` requests for video players",
         responses={
             200: {
-                "content": {t: {"schema": BINARY} for t in imaging.MEDIA_TYPES.values()},
-                "description": "the picture",
+                "content": {t: {"schema": BINARY} for t in RESULT_MEDIA_TYPES},
+                "description": "the picture, animation or video (`Range` supported)",
             },
+            206: {"description": "the bytes a `Range: bytes=first-last` header asked for"},
             409: {"model": ErrorBody, "description": "the job is not done"},
-            **error_statuses(401, 404, 500),
+            **error_statuses(401, 404, 416, 500),
         },
     )
-    async def job_result_route(self, job_id: str) -> Response:
-        output = await self._jobs.result(job_id)
-        headers = {"ETag": f'"{job_id}"', "Cache-Control": "private, max-age=3600"}
-        return Response(output.data, media_type=output.media_type, headers=headers)
+    async def job_result_route(self, job_id: str, request: Request) -> Response:
+        info = (await self._jobs.finished(job_id)).result
+        headers = {
+            "ETag": f'"{job_id}"',
+            "Cache-Control": "private, max-age=3600",
+            "Accept-Ranges": "bytes",
+        }
+        wanted = parse_range(request.headers.get("range"), info.bytes)
+        if wanted is None:
+            chunks = self._jobs.result_chunks(job_id, info.bytes, RESULT_CHUNK_BYTES)
+            headers["Content-Length"] = str(info.bytes)
+            return StreamingResponse(chunks, media_type=info.media_type, headers=headers)
+        first, last = wanted
+        data = await self._jobs.result_range(job_id, first, last - first + 1)
+        headers["Content-Range"] = content_range(first, first + len(data) - 1, info.bytes)
+        return Response(data, status_code=206, media_type=info.media_type, headers=headers)
 
     @app.delete(
         "/v1/jobs/{job_id}",
@@ -512,6 +577,7 @@ class Ingress:
             formats=sorted(imaging.MEDIA_TYPES),
             max_bytes=config.limits.max_bytes,
             max_pixels=config.limits.max_pixels,
+            max_media_bytes=config.media.max_bytes,
             max_batch_images=config.max_batch_images,
             styles=[
                 StyleInfo(

@@ -28,15 +28,20 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import asdict, dataclass, field
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import fsspec
 from pydantic import BaseModel, Field
 
 from serve_app.config import JobsConfig
-from serve_app.errors import JobNotDone, ServiceError, StoreFull, UnknownJob
+from serve_app.errors import JobNotDone, ServiceError, StoreFull, Timeout, UnknownJob
+from serve_app.media import MediaInfo
+from serve_app.media_jobs import FrameCounts, MediaOutput, expected_frames
 from serve_app.pipeline import run_detached
 from serve_app.schemas import ErrorDetail, StylizeOptions, StylizeResult
+
+if TYPE_CHECKING:
+    from serve_app.metrics import JobMetrics
 
 logger = logging.getLogger(__name__)
 
@@ -50,6 +55,9 @@ Stylize = Callable[[bytes, StylizeOptions, float], Awaitable[StylizeResult]]
 """(upload, options, timeout_s) -> the picture; raises the API's errors."""
 ProgressOf = Callable[[str], "float | None"]
 """job id -> how far the model is with it (0..1), or None when it cannot tell."""
+RunMedia = Callable[["JobRecord", bytes, Callable[[FrameCounts], None]], Awaitable[MediaOutput]]
+"""(a video or animation job, its upload, a progress sink) -> the finished output."""
+JobKind = Literal["still", "animation", "video"]
 DELETE_PASSES, DELETE_RETRY_S = 5, 0.05
 CANCEL_WAIT_S = 1.0
 # How often a running job's progress is read and, when it moved, written to its record.
@@ -62,6 +70,8 @@ class JobResultInfo(BaseModel):
     height: int
     bytes: int
     cache: str = Field(description="how the picture was found: `hit`, `miss` or `coalesced`")
+    frames: int | None = Field(default=None, description="videos and animations: frames out")
+    duration_s: float | None = Field(default=None, description="videos and animations")
 
 
 class JobRecord(BaseModel):
@@ -69,6 +79,10 @@ class JobRecord(BaseModel):
 
     id: str
     state: JobState
+    kind: JobKind = "still"
+    media: dict | None = Field(
+        default=None, description="videos and animations: what the upload was found to be"
+    )
     options: dict
     created_at: float = Field(description="Unix time")
     started_at: float | None = None
@@ -76,6 +90,9 @@ class JobRecord(BaseModel):
     heartbeat_at: float | None = Field(default=None, description="a running job's last beat")
     frames_done: int = 0
     frames_total: int = 1
+    frames_model: int = Field(default=0, description="frames the model computed")
+    frames_repeated: int = Field(default=0, description="frames repeating one earlier in the job")
+    frames_cached: int = Field(default=0, description="frames found in the result cache")
     progress: float = Field(default=0.0, description="0..1, from the model's own progress")
     upload_bytes: int = 0
     error: ErrorDetail | None = None
@@ -149,9 +166,22 @@ class JobStore:
         self._fs.makedirs(self._path(job_id), exist_ok=True)
         self._put(self._path(job_id, name), data)
 
+    def put_file(self, job_id: str, name: str, local: str) -> None:
+        """A local file into the job's folder (a video result: never whole in memory)."""
+        self._fs.makedirs(self._path(job_id), exist_ok=True)
+        path = self._path(job_id, name)
+        partial = f"{path}.{uuid.uuid4().hex}.partial"
+        self._fs.put_file(local, partial)
+        self._fs.mv(partial, path)
+
     def read_blob(self, job_id: str, name: str) -> bytes:
         with self._fs.open(self._path(job_id, name), "rb") as file:
             return file.read()
+
+    def read_range(self, job_id: str, name: str, start: int, length: int) -> bytes:
+        with self._fs.open(self._path(job_id, name), "rb") as file:
+            file.seek(start)
+            return file.read(length)
 
     def delete_blob(self, job_id: str, name: str) -> None:
         self._fs.rm(self._path(job_id, name))
@@ -194,10 +224,16 @@ class JobService:
         stylize: Stylize,
         store: JobStore | None = None,
         progress_of: ProgressOf | None = None,
+        run_media: RunMedia | None = None,
+        metrics: JobMetrics | None = None,
     ):
         self._config = config
         self._stylize = stylize
         self._progress_of = progress_of
+        self._run_media = run_media
+        self._metrics = metrics
+        self._frames: dict[str, FrameCounts] = {}  # running media jobs' counts
+        self._running: set[str] = set()
         self.store = store or JobStore(config.store_url)
         self.runner_id = uuid.uuid4().hex[:12]
         self._tasks: dict[str, asyncio.Task] = {}
@@ -210,10 +246,11 @@ class JobService:
     # --- the API ---------------------------------------------------------------------------
 
     async def submit(
-        self, job_id: str, data: bytes, options: StylizeOptions
+        self, job_id: str, data: bytes, options: StylizeOptions, media: MediaInfo | None = None
     ) -> tuple[JobRecord, bool]:
         """Start a job, or find the one made or running for these bytes and options;
-        the flag says whether this call started it."""
+        the flag says whether this call started it. ``media``: a video or animation, as
+        probed (None: a still picture)."""
         existing = await self._io(self.store.read, self._checked(job_id))
         if existing is not None and existing.state in ("done", "queued", "running"):
             return await self._take_over_if_stale(existing), False
@@ -221,13 +258,17 @@ class JobService:
         record = JobRecord(
             id=job_id,
             state="queued",
+            kind="still" if media is None else media.kind,
+            media=None if media is None else media.to_dict(),
             options=asdict(options),
             created_at=time.time(),
             upload_bytes=len(data),
+            frames_total=1 if media is None else expected_frames(media, options.max_fps),
         )
         # The record first: a folder without one is debris the expiry sweep may remove.
         await self._io(self.store.write, record)
         await self._io(self.store.put_blob, job_id, UPLOAD, data)
+        self._count(record, "queued")
         self._start(record, data)
         return record, True
 
@@ -266,15 +307,32 @@ class JobService:
             record = await self._take_over_if_stale(fresh)
 
     async def result(self, job_id: str) -> JobOutput:
-        record = await self.get(job_id)
-        if record.state != "done" or record.result is None:
-            raise JobNotDone(f"job {job_id} is {record.state}; its result is not ready")
+        record = await self.finished(job_id)
         try:
             data = await self._io(self.store.read_blob, job_id, RESULT)
         except FileNotFoundError:
             raise UnknownJob(f"job {job_id}'s result is gone (expired)") from None
         info = record.result
         return JobOutput(data, info.media_type, info.width, info.height)
+
+    async def finished(self, job_id: str) -> JobRecord:
+        """The job's record, when it is done (its ``result`` set); raises JobNotDone."""
+        record = await self.get(job_id)
+        if record.state != "done" or record.result is None:
+            raise JobNotDone(f"job {job_id} is {record.state}; its result is not ready")
+        return record
+
+    async def result_range(self, job_id: str, start: int, length: int) -> bytes:
+        """``length`` bytes of a finished job's result from ``start`` (a player's Range)."""
+        try:
+            return await self._io(self.store.read_range, job_id, RESULT, start, length)
+        except FileNotFoundError:
+            raise UnknownJob(f"job {job_id}'s result is gone (expired)") from None
+
+    async def result_chunks(self, job_id: str, size: int, chunk: int) -> AsyncIterator[bytes]:
+        """A finished job's result, piece by piece."""
+        for start in range(0, size, chunk):
+            yield await self.result_range(job_id, start, min(chunk, size - start))
 
     async def cancel(self, job_id: str) -> JobRecord:
         """Stop the job if it runs, and delete its files."""
@@ -286,6 +344,7 @@ class JobService:
         await self._io(self.store.delete, job_id)
         if record.terminal:
             return record
+        self._count(record, "cancelled")
         return record.model_copy(update={"state": "cancelled", "finished_at": time.time()})
 
     def view(self, record: JobRecord, base_url: str = "") -> JobView:
@@ -308,10 +367,13 @@ class JobService:
         task = run_detached(self._run(run, data))
         self._tasks[record.id] = task
         task.add_done_callback(lambda done: self._forget(record.id, done))
+        self._gauge()
 
     def _forget(self, job_id: str, task: asyncio.Task) -> None:
         if self._tasks.get(job_id) is task:  # not a later run of the same job
             del self._tasks[job_id]
+        self._frames.pop(job_id, None)
+        self._gauge()
 
     async def _run(self, run: _Run, data: bytes) -> None:
         if not await self._save(run, heartbeat_at=time.time()):
@@ -322,9 +384,12 @@ class JobService:
                 now = time.time()
                 if not await self._save(run, state="running", started_at=now, heartbeat_at=now):
                     return
-                options = StylizeOptions(**run.record.options)
-                result = await self._stylize(data, options, self._config.timeout_s)
-            await self._io(self.store.put_blob, run.record.id, RESULT, result.data)
+                self._count(run.record, "running")
+                self._running.add(run.record.id)
+                self._gauge()
+                if self._metrics is not None:
+                    self._metrics.job_queue_wait_ms.observe((now - run.record.created_at) * 1e3)
+                info = await self._make(run.record, data)
         except ServiceError as error:
             await self._fail(run, error)
             return
@@ -334,28 +399,92 @@ class JobService:
             return
         finally:
             beat.cancel()
-        info = JobResultInfo(
-            media_type=result.media_type,
-            width=result.width,
-            height=result.height,
-            bytes=len(result.data),
-            cache=result.cache,
-        )
+            self._running.discard(run.record.id)
+            self._gauge()
         done = {
             "state": "done",
             "finished_at": time.time(),
-            "frames_done": 1,
+            "frames_done": info.frames or 1,
             "progress": 1.0,
             "result": info,
         }
+        counts = self._frames.pop(run.record.id, None)
+        if counts is not None:
+            done.update(_frame_fields(counts))
         if await self._save(run, **done):
+            self._count(run.record, "done")
             with contextlib.suppress(FileNotFoundError):  # the upload only served a rerun
                 await self._io(self.store.delete_blob, run.record.id, UPLOAD)
             logger.info("job %s done", run.record.id)
 
+    async def _make(self, record: JobRecord, data: bytes) -> JobResultInfo:
+        """The job's output, stored; what the record says of it."""
+        options = StylizeOptions(**record.options)
+        if record.kind == "still":
+            result = await self._stylize(data, options, self._config.timeout_s)
+            await self._io(self.store.put_blob, record.id, RESULT, result.data)
+            return JobResultInfo(
+                media_type=result.media_type,
+                width=result.width,
+                height=result.height,
+                bytes=len(result.data),
+                cache=result.cache,
+            )
+        if self._run_media is None:
+            raise ServiceError("this service makes no videos or animations")
+        counts = self._frames.setdefault(record.id, FrameCounts(total=record.frames_total))
+
+        def on_progress(latest: FrameCounts) -> None:
+            self._frames[record.id] = latest
+
+        try:
+            output = await asyncio.wait_for(
+                self._run_media(record, data, on_progress), self._config.timeout_s
+            )
+        except asyncio.TimeoutError:  # not the builtin TimeoutError before Python 3.11
+            raise Timeout(f"the job was not done within {self._config.timeout_s:g} s") from None
+        size = output.size
+        try:
+            if output.path is not None:
+                await self._io(self.store.put_file, record.id, RESULT, str(output.path))
+            else:
+                await self._io(self.store.put_blob, record.id, RESULT, output.data)
+        finally:
+            if output.path is not None:
+                output.path.unlink(missing_ok=True)
+        if self._metrics is not None:
+            latest = self._frames.get(record.id, counts)
+            sources = {"model": latest.model, "job": latest.job, "cache": latest.cache}
+            for source, frames in sources.items():
+                if frames:  # Ray's counters take positive increments only
+                    self._metrics.job_frames.inc(frames, tags={"source": source})
+        return JobResultInfo(
+            media_type=output.media_type,
+            width=output.width,
+            height=output.height,
+            bytes=size,
+            cache="miss",
+            frames=output.frames,
+            duration_s=output.duration_s,
+        )
+
+    def _count(self, record: JobRecord, state: str) -> None:
+        if self._metrics is not None:
+            self._metrics.jobs.inc(tags={"state": state, "kind": record.kind})
+
+    def _gauge(self) -> None:
+        if self._metrics is not None:
+            running = len(self._running)
+            self._metrics.jobs_active.set(len(self._tasks) - running, tags={"state": "queued"})
+            self._metrics.jobs_active.set(running, tags={"state": "running"})
+
     async def _fail(self, run: _Run, error: ServiceError) -> None:
+        self._frames.pop(run.record.id, None)
         detail = ErrorDetail(code=error.code, message=error.message)
         if await self._save(run, state="failed", finished_at=time.time(), error=detail):
+            self._count(run.record, "failed")
+            if self._metrics is not None:
+                self._metrics.job_failures.inc(tags={"code": error.code})
             logger.info("job %s failed: %s", run.record.id, error.code)
 
     async def _save(self, run: _Run, **update) -> bool:
@@ -379,6 +508,9 @@ class JobService:
         while True:
             await asyncio.sleep(tick)
             update = {}
+            counts = self._frames.get(run.record.id)
+            if counts is not None and counts.done != run.record.frames_done:
+                update.update(_frame_fields(counts))
             progress = self._progress_of(run.record.id) if self._progress_of else None
             if progress is not None and progress >= run.record.progress + 0.01:
                 update["progress"] = min(progress, 0.99)  # 1 once the result is stored
@@ -432,6 +564,17 @@ class JobService:
             record = self.store.read(job_id)
             if record is None or (record.terminal and (record.finished_at or 0) < cutoff):
                 self.store.delete(job_id)
+
+
+def _frame_fields(counts: FrameCounts) -> dict:
+    return {
+        "frames_done": counts.done,
+        "frames_total": max(counts.total, counts.done),
+        "frames_model": counts.model,
+        "frames_repeated": counts.job,
+        "frames_cached": counts.cache,
+        "progress": min(counts.progress, 0.99),  # 1 once the result is stored
+    }
 
 
 def sse_event(record: JobView) -> bytes:

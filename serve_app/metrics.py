@@ -78,3 +78,42 @@ class ModelMetrics:
             tag_keys=("style",),
         )
         self.images = Counter("animegan_images", description="images stylised", tag_keys=("style",))
+
+
+class JobMetrics:
+    """The ingress's job runner: job states, the frames jobs write, queue wait, failures."""
+
+    # A job waits behind other jobs, not behind a batch: seconds to an hour, in ms.
+    WAIT_BOUNDARIES_MS = (500, 1_000, 2_500, 5_000, 10_000, 30_000, 60_000, 120_000, 300_000)
+    WAIT_BOUNDARIES_MS += (600_000, 1_200_000, 1_800_000, 3_600_000)
+
+    def __init__(self) -> None:
+        self.jobs = Counter(
+            "animegan_jobs",
+            description="jobs entering a state (queued, running, done, failed, cancelled) by kind",
+            tag_keys=("state", "kind"),
+        )
+        self.jobs_active = Gauge(
+            "animegan_jobs_active",
+            description="jobs queued or running on this ingress replica now",
+            tag_keys=("state",),
+        )
+        self.job_frames = Counter(
+            "animegan_job_frames",
+            description="frames written to job outputs by source: model, job (repeat), cache",
+            tag_keys=("source",),
+        )
+        self.job_queue_wait_ms = Histogram(
+            "animegan_job_queue_wait_ms",
+            description="job submission to the start of its run, ms",
+            boundaries=list(self.WAIT_BOUNDARIES_MS),
+        )
+        self.job_failures = Counter(
+            "animegan_job_failures",
+            description="failed jobs by error code",
+            tag_keys=("code",),
+        )
+
+    def set_active(self, queued: int, running: int) -> None:
+        self.jobs_active.set(queued, tags={"state": "queued"})
+        self.jobs_active.set(running, tags={"state": "running"})

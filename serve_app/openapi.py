@@ -10,15 +10,25 @@ from fastapi.openapi.utils import get_openapi
 
 from serve_app import imaging
 from serve_app.config import MIN_SIDE, AppConfig
-from serve_app.schemas import BACKGROUND_PHOTO, NO_FACE_MODES, PORTRAIT_MODES, ErrorBody
+from serve_app.schemas import (
+    BACKGROUND_PHOTO,
+    MAX_FPS,
+    NO_FACE_MODES,
+    OUTPUT_CONTAINERS,
+    PORTRAIT_MODES,
+    ErrorBody,
+)
 from serve_app.uploads import RAW_MEDIA_TYPES
 
 ERROR_DESCRIPTIONS = {
-    400: "not a usable picture (undecodable, empty, too small), or a broken multipart body",
+    400: "not a usable picture or video (undecodable, empty, too small), or a broken "
+    "multipart body",
     401: "an API key is configured and the request has none or a wrong one",
     404: "no such job (or it expired)",
-    413: "more bytes, pixels or multipart parts than the limits allow",
-    415: "a picture format not accepted, or a body neither multipart nor image/*",
+    413: "more bytes, pixels, frames, seconds or multipart parts than the limits allow",
+    415: "a picture format or video codec not accepted, or a body neither multipart nor "
+    "image/* (video/* for jobs)",
+    416: "a Range past the end of the result",
     422: "a bad parameter, or no picture in the multipart body",
     500: "a bug; the server log has the traceback",
     503: "at capacity, or the model could not answer; retry after Retry-After seconds",
@@ -60,7 +70,7 @@ IMAGE_TYPES = (
 RAW_BODY = {media_type: {"schema": BINARY} for media_type in (*IMAGE_TYPES, *RAW_MEDIA_TYPES)}
 
 
-def multipart_body(field: str, many: bool) -> dict:
+def multipart_body(field: str, many: bool, types: tuple[str, ...] = IMAGE_TYPES) -> dict:
     schema = {"type": "array", "items": BINARY, "minItems": 1} if many else BINARY
     # Other fields are ignored by the server, within its limit on parts; the contract is
     # the picture field alone.
@@ -70,8 +80,16 @@ def multipart_body(field: str, many: bool) -> dict:
         "properties": {field: schema},
         "additionalProperties": False,
     }
-    encoding = {field: {"contentType": ", ".join(IMAGE_TYPES)}}
+    encoding = {field: {"contentType": ", ".join(types)}}
     return {"multipart/form-data": {"schema": form, "encoding": encoding}}
+
+
+VIDEO_TYPES = ("video/mp4", "video/quicktime", "video/x-matroska", "video/webm")
+JOB_BODY = {
+    **multipart_body("file", many=False, types=(*IMAGE_TYPES, *VIDEO_TYPES)),
+    **RAW_BODY,
+    **{media_type: {"schema": BINARY} for media_type in VIDEO_TYPES},
+}
 
 
 # Query parameters whose empty value stands for the default (resolve_options).
@@ -145,4 +163,6 @@ def query_constraints(config: AppConfig, synchronous: bool = True) -> dict[str, 
             "enum": [BACKGROUND_PHOTO, *(s.name for s in config.styles)],
         },
         "no_face": {"type": "string", "enum": list(NO_FACE_MODES)},
+        "container": {"type": "string", "enum": list(OUTPUT_CONTAINERS)},
+        "max_fps": {"type": "number", "exclusiveMinimum": 0, "maximum": MAX_FPS},
     }

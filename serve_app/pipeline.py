@@ -97,6 +97,8 @@ class ResultStore(Protocol):
     async def put(self, key: str, value: CachedImage) -> None: ...
 
 
+Animate = Callable[[bytes, StylizeOptions], Awaitable["CachedImage | None"]]
+"""(upload, options) -> the stylised animation; None when the upload is a still picture."""
 StylizeArray = Callable[..., Awaitable[StylizedArray]]
 """(rgb, style) -> the stylised array; the keyword ``on_progress`` (a ProgressSink), when
 given, hears how far the model is with a large picture."""
@@ -131,6 +133,8 @@ def result_key(
         "portrait": options.portrait,
         "background": options.background,
         "no_face": options.no_face,
+        "container": options.container,
+        "max_fps": options.max_fps,
         "weights": identity.weights,
         "runtime": identity.runtime,
         "background_weights": None if background is None else background.weights,
@@ -204,11 +208,14 @@ class StylizePipeline:
         cache: ResultStore,
         stylize_array: StylizeArray,
         weights: dict[str, str],
+        animate: Animate | None = None,
     ) -> None:
-        """``weights``: style -> the digest of the weights the config asks for."""
+        """``weights``: style -> the digest of the weights the config asks for.
+        ``animate``: makes animated pictures (without it, an animation's first frame)."""
         self._config = config
         self._cache = cache
         self._stylize_array = stylize_array
+        self._animate = animate
         self._weights = weights
         # The runtime the model replicas report per style (device, precision, versions):
         # lookups use it, so results computed elsewhere on another runtime never match.
@@ -235,19 +242,23 @@ class StylizePipeline:
 
     # --- the one code path -------------------------------------------------------------
 
-    async def key_of(self, data: bytes, options: StylizeOptions) -> str:
-        """The key the picture for these bytes and options is cached under."""
-        return (await self._digest_and_key(data, options))[1]
+    async def key_of(self, data: bytes, options: StylizeOptions, media: bool = False) -> str:
+        """The key the picture for these bytes and options is cached under. ``media``: a
+        video or animation, whose size was checked against the media limits instead."""
+        return (await self._digest_and_key(data, options, media))[1]
 
     def progress(self, key: str) -> float | None:
         """How far the work for ``key`` is (0..1); None when none is in flight here."""
         work = self._in_flight.get(key)
         return None if work is None else work.progress
 
-    async def _digest_and_key(self, data: bytes, options: StylizeOptions) -> tuple[str, str]:
+    async def _digest_and_key(
+        self, data: bytes, options: StylizeOptions, media: bool = False
+    ) -> tuple[str, str]:
         if not data:
             raise EmptyUpload("the uploaded picture is empty")
-        imaging.check_upload_size(data, self._config.limits)  # before hashing it
+        if not media:
+            imaging.check_upload_size(data, self._config.limits)  # before hashing it
         digest = await self._digest(data)
         key = result_key(
             digest,
@@ -332,6 +343,13 @@ class StylizePipeline:
     async def _compute(
         self, digest: str, data: bytes, options: StylizeOptions, work: _SharedWork
     ) -> _Computed:
+        if self._animate is not None:
+            animation = await self._animate(data, options)
+            if animation is not None:
+                identity = self.expected_identity(options.style)
+                key = result_key(digest, options, identity)
+                self._store(key, animation, options.style, identity)
+                return _Computed(animation, key)
         if options.portrait != "off":
             return await self._compute_portrait(digest, data, options, work)
         started = time.perf_counter()

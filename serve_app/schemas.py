@@ -18,6 +18,7 @@ from serve_app.errors import (
     InvalidQuality,
     InvalidSize,
     InvalidStrength,
+    InvalidVideoOptions,
     UnknownStyle,
     UseJobs,
 )
@@ -29,6 +30,8 @@ PortraitMode = Literal["off", "crop", "paste"]
 NoFaceMode = Literal["error", "whole"]
 PORTRAIT_MODES: tuple[PortraitMode, ...] = ("off", "crop", "paste")
 NO_FACE_MODES: tuple[NoFaceMode, ...] = ("error", "whole")
+OUTPUT_CONTAINERS = ("same", "mp4", "webm", "matroska", "mov")
+MAX_FPS = 240.0
 BACKGROUND_PHOTO = "photo"  # `background`: leave the picture around the faces as it is
 
 
@@ -66,6 +69,8 @@ class StylizeOptions:
     portrait: PortraitMode = "off"  # crop: the largest face; paste: every face, pasted back
     background: str = BACKGROUND_PHOTO  # paste: "photo", or the style of the rest
     no_face: NoFaceMode = "error"  # portrait found no face: 422, or the whole picture
+    container: str = "same"  # videos: the output container ("same": the input's family)
+    max_fps: float | None = None  # videos and animations: frames closer than 1/max_fps dropped
 
 
 @dataclass(frozen=True)
@@ -100,6 +105,8 @@ def resolve_options(
     portrait: str | None = None,
     background: str | None = None,
     no_face: str | None = None,
+    container: str | None = None,
+    max_fps: float | None = None,
     *,
     synchronous: bool = True,
 ) -> StylizeOptions:
@@ -148,6 +155,13 @@ def resolve_options(
         background = BACKGROUND_PHOTO
     if portrait == "off":
         no_face = "error"
+    container = (container or "same").lower()
+    if container not in OUTPUT_CONTAINERS:
+        raise InvalidVideoOptions(
+            f"container must be one of {list(OUTPUT_CONTAINERS)}, got {container!r}"
+        )
+    if max_fps is not None and not 0 < max_fps <= MAX_FPS:  # also refuses NaN
+        raise InvalidVideoOptions(f"max_fps must be above 0 and at most {MAX_FPS}, got {max_fps}")
     return StylizeOptions(
         style=style,
         size=size,
@@ -159,6 +173,8 @@ def resolve_options(
         portrait=portrait,
         background=background,
         no_face=no_face,
+        container=container,
+        max_fps=None if max_fps is None else float(max_fps),
     )
 
 
@@ -192,6 +208,7 @@ class StylesResponse(BaseModel):
     formats: list[OutputFormat]
     max_bytes: int
     max_pixels: int
+    max_media_bytes: int = Field(description="largest video or animation a job takes")
     max_batch_images: int
     styles: list[StyleInfo]
 

@@ -32,7 +32,8 @@ from serve_app.config import (
     TilingConfig,
 )
 from serve_app.metrics import ModelMetrics
-from serve_app.model import Runtime, StyleModel, select_runtime
+from serve_app.model import Runtime, StyleModel
+from serve_app.runtimes import resolve_runtime
 from serve_app.schemas import ModelIdentity, StylizedArray
 from serve_app.tiling import TiledGenerator, TileSettings, step_count
 from serve_app.weights import ResolvedWeights, load_generator_for, resolve_weights
@@ -62,7 +63,7 @@ def runtime_identity(runtime: Runtime, tiling: TilingConfig | None = None) -> st
     """Everything about how the model runs that can change its output's bits (tiling
     changes a large picture's)."""
     layout = "nhwc" if runtime.channels_last else "nchw"
-    identity = f"{runtime.device}/{runtime.precision}/{layout}/torch-{torch.__version__}"
+    identity = f"{runtime.device}/{runtime.kind}/{layout}/torch-{torch.__version__}"
     if tiling is not None:
         identity += (
             f"/tiles-{tiling.max_whole_pixels}-{tiling.tile_size}-{tiling.overlap}"
@@ -148,7 +149,20 @@ class Stylizer:
         self._threads = replica_cpu_count()
         torch.set_num_threads(self._threads)
         lower_cpu_priority(MODEL_NICENESS)
-        self._runtime = select_runtime(config.device, config.precision)
+        # Measured on this node with the styles' own weights (`runtime: auto`).
+        self._runtime_choice = resolve_runtime(
+            config.runtime,
+            config.device,
+            config.precision,
+            lambda: [
+                load_generator_for(
+                    resolve_weights(style.weights, seed=config.seed, progress=False),
+                    align_corners=style.align_corners,
+                )
+                for style in config.styles
+            ],
+        )
+        self._runtime = self._runtime_choice.runtime
         self._replica = self._replica_name()
         self._metrics = ModelMetrics()
         self._default_size = config.default_size
@@ -250,6 +264,32 @@ class Stylizer:
         if isinstance(result, Exception):
             raise result
         return result
+
+    async def stylize_frames(self, frames: list[np.ndarray], style: str) -> list[StylizedArray]:
+        """A job's frames (one shape: one forward pass) -> their stylised twins, in order.
+        They come batched already, so they skip the dynamic batcher; a photo's batch and
+        a job's take turns on the model. Raises ValueError for a bad frame."""
+        arrival = time.perf_counter()
+        async with self._model_lock:
+            started = time.perf_counter()
+            outcomes = await run_to_completion(self._infer_batch, frames, [style] * len(frames))
+        self._batch_sizes[len(frames)] += 1
+        self._metrics.batch_size.observe(len(frames))
+        queue_ms = (started - arrival) * 1e3
+        results = []
+        for outcome, inference_s in outcomes:
+            if isinstance(outcome, Exception):
+                raise outcome
+            results.append(
+                StylizedArray(
+                    rgb=outcome,
+                    identity=self._identities[style],
+                    queue_ms=queue_ms,
+                    inference_ms=inference_s * 1e3,
+                    batch_size=len(frames),
+                )
+            )
+        return results
 
     @serve.batch(max_batch_size=DEFAULT_MAX_BATCH_SIZE, batch_wait_timeout_s=DEFAULT_BATCH_WAIT_S)
     async def _run_batch(
@@ -412,6 +452,8 @@ class Stylizer:
                 "device": self._runtime.device,
                 "precision": self._runtime.precision,
                 "channels_last": self._runtime.channels_last,
+                "kind": self._runtime.kind,
+                **self._runtime_choice.summary(),
             },
             "max_batch_size": self._max_batch_size,
             "batch_config": self._batch_config.model_dump(),

@@ -54,9 +54,9 @@ class _FileFieldParser(MultiPartParser):
     picture as the field" error. A part with neither is text (the RFC's default type).
     """
 
-    def __init__(self, *args, file_field: str, **kwargs) -> None:
+    def __init__(self, *args, file_fields: tuple[str, ...], **kwargs) -> None:
         super().__init__(*args, **kwargs)
-        self._file_field = file_field.encode()
+        self._file_fields = {field.encode() for field in file_fields}
 
     def on_headers_finished(self) -> None:
         part = self._current_part
@@ -64,7 +64,8 @@ class _FileFieldParser(MultiPartParser):
             _, options = parse_options_header(part.content_disposition)
             content_types = [v for name, v in part.item_headers if name == b"content-type"]
             typed = any(not v.strip().lower().startswith(b"text/") for v in content_types)
-            if options.get(b"name") == self._file_field and b"filename" not in options and typed:
+            named = options.get(b"name") in self._file_fields
+            if named and b"filename" not in options and typed:
                 part.content_disposition += b'; filename=""'
         super().on_headers_finished()
 
@@ -73,17 +74,21 @@ def media_type_of(request: Request) -> str:
     return request.headers.get("content-type", "").split(";")[0].strip().lower()
 
 
-async def read_form_files(request: Request, field: str, max_files: int, limit: int) -> list[bytes]:
-    """The files of one multipart field, in order; other fields are ignored."""
+async def read_form_files(
+    request: Request, field: str | tuple[str, ...], max_files: int, limit: int
+) -> list[bytes]:
+    """The files of a multipart field (or of several, in the order named), in order;
+    other fields are ignored."""
+    fields = (field,) if isinstance(field, str) else field
     if media_type_of(request) != "multipart/form-data":
         raise UnsupportedMediaType(
             f"content type {media_type_of(request) or '(none)'!r}: send multipart/form-data "
-            f"with the pictures as fields {field!r}"
+            f"with the pictures as fields {fields[0]!r}"
         )
     parser = _FileFieldParser(
         request.headers,
         limited_stream(request, limit),
-        file_field=field,
+        file_fields=fields,
         max_files=max_files,
         max_fields=max_files + 16,
     )
@@ -92,7 +97,8 @@ async def read_form_files(request: Request, field: str, max_files: int, limit: i
     except MultiPartException as error:
         raise _multipart_error(error) from None
     try:
-        uploads = [item for item in form.getlist(field) if isinstance(item, UploadFile)]
+        items = [item for name in fields for item in form.getlist(name)]
+        uploads = [item for item in items if isinstance(item, UploadFile)]
         return [await upload.read() for upload in uploads]
     finally:
         await form.close()
@@ -108,20 +114,25 @@ def _multipart_error(error: MultiPartException) -> ServiceError:
     return BadMultipart(message)
 
 
-async def read_single_upload(request: Request, max_bytes: int) -> bytes:
-    """One image: multipart field ``image``, or the raw body with an ``image/*`` type."""
+async def read_single_upload(request: Request, max_bytes: int, videos: bool = False) -> bytes:
+    """One image: multipart field ``image``, or the raw body with an ``image/*`` type.
+    ``videos``: also a video (a ``video/*`` body), and the multipart field ``file``."""
     media_type = media_type_of(request)
+    raw = media_type.startswith("image/") or media_type in RAW_MEDIA_TYPES
     if media_type == "multipart/form-data":
-        files = await read_form_files(request, "image", 1, max_bytes + MULTIPART_OVERHEAD_BYTES)
+        fields = ("file", "image") if videos else ("image",)
+        limit = max_bytes + MULTIPART_OVERHEAD_BYTES
+        files = await read_form_files(request, fields, 1, limit)
         if not files:
-            raise MissingImage("send the picture as the multipart field 'image'")
+            raise MissingImage(f"send the upload as the multipart field {fields[0]!r}")
         data = files[0]
-    elif media_type.startswith("image/") or media_type in RAW_MEDIA_TYPES:
+    elif raw or (videos and media_type.startswith("video/")):
         data = await read_limited_body(request, max_bytes)
     else:
+        kinds = "image/* or video/*" if videos else "image/*"
         raise UnsupportedMediaType(
             f"content type {media_type or '(none)'!r}: send multipart/form-data with an 'image' "
-            "field, or the raw picture with an image/* content type",
+            f"field, or the raw upload with an {kinds} content type",
         )
     if not data:
         raise EmptyUpload("the uploaded picture is empty")

@@ -44,11 +44,11 @@ def results(bench_run) -> dict:
 
 def test_every_point_measured_in_every_repetition(results):
     points = results["points"]
-    assert set(points) == set(POINTS)
+    assert set(points) == {*POINTS, "job", "cold start"}
     assert all(len(runs) == REPEATS for runs in points.values())
     assert all(run["rps"] > 0 for size in (256, 512) for run in points[f"model {size}"])
     for name, runs in points.items():
-        if not name.startswith("model"):
+        if not name.startswith(("model", "job", "cold start")):
             assert sum(run["ok"] for run in runs) > 0, name
     for name in ("misses 256", "misses 512", "mixed", "hits c1", "hits c8", "floor c8"):
         assert all(run["errors"] == 0 for run in points[name]), name
@@ -82,6 +82,17 @@ def test_report_is_written(results, bench_run):
     assert all(target[0] in markdown for target in TARGETS)
     assert "## Figures" in markdown and "Cold start" in markdown
     assert "## Portrait mode" in markdown and "## Large prints" in markdown
+    assert "## Jobs: videos" in markdown
+
+
+def test_the_job_workload_runs_videos_next_to_photos(results):
+    for run in results["points"]["job"]:
+        assert run["frames_per_s"] > 0 and run["frames"] > 0
+        # the half-still clip: its still half made once
+        assert run["still_repeated"] > 0
+        assert run["still_model_passes"] + run["still_repeated"] <= run["still_frames"]
+        assert run["resubmit_ms"] > 0
+        assert run["photo_idle_p50_ms"] > 0 and run["photo_during_job_p50_ms"] > 0
 
 
 def test_portrait_search_is_measured_against_the_model(results):

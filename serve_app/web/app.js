@@ -1,6 +1,6 @@
 // The upload page: plain JS, no build step. Talks to GET /v1/styles, GET /v1/examples,
-// POST /v1/stylize and, for sizes above the service's max_sync_size, POST /v1/jobs and the
-// job's routes, with an API key when the service asks for one (401).
+// POST /v1/stylize and, for videos and for sizes above the service's max_sync_size,
+// POST /v1/jobs and the job's routes, with an API key when the service asks for one (401).
 "use strict";
 
 (() => {
@@ -30,7 +30,14 @@
     keyInUse: $("#key-in-use"),
     forgetKey: $("#forget-key"),
   };
-  const EXTENSIONS = { "image/png": "png", "image/jpeg": "jpg", "image/webp": "webp" };
+  // A result's file extension, by its media type (parameters such as "codecs" cut off).
+  const EXTENSIONS = {
+    "image/png": "png", "image/apng": "png", "image/jpeg": "jpg", "image/webp": "webp",
+    "image/gif": "gif", "video/mp4": "mp4", "video/webm": "webm", "video/x-matroska": "mkv",
+    "video/matroska": "mkv", "video/quicktime": "mov",
+  };
+  // Some systems give no media type (or a vague one) to .mkv or .mov files: the name decides.
+  const VIDEO_NAME = /\.(mp4|m4v|mov|mkv|webm)$/i;
   const PARALLEL = 2; // uploads at once; the service batches and queues the rest
   const RANDOM_BADGE = "random weights — meaningless picture";
   const KEY_ITEM = "animegan-serve.api-key";
@@ -225,6 +232,8 @@
       ui.sizeAbout.textContent = `Above ${sync} px: made as a job, with a progress bar`;
       ui.sizeAbout.hidden = false;
     }
+    ui.limits.textContent += " Videos (MP4, MOV, MKV or WebM) are made as jobs, with a " +
+      "progress bar; animated GIF, WebP and PNG come back animated.";
     await loadExamples();
   }
 
@@ -384,24 +393,38 @@
       return;
     }
     for (const file of files) enqueue(createJob(file));
-    announce(`${files.length} photo${files.length > 1 ? "s" : ""} added.`);
+    announce(`${files.length} file${files.length > 1 ? "s" : ""} added.`);
   }
+
+  // A video by its media type or, where the system gave it none that says so, its name.
+  // Whether a picture is animated is known only from its bytes: see animated().
+  const isVideo = (file) => file.type.startsWith("video/") || VIDEO_NAME.test(file.name);
 
   function createJob(file) {
     const card = ui.template.content.firstElementChild.cloneNode(true);
-    const job = { file, card };
+    const job = { file, card, video: isVideo(file) };
     $(".name", card).textContent = file.name;
-    const before = $(".before", card);
-    before.src = previews.get(file) ?? URL.createObjectURL(file);
-    before.alt = `Original: ${file.name}`;
-    before.addEventListener("load", () => {
-      // the after picture and its placeholder take the photo's shape
-      card.style.setProperty("--ratio", `${before.naturalWidth} / ${before.naturalHeight}`);
-    });
+    // The "before" is the picture itself, or the video (its first frame until played).
+    const before = $(job.video ? "video.before" : "img.before", card);
+    const shape = (width, height) => {
+      // the after picture and its placeholder take the original's shape
+      if (width && height) card.style.setProperty("--ratio", `${width} / ${height}`);
+    };
+    if (job.video) {
+      $("img.before", card).hidden = true;
+      before.hidden = false;
+      before.setAttribute("aria-label", `Original: ${file.name}`);
+      before.addEventListener("loadedmetadata", () => shape(before.videoWidth, before.videoHeight));
+    } else {
+      before.alt = `Original: ${file.name}`;
+      before.addEventListener("load", () => shape(before.naturalWidth, before.naturalHeight));
+    }
+    // Not something this browser shows (a text file, a codec it lacks): no preview.
     before.addEventListener("error", () => {
       before.hidden = true;
       before.closest("figure").classList.add("no-preview");
     });
+    before.src = previews.get(file) ?? URL.createObjectURL(file);
     $(".again", card).addEventListener("click", () => {
       // A job cancelled while it waited for the API key ends its run once the key comes.
       if (running.has(job) || queue.includes(job)) return;
@@ -429,12 +452,16 @@
   function enqueue(job) {
     const { card } = job;
     job.options = currentOptions();
-    job.viaJobs = Number(job.options.size) > syncLimit();
+    // Videos are always jobs; pictures by their size (and an animation too long to make
+    // at once is sent on to a job when /v1/stylize answers use_jobs: see run).
+    job.viaJobs = job.video || Number(job.options.size) > syncLimit();
     Object.assign(job, { remote: null, record: null, uploaded: false, cancelled: false });
-    const after = $(".after", card);
-    if (after.src) URL.revokeObjectURL(after.src);
-    after.hidden = true;
-    after.removeAttribute("src");
+    for (const after of card.querySelectorAll(".after")) {
+      if (after.src) URL.revokeObjectURL(after.src);
+      after.hidden = true;
+      after.removeAttribute("src");
+      if (after instanceof HTMLVideoElement) after.load(); // lets go of the old result
+    }
     $(".download", card).hidden = true;
     $(".error", card).hidden = true;
     $(".meta", card).replaceChildren();
@@ -473,56 +500,109 @@
     }
   }
 
+  // The service's byte limit for videos and animations, where /v1/styles says it; a
+  // service that does not say judges the size itself (413).
+  const mediaLimit = () => config.max_media_bytes ?? Infinity;
+
   async function run(job) {
-    const { file, card, options } = job;
-    if (file.size > config.max_bytes) {
-      const limit = megabytes(config.max_bytes);
-      fail(job, `${file.name} has ${megabytes(file.size)}; the limit is ${limit}.`);
+    const { file, card } = job;
+    job.animated = !job.video && await animated(file);
+    const moving = job.video || job.animated;
+    const limit = moving ? Math.max(mediaLimit(), config.max_bytes) : config.max_bytes;
+    if (file.size > limit) {
+      fail(job, `${file.name} has ${megabytes(file.size)}; the limit is ${megabytes(limit)}.`);
       return;
     }
-    if (job.viaJobs) {
-      await runAsJob(job);
-      return;
+    // An animation past /v1/stylize's byte limit can still be a job (its limit is higher).
+    if (job.animated && file.size > config.max_bytes) job.viaJobs = true;
+    prepare(job);
+    if (!job.viaJobs) {
+      const progress = $(".progress", card);
+      const xhr = await upload(job, "/v1/stylize", () => {
+        setState(job, "stylizing", "Stylizing");
+        progress.removeAttribute("value"); // indeterminate while the model works
+      });
+      if (!xhr) return;
+      const elapsed = Math.round(performance.now() - job.started);
+      if (xhr.status === 200) {
+        show(job, { blob: xhr.response, header: (name) => xhr.getResponseHeader(name) }, elapsed);
+        return;
+      }
+      const error = await errorOf(xhr.response, xhr.status);
+      if (error.code !== "use_jobs") {
+        fail(job, error.message);
+        return;
+      }
+      // Too much to make while the page waits (an animation's frames × pixels, or a size
+      // past a limit the service changed since the page loaded): the same upload, as a job.
+      job.viaJobs = true;
+      announce(`${file.name}: too large to make at once; it is made as a job.`);
     }
-    const progress = $(".progress", card);
+    await runAsJob(job);
+  }
+
+  // What is sent, the same whichever route takes it. The query: the controls, except
+  // that a video or an animation keeps its own format (Format is for still pictures; a
+  // GIF comes back a GIF) and has no face search. The body: the file itself where its
+  // media type says what it is (no multipart to build or parse, measurably quicker on a
+  // cache hit); anything else as the multipart field, so the service judges the bytes and
+  // its own message for them is what the page shows.
+  function prepare(job) {
+    const { file, options } = job;
+    const query = { ...options };
+    if (job.video || job.animated) {
+      delete query.format;
+      delete query.portrait;
+    }
+    job.query = new URLSearchParams(query);
+    if (file.type.startsWith("image/") || file.type.startsWith("video/")) {
+      job.body = { type: file.type, data: file };
+    } else {
+      const form = new FormData();
+      form.append("image", file, file.name);
+      job.body = { type: null, data: form };
+    }
+  }
+
+  // One upload of the prepared body, to /v1/stylize or /v1/jobs, with the API key (and
+  // again once one is given, if the service asks for it). Returns the finished request,
+  // or null once the card says why there is none. onUploaded: the body is all sent.
+  async function upload(job, path, onUploaded) {
+    const progress = $(".progress", job.card);
     const attempt = (key) => {
+      if (job.cancelled) {
+        // Cancelled while it waited for the API key: nothing to send (and no key to judge).
+        throw Object.assign(new Error("The job was cancelled."), { cancelled: true });
+      }
       job.started = performance.now(); // a wait for the API key is not the service's time
       job.percent = 0;
       progress.value = 0;
       setState(job, "uploading", "Uploading 0%");
-      return send("/v1/stylize", job, key, (loaded, total) => {
+      return send(path, job, key, (loaded, total) => {
         job.percent = Math.round((100 * loaded) / total);
         progress.value = job.percent;
-      }, () => {
-        setState(job, "stylizing", "Stylizing");
-        progress.removeAttribute("value"); // indeterminate while the model works
-      });
+      }, onUploaded);
     };
-    let xhr;
     try {
-      xhr = await withKey(attempt, () => {
+      return await withKey(attempt, () => {
         progress.value = 0;
         setState(job, "waiting", "Waiting for the API key");
       });
     } catch (error) {
-      fail(job, error.message);
-      return;
+      if (!job.cancelled) fail(job, error.message);
+      else if (job.state !== "cancelled") showCancelled(job);
+      return null;
     }
-    const elapsed = Math.round(performance.now() - job.started);
-    if (xhr.status !== 200) {
-      fail(job, await errorText(xhr.response, xhr.status));
-      return;
-    }
-    show(job, { blob: xhr.response, header: (name) => xhr.getResponseHeader(name) }, elapsed);
   }
 
   function send(path, job, key, onProgress, onUploaded) {
-    const { file, options } = job;
+    const { query, body } = job;
     return new Promise((resolve, reject) => {
       const xhr = new XMLHttpRequest();
       job.xhr = xhr; // for Cancel while a job's upload is under way
-      xhr.open("POST", `${path}?${new URLSearchParams(options)}`);
+      xhr.open("POST", `${path}?${query}`);
       for (const [name, value] of Object.entries(bearer(key))) xhr.setRequestHeader(name, value);
+      if (body.type) xhr.setRequestHeader("Content-Type", body.type);
       xhr.responseType = "blob";
       xhr.upload.addEventListener("progress", (event) => {
         if (event.lengthComputable) onProgress(event.loaded, event.total);
@@ -532,47 +612,121 @@
       xhr.addEventListener("error", () =>
         reject(new Error("Could not reach the service; check the connection and try again.")));
       xhr.addEventListener("abort", () => reject(new Error("The upload was cancelled.")));
-      if (file.type.startsWith("image/")) {
-        // The picture itself as the body: no multipart to build or parse, which is
-        // measurably quicker on a cache hit (an example's answer comes at once).
-        xhr.setRequestHeader("Content-Type", file.type);
-        xhr.send(file);
-        return;
-      }
-      // Anything else goes as the multipart field, so the service judges the bytes
-      // and its own message for them is what the page shows.
-      const form = new FormData();
-      form.append("image", file, file.name);
-      xhr.send(form);
+      xhr.send(body.data);
     });
   }
 
   // The API's errors are JSON {"error": {"code", "message"}}; anything else gets a plain line.
-  async function errorText(blob, status) {
+  async function errorOf(blob, status) {
     try {
       const body = JSON.parse(await blob.text());
-      if (body?.error?.message) return body.error.message;
+      if (body?.error?.message) return { code: body.error.code ?? null, message: body.error.message };
     } catch {
       // not JSON: a proxy's page or an empty body
     }
-    return `The service answered with HTTP ${status}.`;
+    return { code: null, message: `The service answered with HTTP ${status}.` };
   }
 
-  // answer: {blob, header(name)}, from /v1/stylize or from a job's result.
+  async function errorText(blob, status) {
+    return (await errorOf(blob, status)).message;
+  }
+
+  // --- animated pictures -------------------------------------------------------------
+  // Read from the file's first bytes: an animation keeps its own format (see prepare),
+  // and only an animation may be sent on to a job when /v1/stylize answers use_jobs.
+
+  const GIF_SNIFF_BYTES = 4 * 2 ** 20; // a GIF's second frame starts well within this
+  const PNG_SNIFF_BYTES = 2 ** 20; // APNG's acTL comes before the first IDAT
+
+  async function animated(file) {
+    try {
+      const head = new Uint8Array(await file.slice(0, 32).arrayBuffer());
+      const text = (from, to) => String.fromCharCode(...head.subarray(from, to));
+      if (text(0, 4) === "GIF8") {
+        const bytes = new Uint8Array(await file.slice(0, GIF_SNIFF_BYTES).arrayBuffer());
+        return gifFrames(bytes, 2) > 1;
+      }
+      if (text(0, 4) === "RIFF" && text(8, 16) === "WEBPVP8X") {
+        return Boolean(head[20] & 0x02); // the extended header's animation flag
+      }
+      if (text(1, 4) === "PNG") {
+        return apng(new Uint8Array(await file.slice(0, PNG_SNIFF_BYTES).arrayBuffer()));
+      }
+    } catch {
+      // unreadable here: the service judges it as a picture
+    }
+    return false;
+  }
+
+  // Counts a GIF's image descriptors (up to `enough`), skipping colour tables and the
+  // data sub-blocks of images and extensions.
+  function gifFrames(bytes, enough) {
+    if (bytes.length < 13) return 0;
+    let pos = 13;
+    if (bytes[10] & 0x80) pos += 3 * 2 ** ((bytes[10] & 7) + 1); // the global colour table
+    const skipSubBlocks = () => {
+      while (pos < bytes.length && bytes[pos]) pos += bytes[pos] + 1;
+      pos += 1; // the terminator
+    };
+    let frames = 0;
+    while (pos < bytes.length && frames < enough) {
+      if (bytes[pos] === 0x21) { // an extension: its label, then sub-blocks
+        pos += 2;
+        skipSubBlocks();
+      } else if (bytes[pos] === 0x2c) { // an image: descriptor, local table, LZW data
+        frames += 1;
+        const packed = bytes[pos + 9];
+        pos += 10;
+        if (packed & 0x80) pos += 3 * 2 ** ((packed & 7) + 1);
+        pos += 1; // the LZW minimum code size
+        skipSubBlocks();
+      } else {
+        break; // the trailer, or bytes that are no GIF block
+      }
+    }
+    return frames;
+  }
+
+  function apng(bytes) {
+    const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+    for (let pos = 8; pos + 8 <= bytes.length;) {
+      const type = String.fromCharCode(...bytes.subarray(pos + 4, pos + 8));
+      if (type === "acTL") return true;
+      if (type === "IDAT" || type === "IEND") return false;
+      pos += 12 + view.getUint32(pos); // length, type, data, CRC
+    }
+    return false;
+  }
+
+  // --- results -----------------------------------------------------------------------
+
+  const mediaType = (type) => (type || "").split(";")[0].trim().toLowerCase();
+
+  // answer: {blob, header(name), type?, duration?, frames?}, from /v1/stylize or from a
+  // job's result and record. A video shows in a <video>; pictures, animated or not, in the <img>.
   function show(job, answer, elapsed) {
-    const { card, file, options } = job;
+    const { card, file, options, query } = job;
     const { blob } = answer;
+    const type = mediaType(blob.type) || mediaType(answer.type);
+    const moving = type.startsWith("video/");
     const url = URL.createObjectURL(blob);
     const style = answer.header("X-Style") || options.style;
     const cache = answer.header("X-Cache") || "unknown";
-    const after = $(".after", card);
-    after.alt = `${file.name} in the ${style} style`;
-    after.addEventListener("load", () => {
+    const extension = EXTENSIONS[type] || query.get("format") || type.split("/")[1] || "bin";
+    const format = (query.get("format") || extension).toUpperCase();
+    const after = $(moving ? "video.after" : "img.after", card);
+    const label = `${file.name} in the ${style} style`;
+    if (moving) after.setAttribute("aria-label", label);
+    else after.alt = label;
+    after.addEventListener(moving ? "loadedmetadata" : "load", () => {
       const meta = $(".meta", card);
-      const pieces = [
-        `${after.naturalWidth}×${after.naturalHeight} ${options.format.toUpperCase()}`,
-        `${style}`, `${elapsed} ms`,
-      ];
+      const size = moving ? [after.videoWidth, after.videoHeight]
+        : [after.naturalWidth, after.naturalHeight];
+      const pieces = [`${size[0]}×${size[1]} ${format}`];
+      const length = answer.duration ?? (moving && Number.isFinite(after.duration) ? after.duration : null);
+      if (length) pieces.push(`${length.toFixed(1)} s`);
+      if (answer.frames > 1) pieces.push(`${answer.frames} frames`);
+      pieces.push(`${style}`, `${elapsed} ms`);
       meta.replaceChildren(badge(`cache ${cache}`, `badge cache-${cache}`), pieces.join(" · "));
       if (answer.header("X-Weights") === "random") meta.append(badge(RANDOM_BADGE, "badge warn"));
       const etag = answer.header("ETag");
@@ -581,8 +735,7 @@
     after.src = url;
     after.hidden = false;
     const download = $(".download", card);
-    const stem = file.name.replace(/\.[^.]*$/, "") || "photo";
-    const extension = EXTENSIONS[blob.type] || options.format;
+    const stem = file.name.replace(/\.[^.]*$/, "") || (job.video ? "video" : "photo");
     download.href = url;
     download.download = `${stem}-${style}.${extension}`;
     download.textContent = `Download .${extension}`;
@@ -601,45 +754,22 @@
     announce(`${job.file.name} failed: ${message}`);
   }
 
-  // --- large prints: jobs ----------------------------------------------------------
-  // Sizes above max_sync_size are submitted to POST /v1/jobs and followed on the job's
+  // --- large prints and videos: jobs -------------------------------------------------
+  // Videos, sizes above max_sync_size, and animations the service will not make at once
+  // are submitted to POST /v1/jobs and followed on the job's
   // events stream. The stream is read with fetch(), not EventSource: EventSource cannot
   // send the Authorization header the API key needs. If the stream breaks, the page asks
   // for the job every second instead.
 
   async function runAsJob(job) {
-    const { card } = job;
-    const progress = $(".progress", card);
+    const progress = $(".progress", job.card);
     job.stop = new AbortController(); // Cancel stops following the job at once
-    const attempt = (key) => {
-      if (job.cancelled) {
-        // Cancelled while it waited for the API key: nothing to send (and no key to judge).
-        throw Object.assign(new Error("The job was cancelled."), { cancelled: true });
-      }
-      job.started = performance.now();
-      job.percent = 0;
-      progress.value = 0;
-      setState(job, "uploading", "Uploading 0%");
-      return send("/v1/jobs", job, key, (loaded, total) => {
-        job.percent = Math.round((100 * loaded) / total);
-        progress.value = job.percent;
-      }, () => {
-        job.uploaded = true;
-        progress.value = 0; // from here the bar is the job's own progress
-        setState(job, "submitting", "Submitting the job");
-      });
-    };
-    let xhr;
-    try {
-      xhr = await withKey(attempt, () => {
-        progress.value = 0;
-        setState(job, "waiting", "Waiting for the API key");
-      });
-    } catch (error) {
-      if (!job.cancelled) fail(job, error.message);
-      else if (job.state !== "cancelled") showCancelled(job);
-      return;
-    }
+    const xhr = await upload(job, "/v1/jobs", () => {
+      job.uploaded = true;
+      progress.value = 0; // from here the bar is the job's own progress
+      setState(job, "submitting", "Submitting the job");
+    });
+    if (!xhr) return;
     if (xhr.status !== 200 && xhr.status !== 202) {
       fail(job, await errorText(xhr.response, xhr.status));
       return;
@@ -719,11 +849,17 @@
     setState(job, state, `${text} · ${seconds(job.recordAt - job.started)}`);
   }
 
-  // "Running 45% · about 3 s left": the ETA counts down from the last event.
+  // "Running 45% · about 3 s left" ("Running 45% · frame 9 of 20 · about 3 s left" for a
+  // video or an animation): the ETA counts down from the last event.
   function jobText(job, now) {
     const { record } = job;
     const percent = Math.round(100 * (record.progress || 0));
     let text = `${record.state === "running" ? "Running" : "Queued"} ${percent}%`;
+    // A still's frames are its tiles, if anything: only a moving picture's are worth saying.
+    const moving = record.kind ? record.kind !== "still" : job.video || job.animated;
+    if (moving && record.frames_total) {
+      text += ` · frame ${record.frames_done ?? 0} of ${record.frames_total}`;
+    }
     if (record.eta_s != null) {
       const left = Math.max(1, Math.ceil(record.eta_s - (now - job.recordAt) / 1000));
       text += ` · about ${duration(left)} left`;
@@ -834,7 +970,13 @@
       "X-Cache": record.result?.cache,
       "X-Weights": style?.random_weights ? "random" : null,
     };
-    show(job, { blob, header: (name) => told[name] ?? response.headers.get(name) }, elapsed);
+    show(job, {
+      blob,
+      header: (name) => told[name] ?? response.headers.get(name),
+      type: record.result?.media_type,
+      duration: record.result?.duration_s ?? null,
+      frames: record.result?.frames ?? null,
+    }, elapsed);
   }
 
   // --- input: picker, drop, paste ----------------------------------------------------
@@ -863,10 +1005,11 @@
   });
 
   document.addEventListener("paste", (event) => {
-    const images = [...(event.clipboardData?.files ?? [])].filter((f) => f.type.startsWith("image/"));
-    if (!images.length) return;
+    const files = [...(event.clipboardData?.files ?? [])]
+      .filter((f) => f.type.startsWith("image/") || f.type.startsWith("video/"));
+    if (!files.length) return;
     event.preventDefault();
-    addFiles(images.map((file) => {
+    addFiles(files.map((file) => {
       pasted += 1;
       const extension = EXTENSIONS[file.type] || file.type.split("/")[1] || "png";
       return new File([file], `pasted-${pasted}.${extension}`, { type: file.type });

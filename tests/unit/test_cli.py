@@ -193,3 +193,50 @@ def test_python_dash_m_works(tmp_path):
     )
     assert result.returncode == 0, result.stderr
     assert "paprika" in result.stdout
+
+
+def test_stylize_a_video_into_another_container_keeps_frames_and_audio(tmp_path):
+    from tests.media_samples import audio_packets, make_h264_aac_mp4, video_timestamps
+
+    clip = make_h264_aac_mp4(tmp_path / "clip.mp4", seconds=1.0)
+    out = tmp_path / "anime.mkv"
+    rc = main(["stylize", str(clip), "-o", str(out), "--style", "random", "--size", "64"])
+    assert rc == 0
+    assert audio_packets(out) == audio_packets(clip)
+    assert len(video_timestamps(out)) == len(video_timestamps(clip)) == 10
+
+
+def test_stylize_mixed_inputs_into_a_directory_keeps_each_kind(tmp_path):
+    from tests.media_samples import make_animation, make_vp9_opus_webm
+
+    clip = make_vp9_opus_webm(tmp_path / "clip.webm", seconds=0.5)
+    gif = make_animation(tmp_path / "a.gif", fmt="gif", frames=4)
+    photo = _synthetic(tmp_path / "p.png")
+    out = tmp_path / "out"
+    rc = main(
+        [
+            "stylize",
+            str(clip),
+            str(gif),
+            str(photo),
+            "-o",
+            f"{out}/",
+            "--style",
+            "random",
+            "--size",
+            "64",
+        ]
+    )
+    assert rc == 0
+    assert sorted(path.name for path in out.iterdir()) == ["a.gif", "clip.webm", "p.png"]
+    with Image.open(out / "a.gif") as animation:
+        assert animation.n_frames == 4
+
+
+def test_stylize_an_animation_to_another_format_fails_clearly(tmp_path, capsys):
+    from tests.media_samples import make_animation
+
+    gif = make_animation(tmp_path / "a.gif", fmt="gif", frames=3)
+    rc = main(["stylize", str(gif), "-o", str(tmp_path / "a.mp4"), "--style", "random"])
+    assert rc == 1
+    assert "stays one" in capsys.readouterr().err

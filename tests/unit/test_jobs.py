@@ -346,3 +346,70 @@ def test_progress_reported_by_the_model_reaches_the_record_and_the_eta(tmp_path)
     view, done = asyncio.run(scenario())
     assert view.eta_s is not None and view.eta_s > 0
     assert done.progress == 1.0
+
+
+class FakeMedia:
+    """A media job: reports frames as it goes, then writes a 'video' file."""
+
+    def __init__(self, tmp_path, frames: int = 6, delay: float = 0.02, hang: bool = False):
+        self.tmp_path, self.frames, self.delay, self.hang = tmp_path, frames, delay, hang
+
+    async def __call__(self, record: JobRecord, data: bytes, on_progress):
+        from serve_app.media_jobs import FrameCounts, MediaOutput
+
+        counts = FrameCounts(total=self.frames)
+        for _ in range(self.frames):
+            await asyncio.sleep(self.delay)
+            counts.done += 1
+            counts.model += 1
+            on_progress(counts)
+        if self.hang:
+            await asyncio.sleep(3600)
+        path = self.tmp_path / "made.mp4"
+        path.write_bytes(b"video:" + data)
+        return MediaOutput("video/mp4", 64, 36, self.frames, 0.6, path=path)
+
+
+class FakeInfo:
+    kind = "video"
+    frames = 6
+    fps = 10.0
+    duration_s = 0.6
+
+    def to_dict(self) -> dict:
+        return {"kind": "video", "frames": 6}
+
+
+def test_a_video_job_reports_frames_and_stores_its_file(tmp_path):
+    async def scenario():
+        jobs = JobService(
+            fast_config(store_url=str(tmp_path / "jobs")),
+            FakeStylize(),
+            run_media=FakeMedia(tmp_path),
+        )
+        record, created = await jobs.submit(JOB1, b"clip", OPTIONS, FakeInfo())
+        assert created and record.kind == "video" and record.frames_total == 6
+        await until(state_is(jobs, JOB1, "done"))
+        done = await jobs.get(JOB1)
+        assert (done.frames_done, done.frames_model, done.result.frames) == (6, 6, 6)
+        assert done.result.media_type == "video/mp4" and done.result.bytes == len(b"video:clip")
+        assert await jobs.result_range(JOB1, 6, 4) == b"clip"
+        chunks = [chunk async for chunk in jobs.result_chunks(JOB1, done.result.bytes, 3)]
+        assert b"".join(chunks) == b"video:clip"
+        assert not (tmp_path / "made.mp4").exists()  # moved into the store
+
+    asyncio.run(scenario())
+
+
+def test_a_video_job_past_its_deadline_fails_with_timeout(tmp_path):
+    async def scenario():
+        jobs = JobService(
+            fast_config(store_url=str(tmp_path / "jobs"), timeout_s=0.3),
+            FakeStylize(),
+            run_media=FakeMedia(tmp_path, hang=True),
+        )
+        await jobs.submit(JOB1, b"clip", OPTIONS, FakeInfo())
+        await until(state_is(jobs, JOB1, "failed"))
+        assert (await jobs.get(JOB1)).error.code == "timeout"
+
+    asyncio.run(scenario())

@@ -1,0 +1,675 @@
+"""Videos and animated pictures: probing, streaming decode, and re-encoding.
+
+Videos go through PyAV (FFmpeg), animated GIF/WebP/APNG through Pillow. Probing reads
+headers (plus one decoded frame for the display rotation) and refuses what is out of
+limits before any real work; the reader yields one frame at a time, so a job's memory is
+bounded by the frames it keeps in flight, not by the length of the video. Audio packets
+are copied, never decoded, so the output's sound is byte-identical to the input's.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from fractions import Fraction
+from pathlib import Path
+from typing import IO, Literal
+
+import av
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from serve_app.config import MediaConfig
+from serve_app.errors import (
+    InvalidVideoOptions,
+    MediaTooLarge,
+    UndecodableMedia,
+    UnsupportedCodec,
+)
+from serve_app.schemas import OUTPUT_CONTAINERS
+
+log = logging.getLogger(__name__)
+
+MediaKind = Literal["still", "animation", "video"]
+Source = str | Path | IO[bytes]
+
+VIDEO_MEDIA_TYPES = frozenset({"video/mp4", "video/quicktime", "video/x-matroska", "video/webm"})
+ANIMATION_MEDIA_TYPES = frozenset({"image/gif", "image/webp", "image/apng", "image/png"})
+
+VIDEO_CODECS = frozenset({"h264", "hevc", "vp8", "vp9", "av1"})
+"""Input video codecs accepted (by FFmpeg descriptor name), if this build decodes them."""
+
+_CONTAINER_MEDIA_TYPES = {
+    "mp4": "video/mp4",
+    "mov": "video/quicktime",
+    "matroska": "video/x-matroska",
+    "webm": "video/webm",
+    "gif": "image/gif",
+    "webp": "image/webp",
+    "apng": "image/apng",
+}
+_EXTENSIONS = {"mp4": "mp4", "mov": "mov", "matroska": "mkv", "webm": "webm"}
+_DEMUXERS = {"mov,mp4,m4a,3gp,3g2,mj2": "iso", "matroska,webm": "ebml"}
+_PILLOW_ANIMATIONS = {"GIF": "gif", "WEBP": "webp", "PNG": "apng"}
+
+# What each output container can carry without re-encoding the audio. WebM allows only
+# Opus and Vorbis; FFmpeg's MP4 muxer takes Opus and FLAC, QuickTime's does not.
+_AUDIO_ALLOWED: dict[str, frozenset[str] | None] = {
+    "webm": frozenset({"opus", "vorbis"}),
+    "mp4": frozenset({"aac", "mp3", "opus", "ac3", "eac3", "alac", "flac"}),
+    "mov": frozenset({"aac", "mp3", "ac3", "eac3", "alac", "pcm_s16le", "pcm_s16be", "pcm_s24le"}),
+    "matroska": None,  # anything
+}
+
+_ISO_BOXES = (b"ftyp", b"moov", b"mdat", b"free", b"skip", b"wide", b"pnot")
+_EBML_MAGIC = b"\x1a\x45\xdf\xa3"
+# HEIF/AVIF pictures are ISO-BMFF files too; they belong to the still-image path.
+_IMAGE_BRANDS = frozenset(
+    {b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", b"mif1", b"msf1", b"avif", b"avis"}
+)
+
+
+@dataclass(frozen=True)
+class MediaInfo:
+    """What probing found; ``width``/``height`` are the stored (coded) frame size.
+
+    ``rotation`` is the clockwise turn (0/90/180/270) a player applies on display, as in
+    a phone video's legacy ``rotate`` tag. ``loop``: 0 forever, N as the file says (GIF
+    without a loop extension: 1, played once); None for videos.
+    """
+
+    kind: MediaKind
+    container: str
+    media_type: str
+    width: int
+    height: int
+    rotation: int
+    frames: int
+    duration_s: float
+    fps: float
+    video_codec: str | None
+    audio_codecs: tuple[str, ...]
+    loop: int | None
+    has_alpha: bool
+
+    def to_dict(self) -> dict[str, object]:
+        data = asdict(self)
+        data["audio_codecs"] = list(self.audio_codecs)
+        return data
+
+
+@dataclass(frozen=True, eq=False)
+class Frame:
+    """One decoded frame in stored orientation (the display rotation is not applied)."""
+
+    index: int
+    rgb: np.ndarray
+    alpha: np.ndarray | None = None
+    pts: int | None = None
+    time_base: Fraction | None = None
+    duration_ms: int | None = None
+
+
+# --- sniffing --------------------------------------------------------------------------
+
+
+def sniff_video(head: bytes) -> bool:
+    """True when ``head`` starts like an ISO-BMFF/QuickTime or a Matroska/WebM file."""
+    if head.startswith(_EBML_MAGIC):
+        return True
+    return head[4:8] in _ISO_BOXES and not (head[4:8] == b"ftyp" and head[8:12] in _IMAGE_BRANDS)
+
+
+# Video containers this service does not take, by their signature: refused as such rather
+# than handed to the picture decoder as a "still picture".
+_FOREIGN_VIDEO_SIGNATURES = {
+    "AVI": lambda head: head[:4] == b"RIFF" and head[8:12] == b"AVI ",
+    "FLV": lambda head: head[:3] == b"FLV",
+    "ASF/WMV": lambda head: head[:4] == b"\x30\x26\xb2\x75",
+    "Ogg": lambda head: head[:4] == b"OggS",
+    "MPEG-PS": lambda head: head[:4] == b"\x00\x00\x01\xba",
+    "MPEG-TS": lambda head: len(head) > 188 and head[0] == head[188] == 0x47,
+}
+
+
+def sniff_foreign_video(head: bytes) -> str | None:
+    """The name of a video container this service refuses, when ``head`` starts like one."""
+    return next((name for name, test in _FOREIGN_VIDEO_SIGNATURES.items() if test(head)), None)
+
+
+def is_animated_picture(data_or_source: bytes | Source) -> bool:
+    """True for a GIF, WebP or PNG with more than one frame (headers only)."""
+    source = io.BytesIO(data_or_source) if isinstance(data_or_source, bytes) else data_or_source
+    try:
+        with Image.open(_rewound(source)) as image:
+            return image.format in _PILLOW_ANIMATIONS and getattr(image, "n_frames", 1) > 1
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError):
+        return False
+
+
+def _rewound(source: Source) -> Source:
+    """Path sources as ``str``; file objects back at their start (probe and read share them)."""
+    if isinstance(source, (str, Path)):
+        return str(source)
+    source.seek(0)
+    return source
+
+
+def _head(source: Source, size: int = 64) -> bytes:
+    if isinstance(source, (str, Path)):
+        with open(source, "rb") as file:
+            return file.read(size)
+    source.seek(0)
+    head = source.read(size)
+    source.seek(0)
+    return head
+
+
+def _length(source: Source) -> int:
+    if isinstance(source, (str, Path)):
+        return Path(source).stat().st_size
+    length = source.seek(0, io.SEEK_END)
+    source.seek(0)
+    return length
+
+
+def _vint(data: bytes, at: int) -> tuple[int, int, int]:
+    """An EBML variable-size integer at ``at``: (raw value, value bits, offset after it)."""
+    width = 9 - data[at].bit_length() if at < len(data) else 0
+    if not 1 <= width <= 8 or at + width > len(data):
+        raise UndecodableMedia("the Matroska/WebM header is malformed")
+    raw = int.from_bytes(data[at : at + width], "big")
+    return raw, 7 * width, at + width
+
+
+def _check_ebml_complete(source: Source) -> None:
+    """Refuse a Matroska/WebM file shorter than its Segment says (a cut-off upload).
+
+    Its header carries no frame count, so counting packets alone would take a truncated
+    file for a shorter video. A Segment of unknown size (live recordings) is not checked.
+    """
+    head = _head(source, 256)
+    _, _, at = _vint(head, 0)  # the EBML header's ID
+    raw, bits, at = _vint(head, at)
+    element, _, at = _vint(head, at + (raw & ((1 << bits) - 1)))
+    raw, bits, at = _vint(head, at)
+    size = raw & ((1 << bits) - 1)
+    if element != 0x18538067 or size == (1 << bits) - 1:  # not a Segment, or size unknown
+        return
+    length = _length(source)
+    if at + size > length:
+        raise UndecodableMedia(
+            f"the file is cut off: {length} of {at + size} bytes (truncated upload?)"
+        )
+
+
+# --- probing ---------------------------------------------------------------------------
+
+
+def probe(source: Source, config: MediaConfig) -> MediaInfo:
+    """Describe a video or animated picture and refuse it early if it is out of limits."""
+    if sniff_video(_head(source)):
+        return _probe_video(source, config)
+    return _probe_animation(source, config)
+
+
+def _too_large(what: str, value: object, limit: object) -> MediaTooLarge:
+    return MediaTooLarge(f"{what} is {value}, over the limit of {limit}")
+
+
+def _check_frame_size(width: int, height: int, config: MediaConfig) -> None:
+    if width * height > config.max_frame_pixels:
+        raise _too_large(
+            "frame size (width × height)", f"{width}×{height}", config.max_frame_pixels
+        )
+
+
+def _open_video(source: Source) -> av.container.InputContainer:
+    try:
+        return av.open(_rewound(source), "r")
+    except av.FFmpegError as exc:
+        raise UndecodableMedia(f"the video cannot be read: {exc}") from exc
+
+
+def _container_name(family: str, head: bytes) -> str:
+    if family == "iso":
+        # QuickTime says so in its brand, or (older files) has no ftyp box at all.
+        return "mp4" if head[4:8] == b"ftyp" and head[8:12] != b"qt  " else "mov"
+    return "webm" if b"webm" in head[:64] else "matroska"  # the EBML DocType
+
+
+def _video_codec(stream: av.video.stream.VideoStream) -> str:
+    name = stream.codec_context.codec.canonical_name
+    if name not in VIDEO_CODECS:
+        allowed = ", ".join(sorted(VIDEO_CODECS))
+        raise UnsupportedCodec(f"video codec {name!r} is not accepted (accepted: {allowed})")
+    try:
+        av.Codec(name, "r")
+    except (av.FFmpegError, ValueError) as exc:
+        raise UnsupportedCodec(f"video codec {name!r} has no decoder in this build") from exc
+    return name
+
+
+def _probe_video(source: Source, config: MediaConfig) -> MediaInfo:
+    with _open_video(source) as container:
+        family = _DEMUXERS.get(container.format.name)
+        if family is None:
+            raise UnsupportedCodec(
+                f"container {container.format.name!r} is not accepted (MP4, MOV, MKV, WebM)"
+            )
+        if not container.streams.video:
+            raise UnsupportedCodec("the file has no video stream")
+        stream = container.streams.video[0]
+        codec = _video_codec(stream)
+        width, height = stream.codec_context.width, stream.codec_context.height
+        if not width or not height:
+            raise UndecodableMedia("the video stream has no frame size")
+        _check_frame_size(width, height, config)
+        duration_s = _duration_s(container, stream)
+        if duration_s > config.max_duration_s:
+            raise _too_large("duration (s)", round(duration_s, 3), config.max_duration_s)
+        audio = tuple(a.codec_context.codec.canonical_name for a in container.streams.audio)
+        rate = stream.average_rate or stream.guessed_rate
+        header_frames = stream.frames
+        rotation = _first_frame_rotation(container, stream)
+    if family == "ebml":
+        _check_ebml_complete(source)
+    frames = header_frames or _count_packets(source, config)
+    if frames > config.max_frames:
+        raise _too_large("frame count", frames, config.max_frames)
+    fps = float(rate) if rate else (frames / duration_s if duration_s else 0.0)
+    name = _container_name(family, _head(source))
+    return MediaInfo(
+        kind="video",
+        container=name,
+        media_type=_CONTAINER_MEDIA_TYPES[name],
+        width=width,
+        height=height,
+        rotation=rotation,
+        frames=frames,
+        duration_s=duration_s,
+        fps=fps,
+        video_codec=codec,
+        audio_codecs=audio,
+        loop=None,
+        has_alpha=False,
+    )
+
+
+def _duration_s(container: av.container.InputContainer, stream) -> float:
+    if stream.duration is not None and stream.time_base is not None:
+        return float(stream.duration * stream.time_base)
+    if container.duration is not None:
+        return container.duration / av.time_base
+    raise UndecodableMedia("the video's duration is unknown")
+
+
+def _first_frame_rotation(container: av.container.InputContainer, stream) -> int:
+    """The display rotation, clockwise; FFmpeg exposes the matrix on decoded frames only."""
+    try:
+        for frame in container.decode(stream):
+            return round(-frame.rotation / 90) % 4 * 90  # players snap to right angles
+    except av.FFmpegError as exc:
+        raise UndecodableMedia(f"the video's first frame cannot be decoded: {exc}") from exc
+    raise UndecodableMedia("the video has no decodable frame")
+
+
+def _count_packets(source: Source, config: MediaConfig) -> int:
+    """Frames by demuxing without decoding, for containers whose header lacks the count."""
+    count = 0
+    with _open_video(source) as container:
+        stream = container.streams.video[0]
+        try:
+            for packet in container.demux(stream):
+                count += packet.size > 0
+                if count > config.max_frames:
+                    break  # already refused; no need to read the rest
+        except av.FFmpegError as exc:
+            raise UndecodableMedia(f"the video breaks off after {count} frames: {exc}") from exc
+    return count
+
+
+def _probe_animation(source: Source, config: MediaConfig) -> MediaInfo:
+    try:
+        with Image.open(_rewound(source)) as image:
+            return _animation_info(image, config)
+    except (UnidentifiedImageError, SyntaxError) as exc:
+        raise UnsupportedCodec("not a video (MP4, MOV, MKV, WebM) or animated picture") from exc
+    except (OSError, ValueError, EOFError) as exc:
+        raise UndecodableMedia(f"the animated picture cannot be read: {exc}") from exc
+
+
+def _animation_info(image: Image.Image, config: MediaConfig) -> MediaInfo:
+    fmt = _PILLOW_ANIMATIONS.get(image.format or "")
+    frames = getattr(image, "n_frames", 1)
+    if frames < 2:
+        return _still_info(image)
+    if fmt is None:
+        raise UnsupportedCodec(f"animated {image.format} is not accepted (GIF, WebP, APNG)")
+    width, height = image.size
+    _check_frame_size(width, height, config)
+    if frames > config.max_animation_frames:
+        raise _too_large("animation frame count", frames, config.max_animation_frames)
+    has_alpha = image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info
+    loop = image.info.get("loop", 1)  # a GIF without a loop extension plays once
+    durations = _webp_durations_ms(image.fp) if fmt == "webp" else _durations_ms(image, frames)
+    duration_s = sum(durations) / 1000
+    return MediaInfo(
+        kind="animation",
+        container=fmt,
+        media_type=_CONTAINER_MEDIA_TYPES[fmt],
+        width=width,
+        height=height,
+        rotation=0,
+        frames=frames,
+        duration_s=duration_s,
+        fps=frames / duration_s if duration_s else 0.0,
+        video_codec=None,
+        audio_codecs=(),
+        loop=int(loop),
+        has_alpha=has_alpha,
+    )
+
+
+def _still_info(image: Image.Image) -> MediaInfo:
+    """A one-frame picture: the image pipeline applies its own limits to it."""
+    fmt = (image.format or "unknown").lower()
+    return MediaInfo(
+        kind="still",
+        container=fmt,
+        media_type=image.get_format_mimetype() or f"image/{fmt}",
+        width=image.width,
+        height=image.height,
+        rotation=0,
+        frames=1,
+        duration_s=0.0,
+        fps=0.0,
+        video_codec=None,
+        audio_codecs=(),
+        loop=None,
+        has_alpha=image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info,
+    )
+
+
+def _durations_ms(image: Image.Image, frames: int) -> list[int]:
+    """Each frame's duration; Pillow reports it per frame, after seeking to it."""
+    durations = []
+    for index in range(frames):
+        image.seek(index)
+        durations.append(round(image.info.get("duration", 0) or 0))
+    image.seek(0)
+    return durations
+
+
+def _webp_durations_ms(file: IO[bytes]) -> list[int]:
+    """Frame durations from the ANMF chunk headers: Pillow only knows them after decoding."""
+    durations = []
+    file.seek(12)  # past "RIFF", the size and "WEBP"
+    while len(header := file.read(8)) == 8:
+        size = int.from_bytes(header[4:], "little")
+        if header[:4] == b"ANMF":
+            payload = file.read(16)
+            durations.append(int.from_bytes(payload[12:15], "little"))
+            size -= len(payload)
+        file.seek(size + (size & 1), io.SEEK_CUR)  # chunks are padded to even sizes
+    file.seek(0)
+    return durations
+
+
+# --- reading ---------------------------------------------------------------------------
+
+
+class MediaReader:
+    """Decodes frames one at a time, in order; for videos, passes audio packets through.
+
+    Iterating yields :class:`Frame` and (videos) ``av.Packet`` items in demux order.
+    Only the current frame is held; a file that breaks off raises UndecodableMedia.
+    """
+
+    def __init__(self, source: Source, info: MediaInfo) -> None:
+        self.info = info
+        self._image: Image.Image | None = None
+        self._container: av.container.InputContainer | None = None
+        self.audio_streams: tuple[av.audio.stream.AudioStream, ...] = ()
+        if info.kind == "video":
+            self._container = _open_video(source)
+            self.video_stream = self._container.streams.video[0]
+            self.video_stream.codec_context.thread_type = "AUTO"
+            self.audio_streams = tuple(self._container.streams.audio)
+        else:
+            self._image = Image.open(_rewound(source))
+
+    def __enter__(self) -> MediaReader:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self._container is not None:
+            self._container.close()
+            self._container = None
+        if self._image is not None:
+            self._image.close()
+            self._image = None
+
+    def __iter__(self) -> Iterator[Frame | av.Packet]:
+        if self.info.kind == "video":
+            return self._video_items()
+        return self._animation_frames()
+
+    def _video_items(self) -> Iterator[Frame | av.Packet]:
+        assert self._container is not None
+        index = 0
+        demuxed = self._container.demux(self.video_stream, *self.audio_streams)
+        try:
+            for packet in demuxed:
+                if packet.stream.type != "video":
+                    if packet.size:  # the demuxer's end-of-stream packets carry nothing
+                        yield packet
+                    continue
+                for decoded in self.video_stream.decode(packet):
+                    yield self._video_frame(decoded, index)
+                    index += 1
+        except av.FFmpegError as exc:
+            raise UndecodableMedia(f"the video breaks off at frame {index}: {exc}") from exc
+        self._check_count(index)
+
+    def _video_frame(self, decoded: av.VideoFrame, index: int) -> Frame:
+        if index >= self.info.frames:
+            raise UndecodableMedia(f"the video has more frames than the {self.info.frames} probed")
+        rgb = decoded.to_ndarray(format="rgb24")
+        return Frame(index=index, rgb=rgb, pts=decoded.pts, time_base=decoded.time_base)
+
+    def _animation_frames(self) -> Iterator[Frame]:
+        assert self._image is not None
+        index = 0
+        try:
+            for index in range(self.info.frames):
+                self._image.seek(index)
+                yield self._animation_frame(self._image, index)
+        except (OSError, ValueError, EOFError) as exc:
+            raise UndecodableMedia(f"the animation breaks off at frame {index}: {exc}") from exc
+
+    def _animation_frame(self, image: Image.Image, index: int) -> Frame:
+        # Converting loads the frame; WebP reports its duration only once loaded.
+        converted = np.asarray(image.convert("RGBA" if self.info.has_alpha else "RGB"))
+        duration = round(image.info.get("duration", 0) or 0)
+        if not self.info.has_alpha:
+            return Frame(index=index, rgb=converted, duration_ms=duration)
+        return Frame(
+            index=index,
+            rgb=converted[..., :3].copy(),
+            alpha=converted[..., 3].copy(),
+            duration_ms=duration,
+        )
+
+    def _check_count(self, count: int) -> None:
+        if count < self.info.frames:
+            raise UndecodableMedia(
+                f"the video breaks off at frame {count} of {self.info.frames} (truncated?)"
+            )
+
+
+# --- writing videos --------------------------------------------------------------------
+
+
+def output_container(info: MediaInfo, requested: str) -> tuple[str, str, str]:
+    """(container, media type, file extension without dot) for a requested output."""
+    if requested not in OUTPUT_CONTAINERS:
+        raise InvalidVideoOptions(
+            f"container {requested!r} is not one of {', '.join(OUTPUT_CONTAINERS)}"
+        )
+    container = info.container if requested == "same" else requested
+    if container not in _EXTENSIONS:
+        raise InvalidVideoOptions(f"a {info.container} input cannot be written as a video")
+    allowed = _AUDIO_ALLOWED[container]
+    refused = [c for c in info.audio_codecs if allowed is not None and c not in allowed]
+    if refused:
+        raise InvalidVideoOptions(
+            f"{container} cannot hold {', '.join(sorted(set(refused)))} audio "
+            f"(it takes {', '.join(sorted(allowed or ()))}); choose another container"
+        )
+    return container, _CONTAINER_MEDIA_TYPES[container], _EXTENSIONS[container]
+
+
+class VideoWriter:
+    """Encodes frames with the input's timestamps and copies its audio packets unchanged.
+
+    H.264 (libx264, yuv420p) for MP4/MOV/MKV, VP9 (libvpx-vp9, CRF + 12) for WebM. The
+    display rotation is written as the stream's display matrix, so the output plays the
+    same way up as the input.
+    """
+
+    def __init__(
+        self,
+        dest: str | Path,
+        reader: MediaReader,
+        width: int,
+        height: int,
+        container: str,
+        crf: int,
+    ) -> None:
+        self.width, self.height = width, height
+        self._info = reader.info
+        self._out = av.open(str(dest), "w", format=container)
+        try:
+            self._video = self._add_video(reader, container, crf)
+            self._audio = {
+                source.index: self._out.add_stream_from_template(source)
+                for source in reader.audio_streams
+            }
+        except Exception:
+            self._out.close()
+            raise
+
+    def _add_video(self, reader: MediaReader, container: str, crf: int):
+        source = reader.video_stream
+        rate = source.average_rate or source.guessed_rate or Fraction(round(self._info.fps) or 25)
+        if container == "webm":
+            stream = self._out.add_stream("libvpx-vp9", rate=rate)
+            stream.options = {"crf": str(min(crf + 12, 63)), "b": "0", "row-mt": "1"}
+        else:
+            stream = self._out.add_stream("libx264", rate=rate)
+            stream.options = {"crf": str(crf)}
+        stream.width, stream.height, stream.pix_fmt = self.width, self.height, "yuv420p"
+        # The input's time base, so every frame keeps its exact timestamp (VFR included).
+        stream.time_base = stream.codec_context.time_base = source.time_base
+        if self._info.rotation:
+            stream.set_display_rotation(-self._info.rotation)  # counter-clockwise
+        return stream
+
+    def __enter__(self) -> VideoWriter:
+        return self
+
+    def __exit__(self, exc_type: object, *rest: object) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self._out.close()  # an error is on its way up; the file is discarded anyway
+
+    def write_frame(self, rgb: np.ndarray, like: Frame) -> None:
+        """Encode ``rgb`` (height, width, 3 uint8) at ``like``'s timestamp."""
+        if rgb.shape != (self.height, self.width, 3):
+            raise ValueError(
+                f"frame of shape {rgb.shape}, expected ({self.height}, {self.width}, 3)"
+            )
+        frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb, np.uint8), format="rgb24")
+        if like.pts is not None and like.time_base is not None:
+            frame.pts, frame.time_base = like.pts, like.time_base
+        else:
+            frame.pts, frame.time_base = like.index, 1 / Fraction(self._video.average_rate or 25)
+        self._out.mux(self._video.encode(frame))
+
+    def write_packet(self, packet: av.Packet) -> None:
+        """Mux an input audio packet as it is (its bytes are not touched)."""
+        packet.stream = self._audio[packet.stream.index]
+        self._out.mux(packet)
+
+    def close(self) -> None:
+        """Flush the encoder and finish the file."""
+        if self._out is None:
+            return
+        try:
+            self._out.mux(self._video.encode(None))
+        finally:
+            self._out.close()
+            self._out = None
+
+
+# --- writing animations ----------------------------------------------------------------
+
+
+class AnimationWriter:
+    """Collects frames and writes them as the input's format, durations and loop count.
+
+    Pillow writes animations whole, so frames are held until :meth:`finish`; that is what
+    ``MediaConfig.max_animation_frames`` bounds.
+    """
+
+    def __init__(self, info: MediaInfo, quality: int | None) -> None:
+        if info.kind != "animation":
+            raise ValueError(f"AnimationWriter writes animations, not a {info.kind}")
+        self._info = info
+        self._quality = quality
+        self._frames: list[Image.Image] = []
+        self._durations: list[int] = []
+
+    def add(self, rgb: np.ndarray, alpha: np.ndarray | None, duration_ms: int) -> None:
+        if alpha is not None and self._info.has_alpha:
+            self._frames.append(Image.fromarray(np.dstack([rgb, alpha]).astype(np.uint8), "RGBA"))
+        else:
+            self._frames.append(Image.fromarray(np.asarray(rgb, np.uint8), "RGB"))
+        self._durations.append(max(int(duration_ms), 0))
+
+    def finish(self) -> bytes:
+        if not self._frames:
+            raise ValueError("no frames were added")
+        out = io.BytesIO()
+        first, rest = self._frames[0], self._frames[1:]
+        first.save(
+            out,
+            save_all=True,
+            append_images=rest,
+            duration=self._durations,
+            **self._format_options(),
+        )
+        self._frames, self._durations = [], []
+        return out.getvalue()
+
+    def _format_options(self) -> dict[str, object]:
+        loop = self._info.loop if self._info.loop is not None else 0
+        fmt = self._info.container
+        if fmt == "gif":
+            # Frames arrive composited, so each replaces the last (disposal 2), and a GIF
+            # that played once keeps no loop extension.
+            options: dict[str, object] = {"format": "GIF", "disposal": 2}
+            if loop != 1:
+                options["loop"] = loop
+            return options
+        if fmt == "webp":
+            quality = {"lossless": True} if self._quality is None else {"quality": self._quality}
+            return {"format": "WEBP", "loop": loop, **quality}
+        return {"format": "PNG", "loop": loop, "disposal": 0, "blend": 0}

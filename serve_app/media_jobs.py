@@ -1,0 +1,520 @@
+"""Videos and animated pictures through the model, frame by frame.
+
+    probe -> frames, decoded as a stream -> resized to the job's size -> content digest
+          -> the same frame earlier in this job? its picture again
+          -> in the result cache (any job, any replica)? that picture
+          -> else to the model, ``frame_batch`` frames of one shape a call
+          -> the user's controls -> encoded in order, audio packets copied -> the output
+
+Memory is bounded by ``frames_in_flight``: no more frames than that are decoded and not
+yet encoded. How many of those batches reach the model at once is the ``ModelGate``'s
+call, shared by every job of an ingress replica: all the model's replicas while no photo
+is waiting, one call at a time while people are, so a running job leaves the other model
+replicas to single photos.
+
+Plain asyncio over a "stylize these frames" callable and the result cache's interface:
+it runs in unit tests, the CLI and the ingress alike. Decoding and encoding run in worker
+threads, one call at a time, so the event loop stays free.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import logging
+import time
+from collections import OrderedDict, deque
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import dataclass, field
+from fractions import Fraction
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import numpy as np
+
+from serve_app import imaging, media
+from serve_app.cache import CachedImage
+from serve_app.config import MediaConfig
+from serve_app.errors import Unavailable
+from serve_app.pipeline import ReplicaFailed, ResultStore, run_detached
+from serve_app.schemas import ModelIdentity, StylizedArray, StylizeOptions
+
+logger = logging.getLogger(__name__)
+
+FRAME_MEDIA_TYPE = "application/x-animegan-rgb"
+"""How a stylised frame is kept in the result cache: raw (H, W, 3) uint8 bytes."""
+FRAME_KEY_VERSION = 1
+# A model replica that dies mid-batch is replaced by Serve within seconds: the batch is
+# tried again this many times, waiting longer each time, before the job fails.
+MODEL_ATTEMPTS = 6
+RETRY_FIRST_WAIT_S = 0.5
+# Digests of the frames stylised last, with their pictures: a still shot or a repeating
+# animation costs one model pass; older repeats are found in the result cache.
+RECENT_FRAMES = 64
+
+FrameModel = Callable[[list[np.ndarray], str], Awaitable[list[StylizedArray]]]
+"""(frames of one shape, style) -> their stylised twins; raises ReplicaFailed when the
+model replica died mid-call."""
+Identity = Callable[[str], ModelIdentity]
+"""style -> what the model runs for it (part of every frame's cache key)."""
+
+
+def frame_key(digest: str, style: str, identity: ModelIdentity) -> str:
+    """Cache key of the model's picture for one resized frame (before the user's controls,
+    so jobs that differ only in them share frames)."""
+    parts = {
+        "frame": FRAME_KEY_VERSION,
+        "image": digest,
+        "style": style,
+        "weights": identity.weights,
+        "runtime": identity.runtime,
+    }
+    encoded = json.dumps(parts, sort_keys=True, separators=(",", ":")).encode()
+    return hashlib.blake2b(encoded, digest_size=20).hexdigest()
+
+
+def frame_digest(rgb: np.ndarray) -> str:
+    header = f"{rgb.shape[0]}x{rgb.shape[1]}:".encode()
+    return hashlib.blake2b(header + rgb.tobytes(), digest_size=20).hexdigest()
+
+
+@dataclass
+class FrameCounts:
+    """A media job's frames: how many in all, written, and where each picture came from."""
+
+    total: int
+    done: int = 0
+    model: int = 0  # computed by the model
+    job: int = 0  # the same frame earlier in this job
+    cache: int = 0  # found in the result cache
+
+    @property
+    def progress(self) -> float:
+        return min(self.done / self.total, 1.0) if self.total else 0.0
+
+
+@dataclass(frozen=True)
+class MediaOutput:
+    """A finished video or animation: in ``path`` (videos) or ``data`` (animations)."""
+
+    media_type: str
+    width: int
+    height: int
+    frames: int
+    duration_s: float
+    path: Path | None = None
+    data: bytes | None = None
+
+    @property
+    def size(self) -> int:
+        return len(self.data) if self.data is not None else self.path.stat().st_size
+
+
+class ModelGate:
+    """Model calls of every job on one ingress replica: ``idle`` at once while no single
+    photo came in the last ``quiet_s``, ``busy`` at once while photos do."""
+
+    def __init__(self, idle: int, busy: int, quiet_s: float) -> None:
+        self._idle, self._busy, self._quiet_s = idle, busy, quiet_s
+        self._interactive_at = float("-inf")
+        self._in_use = 0
+        self._released = asyncio.Event()
+
+    def interactive(self) -> None:
+        """A single photo arrived: jobs step back for a while."""
+        self._interactive_at = time.monotonic()
+
+    @property
+    def limit(self) -> int:
+        quiet = time.monotonic() - self._interactive_at >= self._quiet_s
+        return self._idle if quiet else self._busy
+
+    @property
+    def in_use(self) -> int:
+        return self._in_use
+
+    @contextlib.asynccontextmanager
+    async def slot(self) -> AsyncIterator[None]:
+        while self._in_use >= self.limit:
+            self._released.clear()
+            # The limit also rises by itself once photos stop: look again now and then.
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._released.wait(), self._quiet_s / 4)
+        self._in_use += 1
+        try:
+            yield
+        finally:
+            self._in_use -= 1
+            self._released.set()
+
+
+@dataclass(frozen=True)
+class _Decoded:
+    """A frame as the decoder's thread hands it over."""
+
+    frame: media.Frame
+    photo: np.ndarray  # resized to the job's size (the controls blend with it)
+    alpha: np.ndarray | None
+    digest: str  # of ``photo``
+
+
+@dataclass
+class _Pending:
+    """A frame between the decoder and the encoder."""
+
+    decoded: _Decoded
+    picture: asyncio.Future = field(repr=False)  # -> the model's (H, W, 3) uint8
+
+
+class MediaJob:
+    """One video or animation made: decode, dedupe, batch to the model, encode."""
+
+    def __init__(
+        self,
+        info: media.MediaInfo,
+        options: StylizeOptions,
+        config: MediaConfig,
+        model: FrameModel,
+        cache: ResultStore,
+        identity: Identity,
+        gate: ModelGate,
+        on_progress: Callable[[FrameCounts], None] | None = None,
+    ) -> None:
+        self._info = info
+        self._options = options
+        self._config = config
+        self._model = model
+        self._cache = cache
+        self._identity = identity
+        self._gate = gate
+        self._on_progress = on_progress
+        self.counts = FrameCounts(total=expected_frames(info, options.max_fps))
+        self._recent: OrderedDict[str, asyncio.Future] = OrderedDict()
+        self._waiting: list[tuple[str, _Pending]] = []  # (digest, frame) for the model
+        self._calls: set[asyncio.Task] = set()
+        self._background: set[asyncio.Task] = set()
+
+    async def run(self, source: BinaryIO | Path, dest: Path | None) -> MediaOutput:
+        """``dest``: where a video is written (an animation comes back as bytes)."""
+        reader = await asyncio.to_thread(media.MediaReader, source, self._info)
+        try:
+            sink = await asyncio.to_thread(self._open_sink, reader, dest)
+            try:
+                await self._pump(reader, sink)
+                return await asyncio.to_thread(sink.finish)
+            finally:
+                await asyncio.to_thread(sink.abandon)
+        finally:
+            for task in self._calls:
+                task.cancel()
+            await asyncio.to_thread(reader.close)
+
+    def _open_sink(self, reader: media.MediaReader, dest: Path | None) -> _Sink:
+        width, height = imaging.target_dimensions(
+            self._info.width, self._info.height, self._options.size
+        )
+        if self._info.kind == "video":
+            if dest is None:
+                raise ValueError("a video needs a destination file")
+            return _VideoSink(reader, dest, width, height, self._options, self._config)
+        return _AnimationSink(self._info, width, height, self._options)
+
+    async def _pump(self, reader: media.MediaReader, sink: _Sink) -> None:
+        window: deque[_Pending] = deque()
+        frames = _FrameSource(iter(reader), sink, self._options, self._info)
+        most = self._config.frames_in_flight
+        exhausted = False
+        while not exhausted or window:
+            if not exhausted and len(window) < most:
+                pulled, exhausted = await asyncio.to_thread(frames.pull, most - len(window))
+                window.extend(await self._route(pulled))
+            if exhausted or len(window) >= most:
+                self._dispatch(everything=True)  # nothing more arrives to fill a batch
+            ready = _take_ready(window)
+            if ready:
+                await asyncio.to_thread(sink.write, ready)
+                self.counts.done += len(ready)
+                if self._on_progress is not None:
+                    self._on_progress(self.counts)
+            elif window and (exhausted or len(window) >= most):
+                await asyncio.wait([window[0].picture])
+
+    async def _route(self, pulled: list[_Decoded]) -> list[_Pending]:
+        """Each new frame: a repeat of a recent one, a cache hit, or work for the model."""
+        loop = asyncio.get_running_loop()
+        routed: list[_Pending] = []
+        lookups: list[tuple[str, str, _Pending]] = []
+        for decoded in pulled:
+            earlier = self._recent.get(decoded.digest)
+            if earlier is not None:
+                self._recent.move_to_end(decoded.digest)
+                routed.append(_Pending(decoded, _chained(earlier)))
+                self.counts.job += 1
+                continue
+            pending = _Pending(decoded, loop.create_future())
+            routed.append(pending)
+            self._remember(decoded.digest, pending.picture)
+            identity = self._identity(self._options.style)
+            lookups.append(
+                (decoded.digest, frame_key(decoded.digest, self._options.style, identity), pending)
+            )
+        found = await asyncio.gather(*(self._cache.get(key) for _, key, _ in lookups))
+        for (digest, _, pending), cached in zip(lookups, found, strict=True):
+            picture = _cached_frame(cached, pending.decoded.photo.shape)
+            if picture is not None:
+                pending.picture.set_result(picture)
+                self.counts.cache += 1
+            else:
+                self._waiting.append((digest, pending))
+        self._dispatch(everything=False)
+        return routed
+
+    def _remember(self, digest: str, picture: asyncio.Future) -> None:
+        self._recent[digest] = picture
+        while len(self._recent) > RECENT_FRAMES:
+            self._recent.popitem(last=False)
+
+    def _dispatch(self, everything: bool) -> None:
+        """Send full batches to the model; with ``everything``, the last partial one too."""
+        size = self._config.frame_batch
+        while len(self._waiting) >= size or (everything and self._waiting):
+            batch, self._waiting = self._waiting[:size], self._waiting[size:]
+            task = asyncio.ensure_future(self._stylize(batch))
+            self._calls.add(task)
+            task.add_done_callback(self._calls.discard)
+
+    async def _stylize(self, batch: list[tuple[str, _Pending]]) -> None:
+        try:
+            async with self._gate.slot():
+                results = await self._call_model([p.decoded.photo for _, p in batch])
+        except asyncio.CancelledError:
+            for _, pending in batch:
+                pending.picture.cancel()
+            raise
+        except Exception as error:
+            for _, pending in batch:
+                if not pending.picture.done():
+                    pending.picture.set_exception(error)
+                    pending.picture.exception()  # the job raises it once; no "never retrieved"
+            return
+        self.counts.model += len(batch)
+        for (digest, pending), result in zip(batch, results, strict=True):
+            pending.picture.set_result(result.rgb)
+            self._keep(digest, result)
+
+    async def _call_model(self, frames: list[np.ndarray]) -> list[StylizedArray]:
+        wait_s = RETRY_FIRST_WAIT_S
+        for attempt in range(1, MODEL_ATTEMPTS + 1):
+            try:
+                return await self._model(frames, self._options.style)
+            except ReplicaFailed as error:
+                if attempt == MODEL_ATTEMPTS:
+                    raise Unavailable("the model replicas kept failing; retry the job") from error
+                logger.warning("model replica failed (%s); batch retried in %.1f s", error, wait_s)
+                await asyncio.sleep(wait_s)
+                wait_s *= 2
+        raise AssertionError("unreachable")
+
+    def _keep(self, digest: str, result: StylizedArray) -> None:
+        """The frame into the shared cache, under the key of what computed it."""
+        rgb = np.ascontiguousarray(result.rgb)
+        value = CachedImage(rgb.tobytes(), FRAME_MEDIA_TYPE, rgb.shape[1], rgb.shape[0])
+        key = frame_key(digest, self._options.style, result.identity)
+        task = run_detached(self._cache.put(key, value))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+
+def expected_frames(info: media.MediaInfo, max_fps: float | None) -> int:
+    """Frames the output will have (an estimate when ``max_fps`` drops some)."""
+    if max_fps is None or info.kind != "video" or info.fps <= max_fps:
+        return info.frames
+    return max(1, min(info.frames, round(info.duration_s * max_fps)))
+
+
+def _take_ready(window: deque[_Pending]) -> list[_Pending]:
+    """The frames at the front whose pictures are there (a failed one raises)."""
+    ready = []
+    while window and window[0].picture.done():
+        pending = window.popleft()
+        pending.picture.result()  # the model's error, if any, fails the job here
+        ready.append(pending)
+    return ready
+
+
+def _chained(earlier: asyncio.Future) -> asyncio.Future:
+    """A future of the same picture as ``earlier`` (done now, or when it is)."""
+    if earlier.done():
+        return earlier
+    follower = asyncio.get_running_loop().create_future()
+
+    def copy(done: asyncio.Future) -> None:
+        if follower.done():
+            return
+        if done.cancelled():
+            follower.cancel()
+        elif done.exception() is not None:
+            follower.set_exception(done.exception())
+        else:
+            follower.set_result(done.result())
+
+    earlier.add_done_callback(copy)
+    return follower
+
+
+def _cached_frame(cached: CachedImage | None, shape: tuple[int, ...]) -> np.ndarray | None:
+    if cached is None or cached.media_type != FRAME_MEDIA_TYPE:
+        return None
+    if (cached.height, cached.width, 3) != tuple(shape):
+        return None
+    return np.frombuffer(cached.data, np.uint8).reshape(shape)
+
+
+class _FrameSource:
+    """The decoder's side, run in a worker thread: frames resized, ``max_fps`` applied,
+    audio packets handed straight to the sink (the muxer interleaves them)."""
+
+    def __init__(
+        self,
+        items: Iterator[Any],
+        sink: _Sink,
+        options: StylizeOptions,
+        info: media.MediaInfo,
+    ) -> None:
+        self._items = items
+        self._sink = sink
+        self._size = options.size
+        self._min_gap = None if options.max_fps is None else Fraction(1) / Fraction(options.max_fps)
+        self._video = info.kind == "video"
+        self._next_time: Fraction | None = None
+
+    def pull(self, most: int) -> tuple[list[_Decoded], bool]:
+        """Up to ``most`` frames; True once the input is exhausted."""
+        pulled: list[_Decoded] = []
+        while len(pulled) < most:
+            item = next(self._items, None)
+            if item is None:
+                return pulled, True
+            if not isinstance(item, media.Frame):
+                self._sink.packet(item)
+                continue
+            if self._dropped(item):
+                continue
+            decoded = imaging.DecodedImage(np.ascontiguousarray(item.rgb), item.alpha, "frame")
+            resized = imaging.resize_long_side(decoded, self._size)
+            digest = frame_digest(resized.rgb)
+            pulled.append(_Decoded(item, resized.rgb, resized.alpha, digest))
+        return pulled, False
+
+    def _dropped(self, frame: media.Frame) -> bool:
+        if self._min_gap is None or not self._video or frame.pts is None:
+            return False
+        at = frame.pts * (frame.time_base or Fraction(1))
+        if self._next_time is not None and at < self._next_time:
+            return True
+        self._next_time = at + self._min_gap
+        return False
+
+
+class _Sink:
+    """Where stylised frames go, in order (runs in worker threads, one call at a time)."""
+
+    def packet(self, packet: Any) -> None:  # audio, copied (videos only)
+        raise NotImplementedError
+
+    def write(self, frames: list[_Pending]) -> None:
+        raise NotImplementedError
+
+    def finish(self) -> MediaOutput:
+        raise NotImplementedError
+
+    def abandon(self) -> None:
+        """Release what is open (after finish: nothing)."""
+
+
+def _finished(options: StylizeOptions, pending: _Pending) -> np.ndarray:
+    picture = pending.picture.result()
+    photo = pending.decoded.photo
+    return imaging.apply_controls(photo, picture, options.strength, options.preserve_color)
+
+
+class _VideoSink(_Sink):
+    def __init__(
+        self,
+        reader: media.MediaReader,
+        dest: Path,
+        width: int,
+        height: int,
+        options: StylizeOptions,
+        config: MediaConfig,
+    ) -> None:
+        container, self._media_type, _ = media.output_container(reader.info, options.container)
+        self._writer = media.VideoWriter(dest, reader, width, height, container, config.video_crf)
+        self._dest, self._options = dest, options
+        self._width, self._height = width, height
+        self._frames, self._duration_s = 0, reader.info.duration_s
+
+    def packet(self, packet: Any) -> None:
+        self._writer.write_packet(packet)
+
+    def write(self, frames: list[_Pending]) -> None:
+        for pending in frames:
+            self._writer.write_frame(_finished(self._options, pending), pending.decoded.frame)
+            self._frames += 1
+
+    def finish(self) -> MediaOutput:
+        self._writer.close()
+        # Every frame keeps its timestamp: the output lasts as long as the input.
+        duration = self._duration_s
+        return MediaOutput(
+            self._media_type, self._width, self._height, self._frames, duration, path=self._dest
+        )
+
+    def abandon(self) -> None:
+        with contextlib.suppress(Exception):
+            self._writer.close()
+
+
+class _AnimationSink(_Sink):
+    def __init__(
+        self, info: media.MediaInfo, width: int, height: int, options: StylizeOptions
+    ) -> None:
+        self._writer = media.AnimationWriter(info, options.quality)
+        self._info, self._options = info, options
+        self._width, self._height = width, height
+        self._frames, self._duration_ms = 0, 0
+
+    def packet(self, packet: Any) -> None:
+        raise ValueError("an animation has no audio")
+
+    def write(self, frames: list[_Pending]) -> None:
+        for pending in frames:
+            duration = pending.decoded.frame.duration_ms or 0
+            self._writer.add(_finished(self._options, pending), pending.decoded.alpha, duration)
+            self._frames += 1
+            self._duration_ms += duration
+
+    def finish(self) -> MediaOutput:
+        data = self._writer.finish()
+        return MediaOutput(
+            self._info.media_type,
+            self._width,
+            self._height,
+            self._frames,
+            self._duration_ms / 1000,
+            data=data,
+        )
+
+
+def sync_animation_budget_error(info: media.MediaInfo, size: int, budget: int) -> str | None:
+    """Why an animation is too much to make while the caller waits (None: it is not)."""
+    width, height = imaging.target_dimensions(info.width, info.height, size)
+    pixels = info.frames * width * height
+    if pixels <= budget:
+        return None
+    return (
+        f"an animation of {info.frames} frames at {width}x{height} is {pixels} output pixels, "
+        f"above the {budget} made while the caller waits; submit it to POST /v1/jobs"
+    )

@@ -1,0 +1,139 @@
+"""Videos and animated pictures as the API takes them: recognised, checked, then made.
+
+The routes and the job service are thin over this; the frames' path itself is
+``media_jobs.MediaJob``. No Ray here: the model is a "stylize these frames" callable.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import logging
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from serve_app import imaging, media
+from serve_app.config import AppConfig
+from serve_app.errors import InvalidVideoOptions, Timeout, UnsupportedCodec, UseJobs
+from serve_app.jobs import JobRecord
+from serve_app.media_jobs import (
+    FrameCounts,
+    FrameModel,
+    Identity,
+    MediaJob,
+    MediaOutput,
+    ModelGate,
+    sync_animation_budget_error,
+)
+from serve_app.pipeline import ResultStore
+from serve_app.schemas import StylizeOptions
+
+logger = logging.getLogger(__name__)
+
+# Enough of an upload to tell a video container by its signature.
+SNIFF_BYTES = 256
+
+
+class MediaService:
+    def __init__(
+        self, config: AppConfig, cache: ResultStore, model: FrameModel, identity: Identity
+    ) -> None:
+        self._config = config
+        self._cache = cache
+        self._model = model
+        self._identity = identity
+        media_config = config.media
+        self.gate = ModelGate(
+            media_config.model_calls,
+            media_config.model_calls_busy,
+            media_config.interactive_quiet_s,
+        )
+        # An animation made while its caller waits is interactive work: it never steps back.
+        calls = media_config.model_calls
+        self._waiting_gate = ModelGate(calls, calls, media_config.interactive_quiet_s)
+
+    async def inspect(self, data: bytes) -> media.MediaInfo | None:
+        """What the upload is, when it is a video or an animation (None: a still picture).
+        Raises the media errors (415, 413, 400) for what cannot be made."""
+        foreign = media.sniff_foreign_video(data[:SNIFF_BYTES])
+        if foreign is not None:
+            raise UnsupportedCodec(
+                f"{foreign} files are not taken; send MP4, MOV, MKV or WebM (H.264, HEVC, "
+                "VP8, VP9 or AV1 video)"
+            )
+        if media.sniff_video(data[:SNIFF_BYTES]):
+            return await asyncio.to_thread(media.probe, io.BytesIO(data), self._config.media)
+        if not await asyncio.to_thread(media.is_animated_picture, data):
+            return None
+        return await asyncio.to_thread(media.probe, io.BytesIO(data), self._config.media)
+
+    def check(self, info: media.MediaInfo, options: StylizeOptions) -> None:
+        """Refuse, before anything runs, options this upload cannot be made with."""
+        width, height = imaging.target_dimensions(info.width, info.height, options.size)
+        if info.kind == "video":
+            largest = self._config.tiling.max_whole_pixels
+            if width * height > largest:
+                raise InvalidVideoOptions(
+                    f"video frames of {width}x{height} are above the {largest} pixels a frame "
+                    "is made at; ask for a smaller size"
+                )
+            media.output_container(info, options.container)  # raises when it cannot hold the audio
+
+    async def run_job(
+        self, record: JobRecord, data: bytes, on_progress: Callable[[FrameCounts], None]
+    ) -> MediaOutput:
+        """A video or animation job's output (a video in a temporary file the caller owns)."""
+        info = await asyncio.to_thread(media.probe, io.BytesIO(data), self._config.media)
+        options = StylizeOptions(**record.options)
+        job = self._job(info, options, on_progress, self.gate)
+        if info.kind != "video":
+            return await job.run(io.BytesIO(data), None)
+        (
+            _,
+            extension,
+        ) = media.output_container(info, options.container)[1:]
+        with tempfile.NamedTemporaryFile(suffix=f".{extension}", delete=False) as file:
+            dest = Path(file.name)
+        try:
+            return await job.run(io.BytesIO(data), dest)
+        except BaseException:
+            dest.unlink(missing_ok=True)
+            raise
+
+    async def animate(self, data: bytes, info: media.MediaInfo, options: StylizeOptions):
+        """An animation made while the caller waits: within the synchronous budget only."""
+        if info.kind == "video":
+            raise UseJobs("videos are made as jobs: submit it to POST /v1/jobs")
+        reason = sync_animation_budget_error(info, options.size, self._config.media.max_sync_pixels)
+        if reason is not None:
+            raise UseJobs(reason)
+        started = time.monotonic()
+        timeout_s = self._config.request_timeout_s
+        job = self._job(info, options, None, self._waiting_gate)
+        try:
+            output = await asyncio.wait_for(job.run(io.BytesIO(data), None), timeout_s)
+        except asyncio.TimeoutError:
+            raise Timeout(f"not ready within {timeout_s:g} s") from None
+        logger.info(
+            "animation of %d frames in %.2f s (%d computed, %d repeated, %d cached)",
+            output.frames,
+            time.monotonic() - started,
+            job.counts.model,
+            job.counts.job,
+            job.counts.cache,
+        )
+        return output
+
+    def _job(self, info, options, on_progress, gate: ModelGate) -> MediaJob:
+        return MediaJob(
+            info,
+            options,
+            self._config.media,
+            self._model,
+            self._cache,
+            self._identity,
+            gate,
+            on_progress,
+        )

@@ -1,0 +1,210 @@
+"""Tiny videos and animated pictures made on the fly, for unit and integration tests.
+
+Everything is synthesised with PyAV and Pillow (no fixture files to keep in sync), and
+kept small (160×96, a few seconds at 10 fps) so the tests stay fast on two cores.
+Frames are visibly distinct (a moving gradient plus a bar code of the frame number), so a
+test can tell frames apart after a lossy round trip.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+from PIL import Image
+
+AUDIO_RATE = 48_000
+"""Opus only takes 48 kHz; AAC gets the same so both paths look alike."""
+
+_FORMATS = {"mp4": "mp4", "mov": "mov", "matroska": "matroska", "mkv": "matroska", "webm": "webm"}
+
+
+def _picture(index: int, size: tuple[int, int]) -> np.ndarray:
+    """A gradient that moves with ``index`` and a bar code of ``index`` on the top rows."""
+    width, height = size
+    xs = np.arange(width, dtype=np.int32)[None, :]
+    ys = np.arange(height, dtype=np.int32)[:, None]
+    rgb = np.empty((height, width, 3), np.uint8)
+    rgb[..., 0] = ((xs * 255) // max(width - 1, 1) + index * 12) % 256
+    rgb[..., 1] = ((ys * 255) // max(height - 1, 1) + index * 7) % 256
+    rgb[..., 2] = (index * 37) % 256
+    bar = max(width // 8, 2)
+    for bit in range(8):  # big blocks survive lossy coding, unlike one-pixel detail
+        rgb[: height // 4, bit * bar : (bit + 1) * bar] = 255 if index >> bit & 1 else 0
+    return rgb
+
+
+def _add_video(
+    out: av.container.OutputContainer, codec: str, fps: int, size: tuple[int, int], lossless: bool
+):
+    stream = out.add_stream(codec, rate=fps)
+    stream.width, stream.height = size
+    stream.pix_fmt = "yuv420p"
+    # Lossy coders keep refining a still picture for a few frames after it stops moving;
+    # lossless coding makes every frame of a still shot decode byte-identical.
+    if codec == "libvpx-vp9":
+        quality = {"lossless": "1"} if lossless else {"crf": "32", "b": "0"}
+        stream.options = {**quality, "deadline": "realtime", "cpu-used": "8"}
+    elif codec == "libx264":
+        stream.options = {"crf": "0" if lossless else "20", "preset": "veryfast"}
+    return stream
+
+
+def _add_audio(out: av.container.OutputContainer, codec: str):
+    stream = out.add_stream(codec, rate=AUDIO_RATE)
+    stream.layout = "mono"
+    return stream
+
+
+def _audio_frames(stream, seconds: float):
+    """A 440 Hz tone cut into the encoder's frame size, with sample-count timestamps."""
+    size = stream.codec_context.frame_size or 1024
+    total = int(seconds * AUDIO_RATE)
+    fmt = stream.codec_context.format.name
+    for start in range(0, total, size):
+        t = (np.arange(start, min(start + size, total)) / AUDIO_RATE).astype(np.float32)
+        tone = (0.3 * np.sin(2 * math.pi * 440 * t))[None, :]
+        tone = (tone * 32767).astype(np.int16) if fmt.startswith("s16") else tone.astype(np.float32)
+        frame = av.AudioFrame.from_ndarray(tone, format=fmt, layout="mono")
+        frame.sample_rate, frame.pts = AUDIO_RATE, start
+        frame.time_base = Fraction(1, AUDIO_RATE)
+        yield frame
+
+
+def make_video(
+    path: str | Path,
+    *,
+    container: str = "mp4",
+    video_codec: str = "libx264",
+    audio_codec: str | None = "aac",
+    seconds: float = 2.0,
+    fps: int = 10,
+    size: tuple[int, int] = (160, 96),
+    rotation: int = 0,
+    still_after_s: float | None = None,
+    faststart: bool = False,
+    vfr: bool = False,
+) -> Path:
+    """Write a test video; ``rotation`` is the clockwise display rotation, phone style.
+
+    From ``still_after_s`` on the same picture repeats (a still shot). ``faststart`` puts
+    an MP4's index first, so a truncated copy still opens and breaks off mid-way. ``vfr``
+    leaves a gap after every second frame (a variable frame rate).
+    """
+    path = Path(path)
+    options = {"movflags": "+faststart"} if faststart else {}
+    with av.open(str(path), "w", format=_FORMATS[container], options=options) as out:
+        video = _add_video(out, video_codec, fps, size, lossless=still_after_s is not None)
+        if rotation:
+            video.set_display_rotation(-rotation)  # the matrix counts counter-clockwise
+        audio = _add_audio(out, audio_codec) if audio_codec else None
+        count = round(seconds * fps)
+        still_from = count if still_after_s is None else round(still_after_s * fps)
+        for index in range(count):
+            picture = _picture(min(index, still_from), size)
+            frame = av.VideoFrame.from_ndarray(picture, format="rgb24")
+            frame.pts = index + index // 2 if vfr else index
+            out.mux(video.encode(frame))
+        out.mux(video.encode(None))
+        if audio is not None:
+            for frame in _audio_frames(audio, seconds):
+                out.mux(audio.encode(frame))
+            out.mux(audio.encode(None))
+    return path
+
+
+def make_h264_aac_mp4(path: str | Path, **kwargs) -> Path:
+    return make_video(path, container="mp4", video_codec="libx264", audio_codec="aac", **kwargs)
+
+
+def make_vp9_opus_webm(path: str | Path, **kwargs) -> Path:
+    return make_video(
+        path, container="webm", video_codec="libvpx-vp9", audio_codec="libopus", **kwargs
+    )
+
+
+def make_rotated_mp4(path: str | Path, rotation: int = 90, **kwargs) -> Path:
+    return make_h264_aac_mp4(path, rotation=rotation, **kwargs)
+
+
+def make_animation(
+    path: str | Path,
+    fmt: str = "gif",
+    frames: int = 6,
+    size: tuple[int, int] = (64, 48),
+    durations: Sequence[int] | None = None,
+    loop: int = 0,
+    alpha: bool = False,
+) -> Path:
+    """Write an animated GIF, WebP or APNG; with ``alpha`` the right third is transparent."""
+    path = Path(path)
+    durations = list(durations) if durations is not None else [100 + 20 * i for i in range(frames)]
+    pictures = []
+    for index in range(frames):
+        rgb = _picture(index, size)
+        if alpha:
+            mask = np.full(rgb.shape[:2], 255, np.uint8)
+            mask[:, size[0] * 2 // 3 :] = 0
+            pictures.append(Image.fromarray(np.dstack([rgb, mask]), "RGBA"))
+        else:
+            pictures.append(Image.fromarray(rgb, "RGB"))
+    save = {"gif": "GIF", "webp": "WEBP", "apng": "PNG"}[fmt]
+    extra = {"lossless": True} if fmt == "webp" else {}
+    if fmt == "gif" and alpha:
+        extra["disposal"] = 2  # each frame replaces the last, transparency included
+    pictures[0].save(
+        path,
+        format=save,
+        save_all=True,
+        append_images=pictures[1:],
+        duration=durations,
+        loop=loop,
+        **extra,
+    )
+    return path
+
+
+def truncate(path: str | Path, dest: str | Path, keep: float = 0.6) -> Path:
+    """Copy the first ``keep`` fraction of ``path``'s bytes to ``dest``."""
+    data = Path(path).read_bytes()
+    dest = Path(dest)
+    dest.write_bytes(data[: int(len(data) * keep)])
+    return dest
+
+
+def audio_packets(path: str | Path) -> list[bytes]:
+    """The payload of every audio packet of every audio stream, in demux order."""
+    with av.open(str(path)) as source:
+        if not source.streams.audio:
+            return []
+        return [bytes(p) for p in source.demux(*source.streams.audio) if p.size]
+
+
+def video_timestamps(path: str | Path) -> list[int]:
+    """The presentation timestamps of the first video stream's packets, sorted."""
+    with av.open(str(path)) as source:
+        stream = source.streams.video[0]
+        return sorted(p.pts for p in source.demux(stream) if p.size and p.pts is not None)
+
+
+def frame_count(path: str | Path) -> int:
+    """Frames decoded from the first video stream."""
+    with av.open(str(path)) as source:
+        return sum(1 for _ in source.decode(video=0))
+
+
+def decoded_frames(path: str | Path) -> list[np.ndarray]:
+    """Every frame of the first video stream as RGB (stored orientation)."""
+    with av.open(str(path)) as source:
+        return [f.to_ndarray(format="rgb24") for f in source.decode(video=0)]
+
+
+def display_rotation(path: str | Path) -> int:
+    """The clockwise display rotation a player applies, read from the first frame."""
+    with av.open(str(path)) as source:
+        first = next(source.decode(video=0))
+        return round(-first.rotation) % 360

@@ -1,0 +1,229 @@
+"""A video or animation through MediaJob with a fake model and an in-memory cache: real
+media files (made with PyAV and Pillow), real decoding and encoding, no Ray."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from serve_app import media
+from serve_app.config import MediaConfig
+from serve_app.errors import Unavailable
+from serve_app.media_jobs import MediaJob, ModelGate, frame_key, sync_animation_budget_error
+from serve_app.pipeline import ReplicaFailed
+from serve_app.schemas import ModelIdentity, StylizedArray, StylizeOptions
+from tests.media_samples import (
+    audio_packets,
+    decoded_frames,
+    display_rotation,
+    frame_count,
+    make_animation,
+    make_h264_aac_mp4,
+    make_rotated_mp4,
+    make_video,
+    make_vp9_opus_webm,
+    video_timestamps,
+)
+
+IDENTITY = ModelIdentity("weights", "runtime")
+CONFIG = MediaConfig(frames_in_flight=8, frame_batch=4)
+
+
+class FakeModel:
+    """Inverts each frame; counts calls, frames and the most calls at once."""
+
+    def __init__(self, failures: int = 0, delay_s: float = 0.0) -> None:
+        self.calls = 0
+        self.frames = 0
+        self.running = 0
+        self.most_running = 0
+        self.batch_sizes: list[int] = []
+        self._failures = failures
+        self._delay_s = delay_s
+
+    async def __call__(self, frames: list[np.ndarray], style: str) -> list[StylizedArray]:
+        self.calls += 1
+        self.running += 1
+        self.most_running = max(self.most_running, self.running)
+        try:
+            await asyncio.sleep(self._delay_s)
+            if self._failures:
+                self._failures -= 1
+                raise ReplicaFailed("replica died")
+            assert len({frame.shape for frame in frames}) == 1
+            self.frames += len(frames)
+            self.batch_sizes.append(len(frames))
+            return [StylizedArray(255 - frame, IDENTITY, 0.0, 1.0, len(frames)) for frame in frames]
+        finally:
+            self.running -= 1
+
+
+class DictCache:
+    def __init__(self) -> None:
+        self.entries: dict = {}
+
+    async def get(self, key):
+        return self.entries.get(key)
+
+    async def put(self, key, value):
+        self.entries[key] = value
+
+
+def options(**changes) -> StylizeOptions:
+    base = {"style": "s", "size": 96, "format": "png", "quality": None}
+    return StylizeOptions(**{**base, **changes})
+
+
+def run_job(path, dest, model, cache=None, config=CONFIG, gate=None, **option_changes):
+    info = media.probe(path, config)
+    job = MediaJob(
+        info,
+        options(**option_changes),
+        config,
+        model,
+        cache if cache is not None else DictCache(),
+        lambda style: IDENTITY,
+        gate or ModelGate(3, 1, 1.0),
+    )
+    output = asyncio.run(job.run(path, dest))
+    return job, output
+
+
+def test_a_video_keeps_frames_timestamps_and_audio(tmp_path):
+    source = make_h264_aac_mp4(tmp_path / "in.mp4", seconds=2.0, fps=10)
+    model = FakeModel()
+    job, output = run_job(source, tmp_path / "out.mp4", model)
+    assert output.media_type == "video/mp4"
+    assert output.frames == frame_count(source) == frame_count(output.path) == 20
+    assert video_timestamps(output.path) == video_timestamps(source)
+    assert audio_packets(output.path) == audio_packets(source)
+    assert (output.width, output.height) == (96, 56)
+    assert model.frames == job.counts.model == 20
+    assert max(model.batch_sizes) == CONFIG.frame_batch
+    # the model's picture, not the input: every frame inverted (up to the codec's loss)
+    before = decoded_frames(source)[5].astype(float).mean()
+    after = decoded_frames(output.path)[5].astype(float).mean()
+    assert abs(after - (255 - before)) < 12
+
+
+def test_webm_stays_webm_with_opus_copied(tmp_path):
+    source = make_vp9_opus_webm(tmp_path / "in.webm", seconds=1.0)
+    _, output = run_job(source, tmp_path / "out.webm", FakeModel())
+    assert output.media_type == "video/webm"
+    assert audio_packets(output.path) == audio_packets(source)
+    assert frame_count(output.path) == frame_count(source)
+
+
+def test_rotation_is_kept(tmp_path):
+    source = make_rotated_mp4(tmp_path / "in.mp4", rotation=90, seconds=1.0)
+    _, output = run_job(source, tmp_path / "out.mp4", FakeModel())
+    assert display_rotation(output.path) == display_rotation(source) == 90
+
+
+def test_a_still_shot_is_computed_once(tmp_path):
+    source = make_video(tmp_path / "in.mp4", seconds=2.0, fps=10, still_after_s=1.0)
+    model = FakeModel()
+    job, output = run_job(source, tmp_path / "out.mp4", model)
+    assert output.frames == 20
+    assert job.counts.model == 11  # 10 moving frames, then the still one once
+    assert job.counts.job == 9
+
+
+def test_a_second_job_finds_every_frame_in_the_cache(tmp_path):
+    source = make_h264_aac_mp4(tmp_path / "in.mp4", seconds=1.0)
+    cache = DictCache()
+    run_job(source, tmp_path / "one.mp4", FakeModel(), cache)
+    model = FakeModel()
+    job, output = run_job(source, tmp_path / "two.mp4", model, cache, strength=0.5)
+    assert model.frames == 0
+    assert job.counts.cache == output.frames == 10
+
+
+def test_frame_keys_depend_on_what_computes_them():
+    assert frame_key("d", "s", IDENTITY) != frame_key("d", "t", IDENTITY)
+    assert frame_key("d", "s", IDENTITY) != frame_key("d", "s", ModelIdentity("w", "other"))
+    assert frame_key("d", "s", IDENTITY) != frame_key("e", "s", IDENTITY)
+
+
+def test_a_failed_replica_is_retried(tmp_path):
+    source = make_h264_aac_mp4(tmp_path / "in.mp4", seconds=1.0)
+    model = FakeModel(failures=2)
+    _, output = run_job(source, tmp_path / "out.mp4", model)
+    assert output.frames == frame_count(output.path) == 10
+    assert model.frames == 10  # only the failed batch ran again
+
+
+def test_a_replica_that_keeps_failing_fails_the_job(tmp_path, monkeypatch):
+    monkeypatch.setattr("serve_app.media_jobs.RETRY_FIRST_WAIT_S", 0.001)
+    source = make_h264_aac_mp4(tmp_path / "in.mp4", seconds=1.0)
+    with pytest.raises(Unavailable):
+        run_job(source, tmp_path / "out.mp4", FakeModel(failures=100))
+
+
+def test_model_calls_stay_within_the_gate(tmp_path):
+    source = make_h264_aac_mp4(tmp_path / "in.mp4", seconds=2.0)
+    config = MediaConfig(frames_in_flight=16, frame_batch=2)
+    model = FakeModel(delay_s=0.02)
+    run_job(source, tmp_path / "out.mp4", model, config=config, gate=ModelGate(2, 1, 1.0))
+    assert model.most_running == 2
+
+
+def test_the_gate_steps_back_while_photos_ask():
+    gate = ModelGate(idle=3, busy=1, quiet_s=60)
+    assert gate.limit == 3
+    gate.interactive()
+    assert gate.limit == 1
+
+
+def test_cancelling_a_job_stops_its_model_calls(tmp_path):
+    source = make_h264_aac_mp4(tmp_path / "in.mp4", seconds=3.0)
+    model = FakeModel(delay_s=0.2)
+    info = media.probe(source, CONFIG)
+    job = MediaJob(
+        info, options(), CONFIG, model, DictCache(), lambda s: IDENTITY, ModelGate(3, 1, 1.0)
+    )
+
+    async def cancel_soon():
+        task = asyncio.ensure_future(job.run(source, tmp_path / "out.mp4"))
+        await asyncio.sleep(0.5)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        calls = model.calls
+        await asyncio.sleep(0.5)
+        return calls
+
+    calls = asyncio.run(cancel_soon())
+    assert model.calls == calls < 30 / CONFIG.frame_batch
+    assert model.running == 0
+
+
+@pytest.mark.parametrize("fmt", ["gif", "webp", "apng"])
+def test_an_animation_keeps_its_frames_durations_and_loop(tmp_path, fmt):
+    durations = [100, 200, 150, 120]
+    source = make_animation(tmp_path / f"in.{fmt}", fmt=fmt, frames=4, durations=durations, loop=3)
+    _, output = run_job(source, None, FakeModel(), size=64)
+    assert Image.open(io.BytesIO(output.data)).format == Image.open(source).format
+    info = media.probe(io.BytesIO(output.data), CONFIG)
+    assert (info.frames, info.loop) == (4, 3)
+    with media.MediaReader(io.BytesIO(output.data), info) as reader:
+        assert [frame.duration_ms for frame in reader] == durations
+    assert output.duration_s == pytest.approx(sum(durations) / 1000)
+
+
+def test_max_fps_drops_frames_closer_than_its_gap(tmp_path):
+    source = make_h264_aac_mp4(tmp_path / "in.mp4", seconds=2.0, fps=10)
+    _, output = run_job(source, tmp_path / "out.mp4", FakeModel(), max_fps=5.0)
+    assert output.frames == frame_count(output.path) == 10
+    assert audio_packets(output.path) == audio_packets(source)
+
+
+def test_the_synchronous_budget_counts_frames_times_output_pixels(tmp_path):
+    source = make_animation(tmp_path / "in.gif", fmt="gif", frames=6, size=(64, 48))
+    info = media.probe(source, CONFIG)
+    assert sync_animation_budget_error(info, 64, 6 * 64 * 48) is None
+    assert "POST /v1/jobs" in sync_animation_budget_error(info, 64, 6 * 64 * 48 - 1)
