@@ -145,8 +145,8 @@ def is_animated_picture(data_or_source: bytes | Source) -> bool:
     try:
         with Image.open(_rewound(source)) as image:
             return image.format in _PILLOW_ANIMATIONS and getattr(image, "n_frames", 1) > 1
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError):
-        return False
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError):
+        return False  # not an animation: the picture path reports what it is
 
 
 def _rewound(source: Source) -> Source:

@@ -43,7 +43,7 @@ class ModelIdentity:
     """What computed a result. A result is cached only under the key of its identity."""
 
     weights: str  # digest of the weights and the upsampling mode
-    runtime: str  # device, precision and library versions, e.g. "cpu/bf16/torch-2.13.0"
+    runtime: str  # device, precision and library versions, e.g. "cpu/eager-bf16/nhwc/torch-2.13.0"
 
 
 @dataclass(frozen=True)

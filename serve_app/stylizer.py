@@ -40,7 +40,7 @@ from serve_app.weights import ResolvedWeights, load_generator_for, resolve_weigh
 
 logger = logging.getLogger(__name__)
 
-WARM_UP_SIDE = 256
+WARM_UP_SIDE = 64
 # The model runs at a lower CPU priority than request handling on the same node, so that
 # hits, 503s and health checks stay fast while the model soaks up the cores (it still gets
 # every cycle nobody else wants).
@@ -148,7 +148,6 @@ class Stylizer:
     def __init__(self, config: AppConfig):
         self._threads = replica_cpu_count()
         torch.set_num_threads(self._threads)
-        lower_cpu_priority(MODEL_NICENESS)
         # Measured on this node with the styles' own weights (`runtime: auto`).
         self._runtime_choice = resolve_runtime(
             config.runtime,
@@ -185,6 +184,8 @@ class Stylizer:
         self._images = 0
         self._inference_s: defaultdict[str, float] = defaultdict(float)
         self._warm_up()
+        # Only now: the start itself (imports, measurements, warm-up) runs at full priority.
+        lower_cpu_priority(MODEL_NICENESS)
         logger.info(
             "Stylizer %s ready: styles=%s runtime=%s threads=%d",
             self._replica,
@@ -214,10 +215,12 @@ class Stylizer:
         return StyleModel(generator, self._runtime)
 
     def _warm_up(self) -> None:
-        # The first pass at a shape builds oneDNN/cuDNN kernels; pay for it before traffic.
+        # A process's first pass initialises the backend (oneDNN's or CUDA's libraries):
+        # paid before traffic, once. Each shape's kernels are built on its own first pass
+        # whatever was warmed before, so one small pass of one style is all it takes
+        # (256 px passes of every style cost the start about 3 s for nothing).
         sample = np.zeros((WARM_UP_SIDE, WARM_UP_SIDE, 3), np.uint8)
-        for model in self._models.values():
-            model(tensors.to_model_batch([sample]))
+        next(iter(self._models.values()))(tensors.to_model_batch([sample]))
 
     def reconfigure(self, user_config: dict) -> None:
         config = BatchConfig.model_validate(user_config or {})
