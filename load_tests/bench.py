@@ -365,7 +365,10 @@ class Bench:
                     )
                     for batch in (1, self.frame_batch)
                 }
-                self.points.setdefault("model frames", []).append({"rps": max(rates.values())})
+                by_batch = {f"batch_{batch}": rate for batch, rate in rates.items()}
+                self.points.setdefault("model frames", []).append(
+                    {"rps": max(rates.values()), **by_batch}
+                )
                 logger.info("model, jobs' frames: %s img/s by batch size", rates)
             workers.trace(self.dir / "flask_generator.pt")
             return workers.precision
@@ -458,6 +461,7 @@ class Bench:
                 "loadavg": [load_start, os.getloadavg()[0]],
                 "layout": {"processes": self.replicas, "threads": self.threads},
                 "precision": precision,
+                "frame_batch": self.frame_batch,
                 "plan": {"model_s": self.plan.model_s, "phases": self.plan.phases},
             },
             "cold_start_s": cold_start_s,
@@ -559,6 +563,11 @@ JOB_FIGURES = (
 )
 
 
+def frame_rate(results: dict, batch: int) -> str:
+    """The model limit at the jobs' frame shape for one batch size, median (min–max)."""
+    return _spread([run.get(f"batch_{batch}") for run in results["points"]["model frames"]])
+
+
 def jobs_table(results: dict) -> str:
     runs = results["points"].get("job", [])
     rows = [[what, _spread([run.get(key) for run in runs])] for key, what in JOB_FIGURES]
@@ -606,7 +615,9 @@ Clips: {job_bench.SOURCE[0]}×{job_bench.SOURCE[1]} H.264 + AAC at {job_bench.FP
 per repetition with frames that all differ (the half-still one losslessly, its second half
 one frame), submitted as jobs at size {job_bench.FRAME_SIZE} (frames of
 {"×".join(map(str, target_dimensions(*job_bench.SOURCE, job_bench.FRAME_SIZE)))}); the
-model limit for them is the best of batch 1 and the jobs' batch in the same process layout.
+model limit for them is the best of batch 1 ({frame_rate(results, 1)} img/s) and the
+jobs' batch of {meta["frame_batch"]} ({frame_rate(results, meta["frame_batch"])} img/s) in the
+same process layout.
 
 {chr(10).join(portrait_bench.markdown(results["portrait"]))}
 

@@ -145,7 +145,14 @@ def is_animated_picture(data_or_source: bytes | Source) -> bool:
     try:
         with Image.open(_rewound(source)) as image:
             return image.format in _PILLOW_ANIMATIONS and getattr(image, "n_frames", 1) > 1
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError):
+    except (
+        UnidentifiedImageError,
+        OSError,
+        ValueError,
+        SyntaxError,
+        Image.DecompressionBombError,
+        Image.DecompressionBombWarning,  # an error where the service makes it one
+    ):
         return False  # not an animation: the picture path reports what it is
 
 
