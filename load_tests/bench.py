@@ -49,7 +49,7 @@ import httpx
 import psutil
 import yaml
 
-from load_tests import cold_start, job_bench, portrait_bench, tiling_bench
+from load_tests import cold_start, cpu_profile, job_bench, portrait_bench, tiling_bench
 from load_tests.cold_start import free_port, stylizer_cpus
 from load_tests.loadgen import MIN_ANSWERS, run_point
 from load_tests.workloads import (
@@ -403,7 +403,12 @@ class Bench:
             for rep in range(self.args.repeats):
                 for size in SIZES:
                     name, clients = f"misses {size}", 2 * self.replicas
+                    before = cpu_profile.snapshot(popen.pid)
                     self.point(name, url[size], self.uploads.unique, clients, name)
+                    answered = self.points[name][-1]["ok"]
+                    after = cpu_profile.snapshot(popen.pid)
+                    profile = cpu_profile.ms_per_picture(before, after, answered)
+                    self.points[name][-1]["cpu_ms_per_picture"] = profile
                 mixed = self.uploads.mixed(self.hot_sets[rep], HOT_RATIO, seed=rep)
                 self.point("mixed", url[MIXED_SIZE], mixed, MIXED_CLIENTS, "mixed")
                 for clients in (1, 8):  # each next to the floor, so that both see the same load
@@ -568,6 +573,38 @@ def frame_rate(results: dict, batch: int) -> str:
     return _spread([run.get(f"batch_{batch}") for run in results["points"]["model frames"]])
 
 
+def cpu_table(results: dict) -> str:
+    """CPU ms per unique photo by component of the service, next to the in-process pipeline's
+    whole CPU time per picture (each of its processes is one busy thread)."""
+    processes = results["meta"]["layout"]["processes"]
+    headers = ["component", *(f"{size} px (ms CPU / picture)" for size in SIZES)]
+    names = sorted(
+        {
+            name
+            for size in SIZES
+            for run in results["points"][f"misses {size}"]
+            for name in run.get("cpu_ms_per_picture", {})
+        }
+    )
+    rows = []
+    for name in [*names, "all of the service"]:
+        cells = []
+        for size in SIZES:
+            runs = results["points"][f"misses {size}"]
+            if name == "all of the service":
+                values = [sum(run.get("cpu_ms_per_picture", {}).values()) or None for run in runs]
+            else:
+                values = [run.get("cpu_ms_per_picture", {}).get(name) for run in runs]
+            cells.append(_spread(values))
+        rows.append([name, *cells])
+    pipeline = [
+        _spread([1e3 * processes / run["rps"] for run in results["points"][f"pipeline {size}"]])
+        for size in SIZES
+    ]
+    rows.append(["in-process pipeline (decode, resize, model, encode)", *pipeline])
+    return _table(headers, rows)
+
+
 def jobs_table(results: dict) -> str:
     runs = results["points"].get("job", [])
     rows = [[what, _spread([run.get(key) for run in runs])] for key, what in JOB_FIGURES]
@@ -606,6 +643,15 @@ turns ({meta["repeats"]} each): this app (`/v1/stylize`, 256 px)
 answering "hello" (`load_tests/hello_app.py`)
 {_spread([run["hello_s"] for run in results["points"]["cold start"]])} s. The benchmark's
 own service came up in {results["cold_start_s"]:.1f} s.
+
+## Where a miss's CPU goes
+
+{cpu_table(results)}
+
+CPU seconds of every process of the service (`serve run`'s process tree, grouped by Ray's
+process titles) over each unique-photo window, per picture answered; the load generator
+runs outside it on the same cores. The in-process pipeline's figure is its wall time per
+picture times its processes (each one busy thread).
 
 ## Jobs: videos
 

@@ -85,6 +85,14 @@ def test_report_is_written(results, bench_run):
     assert "## Jobs: videos" in markdown
 
 
+def test_a_misss_cpu_is_profiled_by_component(results, bench_run):
+    for size in (256, 512):
+        for run in results["points"][f"misses {size}"]:
+            profile = run["cpu_ms_per_picture"]
+            assert profile["model replicas"] > 0 and profile["ingress replica"] > 0
+    assert "## Where a miss's CPU goes" in (bench_run / "docs" / "benchmarks.md").read_text()
+
+
 def test_the_job_workload_runs_videos_next_to_photos(results):
     for run in results["points"]["job"]:
         assert run["frames_per_s"] > 0 and run["frames"] > 0
