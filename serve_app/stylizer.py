@@ -183,6 +183,10 @@ class Stylizer:
         self._batch_sizes: Counter[int] = Counter()
         self._images = 0
         self._inference_s: defaultdict[str, float] = defaultdict(float)
+        # On CPU a batch computes no faster than its frames one by one (docs/benchmarks.md:
+        # the jobs' frames at batch 1 and 4), so a job's frames take the model one at a time
+        # and a photo in between waits for one frame; on a GPU a call is one batched pass.
+        self._frames_per_pass = 1 if self._runtime.device == "cpu" else None
         self._warm_up()
         # Only now: the start itself (imports, measurements, warm-up) runs at full priority.
         lower_cpu_priority(MODEL_NICENESS)
@@ -269,15 +273,21 @@ class Stylizer:
         return result
 
     async def stylize_frames(self, frames: list[np.ndarray], style: str) -> list[StylizedArray]:
-        """A job's frames (one shape: one forward pass) -> their stylised twins, in order.
-        They come batched already, so they skip the dynamic batcher; a photo's batch and
-        a job's take turns on the model. Raises ValueError for a bad frame."""
+        """A job's frames (one shape) -> their stylised twins, in order. They come batched
+        already, so they skip the dynamic batcher; photos' batches take their turn on the
+        model between two of the frames' passes. Raises ValueError for a bad frame."""
         arrival = time.perf_counter()
-        async with self._model_lock:
-            started = time.perf_counter()
-            outcomes = await run_to_completion(self._infer_batch, frames, [style] * len(frames))
-        self._batch_sizes[len(frames)] += 1
-        self._metrics.batch_size.observe(len(frames))
+        started, outcomes = None, []
+        step = self._frames_per_pass or len(frames)
+        for first in range(0, len(frames), step):
+            # The lock is taken again for each pass: a photo waiting for the model waits
+            # for one pass of a job's frames, not for all of them.
+            async with self._model_lock:
+                started = started or time.perf_counter()
+                chunk = frames[first : first + step]
+                outcomes += await run_to_completion(self._infer_batch, chunk, [style] * len(chunk))
+            self._batch_sizes[len(chunk)] += 1
+            self._metrics.batch_size.observe(len(chunk))
         queue_ms = (started - arrival) * 1e3
         results = []
         for outcome, inference_s in outcomes:
@@ -289,7 +299,7 @@ class Stylizer:
                     identity=self._identities[style],
                     queue_ms=queue_ms,
                     inference_ms=inference_s * 1e3,
-                    batch_size=len(frames),
+                    batch_size=min(step, len(frames)),
                 )
             )
         return results
