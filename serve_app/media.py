@@ -130,7 +130,12 @@ _FOREIGN_VIDEO_SIGNATURES = {
     "ASF/WMV": lambda head: head[:4] == b"\x30\x26\xb2\x75",
     "Ogg": lambda head: head[:4] == b"OggS",
     "MPEG-PS": lambda head: head[:4] == b"\x00\x00\x01\xba",
-    "MPEG-TS": lambda head: len(head) > 188 and head[0] == head[188] == 0x47,
+    # Three packets' sync bytes: one 0x47 (a GIF's "G") could be chance.
+    "MPEG-TS": lambda head: (
+        len(head) > 376
+        and head[0] == head[188] == head[376] == 0x47
+        and not head.startswith(b"GIF8")
+    ),
 }
 
 

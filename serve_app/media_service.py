@@ -32,8 +32,8 @@ from serve_app.schemas import StylizeOptions
 
 logger = logging.getLogger(__name__)
 
-# Enough of an upload to tell a video container by its signature.
-SNIFF_BYTES = 256
+# Enough of an upload to tell a video container by its signature (MPEG-TS: 3 packets).
+SNIFF_BYTES = 512
 
 
 class MediaService:

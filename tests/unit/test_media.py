@@ -342,3 +342,20 @@ def test_animation_round_trip(fmt: str, tmp_path: Path) -> None:
         frames = list(reader)
     assert [f.duration_ms for f in frames] == durations
     assert all(f.alpha[0, -1] == 0 and f.alpha[0, 0] == 255 for f in frames)
+
+
+def test_foreign_video_containers_are_told_apart_from_pictures():
+    from serve_app.media import sniff_foreign_video
+
+    avi = b"RIFF\x00\x00\x00\x00AVI LIST" + bytes(100)
+    transport = bytearray(600)
+    transport[0] = transport[188] = transport[376] = 0x47
+    assert sniff_foreign_video(avi) == "AVI"
+    assert sniff_foreign_video(bytes(transport)) == "MPEG-TS"
+    assert sniff_foreign_video(b"FLV\x01" + bytes(20)) == "FLV"
+    assert sniff_foreign_video(b"OggS" + bytes(20)) == "Ogg"
+    # A GIF whose bytes happen to look like transport-stream sync bytes is still a GIF.
+    gif = bytearray(b"GIF89a" + bytes(600))
+    gif[188] = gif[376] = 0x47
+    assert sniff_foreign_video(bytes(gif)) is None
+    assert sniff_foreign_video(b"\x89PNG\r\n\x1a\n" + bytes(600)) is None
