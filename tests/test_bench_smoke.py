@@ -54,9 +54,10 @@ def test_every_point_measured_in_every_repetition(results):
     points = results["points"]
     assert set(points) == {*POINTS, "job", "cold start"}
     assert all(len(runs) == REPEATS for runs in points.values())
-    assert all(run["rps"] > 0 for size in (256, 512) for run in points[f"model {size}"])
+    for size in (256, 512):
+        assert all(run["rps"] > 0 for run in points[f"model {size}"] + points[f"pipeline {size}"])
     for name, runs in points.items():
-        if not name.startswith(("model", "job", "cold start")):
+        if not name.startswith(("model", "pipeline", "job", "cold start")):
             assert sum(run["ok"] for run in runs) > 0, name
     for name in ("misses 256", "misses 512", "mixed", "hits c1", "hits c8", "floor c8"):
         assert all(run["errors"] == 0 for run in points[name]), name
