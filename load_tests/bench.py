@@ -41,16 +41,14 @@ import subprocess
 import sys
 import time
 import warnings
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
-import psutil
 import yaml
 
 from load_tests import cold_start, cpu_profile, job_bench, portrait_bench, tiling_bench
-from load_tests.cold_start import free_port, stylizer_cpus
+from load_tests.cold_start import free_port, server, stylizer_cpus
 from load_tests.loadgen import MIN_ANSWERS, run_point
 from load_tests.workloads import (
     CANVAS,
@@ -256,40 +254,6 @@ class ModelWorkers:
 
 
 # --------------------------------------------------------------------------- servers
-
-
-@contextlib.contextmanager
-def server(argv: list[str], env: dict[str, str], log_path: Path) -> Iterator[subprocess.Popen]:
-    """A server in a session of its own. On the way out: SIGINT (``serve run`` then shuts
-    Serve and its local Ray down), then SIGKILL to whatever of its process tree is left,
-    each by process id (Ray's workers leave the server's process group)."""
-    with log_path.open("wb") as log:
-        popen = subprocess.Popen(
-            argv,
-            env=env,
-            cwd=REPO,
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    try:
-        yield popen
-    finally:
-        tree = []
-        with contextlib.suppress(psutil.Error):
-            tree = [psutil.Process(popen.pid), *psutil.Process(popen.pid).children(recursive=True)]
-        popen.send_signal(signal.SIGINT)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            popen.wait(60)
-        _, alive = psutil.wait_procs(tree, timeout=10)
-        for process in alive:
-            with contextlib.suppress(psutil.Error):
-                process.kill()
-        psutil.wait_procs(alive, timeout=10)
-        popen.wait(10)
-        if alive:
-            logger.warning("%s: killed leftover processes %s", argv, [p.pid for p in alive])
 
 
 def first_200(url: str, data: bytes, popen: subprocess.Popen, log: Path, timeout_s: float) -> bytes:

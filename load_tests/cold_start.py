@@ -138,19 +138,16 @@ def _naming(text: str) -> list[psutil.Process]:
 
 
 @contextlib.contextmanager
-def serve_run(config_path: Path, ray_tmp: Path, log_path: Path) -> Iterator[subprocess.Popen]:
-    """`serve run` on a fresh local Ray in ``ray_tmp``; stopped (by PID) on the way out."""
-    python_path = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
-    env = {
-        **os.environ,
-        "PYTHONPATH": python_path,
-        "RAY_ADDRESS": "local",
-        "RAY_TMPDIR": str(ray_tmp),
-        "RAY_USAGE_STATS_ENABLED": "0",
-    }
+def server(
+    argv: list[str], env: dict[str, str], log_path: Path, naming: str | None = None
+) -> Iterator[subprocess.Popen]:
+    """A server in a session of its own. On the way out: SIGINT (``serve run`` then shuts
+    Serve and its local Ray down), then SIGKILL to whatever is left of its process tree or
+    names ``naming`` in its command line, each by process id (Ray's workers leave the
+    server's process group)."""
     with log_path.open("wb") as log:
         popen = subprocess.Popen(
-            [SERVE, "run", str(config_path)],
+            argv,
             env=env,
             cwd=REPO,
             stdin=subprocess.DEVNULL,
@@ -161,18 +158,18 @@ def serve_run(config_path: Path, ray_tmp: Path, log_path: Path) -> Iterator[subp
     try:
         yield popen
     finally:
-        _stop(popen, ray_tmp)
+        _stop(popen, naming)
 
 
-def _stop(popen: subprocess.Popen, ray_tmp: Path) -> None:
+def _stop(popen: subprocess.Popen, naming: str | None) -> None:
     tree = _tree(popen.pid)
-    # SIGINT: `serve run` shuts Serve down and then the Ray instance it started.
     with contextlib.suppress(ProcessLookupError):
         popen.send_signal(signal.SIGINT)
     with contextlib.suppress(subprocess.TimeoutExpired):
         popen.wait(60)
     _, alive = psutil.wait_procs(tree, timeout=10)
-    leftovers = {proc.pid: proc for proc in [*alive, *_naming(str(ray_tmp))]}
+    named = _naming(naming) if naming else []
+    leftovers = {proc.pid: proc for proc in [*alive, *named]}
     for proc in leftovers.values():
         with contextlib.suppress(psutil.Error):
             proc.kill()
@@ -180,7 +177,22 @@ def _stop(popen: subprocess.Popen, ray_tmp: Path) -> None:
     with contextlib.suppress(subprocess.TimeoutExpired):
         popen.wait(10)
     if leftovers:
-        logger.warning("killed leftover processes %s", sorted(leftovers))
+        logger.warning("%s: killed leftover processes %s", popen.args[:3], sorted(leftovers))
+
+
+@contextlib.contextmanager
+def serve_run(config_path: Path, ray_tmp: Path, log_path: Path) -> Iterator[subprocess.Popen]:
+    """`serve run` on a fresh local Ray in ``ray_tmp``; stopped (by PID) on the way out."""
+    python_path = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
+    env = {
+        **os.environ,
+        "PYTHONPATH": python_path,
+        "RAY_ADDRESS": "local",
+        "RAY_TMPDIR": str(ray_tmp),
+        "RAY_USAGE_STATS_ENABLED": "0",
+    }
+    with server([SERVE, "run", str(config_path)], env, log_path, naming=str(ray_tmp)) as popen:
+        yield popen
 
 
 def first_200(url: str, probe: Probe, popen: subprocess.Popen, log: Path) -> None:

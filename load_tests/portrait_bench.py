@@ -70,8 +70,8 @@ def _measure(repeats: int, names: list[str], queue) -> None:
 
 
 def run(quick: bool) -> dict:
-    """The figures (quick: three repetitions and two pictures; else five and three)."""
-    repeats = 3 if quick else 5
+    """The figures (quick: two repetitions and two pictures; else five and three)."""
+    repeats = 2 if quick else 5
     names = ["512x512", "1280x853"] if quick else list(PICTURES)
     context = multiprocessing.get_context("spawn")  # thread settings stay in the child
     queue = context.Queue()

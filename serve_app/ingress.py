@@ -135,8 +135,8 @@ ContainerParam = Annotated[
 MaxFpsParam = Annotated[
     float | None,
     Query(
-        description="videos and animations: at most this many frames a second (frames "
-        "closer than 1/max_fps are dropped); default: every frame"
+        description="videos: at most this many frames a second (the first frame at or "
+        "after each 1/max_fps step is kept, the rest dropped); default: every frame"
     ),
 ]
 API_KEY = [Depends(require_api_key)]

@@ -237,6 +237,7 @@ class JobService:
         self.store = store or JobStore(config.store_url)
         self.runner_id = uuid.uuid4().hex[:12]
         self._tasks: dict[str, asyncio.Task] = {}
+        self._creating: dict[str, asyncio.Task] = {}  # submissions being stored
         # Jobs past this many wait "queued" instead of competing for the model at once.
         self._slots = asyncio.Semaphore(config.max_running)
 
@@ -254,6 +255,18 @@ class JobService:
         existing = await self._io(self.store.read, self._checked(job_id))
         if existing is not None and existing.state in ("done", "queued", "running"):
             return await self._take_over_if_stale(existing), False
+        if job_id in self._creating:  # the same upload, submitted twice at once
+            return await asyncio.shield(self._creating[job_id]), False
+        # Outside the request's context, and shielded: a client that hangs up mid-way must
+        # not leave a record whose upload was never stored or whose runner never started.
+        created = run_detached(self._create(job_id, data, options, media))
+        self._creating[job_id] = created
+        created.add_done_callback(lambda _: self._creating.pop(job_id, None))
+        return await asyncio.shield(created), True
+
+    async def _create(
+        self, job_id: str, data: bytes, options: StylizeOptions, media: MediaInfo | None
+    ) -> JobRecord:
         await self._make_room(len(data))
         record = JobRecord(
             id=job_id,
@@ -270,7 +283,7 @@ class JobService:
         await self._io(self.store.put_blob, job_id, UPLOAD, data)
         self._count(record, "queued")
         self._start(record, data)
-        return record, True
+        return record
 
     @staticmethod
     def _checked(job_id: str) -> str:

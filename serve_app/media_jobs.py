@@ -388,6 +388,7 @@ class _FrameSource:
         self._size = options.size
         self._min_gap = None if options.max_fps is None else Fraction(1) / Fraction(options.max_fps)
         self._video = info.kind == "video"
+        self._first_time: Fraction | None = None
         self._next_time: Fraction | None = None
 
     def pull(self, most: int) -> tuple[list[_Decoded], bool]:
@@ -409,12 +410,18 @@ class _FrameSource:
         return pulled, False
 
     def _dropped(self, frame: media.Frame) -> bool:
+        """``max_fps`` as steps of 1/max_fps from the first frame: a frame is kept when it
+        reaches the next step, so a 10 fps video capped at 9 keeps 9 frames a second (a
+        gap counted from each kept frame would keep 5)."""
         if self._min_gap is None or not self._video or frame.pts is None:
             return False
         at = frame.pts * (frame.time_base or Fraction(1))
+        if self._first_time is None:
+            self._first_time = at
         if self._next_time is not None and at < self._next_time:
             return True
-        self._next_time = at + self._min_gap
+        steps = (at - self._first_time) // self._min_gap
+        self._next_time = self._first_time + (steps + 1) * self._min_gap
         return False
 
 

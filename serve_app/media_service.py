@@ -34,6 +34,27 @@ logger = logging.getLogger(__name__)
 
 # Enough of an upload to tell a video container by its signature (MPEG-TS: 3 packets).
 SNIFF_BYTES = 512
+# A video being written lives in the temporary directory under this prefix until the job
+# service stores it.
+OUTPUT_PREFIX = "animegan-video-"
+
+
+def remove_abandoned_outputs(max_age_s: float, directory: Path | None = None) -> int:
+    """Delete the videos left half-written by a process killed mid-job: no job outlives its
+    deadline, so an output older than that has no writer any more. Returns how many."""
+    directory = Path(directory or tempfile.gettempdir())
+    cutoff = time.time() - max_age_s
+    removed = 0
+    for path in directory.glob(f"{OUTPUT_PREFIX}*"):
+        try:
+            if path.is_file() and path.stat().st_mtime < cutoff:
+                path.unlink()
+                removed += 1
+        except OSError:  # another replica removed it first, or it is not ours to remove
+            continue
+    if removed:
+        logger.info("removed %d abandoned video output(s) from %s", removed, directory)
+    return removed
 
 
 class MediaService:
@@ -53,6 +74,7 @@ class MediaService:
         # An animation made while its caller waits is interactive work: it never steps back.
         calls = media_config.model_calls
         self._waiting_gate = ModelGate(calls, calls, media_config.interactive_quiet_s)
+        remove_abandoned_outputs(config.jobs.timeout_s)
 
     async def inspect(self, data: bytes) -> media.MediaInfo | None:
         """What the upload is, when it is a video or an animation (None: a still picture).
@@ -90,11 +112,10 @@ class MediaService:
         job = self._job(info, options, on_progress, self.gate)
         if info.kind != "video":
             return await job.run(io.BytesIO(data), None)
-        (
-            _,
-            extension,
-        ) = media.output_container(info, options.container)[1:]
-        with tempfile.NamedTemporaryFile(suffix=f".{extension}", delete=False) as file:
+        extension = media.output_container(info, options.container)[2]
+        with tempfile.NamedTemporaryFile(
+            prefix=OUTPUT_PREFIX, suffix=f".{extension}", delete=False
+        ) as file:
             dest = Path(file.name)
         try:
             return await job.run(io.BytesIO(data), dest)

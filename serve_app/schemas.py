@@ -70,7 +70,7 @@ class StylizeOptions:
     background: str = BACKGROUND_PHOTO  # paste: "photo", or the style of the rest
     no_face: NoFaceMode = "error"  # portrait found no face: 422, or the whole picture
     container: str = "same"  # videos: the output container ("same": the input's family)
-    max_fps: float | None = None  # videos and animations: frames closer than 1/max_fps dropped
+    max_fps: float | None = None  # videos: at most this many frames a second
 
 
 @dataclass(frozen=True)

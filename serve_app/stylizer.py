@@ -294,13 +294,7 @@ class Stylizer:
             if isinstance(outcome, Exception):
                 raise outcome
             results.append(
-                StylizedArray(
-                    rgb=outcome,
-                    identity=self._identities[style],
-                    queue_ms=queue_ms,
-                    inference_ms=inference_s * 1e3,
-                    batch_size=min(step, len(frames)),
-                )
+                self._stylized(outcome, style, queue_ms, inference_s, min(step, len(frames)))
             )
         return results
 
@@ -321,16 +315,19 @@ class Stylizer:
                 continue
             queue_ms = (started - arrival) * 1e3
             self._metrics.queue_ms.observe(queue_ms, tags={"style": style})
-            results.append(
-                StylizedArray(
-                    rgb=outcome,
-                    identity=self._identities[style],
-                    queue_ms=queue_ms,
-                    inference_ms=inference_s * 1e3,
-                    batch_size=len(images),
-                )
-            )
+            results.append(self._stylized(outcome, style, queue_ms, inference_s, len(images)))
         return results
+
+    def _stylized(
+        self, rgb: np.ndarray, style: str, queue_ms: float, inference_s: float, batch_size: int
+    ) -> StylizedArray:
+        return StylizedArray(
+            rgb=rgb,
+            identity=self._identities[style],
+            queue_ms=queue_ms,
+            inference_ms=inference_s * 1e3,
+            batch_size=batch_size,
+        )
 
     def _infer_batch(
         self, images: list[np.ndarray], styles: list[str]

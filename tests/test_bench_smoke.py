@@ -16,9 +16,9 @@ import pytest
 from load_tests.bench import POINTS, TARGETS
 
 REPO = Path(__file__).resolve().parents[1]
-REPEATS = 3
+REPEATS = 2  # the fewest that still makes a median and a range
 
-# The quick run starts the service, the Flask baseline and six cold starts: about 11 min
+# The quick run starts the service, the Flask baseline and four cold starts: about 7 min
 # on two cores, past the suite's per-test timeout.
 BENCH_TIMEOUT_S = 1300
 pytestmark = [

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import tempfile
 import time
@@ -120,6 +121,7 @@ def ray_serve():
     finally:
         serve.shutdown()
         ray.shutdown()
+        shutil.rmtree(JOBS_STORE, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

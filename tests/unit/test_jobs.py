@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 
 import pytest
@@ -411,5 +412,44 @@ def test_a_video_job_past_its_deadline_fails_with_timeout(tmp_path):
         await jobs.submit(JOB1, b"clip", OPTIONS, FakeInfo())
         await until(state_is(jobs, JOB1, "failed"))
         assert (await jobs.get(JOB1)).error.code == "timeout"
+
+    asyncio.run(scenario())
+
+
+def test_a_submitter_that_goes_away_mid_way_still_leaves_a_running_job(tmp_path):
+    async def scenario():
+        stylize = FakeStylize()
+        # No take-over within the test: the job must run because its submission finished.
+        jobs = service(tmp_path, stylize, stale_after_s=60)
+        storing = threading.Event()
+        put_blob = jobs.store.put_blob
+
+        def slow_put_blob(*args):
+            storing.wait(5)
+            put_blob(*args)
+
+        jobs.store.put_blob = slow_put_blob
+        submit = asyncio.ensure_future(jobs.submit(JOB1, b"photo", OPTIONS))
+        await until(state_is(jobs, JOB1, "queued"))  # the record is written, the upload not
+        submit.cancel()  # what Serve does when the client hangs up
+        storing.set()
+        with pytest.raises(asyncio.CancelledError):
+            await submit
+        await until(state_is(jobs, JOB1, "done", "failed"))
+        assert (await jobs.get(JOB1)).state == "done" and stylize.calls == 1
+
+    asyncio.run(scenario())
+
+
+def test_the_same_upload_submitted_twice_at_once_is_one_job(tmp_path):
+    async def scenario():
+        stylize = FakeStylize(delay=0.05)
+        jobs = service(tmp_path, stylize)
+        (first, made_first), (second, made_second) = await asyncio.gather(
+            jobs.submit(JOB1, b"photo", OPTIONS), jobs.submit(JOB1, b"photo", OPTIONS)
+        )
+        assert first.id == second.id and sorted([made_first, made_second]) == [False, True]
+        await until(state_is(jobs, JOB1, "done"))
+        assert stylize.calls == 1
 
     asyncio.run(scenario())

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import io
+import os
+import time
 
 import numpy as np
 import pytest
@@ -215,10 +217,11 @@ def test_an_animation_keeps_its_frames_durations_and_loop(tmp_path, fmt):
     assert output.duration_s == pytest.approx(sum(durations) / 1000)
 
 
-def test_max_fps_drops_frames_closer_than_its_gap(tmp_path):
+@pytest.mark.parametrize("max_fps, kept", [(5.0, 10), (9.0, 18), (10.0, 20), (30.0, 20)])
+def test_max_fps_keeps_at_most_that_many_frames_a_second(tmp_path, max_fps, kept):
     source = make_h264_aac_mp4(tmp_path / "in.mp4", seconds=2.0, fps=10)
-    _, output = run_job(source, tmp_path / "out.mp4", FakeModel(), max_fps=5.0)
-    assert output.frames == frame_count(output.path) == 10
+    job, output = run_job(source, tmp_path / "out.mp4", FakeModel(), max_fps=max_fps)
+    assert output.frames == frame_count(output.path) == kept == job.counts.total
     assert audio_packets(output.path) == audio_packets(source)
 
 
@@ -227,3 +230,19 @@ def test_the_synchronous_budget_counts_frames_times_output_pixels(tmp_path):
     info = media.probe(source, CONFIG)
     assert sync_animation_budget_error(info, 64, 6 * 64 * 48) is None
     assert "POST /v1/jobs" in sync_animation_budget_error(info, 64, 6 * 64 * 48 - 1)
+
+
+def test_only_outputs_older_than_a_jobs_deadline_are_swept(tmp_path):
+    from serve_app.media_service import OUTPUT_PREFIX, remove_abandoned_outputs
+
+    abandoned = tmp_path / f"{OUTPUT_PREFIX}old.mp4"
+    being_written = tmp_path / f"{OUTPUT_PREFIX}new.mp4"
+    someone_elses = tmp_path / "other-old.mp4"
+    for path in (abandoned, being_written, someone_elses):
+        path.write_bytes(b"\0" * 48)
+    two_hours_ago = time.time() - 7200
+    for path in (abandoned, someone_elses):
+        os.utime(path, (two_hours_ago, two_hours_ago))
+    assert remove_abandoned_outputs(3600, tmp_path) == 1
+    assert not abandoned.exists()
+    assert being_written.exists() and someone_elses.exists()
