@@ -36,15 +36,23 @@ def slow_batches(default_app):
         yield client
 
 
-def post_then_hang_up(base_url: str, data: bytes, after_s: float) -> None:
-    """Send a whole upload over a raw socket, then close it without reading the answer."""
+def post_then_hang_up(
+    base_url: str,
+    data: bytes,
+    after_s: float,
+    path: str = "/v1/stylize",
+    media_type: str = "image/jpeg",
+    sent: int | None = None,
+) -> None:
+    """Send an upload (its first ``sent`` bytes only, when given) over a raw socket, then
+    close it ``after_s`` later without reading the answer."""
     url = urlsplit(base_url)
     head = (
-        f"POST /v1/stylize HTTP/1.1\r\nHost: {url.netloc}\r\nContent-Type: image/jpeg\r\n"
+        f"POST {path} HTTP/1.1\r\nHost: {url.netloc}\r\nContent-Type: {media_type}\r\n"
         f"Content-Length: {len(data)}\r\n\r\n"
     ).encode()
     with socket.create_connection((url.hostname, url.port), timeout=10) as sock:
-        sock.sendall(head + data)
+        sock.sendall(head + data[:sent])
         time.sleep(after_s)
 
 

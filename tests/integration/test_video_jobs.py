@@ -4,7 +4,6 @@ files the tests make with PyAV and Pillow and check with a real decoder."""
 from __future__ import annotations
 
 import io
-import socket
 import time
 
 import httpx
@@ -18,6 +17,7 @@ from serve_app.config import MediaConfig
 from tests.integration.conftest import app_args, deploy, stylizer_deployment, wait_healthy
 from tests.integration.test_faults import kill_replica, stylizer_stats
 from tests.integration.test_jobs import sse_states, wait_done
+from tests.integration.test_shared_work import post_then_hang_up
 from tests.media_samples import (
     audio_packets,
     display_rotation,
@@ -302,19 +302,6 @@ def test_a_video_survives_its_model_replica_and_its_ingress(video_app, client, c
     assert client.get(f"/v1/jobs/{job_id}/result").content == out.read_bytes()
 
 
-def hang_up(base_url: str, path: str, body: bytes, media_type: str, wait_s: float, sent=None):
-    """POST ``body`` (its first ``sent`` bytes only, when given) over a raw socket and close
-    it ``wait_s`` later, reading nothing."""
-    url = httpx.URL(base_url)
-    with socket.create_connection((url.host, url.port)) as sock:
-        head = (
-            f"POST {path} HTTP/1.1\r\nHost: {url.host}:{url.port}\r\n"
-            f"Content-Type: {media_type}\r\nContent-Length: {len(body)}\r\n\r\n"
-        )
-        sock.sendall(head.encode() + body[:sent])
-        time.sleep(wait_s)
-
-
 @pytest.mark.parametrize("wait_s", [0.0, 0.3, 1.5])
 def test_a_client_that_hangs_up_after_submitting_leaves_no_stuck_job(
     video_app, client, clips, wait_s
@@ -325,7 +312,7 @@ def test_a_client_that_hangs_up_after_submitting_leaves_no_stuck_job(
     data = clips["mp4"].read_bytes()
     max_fps = {0.0: 9, 0.3: 8, 1.5: 7}[wait_s]  # a job of its own per case
     path = f"/v1/jobs?size={SIZE}&max_fps={max_fps}"
-    hang_up(base_url, path, data, "video/mp4", wait_s)
+    post_then_hang_up(base_url, data, wait_s, path, "video/mp4")
     again = client.post(path, content=data, headers={"content-type": "video/mp4"})
     job = finished(client, again)
     assert job["frames_done"] == job["frames_total"] > 0
@@ -335,7 +322,7 @@ def test_a_client_that_hangs_up_mid_upload_leaves_nothing(video_app, client, cli
     base_url, _, _ = video_app
     data = clips["webm"].read_bytes()
     path = f"/v1/jobs?size={SIZE}&max_fps=6"
-    hang_up(base_url, path, data, "video/webm", 0.5, sent=len(data) // 2)
+    post_then_hang_up(base_url, data, 0.5, path, "video/webm", sent=len(data) // 2)
     # The half upload made no job: the whole one is new.
     response = client.post(path, content=data, headers={"content-type": "video/webm"})
     assert response.status_code == 202, response.text
