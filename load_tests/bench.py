@@ -61,7 +61,7 @@ from load_tests.workloads import (
     repeated,
 )
 from serve_app.config import MediaConfig
-from serve_app.imaging import target_dimensions
+from serve_app.imaging.pixels import target_dimensions
 
 logger = logging.getLogger("load_tests.bench")
 
@@ -164,7 +164,7 @@ def _model_worker(conn, barrier, threads: int) -> None:
     weights, the runtime ``auto`` resolves to here) on a ready tensor, no serving."""
     import torch
 
-    from serve_app.model import StyleModel, random_generator, select_runtime
+    from serve_app.model.generator import StyleModel, random_generator, select_runtime
 
     torch.set_num_threads(threads)
     model = StyleModel(random_generator(seed=0), select_runtime("auto", "auto"))
@@ -194,15 +194,16 @@ def _model_worker(conn, barrier, threads: int) -> None:
 def _pipeline_rate(model, uploads: list[bytes], size: int, min_s: float, barrier) -> float:
     """Pictures a second through what the service does to a miss, in this process: the
     upload decoded and resized, the model, the PNG encoded (no HTTP, no Ray, no cache)."""
-    from serve_app import imaging, tensors
     from serve_app.config import ImageLimits
+    from serve_app.imaging import decode, pixels
+    from serve_app.model import tensors
 
     limits = ImageLimits()
 
     def one(data: bytes) -> bytes:
-        decoded = imaging.decode_resized(data, limits, size)
+        decoded = decode.decode_resized(data, limits, size)
         rgb = tensors.from_model_batch(model(tensors.to_model_batch([decoded.rgb])))[0]
-        return imaging.encode_image(rgb, decoded.alpha, "png", None)
+        return pixels.encode_image(rgb, decoded.alpha, "png", None)
 
     one(uploads[0])  # this shape's kernels
     barrier.wait(timeout=600)

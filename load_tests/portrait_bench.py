@@ -50,8 +50,8 @@ def _measure(repeats: int, names: list[str], queue) -> None:
     import torch
     from PIL import Image
 
-    from serve_app.faces import detect_faces
-    from serve_app.model import StyleModel, random_generator, select_runtime
+    from serve_app.imaging.faces import detect_faces
+    from serve_app.model.generator import StyleModel, random_generator, select_runtime
 
     cv2.setNumThreads(1)
     torch.set_num_threads(1)

@@ -51,12 +51,12 @@ def measure(size: int, tiled: bool, repeats: int) -> dict:
     import torch
     from PIL import Image
 
-    from serve_app import tensors
     from serve_app.config import TilingConfig
-    from serve_app.imaging import target_dimensions
-    from serve_app.model import StyleModel, random_generator, select_runtime
-    from serve_app.stylizer import tile_settings
-    from serve_app.tiling import TiledGenerator
+    from serve_app.imaging.pixels import target_dimensions
+    from serve_app.model import tensors
+    from serve_app.model.generator import StyleModel, random_generator, select_runtime
+    from serve_app.model.stylizer import tile_settings
+    from serve_app.model.tiling import TiledGenerator
 
     torch.set_num_threads(os.cpu_count() or 1)
     runtime = select_runtime("auto", "fp32")

@@ -9,13 +9,14 @@ time; per-deployment knobs (replicas, autoscaling, queue bounds) stay in the YAM
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 STYLE_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 
 OutputFormat = Literal["png", "jpeg", "webp"]
+OUTPUT_FORMATS: tuple[str, ...] = get_args(OutputFormat)
 DeviceName = Literal["auto", "cpu", "cuda"]
 PrecisionName = Literal["auto", "fp32", "bf16", "fp16"]
 RuntimeName = Literal[

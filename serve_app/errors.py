@@ -2,11 +2,23 @@
 
 Each class carries its HTTP ``status`` and machine-readable ``code``; the API answers
 any of them as ``{"error": {"code": ..., "message": ...}}`` with that status (one
-handler in ``ingress.py``). Python handle callers receive the same exceptions. This module
-imports nothing of the project, Ray or web frameworks, so every layer can raise them.
+handler in ``http/errors.py``). Python handle callers receive the same exceptions. This
+module imports nothing of the project, Ray or web frameworks (pydantic describes the JSON
+shape), so every layer can raise them.
 """
 
 from __future__ import annotations
+
+from pydantic import BaseModel, Field
+
+
+class ErrorDetail(BaseModel):
+    code: str = Field(description="machine-readable, e.g. `undecodable_image`")
+    message: str
+
+
+class ErrorBody(BaseModel):
+    error: ErrorDetail
 
 
 class ServiceError(Exception):
@@ -239,3 +251,8 @@ def _subclasses(cls: type[ServiceError]) -> list[type[ServiceError]]:
     for sub in cls.__subclasses__():
         found.extend(_subclasses(sub))
     return found
+
+
+class ReplicaFailed(Exception):
+    """Raised by a model call when the model replica died mid-call (retryable). Not a
+    ServiceError: callers retry it, and report Unavailable once they give up."""

@@ -49,6 +49,14 @@ class IngressMetrics:
             tag_keys=("format",),
         )
 
+    def record_result(self, result, options) -> None:
+        """One picture answered: its cache status, and a computed one's decode and encode."""
+        self.cache_results.inc(tags={"status": result.cache})
+        timings = result.timings_ms
+        if timings:
+            self.decode_ms.observe(timings["decode"])
+            self.encode_ms.observe(timings["encode"], tags={"format": options.format})
+
     def record_cache(self, shared: dict) -> None:
         self.cache_entries.set(shared.get("entries", 0))
         self.cache_bytes.set(shared.get("bytes", 0))

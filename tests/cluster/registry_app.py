@@ -19,11 +19,11 @@ from typing import Any
 from ray import serve
 from ray.serve import Application
 
-from serve_app import weights
 from serve_app.app import style_digest
 from serve_app.config import AppConfig
 from serve_app.ingress import Ingress
-from serve_app.stylizer import Stylizer
+from serve_app.model import weights
+from serve_app.model.stylizer import Stylizer
 
 REGISTRY_ARG = "test_registry"
 

@@ -13,7 +13,7 @@ import time
 import httpx
 import pytest
 
-from serve_app.weights import git_blob_sha1, git_blob_sha1_file
+from serve_app.model.weights import git_blob_sha1, git_blob_sha1_file
 from tests.cluster.conftest import node_weights_env, state_dict_bytes
 from tests.cluster.ray_cluster import HOST, Load, free_ports, serve_config, wait_for, write_config
 

@@ -13,8 +13,8 @@ import ray
 from PIL import Image
 from ray import serve
 
-from serve_app.cache import CACHE_NAMESPACE, shard_names
 from serve_app.errors import UnknownStyle
+from serve_app.pipeline.cache_actor import CACHE_NAMESPACE, shard_names
 from tests.conftest import synthetic_jpeg
 from tests.integration.conftest import (
     STYLE_A,

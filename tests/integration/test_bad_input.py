@@ -31,7 +31,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw, ImageOps
 
-from serve_app.imaging import target_dimensions
+from serve_app.imaging.pixels import target_dimensions
 from tests.conftest import synthetic_jpeg
 from tests.integration.conftest import STYLE_A, TEST_SIZE, app_args
 

@@ -12,19 +12,17 @@ from typing import Any, TypeVar
 import pytest
 import ray
 
-from serve_app.cache import (
+from serve_app.config import CacheConfig
+from serve_app.pipeline.cache_actor import (
     CACHE_NAMESPACE,
-    CacheClient,
-    CachedImage,
-    _sizeof,
     get_or_create_cache_actor,
     get_or_create_cache_shards,
-    image_digest,
     shard_index,
     shard_max_bytes,
     shard_names,
 )
-from serve_app.config import CacheConfig
+from serve_app.pipeline.cache_client import CacheClient
+from serve_app.pipeline.lru import CachedImage, _sizeof, image_digest
 from tests.integration.conftest import app_args, deploy, wait_healthy
 
 pytestmark = pytest.mark.integration

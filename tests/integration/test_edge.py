@@ -37,7 +37,7 @@ from PIL import Image
 from ray.serve.config import HTTPOptions
 
 from serve_app.config import AppConfig
-from serve_app.uploads import MULTIPART_OVERHEAD_BYTES
+from serve_app.http.uploads import MULTIPART_OVERHEAD_BYTES
 from tests.conftest import REPO, synthetic_jpeg
 from tests.integration.conftest import STYLE_A, app_args, free_port
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from serve_app.model import cpu_supports_bf16
+from serve_app.model.generator import cpu_supports_bf16
 from tests.conftest import synthetic_jpeg
 from tests.integration.conftest import app_args, deploy, wait_healthy
 

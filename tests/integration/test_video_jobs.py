@@ -12,8 +12,8 @@ import ray
 from PIL import Image
 from ray import serve
 
-from serve_app import media
 from serve_app.config import MediaConfig
+from serve_app.media import probe
 from tests.integration.conftest import app_args, deploy, stylizer_deployment, wait_healthy
 from tests.integration.test_faults import kill_replica, stylizer_stats
 from tests.integration.test_jobs import sse_states, wait_done
@@ -115,7 +115,7 @@ def test_an_h264_aac_video_keeps_frames_timestamps_and_audio(video_app, client, 
     assert frame_count(out) == frame_count(clips["mp4"])
     assert video_timestamps(out) == video_timestamps(clips["mp4"])
     assert audio_packets(out) == audio_packets(clips["mp4"])
-    info = media.probe(out, MediaConfig())
+    info = probe.probe(out, MediaConfig())
     assert max(info.width, info.height) == SIZE
     assert abs(info.duration_s - 2.0) < 0.15
 
@@ -150,7 +150,7 @@ def test_a_vp9_opus_webm_sent_as_multipart_stays_webm(video_app, client, clips, 
     job = finished(client, response)
     out = fetch(client, job, tmp_path, "out.webm")
     assert job["result"]["media_type"] == "video/webm"
-    assert media.probe(out, MediaConfig()).video_codec == "vp9"
+    assert probe.probe(out, MediaConfig()).video_codec == "vp9"
     assert audio_packets(out) == audio_packets(clips["webm"])
     assert frame_count(out) == frame_count(clips["webm"])
     # Opus cannot go into MP4's family? It can; AAC cannot go into WebM:
@@ -174,8 +174,8 @@ def test_an_animation_job_keeps_frames_durations_and_loop(video_app, client, cli
     assert job["kind"] == "animation"
     result = client.get(f"/v1/jobs/{job['id']}/result")
     assert result.headers["content-type"] == f"image/{kind}"
-    before = media.probe(source, MediaConfig())
-    after = media.probe(io.BytesIO(result.content), MediaConfig())
+    before = probe.probe(source, MediaConfig())
+    after = probe.probe(io.BytesIO(result.content), MediaConfig())
     assert (after.kind, after.frames, after.loop) == ("animation", before.frames, before.loop)
     assert abs(after.duration_s - before.duration_s) < 0.011
 

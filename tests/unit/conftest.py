@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from serve_app import weights
+from serve_app.model import weights
 
 TINY_STYLE = "tiny_style"
 
@@ -122,7 +122,7 @@ def tiny_weights() -> TinyWeights:
     """The bytes of a torch.save'd random generator state dict (about 8.6 MB) and their SHA-1."""
     import torch
 
-    from serve_app.model import random_generator
+    from serve_app.model.generator import random_generator
 
     buf = io.BytesIO()
     torch.save(random_generator(1).state_dict(), buf)

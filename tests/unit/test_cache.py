@@ -16,21 +16,23 @@ from typing import Any
 import pytest
 from ray.exceptions import ActorDiedError, ActorUnavailableError
 
-from serve_app.cache import (
-    _ENTRY_OVERHEAD,
-    ByteBoundedLRU,
-    CacheClient,
-    CachedImage,
-    CacheStats,
+from serve_app.config import CacheConfig
+from serve_app.pipeline.cache_actor import (
     ResultCache,
-    _sizeof,
-    image_digest,
     shard_index,
     shard_max_bytes,
     shard_names,
     shard_number,
 )
-from serve_app.config import CacheConfig
+from serve_app.pipeline.cache_client import CacheClient
+from serve_app.pipeline.lru import (
+    _ENTRY_OVERHEAD,
+    ByteBoundedLRU,
+    CachedImage,
+    CacheStats,
+    _sizeof,
+    image_digest,
+)
 
 
 def img(n: int, tag: str = "x") -> CachedImage:
@@ -816,8 +818,8 @@ def test_client_warnings_are_rate_limited(caplog: pytest.LogCaptureFixture) -> N
         for _ in range(20):
             await client.get(KEY)
 
-    with caplog.at_level("WARNING", logger="serve_app.cache"):
+    with caplog.at_level("WARNING", logger="serve_app.pipeline.cache_client"):
         asyncio.run(scenario())
-    warnings = [r for r in caplog.records if r.name == "serve_app.cache"]
+    warnings = [r for r in caplog.records if r.name == "serve_app.pipeline.cache_client"]
     assert len(warnings) == 1
     assert "treated as a miss" in warnings[0].getMessage()

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from serve_app import weights
-from serve_app.cli import main
+from serve_app.cli.main import main
+from serve_app.model import weights
 from tests.conftest import sample_photos
 
 REPO = Path(__file__).resolve().parents[2]
@@ -58,13 +58,14 @@ def test_stylize_format_from_suffix(tmp_path):
 
 
 def test_stylize_controls(tmp_path, capsys):
-    from serve_app import config, imaging
+    from serve_app import config
+    from serve_app.imaging import decode
 
     source = _synthetic(tmp_path / "in.png")
     photo_only = tmp_path / "photo.png"
     args = ["stylize", str(source), "--style", "random", "--size", "64"]
     assert main([*args, "-o", str(photo_only), "--strength", "0"]) == 0
-    resized = imaging.decode_resized(source.read_bytes(), config.ImageLimits(), 64).rgb
+    resized = decode.decode_resized(source.read_bytes(), config.ImageLimits(), 64).rgb
     assert np.array_equal(np.asarray(Image.open(photo_only)), resized)  # strength 0: the photo
     full, muted = tmp_path / "full.png", tmp_path / "muted.png"
     assert main([*args, "-o", str(full)]) == 0

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageCms
 
-from serve_app import imaging
+from serve_app.imaging import pixels
 
 RNG = np.random.default_rng(0)
 PHOTO = RNG.integers(0, 256, (64, 96, 3), dtype=np.uint8)
@@ -20,12 +20,12 @@ def lab(rgb: np.ndarray) -> np.ndarray:
 
 
 def test_defaults_return_the_models_output_unchanged():
-    assert np.array_equal(imaging.apply_controls(PHOTO, STYLED, 1.0, False), STYLED)
+    assert np.array_equal(pixels.apply_controls(PHOTO, STYLED, 1.0, False), STYLED)
 
 
 def test_strength_blends_from_the_photo_to_the_style():
-    assert np.array_equal(imaging.apply_controls(PHOTO, STYLED, 0.0, False), PHOTO)
-    half = imaging.apply_controls(PHOTO, STYLED, 0.5, False).astype(int)
+    assert np.array_equal(pixels.apply_controls(PHOTO, STYLED, 0.0, False), PHOTO)
+    half = pixels.apply_controls(PHOTO, STYLED, 0.5, False).astype(int)
     expected = np.rint((PHOTO.astype(float) + STYLED.astype(float)) / 2)
     assert np.abs(half - expected).max() == 0
 
@@ -35,7 +35,7 @@ def test_preserve_color_takes_lightness_from_the_style_and_colour_from_the_photo
     red[...] = (170, 50, 50)
     light_grey = np.full((32, 32, 3), 190, np.uint8)
     out_lab, red_lab, grey_lab = (
-        lab(x)[0, 0] for x in (imaging.apply_controls(red, light_grey, 1.0, True), red, light_grey)
+        lab(x)[0, 0] for x in (pixels.apply_controls(red, light_grey, 1.0, True), red, light_grey)
     )
     # Pillow's LAB: L* scaled to 0..255, a* and b* as signed bytes.
     lightness, colour = out_lab[0], out_lab[1:].astype(np.int8)
@@ -50,16 +50,16 @@ def test_preserve_color_takes_lightness_from_the_style_and_colour_from_the_photo
 def test_preserve_color_of_a_picture_with_itself_is_nearly_the_picture():
     columns, rows = np.meshgrid(np.arange(96), np.arange(64))
     smooth = np.stack([columns * 2, rows * 3, np.full((64, 96), 120)], -1).astype(np.uint8)
-    out = imaging.transfer_lightness(smooth, smooth)
+    out = pixels.transfer_lightness(smooth, smooth)
     assert np.abs(out.astype(int) - smooth).mean() < 2
 
 
 @pytest.mark.parametrize("strength", [-0.1, 1.5, float("nan")])
 def test_bad_strength_is_refused(strength):
     with pytest.raises(ValueError, match="strength"):
-        imaging.apply_controls(PHOTO, STYLED, strength, False)
+        pixels.apply_controls(PHOTO, STYLED, strength, False)
 
 
 def test_shapes_must_match():
     with pytest.raises(ValueError, match="shape"):
-        imaging.apply_controls(PHOTO, STYLED[:32], 1.0, False)
+        pixels.apply_controls(PHOTO, STYLED[:32], 1.0, False)

@@ -26,7 +26,7 @@ import pytest
 from PIL import Image
 
 from serve_app.config import ImageLimits
-from serve_app.imaging import decode_peak_bytes
+from serve_app.imaging.decode import decode_peak_bytes
 
 SIDE = 7000
 MIB = 1024 * 1024
@@ -42,7 +42,7 @@ pytestmark = [
 _CHILD = r"""
 import gc, io, json, os, resource, sys
 from PIL import Image
-from serve_app import imaging
+from serve_app.imaging import decode as imaging
 from serve_app.config import ImageLimits
 
 path, size = sys.argv[1], int(sys.argv[2])

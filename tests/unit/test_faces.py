@@ -11,7 +11,7 @@ import pytest
 from PIL import Image, ImageDraw
 
 from serve_app.config import PortraitConfig
-from serve_app.faces import Face, detect_faces, iou, non_max_suppression
+from serve_app.imaging.faces import Face, detect_faces, iou, non_max_suppression
 from tests.conftest import SAMPLES
 
 # Hand-labelled by looking at the pictures (crops zoomed 10× on a 5 px grid): the box from
@@ -186,5 +186,5 @@ def test_iou_and_suppression():
 
 
 def test_import_loads_no_opencv():
-    code = "import sys, serve_app.faces; assert 'cv2' not in sys.modules"
+    code = "import sys, serve_app.imaging.faces; assert 'cv2' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)

@@ -6,7 +6,7 @@ import warnings
 
 from fastapi import FastAPI
 
-from serve_app.http_errors import install_error_handlers
+from serve_app.http.errors import install_error_handlers
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")  # starlette's deprecation note about httpx

@@ -15,7 +15,6 @@ import pytest
 from PIL import Image, ImageCms, ImageFile, ImageOps
 from pydantic import ValidationError
 
-from serve_app import imaging
 from serve_app.config import MIN_SIDE, SIDE_MULTIPLE, ImageLimits
 from serve_app.errors import (
     ImageTooLarge,
@@ -24,13 +23,13 @@ from serve_app.errors import (
     UndecodableImage,
     UnsupportedFormat,
 )
-from serve_app.imaging import (
+from serve_app.imaging import decode as decode_module
+from serve_app.imaging.decode import decode_upload, supported_input_formats
+from serve_app.imaging.pixels import (
     MEDIA_TYPES,
     DecodedImage,
-    decode_upload,
     encode_image,
     resize_long_side,
-    supported_input_formats,
     target_dimensions,
 )
 
@@ -492,7 +491,7 @@ def test_icc_profile_on_rgba_keeps_alpha() -> None:
 def test_srgb_or_unusable_icc_profiles_leave_pixels_alone(
     profile: bytes, logged: bool, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level("DEBUG", logger="serve_app.imaging")
+    caplog.set_level("DEBUG", logger="serve_app.imaging.decode")
     decoded = decode(save(solid(), "PNG", icc_profile=profile))
     assert_close(centre(decoded), COLOUR)
     icc_records = [r for r in caplog.records if "ICC" in r.getMessage()]
@@ -743,7 +742,7 @@ def test_module_import_has_no_side_effects() -> None:
         decode(_truncated_png())
     assert ImageFile.LOAD_TRUNCATED_IMAGES is False
     assert Image.MAX_IMAGE_PIXELS == 89_478_485
-    assert imaging.logger.name == "serve_app.imaging"
+    assert decode_module.logger.name == "serve_app.imaging.decode"
 
 
 def test_import_registers_no_plugin_and_changes_no_global() -> None:
@@ -780,8 +779,8 @@ def _psnr(a: np.ndarray, b: np.ndarray) -> float:
 @pytest.mark.parametrize("size", [128, 256])
 def test_jpeg_draft_decoding_keeps_size_and_detail(size: int) -> None:
     data = save(_smooth_photo(1600, 1064), "JPEG", quality=92)
-    drafted = imaging.decode_resized(data, LIMITS, size)
-    full = imaging.resize_long_side(decode(data), size)
+    drafted = decode_module.decode_resized(data, LIMITS, size)
+    full = resize_long_side(decode(data), size)
     assert drafted.rgb.shape == full.rgb.shape
     assert max(drafted.width, drafted.height) == size
     assert _psnr(drafted.rgb, full.rgb) > 30
@@ -789,7 +788,7 @@ def test_jpeg_draft_decoding_keeps_size_and_detail(size: int) -> None:
 
 def test_draft_leaves_at_least_twice_the_target_before_resizing() -> None:
     data = save(_smooth_photo(1600, 1064), "JPEG", quality=92)
-    decoded = imaging.decode_upload(data, LIMITS, size_hint=200)
+    decoded = decode_upload(data, LIMITS, size_hint=200)
     assert max(decoded.width, decoded.height) >= 400  # scaled by DCT, not below 2x
     assert max(decoded.width, decoded.height) < 1600  # but scaled
 
@@ -798,13 +797,13 @@ def test_draft_with_exif_rotation_stays_upright() -> None:
     exif = Image.Exif()
     exif[0x0112] = 6
     data = save(_smooth_photo(1600, 1064), "JPEG", exif=exif, quality=92)
-    decoded = imaging.decode_resized(data, LIMITS, 256)
+    decoded = decode_module.decode_resized(data, LIMITS, 256)
     assert (decoded.width, decoded.height) == (172, 256)
 
 
 def test_size_hint_does_not_touch_other_formats() -> None:
     data = save(_smooth_photo(800, 600), "PNG")
-    assert imaging.decode_upload(data, LIMITS, size_hint=100).width == 800
+    assert decode_upload(data, LIMITS, size_hint=100).width == 800
 
 
 # --------------------------------------------------------------------------- banded decoding
@@ -867,12 +866,12 @@ def test_banded_decode_matches_the_whole_picture_decode(
     exactly those of converting the whole picture and then resizing it with Pillow."""
     data = BANDED_CASES[name]()
     for size in (32, 64, 100):
-        monkeypatch.setattr(imaging, "_BAND_PIXELS", 10**12)  # one band: the whole picture
+        monkeypatch.setattr(decode_module, "_BAND_PIXELS", 10**12)  # one band: the whole picture
         whole = resize_long_side(decode_upload(data, LIMITS, size_hint=size), size)
         # Bands of 5 rows (7 when turned): a multiple of no reduction factor here, so
         # rounding them to one is what keeps box blocks from straddling two bands.
-        monkeypatch.setattr(imaging, "_BAND_PIXELS", 2100)
-        banded = imaging.decode_resized(data, LIMITS, size)
+        monkeypatch.setattr(decode_module, "_BAND_PIXELS", 2100)
+        banded = decode_module.decode_resized(data, LIMITS, size)
         assert banded.rgb.shape == whole.rgb.shape
         assert np.array_equal(banded.rgb, whole.rgb), size
         assert (banded.alpha is None) == (whole.alpha is None)
@@ -884,7 +883,7 @@ def test_banded_decode_matches_the_whole_picture_decode(
 def test_every_exif_orientation_matches_pillows_exif_transpose(
     orientation: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(imaging, "_BAND_PIXELS", 2100)
+    monkeypatch.setattr(decode_module, "_BAND_PIXELS", 2100)
     for image in (_IMAGE, _RGBA):
         data = save(image, "PNG", exif=_oriented(orientation))
         expected = ImageOps.exif_transpose(Image.open(io.BytesIO(data)))
@@ -898,7 +897,7 @@ def test_every_exif_orientation_matches_pillows_exif_transpose(
 
 def test_opaque_bands_next_to_translucent_ones_keep_their_colour() -> None:
     """Bands that are fully opaque are not composited, the others are; together one picture."""
-    decoded = imaging.decode_resized(save(_RGBA, "PNG"), LIMITS, 100)
+    decoded = decode_module.decode_resized(save(_RGBA, "PNG"), LIMITS, 100)
     assert decoded.alpha is not None
     assert decoded.alpha[0].min() == 255  # the opaque top third
     assert decoded.alpha[-1, 0] < 10  # fully transparent bottom-left: white
@@ -908,4 +907,4 @@ def test_opaque_bands_next_to_translucent_ones_keep_their_colour() -> None:
 def test_decode_resized_too_small() -> None:
     data = save(solid("RGBA", size=(4000, 20), colour=(1, 2, 3, 4)), "PNG")
     with pytest.raises(ImageTooSmall):
-        imaging.decode_resized(data, LIMITS, 256)
+        decode_module.decode_resized(data, LIMITS, 256)

@@ -10,8 +10,17 @@ import pytest
 
 from serve_app.config import JobsConfig
 from serve_app.errors import JobNotDone, StoreFull, UnknownJob, UnsupportedFormat
-from serve_app.jobs import RECORD, RESULT, UPLOAD, JobRecord, JobService, JobStore, sse_event
-from serve_app.schemas import StylizeOptions, StylizeResult
+from serve_app.jobs.service import (
+    RECORD,
+    RESULT,
+    UPLOAD,
+    JobRecord,
+    JobService,
+    JobStore,
+    sse_event,
+)
+from serve_app.options import StylizeOptions
+from serve_app.pipeline.results import StylizeResult
 
 JOB1, JOB2 = "a1" * 20, "b2" * 20
 OPTIONS = StylizeOptions(style="alpha", size=32, format="png", quality=None)
@@ -355,8 +364,8 @@ class FakeMedia:
     def __init__(self, tmp_path, frames: int = 6, delay: float = 0.02, hang: bool = False):
         self.tmp_path, self.frames, self.delay, self.hang = tmp_path, frames, delay, hang
 
-    async def __call__(self, record: JobRecord, data: bytes, on_progress):
-        from serve_app.media_jobs import FrameCounts, MediaOutput
+    async def __call__(self, options: StylizeOptions, data: bytes, on_progress):
+        from serve_app.media.frames import FrameCounts, MediaOutput
 
         counts = FrameCounts(total=self.frames)
         for _ in range(self.frames):

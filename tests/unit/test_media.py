@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from serve_app import media
 from serve_app.config import MediaConfig
 from serve_app.errors import (
     InvalidVideoOptions,
@@ -18,6 +17,8 @@ from serve_app.errors import (
     UndecodableMedia,
     UnsupportedCodec,
 )
+from serve_app.media import probe, writers
+from serve_app.media.reader import Frame, MediaReader
 from tests import media_samples as samples
 
 CONFIG = MediaConfig()
@@ -39,11 +40,11 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     }
 
 
-def _copy(reader: media.MediaReader, dest: Path, container: str, size=None) -> None:
+def _copy(reader: MediaReader, dest: Path, container: str, size=None) -> None:
     width, height = size or (reader.info.width, reader.info.height)
-    with media.VideoWriter(dest, reader, width, height, container, 20) as writer:
+    with writers.VideoWriter(dest, reader, width, height, container, 20) as writer:
         for item in reader:
-            if isinstance(item, media.Frame):
+            if isinstance(item, Frame):
                 rgb = item.rgb
                 if size is not None:
                     rgb = np.asarray(Image.fromarray(rgb).resize((width, height)))
@@ -52,30 +53,30 @@ def _copy(reader: media.MediaReader, dest: Path, container: str, size=None) -> N
                 writer.write_packet(item)
 
 
-def _round_trip(source: Path, dest: Path, requested: str = "same", size=None) -> media.MediaInfo:
-    info = media.probe(source, CONFIG)
-    container, _, _ = media.output_container(info, requested)
-    with media.MediaReader(source, info) as reader:
+def _round_trip(source: Path, dest: Path, requested: str = "same", size=None) -> probe.MediaInfo:
+    info = probe.probe(source, CONFIG)
+    container, _, _ = writers.output_container(info, requested)
+    with MediaReader(source, info) as reader:
         _copy(reader, dest, container, size)
-    return media.probe(dest, CONFIG)
+    return probe.probe(dest, CONFIG)
 
 
 # --- sniffing and probing --------------------------------------------------------------
 
 
 def test_sniff_video(files: dict[str, Path]) -> None:
-    assert media.sniff_video(files["mp4"].read_bytes()[:16])
-    assert media.sniff_video(files["webm"].read_bytes()[:16])
-    assert not media.sniff_video(files["gif"].read_bytes()[:16])
-    assert not media.sniff_video(b"\x89PNG\r\n\x1a\n" + bytes(8))
-    assert not media.sniff_video(b"\x00\x00\x00\x1cftypheic" + bytes(8))  # a HEIF photo
-    assert not media.sniff_video(b"\x00\x00\x00\x1cftypavif" + bytes(8))
+    assert probe.sniff_video(files["mp4"].read_bytes()[:16])
+    assert probe.sniff_video(files["webm"].read_bytes()[:16])
+    assert not probe.sniff_video(files["gif"].read_bytes()[:16])
+    assert not probe.sniff_video(b"\x89PNG\r\n\x1a\n" + bytes(8))
+    assert not probe.sniff_video(b"\x00\x00\x00\x1cftypheic" + bytes(8))  # a HEIF photo
+    assert not probe.sniff_video(b"\x00\x00\x00\x1cftypavif" + bytes(8))
 
 
 def test_probe_still_picture(tmp_path: Path) -> None:
     path = tmp_path / "photo.png"
     Image.new("RGBA", (30, 20)).save(path)
-    info = media.probe(path, CONFIG)
+    info = probe.probe(path, CONFIG)
     assert (info.kind, info.container, info.media_type) == ("still", "png", "image/png")
     assert (info.width, info.height, info.frames, info.has_alpha) == (30, 20, 1, True)
 
@@ -84,20 +85,20 @@ def test_probe_not_media(tmp_path: Path) -> None:
     path = tmp_path / "notes.txt"
     path.write_bytes(b"hello, not a picture")
     with pytest.raises(UnsupportedCodec):
-        media.probe(path, CONFIG)
+        probe.probe(path, CONFIG)
 
 
 def test_is_animated_picture(files: dict[str, Path], tmp_path: Path) -> None:
-    assert media.is_animated_picture(files["gif"])
-    assert media.is_animated_picture(files["webp"].read_bytes())
+    assert probe.is_animated_picture(files["gif"])
+    assert probe.is_animated_picture(files["webp"].read_bytes())
     still = tmp_path / "still.png"
     Image.new("RGB", (8, 8)).save(still)
-    assert not media.is_animated_picture(still)
-    assert not media.is_animated_picture(b"not a picture")
+    assert not probe.is_animated_picture(still)
+    assert not probe.is_animated_picture(b"not a picture")
 
 
 def test_probe_h264_aac_mp4(files: dict[str, Path]) -> None:
-    info = media.probe(files["mp4"], CONFIG)
+    info = probe.probe(files["mp4"], CONFIG)
     assert (info.kind, info.container, info.media_type) == ("video", "mp4", "video/mp4")
     assert (info.width, info.height, info.frames, info.rotation) == (160, 96, 20, 0)
     assert (info.video_codec, info.audio_codecs, info.loop) == ("h264", ("aac",), None)
@@ -108,13 +109,13 @@ def test_probe_h264_aac_mp4(files: dict[str, Path]) -> None:
 
 def test_probe_vp9_opus_webm_from_file_object(files: dict[str, Path]) -> None:
     with open(files["webm"], "rb") as file:
-        info = media.probe(file, CONFIG)
+        info = probe.probe(file, CONFIG)
     assert (info.container, info.media_type) == ("webm", "video/webm")
     assert (info.video_codec, info.audio_codecs, info.frames) == ("vp9", ("opus",), 20)
 
 
 def test_probe_rotated_mp4(files: dict[str, Path]) -> None:
-    info = media.probe(files["rotated"], CONFIG)
+    info = probe.probe(files["rotated"], CONFIG)
     assert (info.rotation, info.width, info.height) == (90, 160, 96)
 
 
@@ -127,11 +128,11 @@ def test_probe_rotated_mp4(files: dict[str, Path]) -> None:
     ],
 )
 def test_probe_animations(files, name, fmt, media_type, durations, loop) -> None:
-    info = media.probe(files[name], CONFIG)
+    info = probe.probe(files[name], CONFIG)
     assert (info.kind, info.container, info.media_type) == ("animation", fmt, media_type)
     assert (info.frames, info.loop, info.width, info.height) == (6, loop, 64, 48)
     assert info.duration_s == pytest.approx(sum(durations) / 1000)
-    with media.MediaReader(files[name], info) as reader:
+    with MediaReader(files[name], info) as reader:
         assert [f.duration_ms for f in reader] == durations
 
 
@@ -151,13 +152,13 @@ def test_probe_animations(files, name, fmt, media_type, durations, loop) -> None
 )
 def test_limits_refused(files, limits, name, words) -> None:
     with pytest.raises(MediaTooLarge, match=words):
-        media.probe(files[name], MediaConfig(**limits))
+        probe.probe(files[name], MediaConfig(**limits))
 
 
 def test_unsupported_video_codec(tmp_path: Path) -> None:
     path = samples.make_video(tmp_path / "m.mp4", video_codec="mpeg4", audio_codec=None)
     with pytest.raises(UnsupportedCodec, match="mpeg4"):
-        media.probe(path, CONFIG)
+        probe.probe(path, CONFIG)
 
 
 def test_no_video_stream(tmp_path: Path) -> None:
@@ -168,7 +169,7 @@ def test_no_video_stream(tmp_path: Path) -> None:
             out.mux(stream.encode(frame))
         out.mux(stream.encode(None))
     with pytest.raises(UnsupportedCodec, match="no video stream"):
-        media.probe(path, CONFIG)
+        probe.probe(path, CONFIG)
 
 
 def test_unsupported_container(tmp_path: Path) -> None:
@@ -181,21 +182,21 @@ def test_unsupported_container(tmp_path: Path) -> None:
             out.mux(stream.encode(frame))
         out.mux(stream.encode(None))
     with pytest.raises(UnsupportedCodec):
-        media.probe(path, CONFIG)
+        probe.probe(path, CONFIG)
 
 
 def test_truncated_mp4_refused_at_probe(files: dict[str, Path], tmp_path: Path) -> None:
     # Index (moov) at the end, as most muxers write it: the cut file has no header.
     cut = samples.truncate(files["mp4"], tmp_path / "cut.mp4")
     with pytest.raises(UndecodableMedia):
-        media.probe(cut, CONFIG)
+        probe.probe(cut, CONFIG)
 
 
 def test_truncated_faststart_mp4_refused_mid_read(files: dict[str, Path], tmp_path: Path) -> None:
     cut = samples.truncate(files["faststart"], tmp_path / "cut.mp4")
-    info = media.probe(cut, CONFIG)
+    info = probe.probe(cut, CONFIG)
     assert info.frames == 20  # the header still promises every frame
-    with media.MediaReader(cut, info) as reader, pytest.raises(UndecodableMedia, match="frame"):
+    with MediaReader(cut, info) as reader, pytest.raises(UndecodableMedia, match="frame"):
         for _ in reader:
             pass
 
@@ -208,18 +209,18 @@ def test_truncated_matroska_refused_at_probe(tmp_path: Path, container: str) -> 
         tmp_path / "a.mkv", container=container, video_codec=codec, audio_codec=None
     )
     with pytest.raises(UndecodableMedia, match="cut off"):
-        media.probe(samples.truncate(whole, tmp_path / "cut.mkv", keep=0.9), CONFIG)
+        probe.probe(samples.truncate(whole, tmp_path / "cut.mkv", keep=0.9), CONFIG)
 
 
 # --- reading and writing videos --------------------------------------------------------
 
 
 def test_reader_is_lazy(files: dict[str, Path]) -> None:
-    info = media.probe(files["mp4"], CONFIG)
-    with media.MediaReader(files["mp4"], info) as reader:
+    info = probe.probe(files["mp4"], CONFIG)
+    with MediaReader(files["mp4"], info) as reader:
         items = iter(reader)
         assert inspect.isgenerator(items)
-        first = next(item for item in items if isinstance(item, media.Frame))
+        first = next(item for item in items if isinstance(item, Frame))
         assert first.index == 0 and first.rgb.shape == (96, 160, 3)
         assert reader.audio_streams[0].codec_context.name == "aac"
 
@@ -232,7 +233,7 @@ def test_mp4_round_trip_unchanged_frames(files: dict[str, Path], tmp_path: Path)
     assert samples.video_timestamps(out_path) == samples.video_timestamps(source)
     assert samples.audio_packets(out_path) == samples.audio_packets(source)
     assert samples.display_rotation(out_path) == 90
-    assert out.duration_s == pytest.approx(media.probe(source, CONFIG).duration_s, abs=0.05)
+    assert out.duration_s == pytest.approx(probe.probe(source, CONFIG).duration_s, abs=0.05)
     before, after = samples.decoded_frames(source), samples.decoded_frames(out_path)
     assert np.mean(np.abs(before[7].astype(int) - after[7].astype(int))) < 6
 
@@ -293,29 +294,29 @@ def test_still_shot_decodes_identical(files: dict[str, Path]) -> None:
 
 
 def test_write_frame_checks_shape(files: dict[str, Path], tmp_path: Path) -> None:
-    info = media.probe(files["mp4"], CONFIG)
-    with media.MediaReader(files["mp4"], info) as reader:
-        writer = media.VideoWriter(tmp_path / "x.mp4", reader, 80, 48, "mp4", 20)
-        frame = next(i for i in reader if isinstance(i, media.Frame))
+    info = probe.probe(files["mp4"], CONFIG)
+    with MediaReader(files["mp4"], info) as reader:
+        writer = writers.VideoWriter(tmp_path / "x.mp4", reader, 80, 48, "mp4", 20)
+        frame = next(i for i in reader if isinstance(i, Frame))
         with pytest.raises(ValueError, match="shape"):
             writer.write_frame(frame.rgb, frame)
         writer.close()
 
 
 def test_output_container_rules(files: dict[str, Path]) -> None:
-    mp4 = media.probe(files["mp4"], CONFIG)
-    webm = media.probe(files["webm"], CONFIG)
-    assert media.output_container(mp4, "same") == ("mp4", "video/mp4", "mp4")
-    assert media.output_container(webm, "same") == ("webm", "video/webm", "webm")
-    assert media.output_container(mp4, "matroska") == ("matroska", "video/x-matroska", "mkv")
-    assert media.output_container(mp4, "mov") == ("mov", "video/quicktime", "mov")
-    assert media.output_container(webm, "mp4")[0] == "mp4"  # Opus goes into MP4
+    mp4 = probe.probe(files["mp4"], CONFIG)
+    webm = probe.probe(files["webm"], CONFIG)
+    assert writers.output_container(mp4, "same") == ("mp4", "video/mp4", "mp4")
+    assert writers.output_container(webm, "same") == ("webm", "video/webm", "webm")
+    assert writers.output_container(mp4, "matroska") == ("matroska", "video/x-matroska", "mkv")
+    assert writers.output_container(mp4, "mov") == ("mov", "video/quicktime", "mov")
+    assert writers.output_container(webm, "mp4")[0] == "mp4"  # Opus goes into MP4
     with pytest.raises(InvalidVideoOptions, match="aac"):
-        media.output_container(mp4, "webm")
+        writers.output_container(mp4, "webm")
     with pytest.raises(InvalidVideoOptions, match="opus"):
-        media.output_container(webm, "mov")
+        writers.output_container(webm, "mov")
     with pytest.raises(InvalidVideoOptions):
-        media.output_container(mp4, "avi")
+        writers.output_container(mp4, "avi")
 
 
 # --- animations ------------------------------------------------------------------------
@@ -327,25 +328,25 @@ def test_animation_round_trip(fmt: str, tmp_path: Path) -> None:
     source = samples.make_animation(
         tmp_path / f"in.{fmt}", fmt, frames=4, durations=durations, loop=3, alpha=True
     )
-    info = media.probe(source, CONFIG)
+    info = probe.probe(source, CONFIG)
     assert info.has_alpha
-    writer = media.AnimationWriter(info, quality=None)
-    with media.MediaReader(source, info) as reader:
+    writer = writers.AnimationWriter(info, quality=None)
+    with MediaReader(source, info) as reader:
         for frame in reader:
             assert frame.alpha is not None and frame.alpha[0, -1] == 0 and frame.alpha[0, 0] == 255
             writer.add(frame.rgb, frame.alpha, frame.duration_ms)
     result = tmp_path / f"out.{fmt}"
     result.write_bytes(writer.finish())
-    out = media.probe(result, CONFIG)
+    out = probe.probe(result, CONFIG)
     assert (out.container, out.frames, out.loop, out.has_alpha) == (fmt, 4, 3, True)
-    with media.MediaReader(result, out) as reader:
+    with MediaReader(result, out) as reader:
         frames = list(reader)
     assert [f.duration_ms for f in frames] == durations
     assert all(f.alpha[0, -1] == 0 and f.alpha[0, 0] == 255 for f in frames)
 
 
 def test_foreign_video_containers_are_told_apart_from_pictures():
-    from serve_app.media import sniff_foreign_video
+    from serve_app.media.probe import sniff_foreign_video
 
     avi = b"RIFF\x00\x00\x00\x00AVI LIST" + bytes(100)
     transport = bytearray(600)

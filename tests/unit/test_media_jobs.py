@@ -12,12 +12,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from serve_app import media
 from serve_app.config import MediaConfig
-from serve_app.errors import Unavailable
-from serve_app.media_jobs import MediaJob, ModelGate, frame_key, sync_animation_budget_error
-from serve_app.pipeline import ReplicaFailed
-from serve_app.schemas import ModelIdentity, StylizedArray, StylizeOptions
+from serve_app.errors import ReplicaFailed, Unavailable
+from serve_app.media import probe
+from serve_app.media.frames import MediaJob, frame_key, sync_animation_budget_error
+from serve_app.media.gate import ModelGate
+from serve_app.media.reader import MediaReader
+from serve_app.model.identity import ModelIdentity, StylizedArray
+from serve_app.options import StylizeOptions
 from tests.media_samples import (
     audio_packets,
     decoded_frames,
@@ -81,7 +83,7 @@ def options(**changes) -> StylizeOptions:
 
 
 def run_job(path, dest, model, cache=None, config=CONFIG, gate=None, **option_changes):
-    info = media.probe(path, config)
+    info = probe.probe(path, config)
     job = MediaJob(
         info,
         options(**option_changes),
@@ -160,7 +162,7 @@ def test_a_failed_replica_is_retried(tmp_path):
 
 
 def test_a_replica_that_keeps_failing_fails_the_job(tmp_path, monkeypatch):
-    monkeypatch.setattr("serve_app.media_jobs.RETRY_FIRST_WAIT_S", 0.001)
+    monkeypatch.setattr("serve_app.media.frames.RETRY_FIRST_WAIT_S", 0.001)
     source = make_h264_aac_mp4(tmp_path / "in.mp4", seconds=1.0)
     with pytest.raises(Unavailable):
         run_job(source, tmp_path / "out.mp4", FakeModel(failures=100))
@@ -184,7 +186,7 @@ def test_the_gate_steps_back_while_photos_ask():
 def test_cancelling_a_job_stops_its_model_calls(tmp_path):
     source = make_h264_aac_mp4(tmp_path / "in.mp4", seconds=3.0)
     model = FakeModel(delay_s=0.2)
-    info = media.probe(source, CONFIG)
+    info = probe.probe(source, CONFIG)
     job = MediaJob(
         info, options(), CONFIG, model, DictCache(), lambda s: IDENTITY, ModelGate(3, 1, 1.0)
     )
@@ -210,9 +212,9 @@ def test_an_animation_keeps_its_frames_durations_and_loop(tmp_path, fmt):
     source = make_animation(tmp_path / f"in.{fmt}", fmt=fmt, frames=4, durations=durations, loop=3)
     _, output = run_job(source, None, FakeModel(), size=64)
     assert Image.open(io.BytesIO(output.data)).format == Image.open(source).format
-    info = media.probe(io.BytesIO(output.data), CONFIG)
+    info = probe.probe(io.BytesIO(output.data), CONFIG)
     assert (info.frames, info.loop) == (4, 3)
-    with media.MediaReader(io.BytesIO(output.data), info) as reader:
+    with MediaReader(io.BytesIO(output.data), info) as reader:
         assert [frame.duration_ms for frame in reader] == durations
     assert output.duration_s == pytest.approx(sum(durations) / 1000)
 
@@ -227,13 +229,13 @@ def test_max_fps_keeps_at_most_that_many_frames_a_second(tmp_path, max_fps, kept
 
 def test_the_synchronous_budget_counts_frames_times_output_pixels(tmp_path):
     source = make_animation(tmp_path / "in.gif", fmt="gif", frames=6, size=(64, 48))
-    info = media.probe(source, CONFIG)
+    info = probe.probe(source, CONFIG)
     assert sync_animation_budget_error(info, 64, 6 * 64 * 48) is None
     assert "POST /v1/jobs" in sync_animation_budget_error(info, 64, 6 * 64 * 48 - 1)
 
 
 def test_only_outputs_older_than_a_jobs_deadline_are_swept(tmp_path):
-    from serve_app.media_service import OUTPUT_PREFIX, remove_abandoned_outputs
+    from serve_app.media.service import OUTPUT_PREFIX, remove_abandoned_outputs
 
     abandoned = tmp_path / f"{OUTPUT_PREFIX}old.mp4"
     being_written = tmp_path / f"{OUTPUT_PREFIX}new.mp4"

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from serve_app import model
-from serve_app.model import (
+from serve_app.model import generator as model
+from serve_app.model.generator import (
     Generator,
     StyleModel,
     cpu_supports_bf16,

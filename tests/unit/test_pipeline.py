@@ -10,11 +10,17 @@ import threading
 import numpy as np
 import pytest
 
-from serve_app import pipeline as pipeline_module
+from serve_app import concurrency
 from serve_app.config import AppConfig
-from serve_app.errors import Overloaded, Timeout, Unavailable
-from serve_app.pipeline import ReplicaFailed, StylizePipeline, batch_body, result_key
-from serve_app.schemas import ModelIdentity, StylizedArray, StylizeResult, resolve_options
+from serve_app.errors import Overloaded, ReplicaFailed, Timeout, Unavailable
+from serve_app.http.batch import batch_body
+from serve_app.imaging import decode
+from serve_app.model.identity import ModelIdentity, StylizedArray
+from serve_app.options import resolve_options
+from serve_app.pipeline import keys, lru, stylize
+from serve_app.pipeline.keys import result_key
+from serve_app.pipeline.results import StylizeResult
+from serve_app.pipeline.stylize import StylizePipeline
 from tests.conftest import synthetic_jpeg
 
 WEIGHTS = "weights-a:align_corners=True"
@@ -270,7 +276,7 @@ def test_results_are_keyed_by_the_runtime_that_computed_them():
     before, first, again, other, pipe = run(scenario())
     assert before.runtime == "unknown"  # nothing learnt yet: the first lookup misses
     assert first.key == result_key(
-        pipeline_module.image_digest(synthetic_jpeg(seed=13)),
+        lru.image_digest(synthetic_jpeg(seed=13)),
         options(pipe),
         ModelIdentity(WEIGHTS, RUNTIME),
     )
@@ -294,13 +300,13 @@ def test_key_changes_with_every_part_and_the_pipeline_version(monkeypatch):
         result_key("d", options(pipe), ModelIdentity(WEIGHTS, "cuda/fp16")),
     ]
     assert len({base, *variants}) == 9
-    monkeypatch.setattr(pipeline_module, "PIPELINE_VERSION", pipeline_module.PIPELINE_VERSION + 1)
+    monkeypatch.setattr(keys, "PIPELINE_VERSION", keys.PIPELINE_VERSION + 1)
     assert result_key("d", options(pipe), identity) != base
 
 
 def test_decodes_share_a_memory_budget(monkeypatch):
     active, peak, lock = [0], [0], threading.Lock()
-    real_decode = pipeline_module.imaging.decode_resized
+    real_decode = decode.decode_resized
 
     def counting_decode(*args):
         with lock:
@@ -313,7 +319,7 @@ def test_decodes_share_a_memory_budget(monkeypatch):
             with lock:
                 active[0] -= 1
 
-    monkeypatch.setattr(pipeline_module.imaging, "decode_resized", counting_decode)
+    monkeypatch.setattr(decode, "decode_resized", counting_decode)
 
     async def scenario():
         # Room for two decodes of these small pictures (each reserves ~34 MiB).
@@ -327,18 +333,18 @@ def test_decodes_share_a_memory_budget(monkeypatch):
 
 def test_large_uploads_are_hashed_off_the_event_loop(monkeypatch):
     threads = []
-    real_digest = pipeline_module.image_digest
+    real_digest = lru.image_digest
 
     def recording_digest(data):
         threads.append(threading.current_thread() is threading.main_thread())
         return real_digest(data)
 
-    monkeypatch.setattr(pipeline_module, "image_digest", recording_digest)
+    monkeypatch.setattr(stylize, "image_digest", recording_digest)
 
     async def scenario():
         pipe, _, _ = make_pipeline()
         small = synthetic_jpeg(seed=30)
-        large = small + b"\0" * pipeline_module.HASH_IN_THREAD_BYTES  # JPEG ignores the tail
+        large = small + b"\0" * stylize.HASH_IN_THREAD_BYTES  # JPEG ignores the tail
         await pipe.stylize(small, options(pipe))
         await pipe.stylize(large, options(pipe))
 
@@ -357,7 +363,7 @@ def test_batch_body_reports_each_item():
 
 def test_memory_budget_lets_an_oversized_reservation_through_alone():
     async def scenario():
-        budget = pipeline_module.MemoryBudget(100)
+        budget = concurrency.MemoryBudget(100)
         order = []
 
         async def use(name, amount, hold_s):
@@ -395,6 +401,6 @@ def test_a_tiled_pictures_model_steps_move_its_progress():
         return during, pipe.progress(key)
 
     during, after = run(scenario())
-    decoded, stylized = pipeline_module.PROGRESS_DECODED, pipeline_module.PROGRESS_STYLIZED
+    decoded, stylized = stylize.PROGRESS_DECODED, stylize.PROGRESS_STYLIZED
     assert during == pytest.approx(decoded + (stylized - decoded) / 4)
     assert after is None  # nothing in flight any more

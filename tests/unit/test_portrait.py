@@ -10,13 +10,15 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from serve_app import portrait
 from serve_app.config import AppConfig, PortraitConfig
 from serve_app.errors import NoFace, ServiceError
-from serve_app.faces import Face
-from serve_app.imaging import DecodedImage
-from serve_app.pipeline import StylizePipeline, result_key
-from serve_app.schemas import ModelIdentity, StylizedArray, resolve_options
+from serve_app.imaging import portrait
+from serve_app.imaging.faces import Face
+from serve_app.imaging.pixels import DecodedImage
+from serve_app.model.identity import ModelIdentity, StylizedArray
+from serve_app.options import resolve_options
+from serve_app.pipeline.keys import result_key
+from serve_app.pipeline.stylize import StylizePipeline
 from tests.conftest import SAMPLES
 from tests.unit.test_faces import ASTRONAUT, built_scene
 
@@ -289,7 +291,7 @@ def test_a_background_run_on_other_weights_is_not_cached(two_faces):
 
 
 def test_cli_portrait_crop_paste_and_no_face(tmp_path, capsys):
-    from serve_app.cli import main
+    from serve_app.cli.main import main
 
     args = ["--style", "random", "--precision", "fp32"]
     astronaut = str(SAMPLES / "4.jpg")

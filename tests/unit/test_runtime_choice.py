@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from serve_app import model, runtimes, tensors
-from serve_app.model import Runtime, StyleModel, load_generator, runtime_for_kind
-from serve_app.runtimes import (
+from serve_app.model import generator as model
+from serve_app.model import runtimes, tensors
+from serve_app.model.generator import Runtime, StyleModel, load_generator, runtime_for_kind
+from serve_app.model.runtimes import (
     MIN_PSNR_DB,
     Measurement,
     candidate_runtimes,
@@ -22,7 +23,7 @@ from serve_app.runtimes import (
     resolve_runtime,
     to_pixels,
 )
-from serve_app.tiling import TiledGenerator, TileSettings
+from serve_app.model.tiling import TiledGenerator, TileSettings
 
 FIXTURE = Path(__file__).parents[1] / "fixtures" / "generator_parity.pt"
 FP32 = Runtime("cpu", "fp32", channels_last=True)
@@ -210,7 +211,7 @@ def test_real_choice_on_a_bf16_cpu(parity_state):
 
 
 def test_runtime_identity_names_the_kind():
-    from serve_app.stylizer import runtime_identity
+    from serve_app.model.stylizer import runtime_identity
 
     identities = {runtime_identity(r) for r in (FP32, BF16, BF16_AUTOCAST)}
     assert len(identities) == 3  # cast and autocast bf16 round differently: other cache keys

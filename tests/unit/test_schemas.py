@@ -4,7 +4,8 @@ import pytest
 
 from serve_app.config import AppConfig
 from serve_app.errors import ServiceError
-from serve_app.schemas import StylizeResult, resolve_options
+from serve_app.options import resolve_options
+from serve_app.pipeline.results import StylizeResult
 
 CONFIG = AppConfig.model_validate(
     {"styles": [{"name": "a", "weights": "random"}], "default_size": 256, "default_quality": 80}

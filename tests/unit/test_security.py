@@ -3,7 +3,7 @@
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
-from serve_app.security import enable_cors, key_is_valid, load_api_keys
+from serve_app.http.security import enable_cors, key_is_valid, load_api_keys
 
 
 def test_keys_come_from_the_named_variable(monkeypatch):

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from serve_app.stylizer import batch_sizes_up_to, check_model_input, pick_batch_size
+from serve_app.model.stylizer import batch_sizes_up_to, check_model_input, pick_batch_size
 
 MODELS = {"a": object()}
 

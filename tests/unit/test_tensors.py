@@ -11,8 +11,8 @@ import torch
 from PIL import Image
 
 from serve_app.config import ImageLimits
-from serve_app.imaging import decode_upload
-from serve_app.tensors import from_model_batch, to_model_batch
+from serve_app.imaging.decode import decode_upload
+from serve_app.model.tensors import from_model_batch, to_model_batch
 
 
 def _reference_pre(pixels: np.ndarray) -> torch.Tensor:

@@ -12,9 +12,9 @@ import torch
 from PIL import Image
 from torch import nn
 
-from serve_app import tensors
-from serve_app.model import StyleModel, load_generator, select_runtime
-from serve_app.tiling import (
+from serve_app.model import tensors
+from serve_app.model.generator import StyleModel, load_generator, select_runtime
+from serve_app.model.tiling import (
     ALIGN,
     TiledGenerator,
     TileSettings,

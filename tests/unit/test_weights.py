@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from serve_app import weights
-from serve_app.weights import (
+from serve_app.model import weights
+from serve_app.model.weights import (
     REGISTRY,
     OfficialWeights,
     ResolvedWeights,
@@ -444,7 +444,7 @@ def test_downloads_are_readable_by_other_users(served_style, monkeypatch, tmp_pa
 def test_local_path_spec_loads(tmp_path, tiny_weights):
     import torch
 
-    from serve_app.model import random_generator
+    from serve_app.model.generator import random_generator
 
     path = tmp_path / "custom weights" / "mine.pth"
     path.parent.mkdir()
@@ -488,13 +488,13 @@ def test_unknown_name_raises():
 def test_random_spec_is_seeded_and_loud(caplog):
     import torch
 
-    from serve_app.model import random_generator
+    from serve_app.model.generator import random_generator
 
     resolved = resolve_weights("random", seed=7)
     assert resolved == ResolvedWeights("random", "random", None, "random-seed7", None, seed=7)
     assert resolved.is_random
     assert load_state_dict(resolved) is None
-    with caplog.at_level(logging.WARNING, logger="serve_app.weights"):
+    with caplog.at_level(logging.WARNING, logger="serve_app.model.weights"):
         generator = load_generator_for(resolved)
     assert any(
         r.levelno >= logging.WARNING and "RANDOM WEIGHTS" in r.getMessage() for r in caplog.records

@@ -17,8 +17,8 @@ import numpy as np
 from PIL import Image
 
 from serve_app.config import SIDE_MULTIPLE, PortraitConfig
-from serve_app.faces import Face
-from serve_app.imaging import DecodedImage, apply_controls, resize_long_side
+from serve_app.imaging.faces import Face
+from serve_app.imaging.pixels import DecodedImage, apply_controls, resize_long_side
 
 Box = tuple[int, int, int, int]  # x0, y0, x1, y1 in pixels; x1 and y1 exclusive
 

@@ -13,11 +13,13 @@ from pathlib import Path
 
 import numpy as np
 
-from serve_app import media
 from serve_app.config import MediaConfig
 from serve_app.errors import InvalidVideoOptions
-from serve_app.media_jobs import FrameCounts, MediaJob, MediaOutput, ModelGate
-from serve_app.schemas import ModelIdentity, StylizedArray, StylizeOptions
+from serve_app.media import probe
+from serve_app.media.frames import FrameCounts, MediaJob, MediaOutput
+from serve_app.media.gate import ModelGate
+from serve_app.model.identity import ModelIdentity, StylizedArray
+from serve_app.options import StylizeOptions
 
 # Output suffix -> container; an animation keeps its own format.
 VIDEO_SUFFIXES = {".mp4": "mp4", ".m4v": "mp4", ".mov": "mov", ".mkv": "matroska", ".webm": "webm"}
@@ -37,16 +39,16 @@ class _NoCache:
         return None
 
 
-def media_info(path: Path, config: MediaConfig) -> media.MediaInfo | None:
+def media_info(path: Path, config: MediaConfig) -> probe.MediaInfo | None:
     """The file as a video or animation (None: a still picture); raises the media errors."""
     with path.open("rb") as file:
         head = file.read(256)
-    if not media.sniff_video(head) and not media.is_animated_picture(path):
+    if not probe.sniff_video(head) and not probe.is_animated_picture(path):
         return None
-    return media.probe(path, config)
+    return probe.probe(path, config)
 
 
-def output_container(info: media.MediaInfo, target: Path) -> str:
+def output_container(info: probe.MediaInfo, target: Path) -> str:
     """The container the target's suffix asks for; refuses a suffix the output cannot have."""
     suffix = target.suffix.lower()
     if info.kind == "video":
@@ -66,7 +68,7 @@ def output_container(info: media.MediaInfo, target: Path) -> str:
 def stylize_media(
     source: Path,
     target: Path,
-    info: media.MediaInfo,
+    info: probe.MediaInfo,
     options: StylizeOptions,
     run_frames: RunFrames,
     weights_digest: str,

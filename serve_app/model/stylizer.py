@@ -8,7 +8,6 @@ HTTP live in the ingress.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import time
@@ -20,7 +19,7 @@ import ray
 import torch
 from ray import serve
 
-from serve_app import imaging, tensors
+from serve_app.concurrency import run_to_completion
 from serve_app.config import (
     DEFAULT_BATCH_WAIT_S,
     DEFAULT_MAX_BATCH_SIZE,
@@ -31,12 +30,14 @@ from serve_app.config import (
     StyleConfig,
     TilingConfig,
 )
+from serve_app.imaging import pixels
 from serve_app.metrics import ModelMetrics
-from serve_app.model import Runtime, StyleModel
-from serve_app.runtimes import resolve_runtime
-from serve_app.schemas import ModelIdentity, StylizedArray
-from serve_app.tiling import TiledGenerator, TileSettings, step_count
-from serve_app.weights import ResolvedWeights, load_generator_for, resolve_weights
+from serve_app.model import tensors
+from serve_app.model.generator import Runtime, StyleModel
+from serve_app.model.identity import ModelIdentity, StylizedArray
+from serve_app.model.runtimes import resolve_runtime
+from serve_app.model.tiling import TiledGenerator, TileSettings, step_count
+from serve_app.model.weights import ResolvedWeights, load_generator_for, resolve_weights
 
 logger = logging.getLogger(__name__)
 
@@ -79,20 +80,6 @@ def tile_settings(tiling: TilingConfig) -> TileSettings:
         batch=tiling.tile_batch,
         stats_pixels=tiling.stats_pixels,
     )
-
-
-async def run_to_completion(function, *args):
-    """``asyncio.to_thread``, except that a cancelled caller still waits for the thread:
-    whatever the thread was doing (a forward pass) has ended when the cancellation
-    arrives, so the locks it ran under are not released while it still runs."""
-    future = asyncio.ensure_future(asyncio.to_thread(function, *args))
-    try:
-        return await asyncio.shield(future)
-    except asyncio.CancelledError:
-        while not future.done():
-            with contextlib.suppress(asyncio.CancelledError):
-                await asyncio.wait([future])
-        raise
 
 
 def replica_cpu_count() -> int:
@@ -248,7 +235,7 @@ class Stylizer:
     def _measure_batch_curve(self, largest: int) -> dict[int, float]:
         """Images per second of the first style for batch sizes 1, 2, 4, ... up to largest."""
         side = min(self._default_size, AUTO_BATCH_MAX_SIDE)
-        height, width = imaging.target_dimensions(4 * side, 3 * side, side)[::-1]
+        height, width = pixels.target_dimensions(4 * side, 3 * side, side)[::-1]
         model = next(iter(self._models.values()))
         curve = {}
         for size in batch_sizes_up_to(largest):

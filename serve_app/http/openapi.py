@@ -8,17 +8,18 @@ import copy
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
-from serve_app import imaging
 from serve_app.config import MIN_SIDE, AppConfig
-from serve_app.schemas import (
+from serve_app.errors import ErrorBody
+from serve_app.http.uploads import RAW_MEDIA_TYPES
+from serve_app.imaging.pixels import MEDIA_TYPES
+from serve_app.media import probe
+from serve_app.options import (
     BACKGROUND_PHOTO,
     MAX_FPS,
     NO_FACE_MODES,
     OUTPUT_CONTAINERS,
     PORTRAIT_MODES,
-    ErrorBody,
 )
-from serve_app.uploads import RAW_MEDIA_TYPES
 
 ERROR_DESCRIPTIONS = {
     400: "not a usable picture or video (undecodable, empty, too small), or a broken "
@@ -103,6 +104,20 @@ PICTURE_HEADERS = {
 }
 
 
+SSE_EVENT_SCHEMA = {
+    "type": "object",
+    "required": ["event", "data"],
+    "properties": {
+        "event": {"type": "string", "enum": ["queued", "running", "done", "failed", "cancelled"]},
+        "data": {"type": "string", "description": "the job's JSON, as GET /v1/jobs/{id}"},
+    },
+}
+RESULT_MEDIA_TYPES = sorted(
+    {*MEDIA_TYPES.values(), *probe.VIDEO_MEDIA_TYPES, *probe.ANIMATION_MEDIA_TYPES}
+)
+JOB_HEADERS = {"Location": {"schema": {"type": "string"}, "description": "the job's URL"}}
+
+
 def openapi_document(app: FastAPI, config: AppConfig) -> dict:
     """FastAPI's document, with the query constraints and limits ``config`` enforces."""
     # A copy: the document shares dicts with the routes' openapi_extra.
@@ -153,7 +168,7 @@ def query_constraints(config: AppConfig, synchronous: bool = True) -> dict[str, 
     return {
         "style": {"type": "string", "enum": [s.name for s in config.styles]},
         "size": {"type": "integer", "minimum": MIN_SIDE, "maximum": largest},
-        "format": {"type": "string", "enum": sorted(imaging.MEDIA_TYPES)},
+        "format": {"type": "string", "enum": sorted(MEDIA_TYPES)},
         "quality": {"type": "integer", "minimum": 1, "maximum": 100},
         "strength": {"type": "number", "minimum": 0, "maximum": 1},
         "preserve_color": {"type": "boolean"},

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from serve_app.imaging import check_rgb
+from serve_app.imaging.pixels import check_rgb
 
 
 def to_model_batch(images: Sequence[np.ndarray]) -> torch.Tensor:

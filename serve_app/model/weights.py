@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, BinaryIO, Literal
 if TYPE_CHECKING:
     import torch
 
-    from serve_app.model import Generator
+    from serve_app.model.generator import Generator
 
 logger = logging.getLogger(__name__)
 
@@ -545,7 +545,7 @@ def load_generator_for(resolved: ResolvedWeights, align_corners: bool | None = N
 
     ``align_corners``: the explicit argument, else the registry's per-style default, else True.
     """
-    from serve_app import model
+    from serve_app.model import generator as model
 
     align = align_corners if align_corners is not None else resolved.align_corners
     align = True if align is None else align

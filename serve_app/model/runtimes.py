@@ -20,12 +20,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from serve_app.model import (
-    Runtime,
-    StyleModel,
-    resolve_device,
-    runtime_for_kind,
-)
+from serve_app.model.generator import Runtime, StyleModel, resolve_device, runtime_for_kind
 
 logger = logging.getLogger(__name__)
 

@@ -1,4 +1,4 @@
-"""Videos and animated pictures: probing, streaming decode, and re-encoding.
+"""Videos and animated pictures recognised and probed, before any real work.
 
 Videos go through PyAV (FFmpeg), animated GIF/WebP/APNG through Pillow. Probing reads
 headers (plus one decoded frame for the display rotation) and refuses what is out of
@@ -11,24 +11,19 @@ from __future__ import annotations
 
 import io
 import logging
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass
-from fractions import Fraction
 from pathlib import Path
 from typing import IO, Literal
 
 import av
-import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from serve_app.config import MediaConfig
 from serve_app.errors import (
-    InvalidVideoOptions,
     MediaTooLarge,
     UndecodableMedia,
     UnsupportedCodec,
 )
-from serve_app.schemas import OUTPUT_CONTAINERS
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +36,7 @@ ANIMATION_MEDIA_TYPES = frozenset({"image/gif", "image/webp", "image/apng", "ima
 VIDEO_CODECS = frozenset({"h264", "hevc", "vp8", "vp9", "av1"})
 """Input video codecs accepted (by FFmpeg descriptor name), if this build decodes them."""
 
-_CONTAINER_MEDIA_TYPES = {
+CONTAINER_MEDIA_TYPES = {
     "mp4": "video/mp4",
     "mov": "video/quicktime",
     "matroska": "video/x-matroska",
@@ -50,18 +45,9 @@ _CONTAINER_MEDIA_TYPES = {
     "webp": "image/webp",
     "apng": "image/apng",
 }
-_EXTENSIONS = {"mp4": "mp4", "mov": "mov", "matroska": "mkv", "webm": "webm"}
 _DEMUXERS = {"mov,mp4,m4a,3gp,3g2,mj2": "iso", "matroska,webm": "ebml"}
-_PILLOW_ANIMATIONS = {"GIF": "gif", "WEBP": "webp", "PNG": "apng"}
+PILLOW_ANIMATIONS = {"GIF": "gif", "WEBP": "webp", "PNG": "apng"}
 
-# What each output container can carry without re-encoding the audio. WebM allows only
-# Opus and Vorbis; FFmpeg's MP4 muxer takes Opus and FLAC, QuickTime's does not.
-_AUDIO_ALLOWED: dict[str, frozenset[str] | None] = {
-    "webm": frozenset({"opus", "vorbis"}),
-    "mp4": frozenset({"aac", "mp3", "opus", "ac3", "eac3", "alac", "flac"}),
-    "mov": frozenset({"aac", "mp3", "ac3", "eac3", "alac", "pcm_s16le", "pcm_s16be", "pcm_s24le"}),
-    "matroska": None,  # anything
-}
 
 _ISO_BOXES = (b"ftyp", b"moov", b"mdat", b"free", b"skip", b"wide", b"pnot")
 _EBML_MAGIC = b"\x1a\x45\xdf\xa3"
@@ -100,18 +86,6 @@ class MediaInfo:
         return data
 
 
-@dataclass(frozen=True, eq=False)
-class Frame:
-    """One decoded frame in stored orientation (the display rotation is not applied)."""
-
-    index: int
-    rgb: np.ndarray
-    alpha: np.ndarray | None = None
-    pts: int | None = None
-    time_base: Fraction | None = None
-    duration_ms: int | None = None
-
-
 # --- sniffing --------------------------------------------------------------------------
 
 
@@ -148,8 +122,8 @@ def is_animated_picture(data_or_source: bytes | Source) -> bool:
     """True for a GIF, WebP or PNG with more than one frame (headers only)."""
     source = io.BytesIO(data_or_source) if isinstance(data_or_source, bytes) else data_or_source
     try:
-        with Image.open(_rewound(source)) as image:
-            return image.format in _PILLOW_ANIMATIONS and getattr(image, "n_frames", 1) > 1
+        with Image.open(rewound(source)) as image:
+            return image.format in PILLOW_ANIMATIONS and getattr(image, "n_frames", 1) > 1
     except (
         UnidentifiedImageError,
         OSError,
@@ -161,7 +135,7 @@ def is_animated_picture(data_or_source: bytes | Source) -> bool:
         return False  # not an animation: the picture path reports what it is
 
 
-def _rewound(source: Source) -> Source:
+def rewound(source: Source) -> Source:
     """Path sources as ``str``; file objects back at their start (probe and read share them)."""
     if isinstance(source, (str, Path)):
         return str(source)
@@ -238,9 +212,9 @@ def _check_frame_size(width: int, height: int, config: MediaConfig) -> None:
         )
 
 
-def _open_video(source: Source) -> av.container.InputContainer:
+def open_video(source: Source) -> av.container.InputContainer:
     try:
-        return av.open(_rewound(source), "r")
+        return av.open(rewound(source), "r")
     except av.FFmpegError as exc:
         raise UndecodableMedia(f"the video cannot be read: {exc}") from exc
 
@@ -265,7 +239,7 @@ def _video_codec(stream: av.video.stream.VideoStream) -> str:
 
 
 def _probe_video(source: Source, config: MediaConfig) -> MediaInfo:
-    with _open_video(source) as container:
+    with open_video(source) as container:
         family = _DEMUXERS.get(container.format.name)
         if family is None:
             raise UnsupportedCodec(
@@ -296,7 +270,7 @@ def _probe_video(source: Source, config: MediaConfig) -> MediaInfo:
     return MediaInfo(
         kind="video",
         container=name,
-        media_type=_CONTAINER_MEDIA_TYPES[name],
+        media_type=CONTAINER_MEDIA_TYPES[name],
         width=width,
         height=height,
         rotation=rotation,
@@ -331,7 +305,7 @@ def _first_frame_rotation(container: av.container.InputContainer, stream) -> int
 def _count_packets(source: Source, config: MediaConfig) -> int:
     """Frames by demuxing without decoding, for containers whose header lacks the count."""
     count = 0
-    with _open_video(source) as container:
+    with open_video(source) as container:
         stream = container.streams.video[0]
         try:
             for packet in container.demux(stream):
@@ -345,7 +319,7 @@ def _count_packets(source: Source, config: MediaConfig) -> int:
 
 def _probe_animation(source: Source, config: MediaConfig) -> MediaInfo:
     try:
-        with Image.open(_rewound(source)) as image:
+        with Image.open(rewound(source)) as image:
             return _animation_info(image, config)
     except (UnidentifiedImageError, SyntaxError) as exc:
         raise UnsupportedCodec("not a video (MP4, MOV, MKV, WebM) or animated picture") from exc
@@ -354,7 +328,7 @@ def _probe_animation(source: Source, config: MediaConfig) -> MediaInfo:
 
 
 def _animation_info(image: Image.Image, config: MediaConfig) -> MediaInfo:
-    fmt = _PILLOW_ANIMATIONS.get(image.format or "")
+    fmt = PILLOW_ANIMATIONS.get(image.format or "")
     frames = getattr(image, "n_frames", 1)
     if frames < 2:
         return _still_info(image)
@@ -371,7 +345,7 @@ def _animation_info(image: Image.Image, config: MediaConfig) -> MediaInfo:
     return MediaInfo(
         kind="animation",
         container=fmt,
-        media_type=_CONTAINER_MEDIA_TYPES[fmt],
+        media_type=CONTAINER_MEDIA_TYPES[fmt],
         width=width,
         height=height,
         rotation=0,
@@ -428,260 +402,3 @@ def _webp_durations_ms(file: IO[bytes]) -> list[int]:
         file.seek(size + (size & 1), io.SEEK_CUR)  # chunks are padded to even sizes
     file.seek(0)
     return durations
-
-
-# --- reading ---------------------------------------------------------------------------
-
-
-class MediaReader:
-    """Decodes frames one at a time, in order; for videos, passes audio packets through.
-
-    Iterating yields :class:`Frame` and (videos) ``av.Packet`` items in demux order.
-    Only the current frame is held; a file that breaks off raises UndecodableMedia.
-    """
-
-    def __init__(self, source: Source, info: MediaInfo) -> None:
-        self.info = info
-        self._image: Image.Image | None = None
-        self._container: av.container.InputContainer | None = None
-        self.audio_streams: tuple[av.audio.stream.AudioStream, ...] = ()
-        if info.kind == "video":
-            self._container = _open_video(source)
-            self.video_stream = self._container.streams.video[0]
-            self.video_stream.codec_context.thread_type = "AUTO"
-            self.audio_streams = tuple(self._container.streams.audio)
-        else:
-            self._image = Image.open(_rewound(source))
-
-    def __enter__(self) -> MediaReader:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
-
-    def close(self) -> None:
-        if self._container is not None:
-            self._container.close()
-            self._container = None
-        if self._image is not None:
-            self._image.close()
-            self._image = None
-
-    def __iter__(self) -> Iterator[Frame | av.Packet]:
-        if self.info.kind == "video":
-            return self._video_items()
-        return self._animation_frames()
-
-    def _video_items(self) -> Iterator[Frame | av.Packet]:
-        assert self._container is not None
-        index = 0
-        demuxed = self._container.demux(self.video_stream, *self.audio_streams)
-        try:
-            for packet in demuxed:
-                if packet.stream.type != "video":
-                    if packet.size:  # the demuxer's end-of-stream packets carry nothing
-                        yield packet
-                    continue
-                for decoded in self.video_stream.decode(packet):
-                    yield self._video_frame(decoded, index)
-                    index += 1
-        except av.FFmpegError as exc:
-            raise UndecodableMedia(f"the video breaks off at frame {index}: {exc}") from exc
-        self._check_count(index)
-
-    def _video_frame(self, decoded: av.VideoFrame, index: int) -> Frame:
-        if index >= self.info.frames:
-            raise UndecodableMedia(f"the video has more frames than the {self.info.frames} probed")
-        rgb = decoded.to_ndarray(format="rgb24")
-        return Frame(index=index, rgb=rgb, pts=decoded.pts, time_base=decoded.time_base)
-
-    def _animation_frames(self) -> Iterator[Frame]:
-        assert self._image is not None
-        index = 0
-        try:
-            for index in range(self.info.frames):
-                self._image.seek(index)
-                yield self._animation_frame(self._image, index)
-        except (OSError, ValueError, EOFError) as exc:
-            raise UndecodableMedia(f"the animation breaks off at frame {index}: {exc}") from exc
-
-    def _animation_frame(self, image: Image.Image, index: int) -> Frame:
-        # Converting loads the frame; WebP reports its duration only once loaded.
-        converted = np.asarray(image.convert("RGBA" if self.info.has_alpha else "RGB"))
-        duration = round(image.info.get("duration", 0) or 0)
-        if not self.info.has_alpha:
-            return Frame(index=index, rgb=converted, duration_ms=duration)
-        return Frame(
-            index=index,
-            rgb=converted[..., :3].copy(),
-            alpha=converted[..., 3].copy(),
-            duration_ms=duration,
-        )
-
-    def _check_count(self, count: int) -> None:
-        if count < self.info.frames:
-            raise UndecodableMedia(
-                f"the video breaks off at frame {count} of {self.info.frames} (truncated?)"
-            )
-
-
-# --- writing videos --------------------------------------------------------------------
-
-
-def output_container(info: MediaInfo, requested: str) -> tuple[str, str, str]:
-    """(container, media type, file extension without dot) for a requested output."""
-    if requested not in OUTPUT_CONTAINERS:
-        raise InvalidVideoOptions(
-            f"container {requested!r} is not one of {', '.join(OUTPUT_CONTAINERS)}"
-        )
-    container = info.container if requested == "same" else requested
-    if container not in _EXTENSIONS:
-        raise InvalidVideoOptions(f"a {info.container} input cannot be written as a video")
-    allowed = _AUDIO_ALLOWED[container]
-    refused = [c for c in info.audio_codecs if allowed is not None and c not in allowed]
-    if refused:
-        raise InvalidVideoOptions(
-            f"{container} cannot hold {', '.join(sorted(set(refused)))} audio "
-            f"(it takes {', '.join(sorted(allowed or ()))}); choose another container"
-        )
-    return container, _CONTAINER_MEDIA_TYPES[container], _EXTENSIONS[container]
-
-
-class VideoWriter:
-    """Encodes frames with the input's timestamps and copies its audio packets unchanged.
-
-    H.264 (libx264, yuv420p) for MP4/MOV/MKV, VP9 (libvpx-vp9, CRF + 12) for WebM. The
-    display rotation is written as the stream's display matrix, so the output plays the
-    same way up as the input.
-    """
-
-    def __init__(
-        self,
-        dest: str | Path,
-        reader: MediaReader,
-        width: int,
-        height: int,
-        container: str,
-        crf: int,
-    ) -> None:
-        self.width, self.height = width, height
-        self._info = reader.info
-        self._out = av.open(str(dest), "w", format=container)
-        try:
-            self._video = self._add_video(reader, container, crf)
-            self._audio = {
-                source.index: self._out.add_stream_from_template(source)
-                for source in reader.audio_streams
-            }
-        except Exception:
-            self._out.close()
-            raise
-
-    def _add_video(self, reader: MediaReader, container: str, crf: int):
-        source = reader.video_stream
-        rate = source.average_rate or source.guessed_rate or Fraction(round(self._info.fps) or 25)
-        if container == "webm":
-            stream = self._out.add_stream("libvpx-vp9", rate=rate)
-            stream.options = {"crf": str(min(crf + 12, 63)), "b": "0", "row-mt": "1"}
-        else:
-            stream = self._out.add_stream("libx264", rate=rate)
-            stream.options = {"crf": str(crf)}
-        stream.width, stream.height, stream.pix_fmt = self.width, self.height, "yuv420p"
-        # The input's time base, so every frame keeps its exact timestamp (VFR included).
-        stream.time_base = stream.codec_context.time_base = source.time_base
-        if self._info.rotation:
-            stream.set_display_rotation(-self._info.rotation)  # counter-clockwise
-        return stream
-
-    def __enter__(self) -> VideoWriter:
-        return self
-
-    def __exit__(self, exc_type: object, *rest: object) -> None:
-        if exc_type is None:
-            self.close()
-        else:
-            self._out.close()  # an error is on its way up; the file is discarded anyway
-
-    def write_frame(self, rgb: np.ndarray, like: Frame) -> None:
-        """Encode ``rgb`` (height, width, 3 uint8) at ``like``'s timestamp."""
-        if rgb.shape != (self.height, self.width, 3):
-            raise ValueError(
-                f"frame of shape {rgb.shape}, expected ({self.height}, {self.width}, 3)"
-            )
-        frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb, np.uint8), format="rgb24")
-        if like.pts is not None and like.time_base is not None:
-            frame.pts, frame.time_base = like.pts, like.time_base
-        else:
-            frame.pts, frame.time_base = like.index, 1 / Fraction(self._video.average_rate or 25)
-        self._out.mux(self._video.encode(frame))
-
-    def write_packet(self, packet: av.Packet) -> None:
-        """Mux an input audio packet as it is (its bytes are not touched)."""
-        packet.stream = self._audio[packet.stream.index]
-        self._out.mux(packet)
-
-    def close(self) -> None:
-        """Flush the encoder and finish the file."""
-        if self._out is None:
-            return
-        try:
-            self._out.mux(self._video.encode(None))
-        finally:
-            self._out.close()
-            self._out = None
-
-
-# --- writing animations ----------------------------------------------------------------
-
-
-class AnimationWriter:
-    """Collects frames and writes them as the input's format, durations and loop count.
-
-    Pillow writes animations whole, so frames are held until :meth:`finish`; that is what
-    ``MediaConfig.max_animation_frames`` bounds.
-    """
-
-    def __init__(self, info: MediaInfo, quality: int | None) -> None:
-        if info.kind != "animation":
-            raise ValueError(f"AnimationWriter writes animations, not a {info.kind}")
-        self._info = info
-        self._quality = quality
-        self._frames: list[Image.Image] = []
-        self._durations: list[int] = []
-
-    def add(self, rgb: np.ndarray, alpha: np.ndarray | None, duration_ms: int) -> None:
-        if alpha is not None and self._info.has_alpha:
-            self._frames.append(Image.fromarray(np.dstack([rgb, alpha]).astype(np.uint8), "RGBA"))
-        else:
-            self._frames.append(Image.fromarray(np.asarray(rgb, np.uint8), "RGB"))
-        self._durations.append(max(int(duration_ms), 0))
-
-    def finish(self) -> bytes:
-        if not self._frames:
-            raise ValueError("no frames were added")
-        out = io.BytesIO()
-        first, rest = self._frames[0], self._frames[1:]
-        first.save(
-            out,
-            save_all=True,
-            append_images=rest,
-            duration=self._durations,
-            **self._format_options(),
-        )
-        self._frames, self._durations = [], []
-        return out.getvalue()
-
-    def _format_options(self) -> dict[str, object]:
-        loop = self._info.loop if self._info.loop is not None else 0
-        fmt = self._info.container
-        if fmt == "gif":
-            # Frames arrive composited, so each replaces the last (disposal 2), and a GIF
-            # that played once keeps no loop extension.
-            options: dict[str, object] = {"format": "GIF", "disposal": 2}
-            if loop != 1:
-                options["loop"] = loop
-            return options
-        if fmt == "webp":
-            quality = {"lossless": True} if self._quality is None else {"quality": self._quality}
-            return {"format": "WEBP", "loop": loop, **quality}
-        return {"format": "PNG", "loop": loop, "disposal": 0, "blend": 0}

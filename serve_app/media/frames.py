@@ -24,9 +24,8 @@ import contextlib
 import hashlib
 import json
 import logging
-import time
 from collections import OrderedDict, deque
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
@@ -34,12 +33,22 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
-from serve_app import imaging, media
-from serve_app.cache import CachedImage
+from serve_app.concurrency import run_detached
 from serve_app.config import MediaConfig
-from serve_app.errors import Unavailable
-from serve_app.pipeline import ReplicaFailed, ResultStore, run_detached
-from serve_app.schemas import ModelIdentity, StylizedArray, StylizeOptions
+from serve_app.errors import ReplicaFailed, Unavailable
+from serve_app.imaging.pixels import (
+    DecodedImage,
+    apply_controls,
+    resize_long_side,
+    target_dimensions,
+)
+from serve_app.media import probe, writers
+from serve_app.media.gate import ModelGate
+from serve_app.media.reader import Frame, MediaReader
+from serve_app.model.identity import ModelIdentity, StylizedArray
+from serve_app.options import StylizeOptions
+from serve_app.pipeline.lru import CachedImage
+from serve_app.pipeline.ports import ResultStore
 
 logger = logging.getLogger(__name__)
 
@@ -112,49 +121,11 @@ class MediaOutput:
         return len(self.data) if self.data is not None else self.path.stat().st_size
 
 
-class ModelGate:
-    """Model calls of every job on one ingress replica: ``idle`` at once while no single
-    photo came in the last ``quiet_s``, ``busy`` at once while photos do."""
-
-    def __init__(self, idle: int, busy: int, quiet_s: float) -> None:
-        self._idle, self._busy, self._quiet_s = idle, busy, quiet_s
-        self._interactive_at = float("-inf")
-        self._in_use = 0
-        self._released = asyncio.Event()
-
-    def interactive(self) -> None:
-        """A single photo arrived: jobs step back for a while."""
-        self._interactive_at = time.monotonic()
-
-    @property
-    def limit(self) -> int:
-        quiet = time.monotonic() - self._interactive_at >= self._quiet_s
-        return self._idle if quiet else self._busy
-
-    @property
-    def in_use(self) -> int:
-        return self._in_use
-
-    @contextlib.asynccontextmanager
-    async def slot(self) -> AsyncIterator[None]:
-        while self._in_use >= self.limit:
-            self._released.clear()
-            # The limit also rises by itself once photos stop: look again now and then.
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._released.wait(), self._quiet_s / 4)
-        self._in_use += 1
-        try:
-            yield
-        finally:
-            self._in_use -= 1
-            self._released.set()
-
-
 @dataclass(frozen=True)
 class _Decoded:
     """A frame as the decoder's thread hands it over."""
 
-    frame: media.Frame
+    frame: Frame
     photo: np.ndarray  # resized to the job's size (the controls blend with it)
     alpha: np.ndarray | None
     digest: str  # of ``photo``
@@ -173,7 +144,7 @@ class MediaJob:
 
     def __init__(
         self,
-        info: media.MediaInfo,
+        info: probe.MediaInfo,
         options: StylizeOptions,
         config: MediaConfig,
         model: FrameModel,
@@ -198,7 +169,7 @@ class MediaJob:
 
     async def run(self, source: BinaryIO | Path, dest: Path | None) -> MediaOutput:
         """``dest``: where a video is written (an animation comes back as bytes)."""
-        reader = await asyncio.to_thread(media.MediaReader, source, self._info)
+        reader = await asyncio.to_thread(MediaReader, source, self._info)
         try:
             sink = await asyncio.to_thread(self._open_sink, reader, dest)
             try:
@@ -211,17 +182,15 @@ class MediaJob:
                 task.cancel()
             await asyncio.to_thread(reader.close)
 
-    def _open_sink(self, reader: media.MediaReader, dest: Path | None) -> _Sink:
-        width, height = imaging.target_dimensions(
-            self._info.width, self._info.height, self._options.size
-        )
+    def _open_sink(self, reader: MediaReader, dest: Path | None) -> _Sink:
+        width, height = target_dimensions(self._info.width, self._info.height, self._options.size)
         if self._info.kind == "video":
             if dest is None:
                 raise ValueError("a video needs a destination file")
             return _VideoSink(reader, dest, width, height, self._options, self._config)
         return _AnimationSink(self._info, width, height, self._options)
 
-    async def _pump(self, reader: media.MediaReader, sink: _Sink) -> None:
+    async def _pump(self, reader: MediaReader, sink: _Sink) -> None:
         window: deque[_Pending] = deque()
         frames = _FrameSource(iter(reader), sink, self._options, self._info)
         most = self._config.frames_in_flight
@@ -327,7 +296,7 @@ class MediaJob:
         task.add_done_callback(self._background.discard)
 
 
-def expected_frames(info: media.MediaInfo, max_fps: float | None) -> int:
+def expected_frames(info: probe.MediaInfo, max_fps: float | None) -> int:
     """Frames the output will have (an estimate when ``max_fps`` drops some)."""
     if max_fps is None or info.kind != "video" or info.fps <= max_fps:
         return info.frames
@@ -381,7 +350,7 @@ class _FrameSource:
         items: Iterator[Any],
         sink: _Sink,
         options: StylizeOptions,
-        info: media.MediaInfo,
+        info: probe.MediaInfo,
     ) -> None:
         self._items = items
         self._sink = sink
@@ -398,18 +367,18 @@ class _FrameSource:
             item = next(self._items, None)
             if item is None:
                 return pulled, True
-            if not isinstance(item, media.Frame):
+            if not isinstance(item, Frame):
                 self._sink.packet(item)
                 continue
             if self._dropped(item):
                 continue
-            decoded = imaging.DecodedImage(np.ascontiguousarray(item.rgb), item.alpha, "frame")
-            resized = imaging.resize_long_side(decoded, self._size)
+            decoded = DecodedImage(np.ascontiguousarray(item.rgb), item.alpha, "frame")
+            resized = resize_long_side(decoded, self._size)
             digest = frame_digest(resized.rgb)
             pulled.append(_Decoded(item, resized.rgb, resized.alpha, digest))
         return pulled, False
 
-    def _dropped(self, frame: media.Frame) -> bool:
+    def _dropped(self, frame: Frame) -> bool:
         """``max_fps`` as steps of 1/max_fps from the first frame: a frame is kept when it
         reaches the next step, so a 10 fps video capped at 9 keeps 9 frames a second (a
         gap counted from each kept frame would keep 5)."""
@@ -444,21 +413,21 @@ class _Sink:
 def _finished(options: StylizeOptions, pending: _Pending) -> np.ndarray:
     picture = pending.picture.result()
     photo = pending.decoded.photo
-    return imaging.apply_controls(photo, picture, options.strength, options.preserve_color)
+    return apply_controls(photo, picture, options.strength, options.preserve_color)
 
 
 class _VideoSink(_Sink):
     def __init__(
         self,
-        reader: media.MediaReader,
+        reader: MediaReader,
         dest: Path,
         width: int,
         height: int,
         options: StylizeOptions,
         config: MediaConfig,
     ) -> None:
-        container, self._media_type, _ = media.output_container(reader.info, options.container)
-        self._writer = media.VideoWriter(dest, reader, width, height, container, config.video_crf)
+        container, self._media_type, _ = writers.output_container(reader.info, options.container)
+        self._writer = writers.VideoWriter(dest, reader, width, height, container, config.video_crf)
         self._dest, self._options = dest, options
         self._width, self._height = width, height
         self._frames, self._duration_s = 0, reader.info.duration_s
@@ -486,9 +455,9 @@ class _VideoSink(_Sink):
 
 class _AnimationSink(_Sink):
     def __init__(
-        self, info: media.MediaInfo, width: int, height: int, options: StylizeOptions
+        self, info: probe.MediaInfo, width: int, height: int, options: StylizeOptions
     ) -> None:
-        self._writer = media.AnimationWriter(info, options.quality)
+        self._writer = writers.AnimationWriter(info, options.quality)
         self._info, self._options = info, options
         self._width, self._height = width, height
         self._frames, self._duration_ms = 0, 0
@@ -515,9 +484,9 @@ class _AnimationSink(_Sink):
         )
 
 
-def sync_animation_budget_error(info: media.MediaInfo, size: int, budget: int) -> str | None:
+def sync_animation_budget_error(info: probe.MediaInfo, size: int, budget: int) -> str | None:
     """Why an animation is too much to make while the caller waits (None: it is not)."""
-    width, height = imaging.target_dimensions(info.width, info.height, size)
+    width, height = target_dimensions(info.width, info.height, size)
     pixels = info.frames * width * height
     if pixels <= budget:
         return None

@@ -17,7 +17,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from serve_app import weights as weights_mod
+from serve_app.model import weights as weights_mod
 
 logger = logging.getLogger("serve_app.cli")
 
@@ -210,8 +210,11 @@ def _plan_outputs(
 def cmd_stylize(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from serve_app import cli_media, config, errors, imaging, tensors
-    from serve_app.model import StyleModel, select_runtime
+    from serve_app import config, errors
+    from serve_app.cli import media as cli_media
+    from serve_app.imaging import decode, pixels
+    from serve_app.model import tensors
+    from serve_app.model.generator import StyleModel, select_runtime
 
     moving = {}  # input -> its video/animation info
     for source in args.inputs:
@@ -288,13 +291,13 @@ def cmd_stylize(args: argparse.Namespace) -> int:
                 )
                 continue
             if args.portrait == "off":
-                decoded = imaging.decode_resized(source.read_bytes(), limits, args.size)
+                decoded = decode.decode_resized(source.read_bytes(), limits, args.size)
                 rgb = run(model, [decoded.rgb])[0]
-                rgb = imaging.apply_controls(decoded.rgb, rgb, args.strength, args.preserve_color)
+                rgb = pixels.apply_controls(decoded.rgb, rgb, args.strength, args.preserve_color)
                 alpha = decoded.alpha
             else:
                 rgb, alpha = _portrait(source.read_bytes(), args, limits, model, scene_model, run)
-            data = imaging.encode_image(rgb, alpha, fmt, args.quality)
+            data = pixels.encode_image(rgb, alpha, fmt, args.quality)
             target.parent.mkdir(parents=True, exist_ok=True)
             target.write_bytes(data)
         except (OSError, errors.ServiceError, ValueError) as exc:
@@ -316,8 +319,8 @@ def _media(source: Path, target: Path, info, args: argparse.Namespace, digest: s
     """One video or animation, with a progress bar of its frames."""
     from tqdm import tqdm
 
-    from serve_app import cli_media
-    from serve_app.schemas import StylizeOptions
+    from serve_app.cli import media as cli_media
+    from serve_app.options import StylizeOptions
 
     if args.portrait != "off":
         raise ValueError("--portrait takes still pictures only")
@@ -357,10 +360,11 @@ def _media(source: Path, target: Path, info, args: argparse.Namespace, digest: s
 
 def _portrait(data: bytes, args: argparse.Namespace, limits, model, scene_model, run):
     """One picture in portrait mode, as the service makes it: (rgb, alpha)."""
-    from serve_app import config, errors, faces, imaging, portrait
+    from serve_app import config, errors
+    from serve_app.imaging import decode, faces, portrait
 
     settings = config.PortraitConfig()
-    full = imaging.decode_upload(data, limits)
+    full = decode.decode_upload(data, limits)
     found = faces.detect_faces(full.rgb, settings)
     if not found and args.no_face == "error":
         raise errors.NoFace("no face found (--no-face whole stylises the whole picture)")

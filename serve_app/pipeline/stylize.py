@@ -17,52 +17,39 @@ more is cancelled and frees its slot.
 from __future__ import annotations
 
 import asyncio
-import base64
-import contextlib
-import contextvars
-import ctypes
-import hashlib
-import json
 import logging
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
+from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
 
 import numpy as np
-import PIL
 
-from serve_app import imaging
-from serve_app import portrait as geometry
-from serve_app.cache import CachedImage, image_digest
+from serve_app.concurrency import MemoryBudget, run_detached, trim_heap
 from serve_app.config import AppConfig
 from serve_app.errors import (
     EmptyUpload,
     NoFace,
     Overloaded,
+    ReplicaFailed,
     ServiceError,
     Timeout,
     Unavailable,
 )
-from serve_app.faces import detect_faces
-from serve_app.schemas import (
-    BACKGROUND_PHOTO,
-    CacheStatus,
-    ModelIdentity,
-    StylizedArray,
-    StylizeOptions,
-    StylizeResult,
-)
-from serve_app.weights import is_random_digest
+from serve_app.imaging import decode
+from serve_app.imaging import portrait as geometry
+from serve_app.imaging.faces import detect_faces
+from serve_app.imaging.pixels import MEDIA_TYPES, DecodedImage, apply_controls, encode_image
+from serve_app.model.identity import ModelIdentity, StylizedArray
+from serve_app.model.weights import is_random_digest
+from serve_app.options import BACKGROUND_PHOTO, StylizeOptions
+from serve_app.pipeline.keys import result_key
+from serve_app.pipeline.lru import CachedImage, image_digest
+from serve_app.pipeline.ports import Animate, ProgressSink, ResultStore, StylizeArray
+from serve_app.pipeline.results import CacheStatus, StylizeResult
 
 logger = logging.getLogger(__name__)
 
-# Bump whenever decoding, resizing or encoding can change the bytes of a result: old cache
-# entries then miss instead of being served for a request they no longer match. Pillow's
-# version is part of the key too (its codecs write the bytes).
-PIPELINE_VERSION = 2
-_KEY_DIGEST_SIZE = 20
 # Hashing a large upload takes tens of ms: do it in a thread so hits and health checks
 # on the same event loop are not held up; small ones are cheaper than the thread hop.
 HASH_IN_THREAD_BYTES = 256 * 1024
@@ -79,100 +66,6 @@ PROGRESS_DECODED, PROGRESS_STYLIZED = 0.05, 0.9
 # full-size picture converted (Pillow keeps RGB as 4 bytes a pixel) and as an array (3),
 # on top of what decode_peak_bytes bounds for a resized decode.
 PORTRAIT_DECODE_BYTES_PER_PIXEL = 8
-
-
-def trim_heap() -> None:
-    """glibc's malloc_trim(0); nothing where the C library has no such call."""
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL(None).malloc_trim(0)
-
-
-class ReplicaFailed(Exception):
-    """Raised by the stylize callable when the model replica died mid-call (retryable)."""
-
-
-class ResultStore(Protocol):
-    async def get(self, key: str) -> CachedImage | None: ...
-
-    async def put(self, key: str, value: CachedImage) -> None: ...
-
-
-Animate = Callable[[bytes, StylizeOptions], Awaitable["CachedImage | None"]]
-"""(upload, options) -> the stylised animation; None when the upload is a still picture."""
-StylizeArray = Callable[..., Awaitable[StylizedArray]]
-"""(rgb, style) -> the stylised array; the keyword ``on_progress`` (a ProgressSink), when
-given, hears how far the model is with a large picture."""
-ProgressSink = Callable[[int, int], None]
-"""(steps done, steps in all)"""
-
-
-def result_key(
-    image: str,
-    options: StylizeOptions,
-    identity: ModelIdentity,
-    background: ModelIdentity | None = None,
-) -> str:
-    """Key of one result: every input that can change its bytes is part of it.
-
-    ``background``: what stylises the picture around the faces (``portrait=paste`` with a
-    background style), else None.
-
-    JSON of a sorted dict is the canonical encoding, so no two different part tuples give
-    one byte string and ``None`` differs from ``0``.
-    """
-    parts = {
-        "pipeline": PIPELINE_VERSION,
-        "pillow": PIL.__version__,
-        "image": image,
-        "style": options.style,
-        "size": options.size,
-        "format": options.format,
-        "quality": options.quality,
-        "strength": options.strength,
-        "preserve_color": options.preserve_color,
-        "portrait": options.portrait,
-        "background": options.background,
-        "no_face": options.no_face,
-        "container": options.container,
-        "max_fps": options.max_fps,
-        "weights": identity.weights,
-        "runtime": identity.runtime,
-        "background_weights": None if background is None else background.weights,
-        "background_runtime": None if background is None else background.runtime,
-    }
-    encoded = json.dumps(parts, sort_keys=True, separators=(",", ":")).encode()
-    return hashlib.blake2b(encoded, digest_size=_KEY_DIGEST_SIZE).hexdigest()
-
-
-def run_detached(coroutine: Coroutine[Any, Any, Any]) -> asyncio.Task:
-    """A task that carries none of the current request's context variables."""
-    return contextvars.Context().run(asyncio.ensure_future, coroutine)
-
-
-class MemoryBudget:
-    """An async semaphore counted in bytes: decodes reserve their peak memory from it.
-
-    One reservation larger than the whole budget is let through alone, so no upload
-    within the limits waits forever.
-    """
-
-    def __init__(self, total: int) -> None:
-        self._total = total
-        self._free = total
-        self._changed = asyncio.Condition()
-
-    @contextlib.asynccontextmanager
-    async def reserve(self, amount: int) -> AsyncIterator[None]:
-        amount = min(amount, self._total)
-        async with self._changed:
-            await self._changed.wait_for(lambda: self._free >= amount)
-            self._free -= amount
-        try:
-            yield
-        finally:
-            async with self._changed:
-                self._free += amount
-                self._changed.notify_all()
 
 
 @dataclass
@@ -258,7 +151,7 @@ class StylizePipeline:
         if not data:
             raise EmptyUpload("the uploaded picture is empty")
         if not media:
-            imaging.check_upload_size(data, self._config.limits)  # before hashing it
+            decode.check_upload_size(data, self._config.limits)  # before hashing it
         digest = await self._digest(data)
         key = result_key(
             digest,
@@ -353,8 +246,8 @@ class StylizePipeline:
         if options.portrait != "off":
             return await self._compute_portrait(digest, data, options, work)
         started = time.perf_counter()
-        pixels = imaging.header_pixels(data)
-        async with self._decode_memory.reserve(imaging.decode_peak_bytes(pixels)):
+        pixels = decode.header_pixels(data)
+        async with self._decode_memory.reserve(decode.decode_peak_bytes(pixels)):
             decoded = await asyncio.to_thread(self._decode, data, pixels, options.size)
         decoded_at = time.perf_counter()
         work.progress = PROGRESS_DECODED
@@ -374,7 +267,7 @@ class StylizePipeline:
         encoded = await asyncio.to_thread(finish, decoded, stylized.rgb, options)
         encoded_at = time.perf_counter()
         height, width = stylized.rgb.shape[:2]
-        image = CachedImage(encoded, imaging.MEDIA_TYPES[options.format], width, height)
+        image = CachedImage(encoded, MEDIA_TYPES[options.format], width, height)
         key = result_key(digest, options, stylized.identity)
         self._store(key, image, options.style, stylized.identity)
         timings = {
@@ -391,8 +284,8 @@ class StylizePipeline:
         """Faces found, cut from the full-resolution picture and stylised at the model's
         face size in one batch (the same shape), then cropped out or pasted back."""
         started = time.perf_counter()
-        pixels = imaging.header_pixels(data)
-        peak = imaging.decode_peak_bytes(pixels) + PORTRAIT_DECODE_BYTES_PER_PIXEL * pixels
+        pixels = decode.header_pixels(data)
+        peak = decode.decode_peak_bytes(pixels) + PORTRAIT_DECODE_BYTES_PER_PIXEL * pixels
         async with self._decode_memory.reserve(peak):
             ready = await asyncio.to_thread(self._prepare_portrait, data, pixels, options)
         prepared_at = time.perf_counter()
@@ -420,7 +313,7 @@ class StylizePipeline:
             self._config.portrait.feather,
         )
         encoded_at = time.perf_counter()
-        image = CachedImage(encoded, imaging.MEDIA_TYPES[options.format], width, height)
+        image = CachedImage(encoded, MEDIA_TYPES[options.format], width, height)
         identity = faces[0].identity
         scene_identity = self._expected_background(options) if scene is None else scene.identity
         key = result_key(digest, options, identity, scene_identity)
@@ -452,7 +345,7 @@ class StylizePipeline:
         """The full decode, the faces, and the model's inputs (a worker thread's work)."""
         config = self._config.portrait
         try:
-            full = imaging.decode_upload(data, self._config.limits)
+            full = decode.decode_upload(data, self._config.limits)
             detect_from = time.perf_counter()
             faces = detect_faces(full.rgb, config)
             detect_ms = (time.perf_counter() - detect_from) * 1e3
@@ -467,9 +360,9 @@ class StylizePipeline:
             if pixels >= TRIM_AFTER_PIXELS:
                 trim_heap()
 
-    def _decode(self, data: bytes, pixels: int, size: int) -> imaging.DecodedImage:
+    def _decode(self, data: bytes, pixels: int, size: int) -> DecodedImage:
         try:
-            return imaging.decode_resized(data, self._config.limits, size)
+            return decode.decode_resized(data, self._config.limits, size)
         finally:
             if pixels >= TRIM_AFTER_PIXELS:
                 trim_heap()
@@ -525,10 +418,10 @@ class StylizePipeline:
         )
 
 
-def finish(decoded: imaging.DecodedImage, stylized: np.ndarray, options: StylizeOptions) -> bytes:
+def finish(decoded: DecodedImage, stylized: np.ndarray, options: StylizeOptions) -> bytes:
     """The user's controls over the model's output, then the encoded picture."""
-    rgb = imaging.apply_controls(decoded.rgb, stylized, options.strength, options.preserve_color)
-    return imaging.encode_image(rgb, decoded.alpha, options.format, options.quality)
+    rgb = apply_controls(decoded.rgb, stylized, options.strength, options.preserve_color)
+    return encode_image(rgb, decoded.alpha, options.format, options.quality)
 
 
 def finish_portrait(
@@ -549,7 +442,7 @@ def finish_portrait(
         options.preserve_color,
         feather,
     )
-    encoded = imaging.encode_image(rgb, alpha, options.format, options.quality)
+    encoded = encode_image(rgb, alpha, options.format, options.quality)
     return encoded, rgb.shape[1], rgb.shape[0]
 
 
@@ -563,27 +456,3 @@ async def _all_or_none(calls: Sequence[Awaitable[StylizedArray]]) -> list[Styliz
         for task in tasks:
             task.cancel()
         raise
-
-
-def batch_item(index: int, outcome: StylizeResult | BaseException) -> dict:
-    """One entry of a batch answer: the picture (base64) or its error."""
-    if isinstance(outcome, StylizeResult):
-        return {
-            "index": index,
-            "status": 200,
-            "media_type": outcome.media_type,
-            "cache": outcome.cache,
-            "width": outcome.width,
-            "height": outcome.height,
-            "data": base64.b64encode(outcome.data).decode("ascii"),
-        }
-    if not isinstance(outcome, ServiceError):
-        logger.error("batch item %d failed", index, exc_info=outcome)
-        outcome = ServiceError()
-    return {"index": index, "status": outcome.status, **outcome.to_dict()}
-
-
-def batch_body(outcomes: Sequence[StylizeResult | BaseException]) -> bytes:
-    """The batch answer as JSON bytes (base64 of megabytes: run it off the event loop)."""
-    results = [batch_item(index, outcome) for index, outcome in enumerate(outcomes)]
-    return json.dumps({"results": results}, separators=(",", ":")).encode()

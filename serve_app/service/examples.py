@@ -13,6 +13,7 @@ import io
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import quote
 
 from PIL import Image, UnidentifiedImageError
 
@@ -32,6 +33,11 @@ class Example:
     width: int  # upright, as a browser shows it
     height: int
     etag: str
+
+    @property
+    def url(self) -> str:
+        """Where the photo's bytes are served (public, like the page)."""
+        return f"/examples/{quote(self.name)}"
 
 
 def read_example(name: str, path: Path, max_bytes: int) -> Example | None:

@@ -14,21 +14,21 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from serve_app import imaging, media
 from serve_app.config import AppConfig
 from serve_app.errors import InvalidVideoOptions, Timeout, UnsupportedCodec, UseJobs
-from serve_app.jobs import JobRecord
-from serve_app.media_jobs import (
+from serve_app.imaging import pixels
+from serve_app.media import probe, writers
+from serve_app.media.frames import (
     FrameCounts,
     FrameModel,
     Identity,
     MediaJob,
     MediaOutput,
-    ModelGate,
     sync_animation_budget_error,
 )
-from serve_app.pipeline import ResultStore
-from serve_app.schemas import StylizeOptions
+from serve_app.media.gate import ModelGate
+from serve_app.options import StylizeOptions
+from serve_app.pipeline.ports import ResultStore
 
 logger = logging.getLogger(__name__)
 
@@ -76,24 +76,24 @@ class MediaService:
         self._waiting_gate = ModelGate(calls, calls, media_config.interactive_quiet_s)
         remove_abandoned_outputs(config.jobs.timeout_s)
 
-    async def inspect(self, data: bytes) -> media.MediaInfo | None:
+    async def inspect(self, data: bytes) -> probe.MediaInfo | None:
         """What the upload is, when it is a video or an animation (None: a still picture).
         Raises the media errors (415, 413, 400) for what cannot be made."""
-        foreign = media.sniff_foreign_video(data[:SNIFF_BYTES])
+        foreign = probe.sniff_foreign_video(data[:SNIFF_BYTES])
         if foreign is not None:
             raise UnsupportedCodec(
                 f"{foreign} files are not taken; send MP4, MOV, MKV or WebM (H.264, HEVC, "
                 "VP8, VP9 or AV1 video)"
             )
-        if media.sniff_video(data[:SNIFF_BYTES]):
-            return await asyncio.to_thread(media.probe, io.BytesIO(data), self._config.media)
-        if not await asyncio.to_thread(media.is_animated_picture, data):
+        if probe.sniff_video(data[:SNIFF_BYTES]):
+            return await asyncio.to_thread(probe.probe, io.BytesIO(data), self._config.media)
+        if not await asyncio.to_thread(probe.is_animated_picture, data):
             return None
-        return await asyncio.to_thread(media.probe, io.BytesIO(data), self._config.media)
+        return await asyncio.to_thread(probe.probe, io.BytesIO(data), self._config.media)
 
-    def check(self, info: media.MediaInfo, options: StylizeOptions) -> None:
+    def check(self, info: probe.MediaInfo, options: StylizeOptions) -> None:
         """Refuse, before anything runs, options this upload cannot be made with."""
-        width, height = imaging.target_dimensions(info.width, info.height, options.size)
+        width, height = pixels.target_dimensions(info.width, info.height, options.size)
         if info.kind == "video":
             largest = self._config.tiling.max_whole_pixels
             if width * height > largest:
@@ -101,18 +101,19 @@ class MediaService:
                     f"video frames of {width}x{height} are above the {largest} pixels a frame "
                     "is made at; ask for a smaller size"
                 )
-            media.output_container(info, options.container)  # raises when it cannot hold the audio
+            writers.output_container(
+                info, options.container
+            )  # raises when it cannot hold the audio
 
     async def run_job(
-        self, record: JobRecord, data: bytes, on_progress: Callable[[FrameCounts], None]
+        self, options: StylizeOptions, data: bytes, on_progress: Callable[[FrameCounts], None]
     ) -> MediaOutput:
         """A video or animation job's output (a video in a temporary file the caller owns)."""
-        info = await asyncio.to_thread(media.probe, io.BytesIO(data), self._config.media)
-        options = StylizeOptions(**record.options)
+        info = await asyncio.to_thread(probe.probe, io.BytesIO(data), self._config.media)
         job = self._job(info, options, on_progress, self.gate)
         if info.kind != "video":
             return await job.run(io.BytesIO(data), None)
-        extension = media.output_container(info, options.container)[2]
+        extension = writers.output_container(info, options.container)[2]
         with tempfile.NamedTemporaryFile(
             prefix=OUTPUT_PREFIX, suffix=f".{extension}", delete=False
         ) as file:
@@ -123,7 +124,7 @@ class MediaService:
             dest.unlink(missing_ok=True)
             raise
 
-    async def animate(self, data: bytes, info: media.MediaInfo, options: StylizeOptions):
+    async def animate(self, data: bytes, info: probe.MediaInfo, options: StylizeOptions):
         """An animation made while the caller waits: within the synchronous budget only."""
         if info.kind == "video":
             raise UseJobs("videos are made as jobs: submit it to POST /v1/jobs")

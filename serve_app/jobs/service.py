@@ -33,12 +33,13 @@ from typing import TYPE_CHECKING, Literal
 import fsspec
 from pydantic import BaseModel, Field
 
+from serve_app.concurrency import run_detached
 from serve_app.config import JobsConfig
-from serve_app.errors import JobNotDone, ServiceError, StoreFull, Timeout, UnknownJob
-from serve_app.media import MediaInfo
-from serve_app.media_jobs import FrameCounts, MediaOutput, expected_frames
-from serve_app.pipeline import run_detached
-from serve_app.schemas import ErrorDetail, StylizeOptions, StylizeResult
+from serve_app.errors import ErrorDetail, JobNotDone, ServiceError, StoreFull, Timeout, UnknownJob
+from serve_app.media.frames import FrameCounts, MediaOutput, expected_frames
+from serve_app.media.probe import MediaInfo
+from serve_app.options import StylizeOptions
+from serve_app.pipeline.results import StylizeResult
 
 if TYPE_CHECKING:
     from serve_app.metrics import JobMetrics
@@ -55,8 +56,8 @@ Stylize = Callable[[bytes, StylizeOptions, float], Awaitable[StylizeResult]]
 """(upload, options, timeout_s) -> the picture; raises the API's errors."""
 ProgressOf = Callable[[str], "float | None"]
 """job id -> how far the model is with it (0..1), or None when it cannot tell."""
-RunMedia = Callable[["JobRecord", bytes, Callable[[FrameCounts], None]], Awaitable[MediaOutput]]
-"""(a video or animation job, its upload, a progress sink) -> the finished output."""
+RunMedia = Callable[[StylizeOptions, bytes, Callable[[FrameCounts], None]], Awaitable[MediaOutput]]
+"""(a video or animation job's options, its upload, a progress sink) -> the finished output."""
 JobKind = Literal["still", "animation", "video"]
 DELETE_PASSES, DELETE_RETRY_S = 5, 0.05
 CANCEL_WAIT_S = 1.0
@@ -452,7 +453,7 @@ class JobService:
 
         try:
             output = await asyncio.wait_for(
-                self._run_media(record, data, on_progress), self._config.timeout_s
+                self._run_media(options, data, on_progress), self._config.timeout_s
             )
         except asyncio.TimeoutError:  # not the builtin TimeoutError before Python 3.11
             raise Timeout(f"the job was not done within {self._config.timeout_s:g} s") from None

@@ -1,0 +1,64 @@
+"""Running work off the request: detached tasks, threads that are waited for, memory budgets.
+
+Generic asyncio helpers the pipeline, media and jobs share; nothing of the project.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import contextvars
+import ctypes
+from collections.abc import AsyncIterator, Coroutine
+from typing import Any
+
+
+def trim_heap() -> None:
+    """glibc's malloc_trim(0); nothing where the C library has no such call."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None).malloc_trim(0)
+
+
+def run_detached(coroutine: Coroutine[Any, Any, Any]) -> asyncio.Task:
+    """A task that carries none of the current request's context variables."""
+    return contextvars.Context().run(asyncio.ensure_future, coroutine)
+
+
+class MemoryBudget:
+    """An async semaphore counted in bytes: decodes reserve their peak memory from it.
+
+    One reservation larger than the whole budget is let through alone, so no upload
+    within the limits waits forever.
+    """
+
+    def __init__(self, total: int) -> None:
+        self._total = total
+        self._free = total
+        self._changed = asyncio.Condition()
+
+    @contextlib.asynccontextmanager
+    async def reserve(self, amount: int) -> AsyncIterator[None]:
+        amount = min(amount, self._total)
+        async with self._changed:
+            await self._changed.wait_for(lambda: self._free >= amount)
+            self._free -= amount
+        try:
+            yield
+        finally:
+            async with self._changed:
+                self._free += amount
+                self._changed.notify_all()
+
+
+async def run_to_completion(function, *args):
+    """``asyncio.to_thread``, except that a cancelled caller still waits for the thread:
+    whatever the thread was doing (a forward pass) has ended when the cancellation
+    arrives, so the locks it ran under are not released while it still runs."""
+    future = asyncio.ensure_future(asyncio.to_thread(function, *args))
+    try:
+        return await asyncio.shield(future)
+    except asyncio.CancelledError:
+        while not future.done():
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.wait([future])
+        raise

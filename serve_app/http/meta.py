@@ -1,0 +1,82 @@
+"""Routes about the service: styles, figures, examples, health and the page."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from fastapi import APIRouter
+from fastapi.responses import FileResponse, Response
+
+from serve_app.errors import ErrorBody, NotFound
+from serve_app.http.openapi import BINARY, error_statuses
+from serve_app.http.params import API_KEY, Service
+from serve_app.service.wire import ExamplesResponse, HealthResponse, StatsResponse, StylesResponse
+
+router = APIRouter()
+
+WEB_DIR = Path(__file__).resolve().parent.parent / "web"
+# An example's bytes are fixed for a deploy; an hour bounds how long a browser keeps an
+# old photo after a redeploy changes it.
+EXAMPLE_CACHE_CONTROL = "public, max-age=3600"
+
+
+@router.get(
+    "/v1/styles",
+    dependencies=API_KEY,
+    summary="The styles served, the defaults and the limits",
+    responses=error_statuses(401, 500),
+)
+async def styles_route(service: Service) -> StylesResponse:
+    return service.styles()
+
+
+@router.get(
+    "/v1/stats",
+    dependencies=API_KEY,
+    summary="Cache figures and one model replica's own report",
+    responses=error_statuses(401, 500),
+)
+async def stats_route(service: Service) -> StatsResponse:
+    return await service.stats()
+
+
+@router.get(
+    "/v1/examples",
+    dependencies=API_KEY,
+    summary="The example photos, and the styles each is warm for",
+    responses=error_statuses(401, 500),
+)
+async def examples_route(service: Service) -> ExamplesResponse:
+    return service.examples_info()
+
+
+# Public like the page and /static: it serves only the photos the operator configured.
+@router.get(
+    "/examples/{name}",
+    response_class=Response,
+    summary="An example photo's bytes, exactly those warmed at start",
+    responses={
+        200: {"content": {"image/*": {"schema": BINARY}}, "description": "the photo"},
+        404: {"model": ErrorBody, "description": "no example of that name"},
+        # FastAPI documents one for every route with parameters; ours is the one shape.
+        422: {"model": ErrorBody, "description": "a name that is not a path segment"},
+        **error_statuses(500),
+    },
+)
+async def example_route(name: str, service: Service) -> Response:
+    example = service.example(name)
+    headers = {"ETag": f'"{example.etag}"', "Cache-Control": EXAMPLE_CACHE_CONTROL}
+    return Response(example.data, media_type=example.media_type, headers=headers)
+
+
+@router.get("/healthz", summary="200 once the app can serve", responses=error_statuses(500))
+async def healthz() -> HealthResponse:
+    return HealthResponse(status="ok")
+
+
+@router.get("/", include_in_schema=False)
+async def page():
+    index = WEB_DIR / "index.html"
+    if not index.is_file():
+        raise NotFound("the upload page is not installed")
+    return FileResponse(index)

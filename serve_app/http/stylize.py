@@ -1,0 +1,84 @@
+"""Routes that answer with pictures: one (`POST /v1/stylize`) or several (`/batch`)."""
+
+from __future__ import annotations
+
+import asyncio
+
+from fastapi import APIRouter, Request
+from fastapi.responses import Response
+
+from serve_app.errors import MissingImage
+from serve_app.http.batch import batch_body
+from serve_app.http.openapi import (
+    BINARY,
+    PICTURE_HEADERS,
+    RAW_BODY,
+    RESULT_MEDIA_TYPES,
+    STYLIZE_ERRORS,
+    multipart_body,
+)
+from serve_app.http.params import API_KEY, Service, StylizeQuery
+from serve_app.http.request_log import log_fields
+from serve_app.http.uploads import MULTIPART_OVERHEAD_BYTES, read_form_files, read_single_upload
+from serve_app.service.wire import BatchResponse
+
+router = APIRouter()
+
+
+@router.post(
+    "/v1/stylize",
+    response_class=Response,
+    dependencies=API_KEY,
+    summary="Stylise one picture",
+    responses={
+        200: {
+            "content": {t: {"schema": BINARY} for t in RESULT_MEDIA_TYPES},
+            "description": "the picture, animation or video (`Range` supported)",
+            "headers": PICTURE_HEADERS,
+        },
+        **STYLIZE_ERRORS,
+    },
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {**multipart_body("image", many=False), **RAW_BODY},
+        }
+    },
+)
+async def stylize_route(request: Request, service: Service, query: StylizeQuery) -> Response:
+    options = service.options(**query)  # before the body is read
+    service.media.gate.interactive()
+    data = await read_single_upload(request, service.config.limits.max_bytes)
+    result = await service.stylize(data, options)
+    log_fields(request.scope).update(
+        style=result.style,
+        size=max(result.width, result.height),
+        format=result.media_type,
+        cache=result.cache,
+        bytes_in=len(data),
+        timings_ms={name: round(ms, 1) for name, ms in result.timings_ms.items()},
+    )
+    return Response(result.data, media_type=result.media_type, headers=result.headers())
+
+
+@router.post(
+    "/v1/stylize/batch",
+    response_class=Response,
+    dependencies=API_KEY,
+    summary="Stylise several pictures; each succeeds or fails alone",
+    responses={200: {"model": BatchResponse}, **STYLIZE_ERRORS},
+    openapi_extra={
+        "requestBody": {"required": True, "content": multipart_body("images", many=True)}
+    },
+)
+async def stylize_batch_route(request: Request, service: Service, query: StylizeQuery) -> Response:
+    options = service.options(**query)  # before the body is read
+    count = service.config.max_batch_images
+    limit = count * (service.config.limits.max_bytes + MULTIPART_OVERHEAD_BYTES)
+    files = await read_form_files(request, "images", count, limit)
+    if not files:
+        raise MissingImage("send the pictures as multipart fields 'images'")
+    outcomes = await service.stylize_many(files, options)
+    log_fields(request.scope).update(style=options.style, images=len(files))
+    body = await asyncio.to_thread(batch_body, outcomes)
+    return Response(body, media_type="application/json")

@@ -1,0 +1,123 @@
+"""Streaming decode of a video or animated picture: one frame at a time, in order.
+
+For videos, audio packets pass through untouched (the writer copies them). Only the
+current frame is held, so a job's memory is bounded by the frames it keeps in flight.
+PyAV objects are not thread-safe: a reader is opened, iterated and closed by one thread.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from fractions import Fraction
+
+import av
+import numpy as np
+from PIL import Image
+
+from serve_app.errors import UndecodableMedia
+from serve_app.media.probe import MediaInfo, Source, open_video, rewound
+
+
+@dataclass(frozen=True, eq=False)
+class Frame:
+    """One decoded frame in stored orientation (the display rotation is not applied)."""
+
+    index: int
+    rgb: np.ndarray
+    alpha: np.ndarray | None = None
+    pts: int | None = None
+    time_base: Fraction | None = None
+    duration_ms: int | None = None
+
+
+class MediaReader:
+    """Decodes frames one at a time, in order; for videos, passes audio packets through.
+
+    Iterating yields :class:`Frame` and (videos) ``av.Packet`` items in demux order.
+    Only the current frame is held; a file that breaks off raises UndecodableMedia.
+    """
+
+    def __init__(self, source: Source, info: MediaInfo) -> None:
+        self.info = info
+        self._image: Image.Image | None = None
+        self._container: av.container.InputContainer | None = None
+        self.audio_streams: tuple[av.audio.stream.AudioStream, ...] = ()
+        if info.kind == "video":
+            self._container = open_video(source)
+            self.video_stream = self._container.streams.video[0]
+            self.video_stream.codec_context.thread_type = "AUTO"
+            self.audio_streams = tuple(self._container.streams.audio)
+        else:
+            self._image = Image.open(rewound(source))
+
+    def __enter__(self) -> MediaReader:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self._container is not None:
+            self._container.close()
+            self._container = None
+        if self._image is not None:
+            self._image.close()
+            self._image = None
+
+    def __iter__(self) -> Iterator[Frame | av.Packet]:
+        if self.info.kind == "video":
+            return self._video_items()
+        return self._animation_frames()
+
+    def _video_items(self) -> Iterator[Frame | av.Packet]:
+        assert self._container is not None
+        index = 0
+        demuxed = self._container.demux(self.video_stream, *self.audio_streams)
+        try:
+            for packet in demuxed:
+                if packet.stream.type != "video":
+                    if packet.size:  # the demuxer's end-of-stream packets carry nothing
+                        yield packet
+                    continue
+                for decoded in self.video_stream.decode(packet):
+                    yield self._video_frame(decoded, index)
+                    index += 1
+        except av.FFmpegError as exc:
+            raise UndecodableMedia(f"the video breaks off at frame {index}: {exc}") from exc
+        self._check_count(index)
+
+    def _video_frame(self, decoded: av.VideoFrame, index: int) -> Frame:
+        if index >= self.info.frames:
+            raise UndecodableMedia(f"the video has more frames than the {self.info.frames} probed")
+        rgb = decoded.to_ndarray(format="rgb24")
+        return Frame(index=index, rgb=rgb, pts=decoded.pts, time_base=decoded.time_base)
+
+    def _animation_frames(self) -> Iterator[Frame]:
+        assert self._image is not None
+        index = 0
+        try:
+            for index in range(self.info.frames):
+                self._image.seek(index)
+                yield self._animation_frame(self._image, index)
+        except (OSError, ValueError, EOFError) as exc:
+            raise UndecodableMedia(f"the animation breaks off at frame {index}: {exc}") from exc
+
+    def _animation_frame(self, image: Image.Image, index: int) -> Frame:
+        # Converting loads the frame; WebP reports its duration only once loaded.
+        converted = np.asarray(image.convert("RGBA" if self.info.has_alpha else "RGB"))
+        duration = round(image.info.get("duration", 0) or 0)
+        if not self.info.has_alpha:
+            return Frame(index=index, rgb=converted, duration_ms=duration)
+        return Frame(
+            index=index,
+            rgb=converted[..., :3].copy(),
+            alpha=converted[..., 3].copy(),
+            duration_ms=duration,
+        )
+
+    def _check_count(self, count: int) -> None:
+        if count < self.info.frames:
+            raise UndecodableMedia(
+                f"the video breaks off at frame {count} of {self.info.frames} (truncated?)"
+            )

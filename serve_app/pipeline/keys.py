@@ -1,0 +1,57 @@
+"""Cache keys: every input that can change a result's bytes is part of its key."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import PIL
+
+from serve_app.model.identity import ModelIdentity
+from serve_app.options import StylizeOptions
+
+# Bump whenever decoding, resizing or encoding can change the bytes of a result: old cache
+# entries then miss instead of being served for a request they no longer match. Pillow's
+# version is part of the key too (its codecs write the bytes).
+PIPELINE_VERSION = 2
+
+
+_KEY_DIGEST_SIZE = 20
+
+
+def result_key(
+    image: str,
+    options: StylizeOptions,
+    identity: ModelIdentity,
+    background: ModelIdentity | None = None,
+) -> str:
+    """Key of one result: every input that can change its bytes is part of it.
+
+    ``background``: what stylises the picture around the faces (``portrait=paste`` with a
+    background style), else None.
+
+    JSON of a sorted dict is the canonical encoding, so no two different part tuples give
+    one byte string and ``None`` differs from ``0``.
+    """
+    parts = {
+        "pipeline": PIPELINE_VERSION,
+        "pillow": PIL.__version__,
+        "image": image,
+        "style": options.style,
+        "size": options.size,
+        "format": options.format,
+        "quality": options.quality,
+        "strength": options.strength,
+        "preserve_color": options.preserve_color,
+        "portrait": options.portrait,
+        "background": options.background,
+        "no_face": options.no_face,
+        "container": options.container,
+        "max_fps": options.max_fps,
+        "weights": identity.weights,
+        "runtime": identity.runtime,
+        "background_weights": None if background is None else background.weights,
+        "background_runtime": None if background is None else background.runtime,
+    }
+    encoded = json.dumps(parts, sort_keys=True, separators=(",", ":")).encode()
+    return hashlib.blake2b(encoded, digest_size=_KEY_DIGEST_SIZE).hexdigest()

@@ -1,0 +1,51 @@
+"""What the pipeline, media and jobs need from outside: the model and the result cache.
+
+Protocols only: the service is composed over them, so unit tests pass fakes and only the
+ingress deployment hands in the Ray-backed ones (``model_client.py``, the cache client).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Protocol
+
+import numpy as np
+
+from serve_app.model.identity import ModelIdentity, StylizedArray
+from serve_app.options import StylizeOptions
+from serve_app.pipeline.lru import CachedImage
+
+ProgressSink = Callable[[int, int], None]
+"""(steps done, steps in all)"""
+
+
+class ResultStore(Protocol):
+    async def get(self, key: str) -> CachedImage | None: ...
+
+    async def put(self, key: str, value: CachedImage) -> None: ...
+
+
+class Model(Protocol):
+    """The model deployment: pictures and frames through the generator."""
+
+    async def stylize(
+        self, rgb: np.ndarray, style: str, on_progress: ProgressSink | None = None
+    ) -> StylizedArray:
+        """One (H, W, 3) uint8 array; ``on_progress`` hears a tiled picture's steps.
+        Raises ReplicaFailed when the replica died mid-call."""
+
+    async def stylize_frames(self, frames: list[np.ndarray], style: str) -> list[StylizedArray]:
+        """Frames of one shape, in order; raises ReplicaFailed as ``stylize`` does."""
+
+    async def identities(self) -> dict[str, ModelIdentity]:
+        """What the model runs for each style ({} when it cannot tell now)."""
+
+    async def stats(self) -> dict | None:
+        """One model replica's own report (None when none answers)."""
+
+
+Animate = Callable[[bytes, StylizeOptions], Awaitable["CachedImage | None"]]
+"""(upload, options) -> the stylised animation; None when the upload is a still picture."""
+StylizeArray = Callable[..., Awaitable[StylizedArray]]
+"""(rgb, style) -> the stylised array; the keyword ``on_progress`` (a ProgressSink), when
+given, hears how far the model is with a large picture."""
