@@ -16,7 +16,11 @@ In order, each part alone on the machine:
    replicas pinned to that process count, a free 127.0.0.1 port, the framework floor as a
    second application) with RAY_ADDRESS=local: the time to its first 200, then unique
    photos, a mixed workload, and cache hits each next to the floor; then it is stopped;
-3. the Flask baseline (``load_tests/flask_reference.py``) on the mixed workload.
+3. the Flask baseline (``load_tests/flask_reference.py``) on the mixed workload;
+4. the job store at scale (``load_tests/store_bench.py``): per repetition a `serve run`
+   with an empty job store, filled to 10,000 jobs (submit and read p50s, start against
+   end), then a video job followed by many event streams (each event's delay from its
+   write; the record store's reads meanwhile).
 
 Every figure is measured ``--repeats`` times; each target ratio is taken within one
 repetition, then reported as the median over them with the range. Writes
@@ -36,7 +40,6 @@ import os
 import platform
 import shlex
 import signal
-import statistics
 import subprocess
 import sys
 import time
@@ -47,9 +50,18 @@ from pathlib import Path
 import httpx
 import yaml
 
-from load_tests import cold_start, cpu_profile, job_bench, portrait_bench, tiling_bench
+from load_tests import (
+    cold_start,
+    cpu_profile,
+    job_bench,
+    portrait_bench,
+    store_bench,
+    tiling_bench,
+)
 from load_tests.cold_start import free_port, server, stylizer_cpus
 from load_tests.loadgen import MIN_ANSWERS, run_point
+from load_tests.report import spread, table, target
+from load_tests.report import targets_table as report_targets_table
 from load_tests.workloads import (
     CANVAS,
     CONTENT_TYPE,
@@ -411,6 +423,9 @@ class Bench:
         tiling = tiling_bench.run(self.args.quick)
         cold_start_s, stats = self.service()
         self.flask()
+        logger.info("the job store at scale: filled, then a job followed")
+        command = shlex.join(["python", "-m", "load_tests.bench", *argv])
+        store = store_bench.run(self.base, self.args.repeats, self.args.quick, self.dir, command)
         logger.info("cold start: this app against a bare Serve app, taking turns")
         starts = cold_start.measure_cold_starts(self.args.config, self.args.repeats)
         for app_s, hello_s in zip(
@@ -420,8 +435,9 @@ class Bench:
         return {
             "portrait": portrait,
             "tiling": tiling,
+            "store": store,
             "meta": {
-                "command": shlex.join(["python", "-m", "load_tests.bench", *argv]),
+                "command": command,
                 "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M"),
                 "elapsed_s": time.monotonic() - started,
                 "quick": self.args.quick,
@@ -465,49 +481,15 @@ def targets(points: dict[str, list[dict]], repeats: int) -> list[dict]:
             a = points[top][rep][top_field]
             b = 1.0 if bottom is None else points[bottom][rep][bottom_field]
             values.append(a / b if a is not None and b else None)
-        measured = [v for v in values if v is not None]
-        median = statistics.median(measured) if measured else None
-        passed = None if median is None else (median >= wanted if higher else median <= wanted)
-        spread = {"min": min(measured, default=None), "max": max(measured, default=None)}
-        figures = {"target": name, "values": values, "median": median, **spread}
-        out.append({**figures, "wanted": wanted, "higher_is_better": higher, "passed": passed})
+        out.append(target(name, values, wanted, higher))
     return out
 
 
 # --------------------------------------------------------------------------- the report
 
 
-def _num(value: float | None) -> str:
-    if value is None:
-        return "–"
-    return f"{value:.{0 if abs(value) >= 100 else 1 if abs(value) >= 10 else 2}f}"
-
-
-def _spread(values: list[float | None]) -> str:
-    measured = [v for v in values if v is not None]
-    if not measured:
-        return "–"
-    return f"{_num(statistics.median(measured))} ({_num(min(measured))}–{_num(max(measured))})"
-
-
-def _table(headers: list[str], rows: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
-    return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows])
-
-
 def targets_table(results: dict) -> str:
-    verdict = {True: "pass", False: "**FAIL**", None: "n/a"}
-    rows = [
-        [
-            t["target"],
-            _num(t["median"]),
-            f"{_num(t['min'])}–{_num(t['max'])}",
-            ("≥ " if t["higher_is_better"] else "≤ ") + _num(t["wanted"]),
-            verdict[t["passed"]],
-        ]
-        for t in results["targets"]
-    ]
-    return _table(["target (ratio)", "median", "range", "wanted", "result"], rows)
+    return report_targets_table(results["targets"])
 
 
 def figures_table(results: dict) -> str:
@@ -515,11 +497,11 @@ def figures_table(results: dict) -> str:
     for name, (what, workload, px) in POINTS.items():
         runs = results["points"].get(name, [])
         clients = str(runs[0]["concurrency"]) if runs and "concurrency" in runs[0] else "–"
-        cells = [_spread([run.get(key) for run in runs]) for key in ("rps", "p50_ms", "mean_ms")]
+        cells = [spread([run.get(key) for run in runs]) for key in ("rps", "p50_ms", "mean_ms")]
         errors = sum(run.get("errors", 0) for run in runs)
         rows.append([what, workload, px, clients, *cells, str(errors)])
     headers = ["what", "workload", "px", "clients", "req/s", "p50 ms", "mean ms", "errors"]
-    return _table(headers, rows)
+    return table(headers, rows)
 
 
 JOB_FIGURES = (
@@ -535,7 +517,7 @@ JOB_FIGURES = (
 
 def frame_rate(results: dict, batch: int) -> str:
     """The model limit at the jobs' frame shape for one batch size, median (min–max)."""
-    return _spread([run.get(f"batch_{batch}") for run in results["points"]["model frames"]])
+    return spread([run.get(f"batch_{batch}") for run in results["points"]["model frames"]])
 
 
 def cpu_table(results: dict) -> str:
@@ -560,20 +542,20 @@ def cpu_table(results: dict) -> str:
                 values = [sum(run.get("cpu_ms_per_picture", {}).values()) or None for run in runs]
             else:
                 values = [run.get("cpu_ms_per_picture", {}).get(name) for run in runs]
-            cells.append(_spread(values))
+            cells.append(spread(values))
         rows.append([name, *cells])
     pipeline = [
-        _spread([1e3 * processes / run["rps"] for run in results["points"][f"pipeline {size}"]])
+        spread([1e3 * processes / run["rps"] for run in results["points"][f"pipeline {size}"]])
         for size in SIZES
     ]
     rows.append(["in-process pipeline (decode, resize, model, encode)", *pipeline])
-    return _table(headers, rows)
+    return table(headers, rows)
 
 
 def jobs_table(results: dict) -> str:
     runs = results["points"].get("job", [])
-    rows = [[what, _spread([run.get(key) for run in runs])] for key, what in JOB_FIGURES]
-    return _table(["figure", "median (min–max)"], rows)
+    rows = [[what, spread([run.get(key) for run in runs])] for key, what in JOB_FIGURES]
+    return table(["figure", "median (min–max)"], rows)
 
 
 def markdown(results: dict) -> str:
@@ -604,9 +586,9 @@ range. This machine is shared and noisy: the ratios are what count, not absolute
 
 Cold start: `serve run` to the first 200, each a fresh local Ray, the two apps taking
 turns ({meta["repeats"]} each): this app (`/v1/stylize`, 256 px)
-{_spread([run["app_s"] for run in results["points"]["cold start"]])} s, a bare Serve app
+{spread([run["app_s"] for run in results["points"]["cold start"]])} s, a bare Serve app
 answering "hello" (`load_tests/hello_app.py`)
-{_spread([run["hello_s"] for run in results["points"]["cold start"]])} s. The benchmark's
+{spread([run["hello_s"] for run in results["points"]["cold start"]])} s. The benchmark's
 own service came up in {results["cold_start_s"]:.1f} s.
 
 ## Where a miss's CPU goes
@@ -633,6 +615,8 @@ same process layout.
 {chr(10).join(portrait_bench.markdown(results["portrait"]))}
 
 {chr(10).join(tiling_bench.markdown(results["tiling"]))}
+
+{chr(10).join(store_bench.markdown(results["store"]))}
 
 ## How it measures
 

@@ -6,7 +6,7 @@
 Each point runs in a fresh process (so its peak RSS, ``ru_maxrss``, is its own) that
 loads one style (random weights: the same compute as trained ones), on the runtime the
 Stylizer would select but in fp32, with the Stylizer's default ``TilingConfig``, and
-stylises a real photo (``serve_app/samples``) scaled to the point's longer side:
+stylizes a real photo (``serve_app/samples``) scaled to the point's longer side:
 
 - tiled at 2048 and 4096 px (4096 only in the full run, one repetition: minutes here; the
   quick run tiles 1536 px once instead);
@@ -154,7 +154,7 @@ def markdown(results: dict) -> list[str]:
     lines.append(
         f"{first['precision']}, {first['threads']} threads, one process per row (peak RSS "
         f"is that process's ru_maxrss: Python, torch, the model and the picture "
-        f"included; after loading, before stylising: {first['loaded_rss_mib']:,.0f} MiB)."
+        f"included; after loading, before stylizing: {first['loaded_rss_mib']:,.0f} MiB)."
     )
     return lines
 

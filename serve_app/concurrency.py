@@ -9,8 +9,11 @@ import asyncio
 import contextlib
 import contextvars
 import ctypes
-from collections.abc import AsyncIterator, Coroutine
-from typing import Any
+from collections.abc import AsyncIterator, Callable, Coroutine
+from concurrent.futures import Executor
+from typing import Any, TypeVar
+
+T = TypeVar("T")
 
 
 def trim_heap() -> None:
@@ -55,6 +58,19 @@ async def run_to_completion(function, *args):
     whatever the thread was doing (a forward pass) has ended when the cancellation
     arrives, so the locks it ran under are not released while it still runs."""
     future = asyncio.ensure_future(asyncio.to_thread(function, *args))
+    try:
+        return await asyncio.shield(future)
+    except asyncio.CancelledError:
+        while not future.done():
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.wait([future])
+        raise
+
+
+async def run_in_to_completion(executor: Executor, function: Callable[..., T], *args: Any) -> T:
+    """``function(*args)`` on ``executor``; a cancelled caller still waits for it to end
+    (a write in progress lands before whatever cleans up after the cancellation)."""
+    future = asyncio.get_running_loop().run_in_executor(executor, function, *args)
     try:
         return await asyncio.shield(future)
     except asyncio.CancelledError:

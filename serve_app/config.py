@@ -29,6 +29,13 @@ SIDE_MULTIPLE = 4
 MIN_SIDE = 16
 """Smallest side the generator accepts after resizing (its reflection pads need it)."""
 
+ANIMATION_BYTES_PER_PIXEL = 16
+"""Peak memory of writing an animation, in bytes per output pixel (frames × width ×
+height): Pillow writes animations whole, so every stylized frame is held until the end
+(4 bytes a pixel, RGB included) and the encoder then makes its own copies. Measured by
+``tests/unit/test_animation_memory.py`` (64 frames of 512x512 noise, which no encoder
+compresses): lossless WebP 13.5, APNG 11.8, GIF 6.4; rounded up."""
+
 SAMPLES_DIR = Path(__file__).resolve().parent / "samples"
 """The sample photos shipped in the package; a bare file name in `warm_examples` is one."""
 
@@ -162,7 +169,7 @@ class TilingConfig(_Strict):
         multiple_of=SIDE_MULTIPLE,
         description="tile side, px: the model's working memory grows with its square "
         "(and with tile_batch), not with the picture; measured peak RSS of one process "
-        "with the model stylising 4096x2728 at 512: 1.1 GiB (2048x1364: 1.0 GiB; the "
+        "with the model stylizing 4096x2728 at 512: 1.1 GiB (2048x1364: 1.0 GiB; the "
         "same 2048x1364 run whole: 3.7 GiB)",
     )
     overlap: int = Field(
@@ -187,27 +194,106 @@ class TilingConfig(_Strict):
         return self
 
 
+class WebhookConfig(_Strict):
+    """Webhooks: a job's submitter names a URL that hears when the job ends."""
+
+    allow: list[str] = Field(
+        default_factory=list,
+        description="URL prefixes a webhook may point at (scheme, host, port and path start, "
+        "e.g. `https://hooks.example.com/`); empty: webhooks are refused (422). Nothing "
+        "outside it is ever requested from inside the cluster",
+    )
+    secret_env: str = Field(
+        default="ANIMEGAN_WEBHOOK_SECRET",
+        description="environment variable with the signing secret (Standard Webhooks: "
+        "`whsec_` + base64, or any string); unset: deliveries go unsigned",
+    )
+    attempts: int = Field(default=5, ge=1, le=20, description="deliveries tried per event")
+    first_retry_s: float = Field(
+        default=1.0, gt=0, description="wait before the second try; doubles after each"
+    )
+    timeout_s: float = Field(default=10.0, gt=0, description="one delivery's deadline")
+
+
 class JobsConfig(_Strict):
     """Jobs: pictures submitted, followed and fetched later (`/v1/jobs`)."""
 
     store_url: str = Field(
         default="~/.cache/animegan-serve/jobs",
-        description="fsspec URL of job records, uploads and results: a local folder by "
-        "default; on a cluster a location every node reaches (s3://..., gs://...)",
+        description="fsspec URL of job uploads and results: a local folder by default; on "
+        "a cluster a location every node reaches (s3://..., gs://...)",
+    )
+    records_url: str | None = Field(
+        default=None,
+        description="where job records live: unset, a SQLite file in `store_url` (one "
+        "node, nothing to run); `redis://host:port/db` (or `rediss://`) for a cluster, "
+        "shared by every node; `sqlite:///path` for a file elsewhere",
+    )
+    store_url_env: str | None = Field(
+        default="ANIMEGAN_JOBS_STORE_URL",
+        description="environment variable that, set and not empty on a node, replaces "
+        "`store_url` there (a Serve config cannot read the environment: a cluster's nodes "
+        "learn where the shared stores are this way, the same config deploys everywhere)",
+    )
+    records_url_env: str | None = Field(
+        default="ANIMEGAN_JOBS_RECORDS_URL",
+        description="environment variable that, set and not empty on a node, replaces "
+        "`records_url` there (as `store_url_env`)",
     )
     max_store_bytes: int = Field(
-        default=2 * 2**30, gt=0, description="the store's bound; past it new jobs get 507"
+        default=2 * 2**30,
+        gt=0,
+        description="the store's bound: each job reserves its upload and expected output "
+        "at submission; past it new jobs get 507",
     )
-    ttl_s: float = Field(default=24 * 3600, gt=0, description="finished jobs kept this long")
-    timeout_s: float = Field(default=3600, gt=0, description="one job's deadline")
+    ttl_s: float = Field(
+        default=24 * 3600, gt=0, description="finished jobs (and their output) kept this long"
+    )
+    timeout_s: float = Field(default=3600, gt=0, description="one job's run deadline")
     max_running: int = Field(
         default=2, ge=1, description="jobs one ingress replica runs at once; others queue"
     )
-    heartbeat_s: float = Field(default=5, gt=0, description="a running job's record beat")
-    stale_after_s: float = Field(
-        default=30, gt=0, description="a job whose beat stopped this long is run again"
+    max_queued: int = Field(
+        default=100,
+        ge=1,
+        description="jobs waiting for a place on one ingress replica; past it 503 "
+        "(`overloaded`, Retry-After)",
     )
-    poll_interval_s: float = Field(default=0.25, gt=0, description="events stream polling")
+    queue_timeout_s: float = Field(
+        default=1800, gt=0, description="a job waiting longer to start fails `queue_timeout`"
+    )
+    heartbeat_s: float = Field(default=5, gt=0, description="a job's lease is renewed this often")
+    stale_after_s: float = Field(
+        default=30,
+        gt=0,
+        description="a job's lease: one whose runner stopped renewing it this long is taken "
+        "over by another replica",
+    )
+    max_attempts: int = Field(
+        default=3, ge=1, le=10, description="runs of one job (takeovers included) before it fails"
+    )
+    progress_every_s: float = Field(
+        default=0.05,
+        gt=0,
+        description="a running job's progress is written (and pushed to followers) at most "
+        "this often",
+    )
+    poll_interval_s: float = Field(
+        default=0.05,
+        gt=0,
+        description="the local record store's change feed: how often each replica reads the "
+        "changes other replicas wrote (once for all its followers)",
+    )
+    sweep_interval_s: float = Field(
+        default=60, gt=0, description="expired jobs are deleted in the background this often"
+    )
+    io_threads: int = Field(
+        default=4, ge=1, le=64, description="threads of one replica for job-store reads and writes"
+    )
+    max_wait_s: float = Field(
+        default=60, ge=0, le=600, description="the longest `Prefer: wait=N` honoured"
+    )
+    webhooks: WebhookConfig = WebhookConfig()
 
     @model_validator(mode="after")
     def _check_beats(self) -> JobsConfig:
@@ -234,6 +320,14 @@ class MediaConfig(_Strict):
         ge=1,
         description="most frames of an animated GIF/WebP/APNG: its encoder holds the output "
         "frames until the end (videos stream)",
+    )
+    max_animation_pixels: int = Field(
+        default=256 * 2**20 // ANIMATION_BYTES_PER_PIXEL,
+        ge=MIN_SIDE * MIN_SIDE,
+        description="most output pixels (frames × output width × height) of an animation "
+        "made, as a job or while the caller waits: its writer holds every frame until the "
+        "end, ANIMATION_BYTES_PER_PIXEL (16) bytes a pixel at its peak, so the default "
+        "keeps one animation's writer within 256 MiB; past it, 413 `media_too_large`",
     )
     max_sync_pixels: int = Field(
         default=8 * 2**20,
@@ -318,7 +412,7 @@ class AppConfig(_Strict):
     )
     warm_examples: list[str] = Field(
         default_factory=list,
-        description="photo files stylised for every style at start (default size and format) "
+        description="photo files stylized for every style at start (default size and format) "
         "and shown on the page as examples; a bare file name (`4.jpg`) is one of the "
         "package's sample photos, anything with a directory part a path as written",
     )

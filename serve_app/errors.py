@@ -97,6 +97,18 @@ class UnknownJob(ServiceError):
     status, code = 404, "unknown_job"
 
 
+class JobExpired(ServiceError):
+    """The job ended long enough ago that its record and output were deleted."""
+
+    status, code = 404, "job_expired"
+
+
+class OwnerRequired(ServiceError):
+    """Listing jobs needs an API key: on an open service a job is reached by its id only."""
+
+    status, code = 403, "owner_required"
+
+
 class JobNotDone(ServiceError):
     """The job's result was asked for before it finished (or after it failed)."""
 
@@ -143,9 +155,18 @@ class UnsupportedMediaType(ServiceError):
 
 
 class RangeNotSatisfiable(ServiceError):
-    """A ``Range`` outside the result's bytes."""
+    """A ``Range`` outside the result's bytes; ``size``: the result's length, which the
+    answer states in ``Content-Range: bytes */<size>`` (RFC 9110, 15.5.17)."""
 
     status, code = 416, "range_not_satisfiable"
+
+    def __init__(self, message: str = "the range is outside the result", size: int | None = None):
+        super().__init__(message)
+        self.size = size
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {} if self.size is None else {"Content-Range": f"bytes */{self.size}"}
 
 
 # --- 422: the request's parameters ---------------------------------------------------
@@ -203,6 +224,18 @@ class InvalidVideoOptions(ServiceError):
     status, code = 422, "invalid_video_options"
 
 
+class IdempotencyKeyReused(ServiceError):
+    """An ``Idempotency-Key`` sent before with another upload or other options."""
+
+    status, code = 422, "idempotency_key_reused"
+
+
+class WebhookRefused(ServiceError):
+    """A webhook URL outside the configured allow-list, or not an http(s) URL."""
+
+    status, code = 422, "webhook_refused"
+
+
 class UseJobs(ServiceError):
     """A size past the synchronous limit, a video, or an animation over the synchronous
     budget: made as a job instead."""
@@ -229,10 +262,29 @@ class Unavailable(ServiceError):
     status, code, retry_after_s = 503, "unavailable", 1
 
 
+class QueueTimeout(ServiceError):
+    """A job waited past ``jobs.queue_timeout_s`` for a place to run."""
+
+    status, code, retry_after_s = 503, "queue_timeout", 30
+
+
+class RunnerLost(ServiceError):
+    """A job's runner died ``jobs.max_attempts`` times, or its upload was lost with it."""
+
+    status, code = 503, "runner_lost"
+
+
 class StoreFull(ServiceError):
     """The job store is at its byte bound: new jobs are refused up front."""
 
     status, code = 507, "store_full"
+
+
+class StoreError(ServiceError):
+    """The job store could not be read or written (permissions, an object store's error,
+    the shared record server unreachable)."""
+
+    status, code, retry_after_s = 503, "store_error", 5
 
 
 class Timeout(ServiceError):

@@ -17,7 +17,8 @@ from ray.serve.handle import DeploymentHandle
 from serve_app.config import AppConfig
 from serve_app.http.app import create_app
 from serve_app.http.request_log import ingress_metrics
-from serve_app.jobs.service import JobOutput, JobView
+from serve_app.jobs.records import JobList, JobView, owner_of
+from serve_app.jobs.service import JobOutput
 from serve_app.metrics import JobMetrics
 from serve_app.model_client import ModelClient
 from serve_app.pipeline.cache_client import CacheClient
@@ -47,30 +48,57 @@ class Ingress:
     # --- the Python handle API ---------------------------------------------------------
 
     async def stylize(self, data: bytes, **options: Any) -> StylizeResult:
-        """Bytes of a picture -> the stylised picture; raises the API's errors. Options as
-        the query parameters of ``POST /v1/stylize`` (style, size, format, ...)."""
-        return await self._service.stylize(data, self._service.options(**options))
+        """Bytes of a picture -> the stylized picture; raises the API's errors. Options: the
+        fields of ``StylizeOptions``, as the query parameters of ``POST /v1/stylize`` (an
+        unknown name: 422 ``invalid_parameters``)."""
+        return await self._service.stylize(data, self._service.options(options))
 
-    async def submit_job(self, data: bytes, **options: Any) -> JobView:
-        """Start a job for a picture, animation or video (the options of ``stylize``; sizes
-        up to ``limits.max_size``), or find the one already made for these bytes and options."""
-        options = self._service.options(synchronous=False, **options)
-        record, _ = await self._service.submit_job(data, options)
-        return self._service.jobs.view(record)
+    async def submit_job(
+        self,
+        data: bytes,
+        api_key: str | None = None,
+        idempotency_key: str | None = None,
+        **options: Any,
+    ) -> JobView:
+        """Start a job for a picture, animation or video (the options of ``stylize``;
+        sizes up to ``limits.max_size``). ``api_key``: whose job it is (as over HTTP; none:
+        anyone holding the id)."""
+        service = self._service
+        record, _ = await service.submit_job(
+            data,
+            service.options(options, synchronous=False),
+            owner=owner_of(api_key),
+            idempotency_key=idempotency_key,
+        )
+        return service.jobs.view(record)
 
-    async def job(self, job_id: str) -> JobView:
+    async def job(self, job_id: str, api_key: str | None = None) -> JobView:
         """A job's state and progress; raises UnknownJob."""
-        return await self._service.job(job_id)
+        jobs = self._service.jobs
+        return jobs.view(await jobs.get(job_id, owner_of(api_key)))
 
-    async def job_result(self, job_id: str) -> JobOutput:
-        """A finished job's picture; raises JobNotDone before it is done."""
-        return await self._service.job_result(job_id)
+    async def list_jobs(
+        self,
+        api_key: str,
+        state: str | None = None,
+        cursor: str | None = None,
+        limit: int = 20,
+    ) -> JobList:
+        """The key's jobs, newest first (``next_cursor`` fetches the next page)."""
+        jobs = self._service.jobs
+        records, next_cursor = await jobs.list(owner_of(api_key), state, cursor, limit)
+        return JobList(jobs=[jobs.view(r) for r in records], next_cursor=next_cursor)
 
-    async def cancel_job(self, job_id: str) -> JobView:
+    async def job_result(self, job_id: str, api_key: str | None = None) -> JobOutput:
+        """A finished job's output; raises JobNotDone before it is done."""
+        return await self._service.jobs.result(job_id, owner_of(api_key))
+
+    async def cancel_job(self, job_id: str, api_key: str | None = None) -> JobView:
         """Stop a job and delete its files."""
-        return await self._service.cancel_job(job_id)
+        jobs = self._service.jobs
+        return jobs.view(await jobs.cancel(job_id, owner_of(api_key)))
 
     async def warm_cache(self, paths: list[str]) -> int:
-        """Stylise photos for every style at the defaults, so their first visitor waits for
+        """Stylize photos for every style at the defaults, so their first visitor waits for
         nothing; a bare file name (``4.jpg``) is one of the package's sample photos."""
         return await self._service.warm_cache(paths)

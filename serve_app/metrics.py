@@ -85,7 +85,7 @@ class ModelMetrics:
             boundaries=MS_BOUNDARIES,
             tag_keys=("style",),
         )
-        self.images = Counter("animegan_images", description="images stylised", tag_keys=("style",))
+        self.images = Counter("animegan_images", description="images stylized", tag_keys=("style",))
 
 
 class JobMetrics:

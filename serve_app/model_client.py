@@ -23,7 +23,7 @@ from serve_app.pipeline.ports import ProgressSink
 
 logger = logging.getLogger(__name__)
 
-# A replica that dies mid-call: callers retry (stylising is idempotent).
+# A replica that dies mid-call: callers retry (stylizing is idempotent).
 REPLICA_FAILURES = (ActorDiedError, ActorUnavailableError, RayActorError)
 STATS_TIMEOUT_S = 1.0
 IDENTITY_TIMEOUT_S = 30.0

@@ -12,10 +12,13 @@ from pathlib import Path
 
 import psutil
 import pytest
+import yaml
 
 from load_tests.bench import POINTS, TARGETS, targets
+from load_tests.store_bench import TARGETS as STORE_TARGETS
+from tests.support.paths import REPO
+from tests.support.serve import TEST_RUNTIME
 
-REPO = Path(__file__).resolve().parents[1]
 # One repetition: the smoke run shows every part runs end to end; how repetitions become a
 # median and a range is checked on its own below, without a service.
 REPEATS = 1
@@ -33,7 +36,14 @@ pytestmark = [
 @pytest.fixture(scope="module")
 def bench_run(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("bench")
+    # The default config with one named runtime: its Stylizer replicas (one per CPU) would
+    # otherwise each choose by timing, and on a CPU with bf16 may key results apart.
+    config = yaml.safe_load((REPO / "serve_config.yaml").read_text())
+    config["applications"][0]["args"]["runtime"] = TEST_RUNTIME
+    config_path = out / "serve_config.yaml"
+    config_path.write_text(yaml.safe_dump(config, sort_keys=False))
     command = [sys.executable, "-m", "load_tests.bench", "--quick", "--repeats", str(REPEATS)]
+    command += ["--config", str(config_path)]
     command += ["--out", str(out / "docs"), "--results-dir", str(out / "results")]
     bench = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
@@ -116,6 +126,7 @@ def test_report_is_written(results, bench_run):
     assert "## Figures" in markdown and "Cold start" in markdown
     assert "## Portrait mode" in markdown and "## Large prints" in markdown
     assert "## Jobs: videos" in markdown
+    assert "## Job store at scale" in markdown
 
 
 def test_a_misss_cpu_is_profiled_by_component(results, bench_run):
@@ -136,6 +147,19 @@ def test_the_job_workload_runs_videos_next_to_photos(results):
         assert run["photo_idle_p50_ms"] > 0 and run["photo_during_job_p50_ms"] > 0
 
 
+def test_the_job_store_is_filled_then_a_job_followed(results):
+    store = results["store"]
+    assert [t["target"] for t in store["targets"]] == [t[0] for t in STORE_TARGETS]
+    assert len(store["runs"]) == REPEATS
+    for run in store["runs"]:
+        assert run["done"] == run["jobs"] and run["failed"] == 0
+        assert run["submit_start_p50_ms"] > 0 and run["read_end_p50_ms"] > 0
+        assert run["events_per_listener"] > 0
+        # One record read as each listener joins; every change after it is pushed.
+        assert run["record_gets"] == run["listeners"]
+        assert run["reads_per_listener_after_join"] == 0
+
+
 def test_portrait_search_is_measured_against_the_model(results):
     portrait = results["portrait"]
     assert portrait["model"]["median_ms"] > 0
@@ -145,6 +169,8 @@ def test_portrait_search_is_measured_against_the_model(results):
 
 def test_the_servers_it_started_are_gone(bench_run):
     config = str(bench_run / "results" / "bench_serve_config.yaml")
+    store_configs = str(bench_run / "results" / "store_serve_config_")
     for process in psutil.process_iter(["cmdline"]):
         cmdline = " ".join(process.info["cmdline"] or [])
         assert config not in cmdline and "load_tests/flask_reference.py" not in cmdline
+        assert store_configs not in cmdline

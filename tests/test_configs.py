@@ -1,6 +1,7 @@
 """Every shipped config is valid: the Serve configs as `serve build` writes them (Ray's
 ServeDeploySchema) with args that AppConfig accepts, the KubeRay RayService and its
-serveConfigV2, and the Ray cluster launcher YAML. No Ray cluster is started."""
+serveConfigV2, the Ray cluster launcher YAML, and the nginx edge (`nginx -t`, its bounds
+derived from the app's defaults). No Ray cluster is started."""
 
 from __future__ import annotations
 
@@ -9,9 +10,12 @@ from pathlib import Path
 
 import pytest
 import yaml
+from ray.serve.config import HTTPOptions
 from ray.serve.schema import ServeDeploySchema
 
 from serve_app.config import AppConfig, BatchConfig
+from tests.support import nginx_edge
+from tests.support.nginx_edge import directive_value, render_for
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs"
@@ -132,3 +136,69 @@ def test_cluster_launcher_yaml_matches_rays_schema():
     if not schema_path.is_file():
         pytest.skip("this Ray has no ray-schema.json")
     jsonschema.validate(load(LAUNCHER), json.loads(schema_path.read_text()))
+
+
+# ---- The nginx edge (configs/nginx/animegan.conf) ------------------------------------
+
+EDGE_JOBS = "location = /v1/jobs"
+EDGE_EVENTS = "location ~ ^/v1/jobs/[^/]+/events$"
+EDGE_RESULT = "location ~ ^/v1/jobs/[^/]+/result$"
+
+
+def app_defaults(**overrides) -> AppConfig:
+    return AppConfig.model_validate({"styles": [{"name": "a", "weights": "random"}], **overrides})
+
+
+def seconds(value: str) -> float:
+    """An nginx time (``60s``, ``1h``) in seconds."""
+    number, unit = int(value[:-1]), value[-1]
+    return number * {"s": 1, "m": 60, "h": 3600}[unit]
+
+
+def test_nginx_edge_is_valid_as_shipped(tmp_path):
+    """`nginx -t` on the shipped file, only its log path moved (-t opens log files)."""
+    check = nginx_edge.check_config(tmp_path, nginx_edge.SHIPPED.read_text())
+    assert check.returncode == 0, check.stderr
+    assert "test is successful" in check.stderr
+
+
+def test_nginx_edge_bounds_are_derived_from_the_apps_defaults():
+    """The shipped file is exactly its own rendering for AppConfig's defaults: each body
+    bound is the most the app reads on that route, rounded up to whole MiB (so the edge
+    never refuses what the app accepts, and the app's own 413 answers the rest)."""
+    shipped = nginx_edge.SHIPPED.read_text()
+    assert render_for(app_defaults(), shipped) == shipped
+
+
+def test_the_derivation_check_catches_a_bound_that_disagrees():
+    shipped = nginx_edge.SHIPPED.read_text()
+    bigger_videos = app_defaults(media={"max_bytes": 512 * 2**20})
+    rendered = render_for(bigger_videos, shipped)
+    assert rendered != shipped
+    assert directive_value(rendered, "client_max_body_size", EDGE_JOBS) == "513m"
+
+
+def test_nginx_edge_waits_longer_than_the_app():
+    """nginx gives up after the app does, so the app's own answer (a 504 JSON, a job that
+    `Prefer: wait` waited for) reaches the client; it drops an idle upstream connection
+    before Serve's uvicorn does (else a request sent on it fails with 502)."""
+    text = nginx_edge.SHIPPED.read_text()
+    defaults = app_defaults()
+    assert seconds(directive_value(text, "proxy_read_timeout")) > defaults.request_timeout_s
+    jobs_wait = max(defaults.request_timeout_s, defaults.jobs.max_wait_s)
+    assert seconds(directive_value(text, "proxy_read_timeout", EDGE_JOBS)) > jobs_wait
+    upstream_idle = directive_value(text, "keepalive_timeout", "upstream animegan_serve")
+    assert seconds(upstream_idle) < HTTPOptions().keep_alive_timeout_s
+
+
+def test_nginx_edge_streams_job_uploads_results_and_events():
+    """Bodies of jobs go to Serve as they arrive; results and events leave as Serve writes
+    them; WebSocket upgrades pass (tests/integration/test_edge.py runs each through nginx)."""
+    text = nginx_edge.SHIPPED.read_text()
+    assert directive_value(text, "proxy_request_buffering", EDGE_JOBS) == "off"
+    assert directive_value(text, "proxy_buffering", EDGE_RESULT) == "off"
+    assert directive_value(text, "proxy_buffering", EDGE_EVENTS) == "off"
+    assert "map $http_upgrade $animegan_connection {" in text
+    headers = [line.split()[1:] for line in text.splitlines() if "proxy_set_header" in line]
+    assert ["Upgrade", "$http_upgrade;"] in headers
+    assert ["Connection", "$animegan_connection;"] in headers

@@ -14,16 +14,14 @@ import argparse
 import logging
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from serve_app.cli.flags import add_option_flags, option_values
 from serve_app.model import weights as weights_mod
 
 logger = logging.getLogger("serve_app.cli")
 
-DEFAULT_STYLE = "face_paint_512_v2"
-DEFAULT_SIZE = 512
-FORMATS = ("png", "jpeg", "webp")
 EXTENSIONS = {"png": "png", "jpeg": "jpg", "webp": "webp"}
 SUFFIX_FORMATS = {".png": "png", ".jpg": "jpeg", ".jpeg": "jpeg", ".webp": "webp"}
 
@@ -49,29 +47,6 @@ def _progress_enabled() -> bool:
 # --- parser ------------------------------------------------------------------------------
 
 
-def _positive_size(text: str) -> int:
-    from serve_app.config import MIN_SIDE
-
-    value = int(text)
-    if value < MIN_SIDE:
-        raise argparse.ArgumentTypeError(f"size must be at least {MIN_SIDE}")
-    return value
-
-
-def _quality(text: str) -> int:
-    value = int(text)
-    if not 1 <= value <= 100:
-        raise argparse.ArgumentTypeError("quality must be from 1 to 100")
-    return value
-
-
-def _strength(text: str) -> float:
-    value = float(text)
-    if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f"must be 0..1, got {text}")
-    return value
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="animegan",
@@ -90,64 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     stylize.add_argument("inputs", nargs="+", type=Path, metavar="IN", help="input images")
     stylize.add_argument("-o", "--output", required=True, type=Path, metavar="OUT")
-    stylize.add_argument(
-        "--style",
-        default=DEFAULT_STYLE,
-        help=f"registry name ({', '.join(weights_mod.REGISTRY)}), a local .pt path, "
-        f"or `{weights_mod.RANDOM}` (default: {DEFAULT_STYLE})",
-    )
-    stylize.add_argument(
-        "--size",
-        type=_positive_size,
-        default=DEFAULT_SIZE,
-        help=f"longer side of the output in px (rounded down to a multiple of 4; "
-        f"default {DEFAULT_SIZE})",
-    )
-    stylize.add_argument(
-        "--format",
-        choices=FORMATS,
-        default=None,
-        help="output format (default: from OUT's suffix for one input, else png)",
-    )
-    stylize.add_argument("--quality", type=_quality, default=None, help="JPEG/WebP quality")
-    stylize.add_argument(
-        "--strength",
-        type=_strength,
-        default=1.0,
-        help="0 (the photo) .. 1 (the style's full effect, default)",
-    )
-    stylize.add_argument(
-        "--preserve-color",
-        action="store_true",
-        help="keep the photo's colours, take the style's lightness and lines",
-    )
-    stylize.add_argument(
-        "--portrait",
-        choices=("off", "crop", "paste"),
-        default="off",
-        help="off (default); crop: the largest face, square, stylised at the face styles' "
-        "512 px scale; paste: every face so, pasted back into the picture",
-    )
-    stylize.add_argument(
-        "--background",
-        default="photo",
-        metavar="STYLE",
-        help="--portrait paste: `photo` (default: the picture around the faces as it is) "
-        "or a style for it (registry name, .pt path or random)",
-    )
-    stylize.add_argument(
-        "--no-face",
-        choices=("error", "whole"),
-        default="error",
-        help="--portrait found no face: error (default: that input fails) or whole "
-        "(stylise the whole picture)",
-    )
-    stylize.add_argument(
-        "--max-fps",
-        type=float,
-        default=None,
-        help="videos: at most this many frames a second (default: every frame)",
-    )
+    add_option_flags(stylize, styles=list(weights_mod.REGISTRY))
     stylize.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     stylize.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), default="auto")
     stylize.add_argument(
@@ -177,10 +95,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _plan_outputs(
-    inputs: Sequence[Path], output: Path, fmt: str | None, moving: frozenset[Path] = frozenset()
+    inputs: Sequence[Path], output: Path, fmt: str | None, moving: Mapping[Path, str]
 ) -> tuple[list[Path], str] | str:
     """(output paths, format), or an error message. ``moving``: the inputs that are videos
-    or animations (their outputs keep their own kind of file)."""
+    or animations -> their outputs' suffix (they keep their own kind of file)."""
     single = len(inputs) == 1 and not output.is_dir() and not str(output).endswith(("/", "\\"))
     if single:
         if fmt is None and inputs[0] in moving:
@@ -198,7 +116,7 @@ def _plan_outputs(
     used: set[str] = set()
     paths = []
     for path in inputs:
-        kept = path.suffix.lower().lstrip(".") if path in moving else ext
+        kept = moving[path].lstrip(".") if path in moving else ext
         name, n = f"{path.stem}.{kept}", 1
         while name in used:  # a.jpg and a.png in one call
             name, n = f"{path.stem}-{n}.{kept}", n + 1
@@ -224,7 +142,11 @@ def cmd_stylize(args: argparse.Namespace) -> int:
             continue  # reported with the picture path's own error below
         if info is not None:
             moving[source] = info
-    plan = _plan_outputs(args.inputs, args.output, args.format, frozenset(moving))
+    suffixes = {
+        source: cli_media.output_suffix(info, source, args.container)
+        for source, info in moving.items()
+    }
+    plan = _plan_outputs(args.inputs, args.output, args.format, suffixes)
     if isinstance(plan, str):
         _err(f"animegan: error: {plan}")
         return EXIT_USAGE
@@ -324,16 +246,8 @@ def _media(source: Path, target: Path, info, args: argparse.Namespace, digest: s
 
     if args.portrait != "off":
         raise ValueError("--portrait takes still pictures only")
-    options = StylizeOptions(
-        style=args.style,
-        size=args.size,
-        format="png",
-        quality=args.quality,
-        strength=args.strength,
-        preserve_color=args.preserve_color,
-        container=cli_media.output_container(info, target),
-        max_fps=args.max_fps,
-    )
+    container = cli_media.output_container(info, target, args.container)
+    options = StylizeOptions(**{**option_values(args), "format": "png", "container": container})
     bar = tqdm(total=info.frames, unit="frame", desc=source.name, disable=not _progress_enabled())
     try:
         output = cli_media.stylize_media(
@@ -367,7 +281,7 @@ def _portrait(data: bytes, args: argparse.Namespace, limits, model, scene_model,
     full = decode.decode_upload(data, limits)
     found = faces.detect_faces(full.rgb, settings)
     if not found and args.no_face == "error":
-        raise errors.NoFace("no face found (--no-face whole stylises the whole picture)")
+        raise errors.NoFace("no face found (--no-face whole stylizes the whole picture)")
     logger.info("%d face(s) found", len(found))
     prepared = portrait.prepare(full, found, args.portrait, args.size, settings)
     del full

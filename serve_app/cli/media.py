@@ -48,9 +48,16 @@ def media_info(path: Path, config: MediaConfig) -> probe.MediaInfo | None:
     return probe.probe(path, config)
 
 
-def output_container(info: probe.MediaInfo, target: Path) -> str:
-    """The container the target's suffix asks for; refuses a suffix the output cannot have."""
+def output_container(info: probe.MediaInfo, target: Path, asked: str | None = None) -> str:
+    """The container ``asked`` for (``--container``), else the one the target's suffix
+    names; refuses a suffix the output cannot have."""
     suffix = target.suffix.lower()
+    if info.kind == "video" and asked is not None:
+        return asked
+    if asked not in (None, "same"):
+        raise InvalidVideoOptions(
+            f"an animated {info.container.upper()} stays one: --container is for videos"
+        )
     if info.kind == "video":
         if suffix not in VIDEO_SUFFIXES:
             raise InvalidVideoOptions(
@@ -65,6 +72,14 @@ def output_container(info: probe.MediaInfo, target: Path) -> str:
     return "same"
 
 
+def output_suffix(info: probe.MediaInfo, source: Path, asked: str | None) -> str:
+    """The suffix of an output named after its input: the input's own, or that of the
+    container ``asked`` for a video."""
+    if info.kind == "video" and asked not in (None, "same"):
+        return next(suffix for suffix, name in VIDEO_SUFFIXES.items() if name == asked)
+    return source.suffix.lower()
+
+
 def stylize_media(
     source: Path,
     target: Path,
@@ -74,7 +89,7 @@ def stylize_media(
     weights_digest: str,
     on_frames: Callable[[FrameCounts], None] | None = None,
 ) -> MediaOutput:
-    """Write the stylised video or animation to ``target``."""
+    """Write the stylized video or animation to ``target``."""
     identity = ModelIdentity(weights_digest, "local")
 
     async def model(frames: list[np.ndarray], style: str) -> list[StylizedArray]:

@@ -36,10 +36,10 @@ def create_app(service: AnimeService) -> FastAPI:
     app.state.api_keys = load_api_keys(config.api_key_env)
     install_error_handlers(app)
     app.add_middleware(RequestContextMiddleware)
-    enable_cors(app, config.cors_origins)
     app.mount("/static", StaticFiles(directory=WEB_DIR, check_dir=False), name="static")
     for router in (stylize.router, jobs.router, meta.router):
         app.include_router(router)
+    enable_cors(app, config.cors_origins)  # over the routes' methods and headers
 
     def openapi() -> dict:
         if app.openapi_schema is None:

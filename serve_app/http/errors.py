@@ -7,6 +7,7 @@ import logging
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from fastapi.routing import iter_route_contexts
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
@@ -31,7 +32,9 @@ def allowed_methods(request: Request) -> list[str]:
     """Every method some route takes at this path: Starlette's own Allow header names only
     the first route that matched, though GET and DELETE of one path are two routes."""
     methods: set[str] = set()
-    for route in request.app.router.routes:
+    # Included routers are wrapped: their own routes are the ones that match.
+    for context in iter_route_contexts(request.app.routes):
+        route = context.original_route
         route_methods = getattr(route, "methods", None)
         if not route_methods:
             continue

@@ -1,13 +1,19 @@
-"""Job routes: submit a picture, animation or video; follow it; fetch it; cancel it."""
+"""Job routes: submit a picture, animation or video; list, follow, fetch and cancel jobs.
+
+A job is its submitter's: with API keys, another key gets 404 for it on every route;
+on an open service whoever holds its (random, unguessable) id reaches it.
+"""
 
 from __future__ import annotations
 
+import re
 from collections.abc import AsyncIterator
+from typing import Annotated
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Header, Query, Request, WebSocket, WebSocketDisconnect
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
-from serve_app.errors import ErrorBody
+from serve_app.errors import ErrorBody, InvalidParameters, OwnerRequired, ServiceError
 from serve_app.http.openapi import (
     BINARY,
     JOB_BODY,
@@ -16,19 +22,51 @@ from serve_app.http.openapi import (
     SSE_EVENT_SCHEMA,
     error_statuses,
 )
-from serve_app.http.params import API_KEY, Service, StylizeQuery
+from serve_app.http.params import (
+    API_KEY,
+    Owner,
+    Service,
+    StylizeQuery,
+    api_key_of,
+    owner_of_request,
+)
 from serve_app.http.ranges import content_range, parse_range
 from serve_app.http.request_log import log_fields
+from serve_app.http.security import key_is_valid
 from serve_app.http.uploads import read_single_upload
-from serve_app.jobs.service import JobView, sse_event
+from serve_app.jobs.records import ANONYMOUS, JOB_STATES, JobList, JobView
+from serve_app.jobs.service import sse_event
 
 router = APIRouter()
 
 # Event streams pass proxies unbuffered (nginx reads X-Accel-Buffering) and uncached.
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 SSE_KEEP_ALIVE = b": keep-alive\n\n"
-# A job's result goes out in pieces of this size: a video is never whole in memory.
+# A job's result goes out in pieces of this size: never whole in memory, whatever the range.
 RESULT_CHUNK_BYTES = 1 << 20
+MAX_IDEMPOTENCY_KEY_CHARS = 255
+_PREFER_WAIT = re.compile(r"(?:^|[,;\s])wait\s*=\s*(\d{1,6})(?:$|[,;\s])", re.IGNORECASE)
+# The subprotocol a WebSocket follower speaks (offered beside ``bearer.<key>``).
+EVENTS_PROTOCOL = "animegan.jobs.v1"
+# WebSocket close codes: 4000 + the HTTP status the same request would get.
+WS_CLOSE_UNAUTHORIZED = 4401
+
+
+def _prefer_wait_s(prefer: str | None, most_s: float) -> float:
+    """RFC 7240 ``Prefer: wait=N``: how long the caller would wait for the finished job."""
+    match = _PREFER_WAIT.search(prefer or "")
+    return min(float(match.group(1)), most_s) if match else 0.0
+
+
+def _idempotency_key(value: str | None) -> str | None:
+    if value is None:
+        return None
+    key = value.strip()
+    if not key or len(key) > MAX_IDEMPOTENCY_KEY_CHARS or not key.isprintable():
+        raise InvalidParameters(
+            f"Idempotency-Key must be 1..{MAX_IDEMPOTENCY_KEY_CHARS} printable characters"
+        )
+    return key
 
 
 @router.post(
@@ -39,24 +77,79 @@ RESULT_CHUNK_BYTES = 1 << 20
     responses={
         200: {
             "model": JobView,
-            "description": "the job made before for these bytes and options",
+            "description": "the caller's job made before for this Idempotency-Key (or, with "
+            "an API key, these bytes and options), or a new one that finished within the "
+            "`Prefer: wait` asked for",
         },
         202: {"model": JobView, "description": "a new job", "headers": JOB_HEADERS},
         **error_statuses(400, 401, 413, 415, 422, 500, 503, 507),
     },
     openapi_extra={"requestBody": {"required": True, "content": JOB_BODY}},
 )
-async def submit_job_route(request: Request, service: Service, query: StylizeQuery) -> JSONResponse:
-    options = service.options(synchronous=False, **query)
+async def submit_job_route(
+    request: Request,
+    service: Service,
+    owner: Owner,
+    query: StylizeQuery,
+    webhook: Annotated[
+        str | None, Query(description="a URL told when the job runs or ends (allow-listed)")
+    ] = None,
+    webhook_events: Annotated[
+        str | None,
+        Query(description="some of: running, done, failed, cancelled (default: all but running)"),
+    ] = None,
+    idempotency_key: Annotated[
+        str | None,
+        Header(description="the same key again (from the same caller) gets the same job back"),
+    ] = None,
+    prefer: Annotated[
+        str | None,
+        Header(
+            description="`wait=N` (seconds, RFC 7240): answer with the finished job if it "
+            "ends within N s"
+        ),
+    ] = None,
+) -> JSONResponse:
+    options = service.options(query, synchronous=False)
+    key = _idempotency_key(idempotency_key)
+    hook = service.jobs.webhooks.check(webhook, webhook_events)  # 422 before the upload
     data = await read_single_upload(request, service.config.media.max_bytes, videos=True)
-    record, created = await service.submit_job(data, options)
-    view = service.jobs.view(record)
-    log_fields(request.scope).update(job=record.id, job_state=record.state)
-    return JSONResponse(
-        view.model_dump(mode="json"),
-        status_code=202 if created else 200,
-        headers={"Location": view.links["self"]},
+    record, created = await service.submit_job(
+        data, options, owner=owner, idempotency_key=key, webhook=hook
     )
+    wait_s = _prefer_wait_s(prefer, service.config.jobs.max_wait_s)
+    headers = {"Location": f"/v1/jobs/{record.id}"}
+    if wait_s and not record.terminal:
+        record = await service.jobs.wait(record.id, owner, wait_s)
+        headers["Preference-Applied"] = f"wait={wait_s:g}"
+    log_fields(request.scope).update(job=record.id, job_state=record.state)
+    status = 202 if created and not record.terminal else 200
+    return JSONResponse(
+        service.jobs.view(record).model_dump(mode="json"), status_code=status, headers=headers
+    )
+
+
+@router.get(
+    "/v1/jobs",
+    dependencies=API_KEY,
+    summary="The caller's jobs, newest first, a page at a time",
+    responses=error_statuses(401, 403, 422, 500),
+)
+async def list_jobs_route(
+    service: Service,
+    owner: Owner,
+    state: Annotated[str | None, Query(description="only jobs in this state")] = None,
+    cursor: Annotated[str | None, Query(description="`next_cursor` of the page before")] = None,
+    limit: Annotated[int, Query(ge=1, le=100, description="jobs per page")] = 20,
+) -> JobList:
+    if owner == ANONYMOUS:
+        raise OwnerRequired(
+            "listing jobs needs an API key; on an open service a job is reached by its id"
+        )
+    if state is not None and state not in JOB_STATES:
+        raise InvalidParameters(f"state must be one of {list(JOB_STATES)}, got {state[:40]!r}")
+    records, next_cursor = await service.jobs.list(owner, state, cursor, limit)
+    return JobList(jobs=[service.jobs.view(r) for r in records], next_cursor=next_cursor)
 
 
 @router.get(
@@ -65,15 +158,16 @@ async def submit_job_route(request: Request, service: Service, query: StylizeQue
     summary="A job's state, progress and result description",
     responses=error_statuses(401, 404, 500),
 )
-async def job_route(job_id: str, service: Service) -> JobView:
-    return await service.job(job_id)
+async def job_route(job_id: str, service: Service, owner: Owner) -> JobView:
+    return service.jobs.view(await service.jobs.get(job_id, owner))
 
 
 @router.get(
     "/v1/jobs/{job_id}/events",
     response_class=StreamingResponse,
     dependencies=API_KEY,
-    summary="Server-Sent Events: the job at each change, ending with its final state",
+    summary="Server-Sent Events: the job at each change, ending with its final state "
+    "(the same events over a WebSocket at this path)",
     responses={
         200: {
             "content": {"text/event-stream": {"schema": SSE_EVENT_SCHEMA}},
@@ -82,16 +176,49 @@ async def job_route(job_id: str, service: Service) -> JobView:
         **error_statuses(401, 404, 500),
     },
 )
-async def job_events_route(job_id: str, service: Service) -> StreamingResponse:
-    events = service.jobs.events(job_id)
+async def job_events_route(job_id: str, service: Service, owner: Owner) -> StreamingResponse:
+    jobs = service.jobs
+    events = jobs.events(job_id, owner)
     first = await anext(events)  # an unknown job answers 404 before the stream starts
 
     async def stream() -> AsyncIterator[bytes]:
-        yield sse_event(service.jobs.view(first))
+        yield sse_event(jobs.view(first))
         async for record in events:
-            yield SSE_KEEP_ALIVE if record is None else sse_event(service.jobs.view(record))
+            yield SSE_KEEP_ALIVE if record is None else sse_event(jobs.view(record))
 
     return StreamingResponse(stream(), media_type="text/event-stream", headers=SSE_HEADERS)
+
+
+@router.websocket("/v1/jobs/{job_id}/events")
+async def job_events_socket(websocket: WebSocket, job_id: str) -> None:
+    """The job's events as JSON text messages ``{"event": state, "data": job}``; the
+    socket closes with 1000 after the final state, or with 4000 + the HTTP status the
+    same request would get (4401, 4404) and a reason.
+
+    Browsers cannot set headers on a WebSocket: they offer the API key as the
+    subprotocol ``bearer.<key>`` beside ``animegan.jobs.v1`` (the one the server picks)."""
+    protocols = [p.strip() for p in websocket.headers.get("sec-websocket-protocol", "").split(",")]
+    await websocket.accept(subprotocol=EVENTS_PROTOCOL if EVENTS_PROTOCOL in protocols else None)
+    service = websocket.app.state.service
+    keys = getattr(websocket.app.state, "api_keys", ())
+    offered = api_key_of(websocket.headers)
+    if keys and not (offered and key_is_valid(f"Bearer {offered}", keys)):
+        await websocket.close(WS_CLOSE_UNAUTHORIZED, "this service requires an API key")
+        return
+    events = service.jobs.events(job_id, owner_of_request(websocket))
+    try:
+        async for record in events:
+            if record is None:
+                continue  # idle: the server's pings keep the socket alive
+            view = service.jobs.view(record).model_dump(mode="json")
+            await websocket.send_json({"event": record.state, "data": view})
+        await websocket.close(1000, "the job ended")
+    except ServiceError as error:
+        await websocket.close(4000 + error.status, error.message[:120])
+    except WebSocketDisconnect:
+        pass
+    finally:
+        await events.aclose()
 
 
 @router.get(
@@ -109,30 +236,35 @@ async def job_events_route(job_id: str, service: Service) -> StreamingResponse:
         **error_statuses(401, 404, 416, 500),
     },
 )
-async def job_result_route(job_id: str, request: Request, service: Service) -> Response:
+async def job_result_route(
+    job_id: str, request: Request, service: Service, owner: Owner
+) -> StreamingResponse:
     jobs = service.jobs
-    info = (await jobs.finished(job_id)).result
+    record = await jobs.finished(job_id, owner)
+    size = record.result.bytes
     headers = {
-        "ETag": f'"{job_id}"',
+        "ETag": f'"{job_id}-{record.result_name}"',
         "Cache-Control": "private, max-age=3600",
         "Accept-Ranges": "bytes",
     }
-    wanted = parse_range(request.headers.get("range"), info.bytes)
-    if wanted is None:
-        chunks = jobs.result_chunks(job_id, info.bytes, RESULT_CHUNK_BYTES)
-        headers["Content-Length"] = str(info.bytes)
-        return StreamingResponse(chunks, media_type=info.media_type, headers=headers)
-    first, last = wanted
-    data = await jobs.result_range(job_id, first, last - first + 1)
-    headers["Content-Range"] = content_range(first, first + len(data) - 1, info.bytes)
-    return Response(data, status_code=206, media_type=info.media_type, headers=headers)
+    wanted = parse_range(request.headers.get("range"), size)
+    first, last = wanted if wanted is not None else (0, size - 1)
+    headers["Content-Length"] = str(last - first + 1)
+    status = 200
+    if wanted is not None:
+        status = 206
+        headers["Content-Range"] = content_range(first, last, size)
+    chunks = jobs.result_chunks(record, first, last, RESULT_CHUNK_BYTES)
+    return StreamingResponse(
+        chunks, status_code=status, media_type=record.result.media_type, headers=headers
+    )
 
 
 @router.delete(
     "/v1/jobs/{job_id}",
     dependencies=API_KEY,
-    summary="Cancel a job and delete its files",
+    summary="Cancel a job and delete its files (its record stays, `cancelled`, until it expires)",
     responses=error_statuses(401, 404, 500),
 )
-async def cancel_job_route(job_id: str, service: Service) -> JobView:
-    return await service.cancel_job(job_id)
+async def cancel_job_route(job_id: str, service: Service, owner: Owner) -> JobView:
+    return service.jobs.view(await service.jobs.cancel(job_id, owner))

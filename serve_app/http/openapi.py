@@ -8,31 +8,29 @@ import copy
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
-from serve_app.config import MIN_SIDE, AppConfig
+from serve_app.config import AppConfig
 from serve_app.errors import ErrorBody
+from serve_app.http.security import api_routes, checks_api_key
 from serve_app.http.uploads import RAW_MEDIA_TYPES
 from serve_app.imaging.pixels import MEDIA_TYPES
 from serve_app.media import probe
-from serve_app.options import (
-    BACKGROUND_PHOTO,
-    MAX_FPS,
-    NO_FACE_MODES,
-    OUTPUT_CONTAINERS,
-    PORTRAIT_MODES,
-)
+from serve_app.options import option_fields
 
 ERROR_DESCRIPTIONS = {
     400: "not a usable picture or video (undecodable, empty, too small), or a broken "
     "multipart body",
     401: "an API key is configured and the request has none or a wrong one",
-    404: "no such job (or it expired)",
+    403: "listing jobs needs an API key (on an open service a job is reached by its id)",
+    404: "no such job, or not the caller's (`unknown_job`), or one that expired (`job_expired`)",
     413: "more bytes, pixels, frames, seconds or multipart parts than the limits allow",
     415: "a picture format or video codec not accepted, or a body neither multipart nor "
     "image/* (video/* for jobs)",
     416: "a Range past the end of the result",
-    422: "a bad parameter, or no picture in the multipart body",
+    422: "a bad parameter, or no picture in the multipart body (a refused webhook, a reused "
+    "Idempotency-Key)",
     500: "a bug; the server log has the traceback",
-    503: "at capacity, or the model could not answer; retry after Retry-After seconds",
+    503: "at capacity, the model could not answer, or the job store is unavailable; retry "
+    "after Retry-After seconds",
     504: "not ready within the request's deadline",
     507: "the job store is full; retry later",
 }
@@ -93,8 +91,6 @@ JOB_BODY = {
 }
 
 
-# Query parameters whose empty value stands for the default (resolve_options).
-EMPTY_MEANS_DEFAULT = ("style", "format", "portrait", "background", "no_face")
 STYLIZE_ERRORS = error_statuses(400, 401, 413, 415, 422, 500, 503, 504)
 PICTURE_HEADERS = {
     "X-Cache": {"schema": {"type": "string", "enum": ["hit", "miss", "coalesced"]}},
@@ -126,20 +122,39 @@ def openapi_document(app: FastAPI, config: AppConfig) -> dict:
     )
     limits = config.limits
     for path in ("/v1/stylize", "/v1/stylize/batch", "/v1/jobs"):
-        constraints = query_constraints(config, synchronous=path != "/v1/jobs")
         operation = schema["paths"][path]["post"]
-        for parameter in operation.get("parameters", []):
-            parameter["schema"] = constraints[parameter["name"]]
-            if parameter["name"] in EMPTY_MEANS_DEFAULT:
-                parameter["allowEmptyValue"] = True  # `?style=` is the default style
+        _constrain_options(operation, config, synchronous=path != "/v1/jobs")
         operation["requestBody"]["description"] = (
             f"each picture at most {limits.max_bytes} bytes and {limits.max_pixels} pixels"
         )
     _own_validation_errors(schema)
+    _declare_api_key(schema, app)
     batch = schema["paths"]["/v1/stylize/batch"]["post"]["requestBody"]
     images = batch["content"]["multipart/form-data"]["schema"]["properties"]["images"]
     images["maxItems"] = config.max_batch_images
     return schema
+
+
+BEARER_SCHEME = "bearerAuth"  # its name in components.securitySchemes
+
+
+def _declare_api_key(schema: dict, app: FastAPI) -> None:
+    """The API key (``Authorization: Bearer <key>``) as a security scheme, on every operation
+    whose route checks it: required once keys are configured; optional on an open service,
+    whose routes answer without one. Public routes (health, example photos) have none."""
+    schemes = schema.setdefault("components", {}).setdefault("securitySchemes", {})
+    schemes[BEARER_SCHEME] = {
+        "type": "http",
+        "scheme": "bearer",
+        "description": "one of the service's API keys (`api_key_env`); a WebSocket, which "
+        "cannot send headers from a browser, offers it as the subprotocol `bearer.<key>`",
+    }
+    keys_required = bool(getattr(app.state, "api_keys", ()))
+    requirement = [{BEARER_SCHEME: []}] if keys_required else [{BEARER_SCHEME: []}, {}]
+    for route in api_routes(app):
+        if route.include_in_schema and checks_api_key(route.dependant):
+            for method in route.methods:
+                schema["paths"][route.path_format][method.lower()]["security"] = requirement
 
 
 def _own_validation_errors(schema: dict) -> None:
@@ -160,24 +175,16 @@ def _own_validation_errors(schema: dict) -> None:
         components.pop(name, None)
 
 
-def query_constraints(config: AppConfig, synchronous: bool = True) -> dict[str, dict]:
-    """``synchronous``: for the routes that answer with the picture (sizes up to
-    ``limits.max_sync_size``); jobs take sizes up to ``limits.max_size``."""
-    limits = config.limits
-    largest = min(limits.max_sync_size, limits.max_size) if synchronous else limits.max_size
-    return {
-        "style": {"type": "string", "enum": [s.name for s in config.styles]},
-        "size": {"type": "integer", "minimum": MIN_SIDE, "maximum": largest},
-        "format": {"type": "string", "enum": sorted(MEDIA_TYPES)},
-        "quality": {"type": "integer", "minimum": 1, "maximum": 100},
-        "strength": {"type": "number", "minimum": 0, "maximum": 1},
-        "preserve_color": {"type": "boolean"},
-        "portrait": {"type": "string", "enum": list(PORTRAIT_MODES)},
-        "background": {
-            "type": "string",
-            "enum": [BACKGROUND_PHOTO, *(s.name for s in config.styles)],
-        },
-        "no_face": {"type": "string", "enum": list(NO_FACE_MODES)},
-        "container": {"type": "string", "enum": list(OUTPUT_CONTAINERS)},
-        "max_fps": {"type": "number", "exclusiveMinimum": 0, "maximum": MAX_FPS},
-    }
+def _constrain_options(operation: dict, config: AppConfig, synchronous: bool) -> None:
+    """The stylize options' query parameters with the values and limits ``config``
+    enforces (``StylizeOptions``' fields). ``synchronous``: for the routes that answer with
+    the picture (sizes up to ``limits.max_sync_size``); jobs take sizes up to
+    ``limits.max_size``."""
+    options = {option.name: option for option in option_fields()}
+    for parameter in operation.get("parameters", []):
+        option = options.get(parameter["name"]) if parameter["in"] == "query" else None
+        if option is None:
+            continue  # not a stylize option (a job's webhook, say)
+        parameter["schema"] = option.json_schema(config, synchronous)
+        if option.empty_means_default:
+            parameter["allowEmptyValue"] = True  # `?style=` is the default style

@@ -1,85 +1,50 @@
-"""The stylize options as HTTP query parameters, and the service a route works with."""
+"""The stylize options as HTTP query parameters (derived from ``StylizeOptions``), the
+service a route works with, and whose jobs a request may reach."""
 
 from __future__ import annotations
 
-from typing import Annotated
+import inspect
+from collections.abc import Callable, Mapping
+from typing import Annotated, Any
 
 from fastapi import Depends, Query, Request
+from starlette.requests import HTTPConnection
 
 from serve_app.http.security import require_api_key
+from serve_app.jobs.records import ANONYMOUS, owner_of
+from serve_app.options import option_fields
 from serve_app.service.service import AnimeService
 
-StyleParam = Annotated[str | None, Query(description="a style from /v1/styles")]
-SizeParam = Annotated[int | None, Query(description="output longer side, px")]
-FormatParam = Annotated[str | None, Query(description="output format, case-insensitive")]
-QualityParam = Annotated[int | None, Query(description="1..100, jpeg and webp")]
-StrengthParam = Annotated[
-    float | None, Query(description="0 (the photo) .. 1 (the style's full effect, default)")
-]
-PreserveColorParam = Annotated[
-    bool | None, Query(description="keep the photo's colours, take the style's lightness")
-]
-PortraitParam = Annotated[
-    str | None,
-    Query(
-        description="off (default); crop: the largest face, square; paste: every face "
-        "stylised at the face styles' scale and pasted back into the picture"
-    ),
-]
-BackgroundParam = Annotated[
-    str | None,
-    Query(description="portrait=paste: `photo` (default) or a style for the rest"),
-]
-NoFaceParam = Annotated[
-    str | None,
-    Query(description="portrait found no face: `error` (default, 422 no_face) or `whole`"),
-]
-ContainerParam = Annotated[
-    str | None,
-    Query(
-        description="videos (jobs): the output container, `same` (default: the input's "
-        "family), `mp4`, `webm`, `matroska` or `mov`"
-    ),
-]
-MaxFpsParam = Annotated[
-    float | None,
-    Query(
-        description="videos: at most this many frames a second (the first frame at or "
-        "after each 1/max_fps step is kept, the rest dropped); default: every frame"
-    ),
-]
 API_KEY = [Depends(require_api_key)]
 
 
-def stylize_query(
-    style: StyleParam = None,
-    size: SizeParam = None,
-    format: FormatParam = None,
-    quality: QualityParam = None,
-    strength: StrengthParam = None,
-    preserve_color: PreserveColorParam = None,
-    portrait: PortraitParam = None,
-    background: BackgroundParam = None,
-    no_face: NoFaceParam = None,
-    container: ContainerParam = None,
-    max_fps: MaxFpsParam = None,
-) -> dict:
-    """The options as sent, for the service to resolve (every route that makes pictures)."""
-    return {
-        "style": style,
-        "size": size,
-        "format": format,
-        "quality": quality,
-        "strength": strength,
-        "preserve_color": preserve_color,
-        "portrait": portrait,
-        "background": background,
-        "no_face": no_face,
-        "container": container,
-        "max_fps": max_fps,
-    }
+def make_stylize_query() -> Callable[..., dict[str, Any]]:
+    """One FastAPI dependency taking every option of ``StylizeOptions`` as a query
+    parameter: its name, its type (a wrong type answers 422 ``invalid_parameters``) and its
+    description, each optional. Its values are checked by ``resolve_options`` (the service's
+    ``options``), so a refused value gets the option's own error."""
+
+    def stylize_query(**sent: Any) -> dict[str, Any]:
+        """The options as sent (None: not sent), for the service to resolve."""
+        return sent
+
+    stylize_query.__signature__ = inspect.Signature(
+        [
+            inspect.Parameter(
+                option.name,
+                inspect.Parameter.KEYWORD_ONLY,
+                default=None,
+                annotation=Annotated[
+                    option.value_type | None, Query(description=option.description)
+                ],
+            )
+            for option in option_fields()
+        ]
+    )
+    return stylize_query
 
 
+stylize_query = make_stylize_query()
 StylizeQuery = Annotated[dict, Depends(stylize_query)]
 
 
@@ -88,3 +53,31 @@ def service_of(request: Request) -> AnimeService:
 
 
 Service = Annotated[AnimeService, Depends(service_of)]
+
+
+def api_key_of(headers: Mapping[str, str]) -> str | None:
+    """The API key a request offers: ``Authorization: Bearer <key>``, or (browsers cannot
+    set headers on a WebSocket) a ``Sec-WebSocket-Protocol`` value ``bearer.<key>``, which
+    keeps it out of URLs and access logs."""
+    scheme, _, offered = (headers.get("authorization") or "").partition(" ")
+    if scheme.lower() == "bearer" and offered.strip():
+        return offered.strip()
+    for protocol in (headers.get("sec-websocket-protocol") or "").split(","):
+        protocol = protocol.strip()
+        if protocol.startswith(BEARER_PROTOCOL_PREFIX):
+            return protocol[len(BEARER_PROTOCOL_PREFIX) :]
+    return None
+
+
+BEARER_PROTOCOL_PREFIX = "bearer."
+
+
+def owner_of_request(request: HTTPConnection) -> str:
+    """Whose jobs a request may reach: its API key's (checked by ``require_api_key``
+    first), or everyone's on an open service (then a job is reached by its id only)."""
+    if not getattr(request.app.state, "api_keys", ()):
+        return ANONYMOUS
+    return owner_of(api_key_of(request.headers))
+
+
+Owner = Annotated[str, Depends(owner_of_request)]

@@ -6,7 +6,14 @@ import re
 
 from serve_app.errors import RangeNotSatisfiable
 
+# Positions past any real result; longer numbers are read as "past the end" without
+# converting them (Python refuses to parse integers of thousands of digits).
+_MAX_DIGITS = 18
 _SINGLE = re.compile(r"^bytes=(\d*)-(\d*)$")
+
+
+def _position(digits: str) -> int:
+    return int(digits) if len(digits.lstrip("0")) <= _MAX_DIGITS else 10**_MAX_DIGITS
 
 
 def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
@@ -22,16 +29,18 @@ def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
     if not first and not last:
         return None
     if not first:  # the last N bytes
-        suffix = int(last)
+        suffix = _position(last)
         if suffix == 0:
-            raise RangeNotSatisfiable("an empty suffix range")
+            raise RangeNotSatisfiable("an empty suffix range", size)
         return max(size - suffix, 0), size - 1
-    start = int(first)
-    end = size - 1 if not last else min(int(last), size - 1)
-    if last and int(last) < start:
+    start = _position(first)
+    if last and _position(last) < start:
         return None  # invalid: the RFC says ignore it
     if start >= size:
-        raise RangeNotSatisfiable(f"the range starts at {start}; the result has {size} bytes")
+        raise RangeNotSatisfiable(
+            f"the range starts at {first[:40]}; the result has {size} bytes", size
+        )
+    end = size - 1 if not last else min(_position(last), size - 1)
     return start, end
 
 

@@ -21,7 +21,6 @@ from serve_app.metrics import IngressMetrics
 logger = logging.getLogger("ray.serve.animegan.requests")
 
 MAX_REQUEST_ID_CHARS = 128
-KNOWN_ROUTES = ("/v1/stylize/batch", "/v1/stylize", "/v1/styles", "/v1/stats", "/healthz")
 
 
 @functools.cache
@@ -39,11 +38,14 @@ def request_id_from(scope: Scope) -> str:
     return str(uuid.uuid4())
 
 
-def route_label(path: str) -> str:
-    """A bounded set of labels, so metrics do not grow one series per URL."""
-    if path in KNOWN_ROUTES or path == "/":
-        return path
-    return "/static" if path.startswith("/static/") else "other"
+def route_label(scope: Scope) -> str:
+    """The route's path template (``/v1/jobs/{job_id}``): one label per route, never one
+    per URL; "other" for requests no route matched."""
+    path = scope.get("path", "")
+    if path.startswith("/static/"):
+        return "/static"
+    template = getattr(scope.get("route"), "path", None)
+    return template if isinstance(template, str) else "other"
 
 
 def log_fields(scope: Scope) -> dict:
@@ -76,7 +78,7 @@ class RequestContextMiddleware:
 
     @staticmethod
     def _record(scope: Scope, request_id: str, status: int, elapsed_ms: float) -> None:
-        route = route_label(scope.get("path", ""))
+        route = route_label(scope)
         metrics = ingress_metrics()
         metrics.requests.inc(tags={"route": route, "status": str(status)})
         metrics.request_ms.observe(elapsed_ms, tags={"route": route})

@@ -5,15 +5,37 @@ from __future__ import annotations
 import hmac
 import logging
 import os
+from collections.abc import Iterator
 
 from fastapi import FastAPI, Request
+from fastapi.dependencies.models import Dependant
 from fastapi.middleware.cors import CORSMiddleware
+from fastapi.routing import APIRoute, RouteContext, iter_route_contexts
 
 from serve_app.errors import Unauthorized
 
 logger = logging.getLogger(__name__)
 
-EXPOSED_HEADERS = ["X-Cache", "X-Style", "X-Weights", "X-Request-ID", "ETag"]
+# Request headers a browser client sends that no route declares as a parameter: the key,
+# the body's type, the request's id, a byte range of a result. The routes' own header
+# parameters (Idempotency-Key, Prefer) are added from the routes.
+ALLOWED_HEADERS = ("Authorization", "Content-Type", "X-Request-ID", "Range")
+# Response headers a browser client may read (CORS hides all but a few otherwise): the
+# picture's, the request's id, a job's URL and waiting, ranges, and when to retry. Headers
+# that the routes document in their responses are added from the routes.
+EXPOSED_HEADERS = (
+    "X-Cache",
+    "X-Style",
+    "X-Weights",
+    "X-Request-ID",
+    "ETag",
+    "Location",
+    "Retry-After",
+    "Content-Range",
+    "Accept-Ranges",
+    "Content-Length",
+    "Preference-Applied",
+)
 
 
 def load_api_keys(env_var: str | None) -> tuple[bytes, ...]:
@@ -41,13 +63,61 @@ async def require_api_key(request: Request) -> None:
         raise Unauthorized("this service requires an API key: send 'Authorization: Bearer <key>'")
 
 
+def checks_api_key(dependant: Dependant) -> bool:
+    """Whether a route (or one of its dependencies) depends on ``require_api_key``."""
+    return dependant.call is require_api_key or any(
+        checks_api_key(dependency) for dependency in dependant.dependencies
+    )
+
+
 def enable_cors(app: FastAPI, origins: list[str]) -> None:
+    """CORS for ``origins`` over every method, request header and response header of the
+    app's routes: call it once the routers are included."""
     if not origins:
         return
+    routes = api_routes(app)
     app.add_middleware(
         CORSMiddleware,
         allow_origins=origins,
-        allow_methods=["GET", "POST"],
-        allow_headers=["Authorization", "Content-Type", "X-Request-ID"],
-        expose_headers=EXPOSED_HEADERS,
+        allow_methods=sorted({"OPTIONS", *(m for route in routes for m in route.methods)}),
+        allow_headers=_unique([*ALLOWED_HEADERS, *_declared_request_headers(routes)]),
+        expose_headers=_unique([*EXPOSED_HEADERS, *_declared_response_headers(routes)]),
     )
+
+
+def api_routes(app: FastAPI) -> list[RouteContext]:
+    """The app's HTTP API routes (not its docs pages, mounts or WebSockets), as included."""
+    return [
+        context
+        for context in iter_route_contexts(app.routes)
+        if isinstance(context.original_route, APIRoute)
+    ]
+
+
+def _declared_request_headers(routes: list[RouteContext]) -> list[str]:
+    """The header parameters the routes and their dependencies take (``Idempotency-Key``),
+    as sent on the wire."""
+    return [name for route in routes for name in _header_names(route.dependant)]
+
+
+def _header_names(dependant: Dependant) -> Iterator[str]:
+    yield from (param.alias for param in dependant.header_params)
+    for dependency in dependant.dependencies:
+        yield from _header_names(dependency)
+
+
+def _declared_response_headers(routes: list[RouteContext]) -> list[str]:
+    return [
+        name
+        for route in routes
+        for response in route.responses.values()
+        for name in response.get("headers", {})
+    ]
+
+
+def _unique(names: list[str]) -> list[str]:
+    """Header names without repeats (compared case-insensitively), in first-seen order."""
+    seen: dict[str, str] = {}
+    for name in names:
+        seen.setdefault(name.lower(), name)
+    return list(seen.values())

@@ -29,7 +29,7 @@ router = APIRouter()
     "/v1/stylize",
     response_class=Response,
     dependencies=API_KEY,
-    summary="Stylise one picture",
+    summary="Stylize one picture",
     responses={
         200: {
             "content": {t: {"schema": BINARY} for t in RESULT_MEDIA_TYPES},
@@ -46,7 +46,7 @@ router = APIRouter()
     },
 )
 async def stylize_route(request: Request, service: Service, query: StylizeQuery) -> Response:
-    options = service.options(**query)  # before the body is read
+    options = service.options(query)  # before the body is read
     service.media.gate.interactive()
     data = await read_single_upload(request, service.config.limits.max_bytes)
     result = await service.stylize(data, options)
@@ -65,14 +65,14 @@ async def stylize_route(request: Request, service: Service, query: StylizeQuery)
     "/v1/stylize/batch",
     response_class=Response,
     dependencies=API_KEY,
-    summary="Stylise several pictures; each succeeds or fails alone",
+    summary="Stylize several pictures; each succeeds or fails alone",
     responses={200: {"model": BatchResponse}, **STYLIZE_ERRORS},
     openapi_extra={
         "requestBody": {"required": True, "content": multipart_body("images", many=True)}
     },
 )
 async def stylize_batch_route(request: Request, service: Service, query: StylizeQuery) -> Response:
-    options = service.options(**query)  # before the body is read
+    options = service.options(query)  # before the body is read
     count = service.config.max_batch_images
     limit = count * (service.config.limits.max_bytes + MULTIPART_OVERHEAD_BYTES)
     files = await read_form_files(request, "images", count, limit)

@@ -1,10 +1,10 @@
-"""Portrait mode's geometry: square face crops, and stylised faces pasted back with soft
+"""Portrait mode's geometry: square face crops, and stylized faces pasted back with soft
 edges. Pure functions over numpy arrays (no torch, no I/O).
 
 The face styles were trained on 512 px crops of faces with some hair and neck around
 them; a full-body or group photo shrunk to 512 px gives them faces of a few dozen pixels,
 which come out muddy. So each face is cut from the full-resolution picture as a square
-with a margin around the detector's box, and stylised at the model's native scale.
+with a margin around the detector's box, and stylized at the model's native scale.
 """
 
 from __future__ import annotations
@@ -168,7 +168,7 @@ def finish(
     rgb = apply_controls(photo.rgb, picture, strength, preserve_color)
     alpha = photo.alpha
     if prepared.crops and mode == "crop":
-        # Stylised at the face size; answered at the requested size, square.
+        # Stylized at the face size; answered at the requested size, square.
         side = square_side(size)
         rgb = crop_resized(rgb, (0, 0, rgb.shape[1], rgb.shape[0]), side, side)
         if alpha is not None:

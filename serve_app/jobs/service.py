@@ -1,18 +1,19 @@
-"""Jobs: a picture submitted now, followed while it is made, fetched when done.
+"""Jobs: a picture, animation or video submitted now, followed while it is made, fetched
+when done — by its submitter only.
 
-    submit -> record "queued" (+ the upload) in the store -> a detached task runs it
-           -> "running" -> the stylize call -> the result in the store -> "done"
+    submit -> record (queued, this replica's lease, space reserved) + upload stored
+           -> a run on this replica (``runner.py``) -> ... -> done | failed
+    follow -> the record, then each change pushed (``events.py``)
+    cancel -> the record cancelled (compare-and-set: wins over any runner), files deleted
 
-Records, uploads and results live in a store addressed by an fsspec URL (a local directory
-by default; ``s3://`` or ``gs://`` on a cluster), so any ingress replica on any node can
-answer for any job, and a finished job outlives the replicas and a redeploy. A job's id is
-the result's cache key: the same bytes and options are the same job, whoever submits them.
+Records live in a record store (``record_store.py``: SQLite on one node, Redis on a
+cluster); uploads and results in a blob store (``blobs.py``: a folder, or object storage).
+Background work on each replica keeps the cost of every request independent of how many
+jobs are stored: takeovers of jobs whose runner died (their lease ran out) and deletion
+of expired ones take the due records a page at a time.
 
-A running job beats a heartbeat into its record. A record whose heartbeat stopped (its
-ingress died) is taken over by the next replica that reads it: the upload is in the store,
-and the result cache makes the rerun cheap where the work had finished.
-
-Plain asyncio over a "stylize" callable: the whole path runs in unit tests without Ray.
+Plain asyncio over a "stylize" callable and a "make this video" callable: the whole path
+runs in unit tests without Ray.
 """
 
 from __future__ import annotations
@@ -21,109 +22,59 @@ import asyncio
 import contextlib
 import json
 import logging
-import os
-import posixpath
-import re
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Literal
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
-import fsspec
-from pydantic import BaseModel, Field
-
-from serve_app.concurrency import run_detached
 from serve_app.config import JobsConfig
-from serve_app.errors import ErrorDetail, JobNotDone, ServiceError, StoreFull, Timeout, UnknownJob
-from serve_app.media.frames import FrameCounts, MediaOutput, expected_frames
+from serve_app.errors import (
+    ErrorDetail,
+    IdempotencyKeyReused,
+    JobExpired,
+    JobNotDone,
+    Overloaded,
+    RunnerLost,
+    ServiceError,
+    StoreError,
+    UnknownJob,
+)
+from serve_app.jobs.blobs import UPLOAD, BlobStore
+from serve_app.jobs.events import ChangeFeed, JobEvents
+from serve_app.jobs.record_store import RecordStore
+from serve_app.jobs.records import (
+    ANONYMOUS,
+    JOB_ID,
+    JobRecord,
+    JobView,
+    WebhookDelivery,
+    WebhookInfo,
+    decode_cursor,
+    encode_cursor,
+    new_job_id,
+)
+from serve_app.jobs.runner import JobRun, ProgressOf, RunContext, RunMedia, Stylize
+from serve_app.jobs.stores import open_record_store, shown_url, with_environment
+from serve_app.jobs.webhooks import Webhooks
+from serve_app.media.frames import expected_frames
 from serve_app.media.probe import MediaInfo
 from serve_app.options import StylizeOptions
-from serve_app.pipeline.results import StylizeResult
 
 if TYPE_CHECKING:
     from serve_app.metrics import JobMetrics
 
 logger = logging.getLogger(__name__)
 
-JobState = Literal["queued", "running", "done", "failed", "cancelled"]
-TERMINAL_STATES: frozenset[str] = frozenset({"done", "failed", "cancelled"})
-RECORD, UPLOAD, RESULT = "job.json", "upload", "result"
-# Job ids are cache keys (hex digests); anything else names no job and never a path.
-JOB_ID = re.compile(r"^[0-9a-f]{16,128}$")
-
-Stylize = Callable[[bytes, StylizeOptions, float], Awaitable[StylizeResult]]
-"""(upload, options, timeout_s) -> the picture; raises the API's errors."""
-ProgressOf = Callable[[str], "float | None"]
-"""job id -> how far the model is with it (0..1), or None when it cannot tell."""
-RunMedia = Callable[[StylizeOptions, bytes, Callable[[FrameCounts], None]], Awaitable[MediaOutput]]
-"""(a video or animation job's options, its upload, a progress sink) -> the finished output."""
-JobKind = Literal["still", "animation", "video"]
-DELETE_PASSES, DELETE_RETRY_S = 5, 0.05
-CANCEL_WAIT_S = 1.0
-# How often a running job's progress is read and, when it moved, written to its record.
-PROGRESS_EVERY_S = 0.5
-
-
-class JobResultInfo(BaseModel):
-    media_type: str
-    width: int
-    height: int
-    bytes: int
-    cache: str = Field(description="how the picture was found: `hit`, `miss` or `coalesced`")
-    frames: int | None = Field(default=None, description="videos and animations: frames out")
-    duration_s: float | None = Field(default=None, description="videos and animations")
-
-
-class JobRecord(BaseModel):
-    """A job as stored, and as `GET /v1/jobs/{id}` answers it (plus elapsed and ETA)."""
-
-    id: str
-    state: JobState
-    kind: JobKind = "still"
-    media: dict | None = Field(
-        default=None, description="videos and animations: what the upload was found to be"
-    )
-    options: dict
-    created_at: float = Field(description="Unix time")
-    started_at: float | None = None
-    finished_at: float | None = None
-    heartbeat_at: float | None = Field(default=None, description="a running job's last beat")
-    frames_done: int = 0
-    frames_total: int = 1
-    frames_model: int = Field(default=0, description="frames the model computed")
-    frames_repeated: int = Field(default=0, description="frames repeating one earlier in the job")
-    frames_cached: int = Field(default=0, description="frames found in the result cache")
-    progress: float = Field(default=0.0, description="0..1, from the model's own progress")
-    upload_bytes: int = 0
-    error: ErrorDetail | None = None
-    result: JobResultInfo | None = None
-    runner: str | None = Field(default=None, description="the ingress replica running it")
-
-    @property
-    def terminal(self) -> bool:
-        return self.state in TERMINAL_STATES
-
-
-class JobView(JobRecord):
-    """The wire shape: the record plus what is computed when it is read."""
-
-    elapsed_s: float = Field(description="since submission; to the end once finished")
-    eta_s: float | None = Field(description="expected seconds to the end; null when unknown")
-    links: dict[str, str] = Field(description="`self`, `events`, `result`")
-
-
-@dataclass
-class _Run:
-    """A job this replica runs: its record as last written, and one writer at a time."""
-
-    record: JobRecord
-    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+# Jobs due for a takeover or for deletion, handled per look (the rest at the next).
+PAGE = 200
+IDLE_KEEP_ALIVE_S = 15.0
 
 
 @dataclass(frozen=True)
 class JobOutput:
-    """A finished job's picture, as the handle API returns it."""
+    """A finished job's output, as the handle API returns it."""
 
     data: bytes
     media_type: str
@@ -131,356 +82,463 @@ class JobOutput:
     height: int
 
 
-class JobStore:
-    """Records, uploads and results under one fsspec URL, one folder per job."""
+@dataclass(frozen=True)
+class Submission:
+    """What a caller submits: the upload, its options and what it was found to be."""
 
-    def __init__(self, url: str) -> None:
-        self.url = url if "://" in url else os.path.expanduser(url)
-        self._fs, self._root = fsspec.core.url_to_fs(self.url)
-        self._fs.makedirs(self._root, exist_ok=True)
-
-    def _path(self, job_id: str, name: str = "") -> str:
-        return (
-            posixpath.join(self._root, job_id, name) if name else posixpath.join(self._root, job_id)
-        )
-
-    def read(self, job_id: str) -> JobRecord | None:
-        try:
-            with self._fs.open(self._path(job_id, RECORD), "rb") as file:
-                return JobRecord.model_validate_json(file.read())
-        except FileNotFoundError:
-            return None
-
-    def write(self, record: JobRecord) -> None:
-        self._fs.makedirs(self._path(record.id), exist_ok=True)
-        self._put(self._path(record.id, RECORD), record.model_dump_json().encode())
-
-    def _put(self, path: str, data: bytes) -> None:
-        # Write aside, then move: a reader never sees half a record (on object stores a
-        # put is already atomic and the move is a copy).
-        partial = f"{path}.{uuid.uuid4().hex}.partial"
-        with self._fs.open(partial, "wb") as file:
-            file.write(data)
-        self._fs.mv(partial, path)
-
-    def put_blob(self, job_id: str, name: str, data: bytes) -> None:
-        self._fs.makedirs(self._path(job_id), exist_ok=True)
-        self._put(self._path(job_id, name), data)
-
-    def put_file(self, job_id: str, name: str, local: str) -> None:
-        """A local file into the job's folder (a video result: never whole in memory)."""
-        self._fs.makedirs(self._path(job_id), exist_ok=True)
-        path = self._path(job_id, name)
-        partial = f"{path}.{uuid.uuid4().hex}.partial"
-        self._fs.put_file(local, partial)
-        self._fs.mv(partial, path)
-
-    def read_blob(self, job_id: str, name: str) -> bytes:
-        with self._fs.open(self._path(job_id, name), "rb") as file:
-            return file.read()
-
-    def read_range(self, job_id: str, name: str, start: int, length: int) -> bytes:
-        with self._fs.open(self._path(job_id, name), "rb") as file:
-            file.seek(start)
-            return file.read(length)
-
-    def delete_blob(self, job_id: str, name: str) -> None:
-        self._fs.rm(self._path(job_id, name))
-
-    def delete(self, job_id: str) -> None:
-        """Remove a job's folder. A runner still writing into it can make one pass fail
-        ("directory not empty"): a few more passes, then what is left has no record and
-        the expiry sweep removes it."""
-        for _ in range(DELETE_PASSES):
-            try:
-                self._fs.rm(self._path(job_id), recursive=True)
-                return
-            except FileNotFoundError:
-                return
-            except OSError as error:
-                logger.debug("job %s: delete pass failed: %s", job_id, error)
-                time.sleep(DELETE_RETRY_S)
-        logger.warning("job %s: folder not fully deleted; the expiry sweep will", job_id)
-
-    def job_ids(self) -> list[str]:
-        try:
-            entries = self._fs.ls(self._root, detail=False)
-        except FileNotFoundError:
-            return []
-        return sorted(posixpath.basename(entry.rstrip("/")) for entry in entries)
-
-    def usage_bytes(self) -> int:
-        try:
-            return int(self._fs.du(self._root, total=True))
-        except FileNotFoundError:
-            return 0
+    data: bytes
+    options: StylizeOptions
+    content_key: str
+    media: MediaInfo | None = None
+    owner: str = ANONYMOUS
+    idempotency_key: str | None = None
+    webhook: WebhookInfo | None = None
 
 
 class JobService:
-    """Submit, follow, fetch and cancel jobs; the routes and the handle API are thin over it."""
+    """Submit, follow, list, fetch and cancel jobs; routes and handles are thin over it."""
 
     def __init__(
         self,
         config: JobsConfig,
         stylize: Stylize,
-        store: JobStore | None = None,
         progress_of: ProgressOf | None = None,
         run_media: RunMedia | None = None,
         metrics: JobMetrics | None = None,
-    ):
+        records: tuple[RecordStore, ChangeFeed | None] | None = None,
+    ) -> None:
+        """``records``: a record store and its change feed (default: the config's)."""
+        config = with_environment(config)
         self._config = config
-        self._stylize = stylize
-        self._progress_of = progress_of
-        self._run_media = run_media
-        self._metrics = metrics
-        self._frames: dict[str, FrameCounts] = {}  # running media jobs' counts
-        self._running: set[str] = set()
-        self.store = store or JobStore(config.store_url)
+        self.blobs = BlobStore(config.store_url)
+        self.records, feed = records or open_record_store(config, self.blobs.local_root())
+        self._events = JobEvents(feed)
+        self._io = ThreadPoolExecutor(config.io_threads, thread_name_prefix="job-store")
         self.runner_id = uuid.uuid4().hex[:12]
-        self._tasks: dict[str, asyncio.Task] = {}
-        self._creating: dict[str, asyncio.Task] = {}  # submissions being stored
-        # Jobs past this many wait "queued" instead of competing for the model at once.
-        self._slots = asyncio.Semaphore(config.max_running)
+        self._runs: dict[str, JobRun] = {}
+        self._metrics = metrics
+        self.webhooks = Webhooks(config.webhooks, self._save_delivery)
+        self._context = RunContext(
+            config=config,
+            records=self.records,
+            blobs=self.blobs,
+            io=self._io,
+            runner_id=self.runner_id,
+            slots=asyncio.Semaphore(config.max_running),
+            publish=self._events.publish,
+            stylize=stylize,
+            progress_of=progress_of,
+            run_media=run_media,
+            metrics=metrics,
+            on_state=self._on_state,
+        )
+        self._events.watch(self._heard, lambda: set(self._runs))
+        self._creating: dict[tuple[str, str], asyncio.Task] = {}
+        self._background: list[asyncio.Task] = []
+        self.records_away = False  # the record store failed its last call here
 
-    async def _io(self, function, *args):
-        return await asyncio.to_thread(function, *args)
+    # --- lifecycle -------------------------------------------------------------------------
 
-    # --- the API ---------------------------------------------------------------------------
+    def start(self) -> None:
+        """The background work: the change feed, takeovers, expiry."""
+        if self._background:
+            return
+        self._events.start()
+        self._background = [
+            asyncio.ensure_future(self._check_records()),
+            asyncio.ensure_future(self._every(self._config.heartbeat_s, self.renew_leases)),
+            asyncio.ensure_future(
+                self._every(self._config.heartbeat_s, self.take_over_stale, probes=True)
+            ),
+            asyncio.ensure_future(self._every(self._config.sweep_interval_s, self.sweep)),
+        ]
 
-    async def submit(
-        self, job_id: str, data: bytes, options: StylizeOptions, media: MediaInfo | None = None
-    ) -> tuple[JobRecord, bool]:
-        """Start a job, or find the one made or running for these bytes and options;
-        the flag says whether this call started it. ``media``: a video or animation, as
-        probed (None: a still picture)."""
-        existing = await self._io(self.store.read, self._checked(job_id))
-        if existing is not None and existing.state in ("done", "queued", "running"):
-            return await self._take_over_if_stale(existing), False
-        if job_id in self._creating:  # the same upload, submitted twice at once
-            return await asyncio.shield(self._creating[job_id]), False
-        # Outside the request's context, and shielded: a client that hangs up mid-way must
-        # not leave a record whose upload was never stored or whose runner never started.
-        created = run_detached(self._create(job_id, data, options, media))
-        self._creating[job_id] = created
-        created.add_done_callback(lambda _: self._creating.pop(job_id, None))
-        return await asyncio.shield(created), True
+    async def close(self) -> None:
+        """Stop background work and this replica's runs; their leases are released so
+        another replica takes them over at once."""
+        for task in self._background:
+            task.cancel()
+        await self.webhooks.close()
+        runs = list(self._runs.values())
+        for run in runs:
+            if run.task is not None:
+                run.task.cancel()
+        await asyncio.gather(*(r.task for r in runs if r.task), return_exceptions=True)
+        for run in runs:
+            with contextlib.suppress(Exception):
+                await self.records.update(run.job_id, self.runner_id, {"lease_until": 0.0})
+        await self._events.stop()
+        await self.records.close()
+        self._io.shutdown(wait=False)
 
-    async def _create(
-        self, job_id: str, data: bytes, options: StylizeOptions, media: MediaInfo | None
-    ) -> JobRecord:
-        await self._make_room(len(data))
+    async def _every(self, interval_s: float, work: Callable, probes: bool = False) -> None:
+        """``work`` every ``interval_s``; ``probes``: it reads the record store each time,
+        so its success says the store is reachable (again)."""
+        while True:
+            await asyncio.sleep(interval_s)
+            try:
+                await work()
+            except StoreError as error:  # said once per outage; tried again next time
+                self._records_failed(error)
+            except Exception:  # background work goes on at the next interval
+                logger.exception("job background work failed")
+            else:
+                if probes:
+                    self._records_answered()
+            # The redis client can swallow a cancellation that meets its own timeout; the
+            # task still counts it: end here rather than run on after close().
+            if asyncio.current_task().cancelling():
+                raise asyncio.CancelledError
+
+    async def _check_records(self) -> None:
+        """At start, one cheap read: an unreachable record store is said at once."""
+        config = self._config
+        try:
+            await self.records.usage()
+        except Exception as error:
+            self._records_failed(error)
+        else:
+            logger.info(
+                "jobs: records in %s, uploads and results in %s",
+                shown_url(config.records_url) if config.records_url else "SQLite (this node)",
+                shown_url(config.store_url),
+            )
+
+    def _records_failed(self, error: Exception) -> None:
+        if self.records_away:
+            return
+        self.records_away = True
+        logger.error(
+            "jobs: the job records cannot be reached (%s); /v1/jobs answers 503 store_error "
+            "until they can, running jobs are written once they are back, /v1/stylize is "
+            "served meanwhile",
+            getattr(error, "message", None) or error,
+        )
+
+    def _records_answered(self) -> None:
+        if self.records_away:
+            self.records_away = False
+            logger.info("jobs: the job records can be reached again")
+
+    async def _call(self, function: Callable, *args: Any) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(self._io, function, *args)
+
+    # --- submit ----------------------------------------------------------------------------
+
+    async def submit(self, submission: Submission) -> tuple[JobRecord, bool]:
+        """A new job, or the submitter's own job for the same idempotency key or (with an
+        owner) the same content and options; the flag says whether this call made it."""
+        twin = (submission.owner, submission.idempotency_key or submission.content_key)
+        if (submission.owner or submission.idempotency_key) and twin in self._creating:
+            record, _ = await asyncio.shield(self._creating[twin])  # the same, twice at once
+            return record, False
+        if len(self._runs) >= self._config.max_running + self._config.max_queued:
+            raise Overloaded("too many jobs waiting on this replica; retry shortly")
+        # Detached and shielded: a client that hangs up mid-way must not leave a record
+        # whose upload was never stored or whose run never started.
+        task = asyncio.ensure_future(self._create(submission))
+        self._creating[twin] = task
+        task.add_done_callback(lambda _: self._creating.pop(twin, None))
+        return await asyncio.shield(task)
+
+    async def _create(self, submission: Submission) -> tuple[JobRecord, bool]:
+        config, now = self._config, time.time()
+        media, options = submission.media, submission.options
         record = JobRecord(
-            id=job_id,
+            id=new_job_id(),
             state="queued",
             kind="still" if media is None else media.kind,
             media=None if media is None else media.to_dict(),
-            options=asdict(options),
-            created_at=time.time(),
-            upload_bytes=len(data),
+            options=options.to_dict(),
+            created_at=now,
+            expires_at=now + self._active_lifetime_s(),
+            upload_bytes=len(submission.data),
             frames_total=1 if media is None else expected_frames(media, options.max_fps),
+            owner=submission.owner,
+            content_key=submission.content_key,
+            idempotency_key=submission.idempotency_key,
+            runner=self.runner_id,
+            lease_until=self._context.lease_until(),
+            attempts=1,
+            reserved_bytes=len(submission.data) + _expected_output_bytes(submission),
+            webhook=submission.webhook,
         )
-        # The record first: a folder without one is debris the expiry sweep may remove.
-        await self._io(self.store.write, record)
-        await self._io(self.store.put_blob, job_id, UPLOAD, data)
-        self._count(record, "queued")
-        self._start(record, data)
-        return record
-
-    @staticmethod
-    def _checked(job_id: str) -> str:
-        if not JOB_ID.match(job_id):
-            raise UnknownJob(f"no job {job_id[:140]!r}: job ids are hex digests")
-        return job_id
-
-    async def get(self, job_id: str) -> JobRecord:
-        record = await self._io(self.store.read, self._checked(job_id))
-        if record is None:
-            raise UnknownJob(f"no job {job_id!r} (finished jobs are kept for a limited time)")
-        return await self._take_over_if_stale(record)
-
-    async def events(self, job_id: str, idle_s: float = 15.0) -> AsyncIterator[JobRecord | None]:
-        """The record each time it changes, ending with its final state; ``None`` after
-        ``idle_s`` without a change (a stream sends a keep-alive then)."""
-        record = await self.get(job_id)
-        last, changed_at = None, time.monotonic()
-        while True:
-            current = record.model_dump_json(exclude={"heartbeat_at"})
-            if current != last:
-                last, changed_at = current, time.monotonic()
-                yield record
-            elif time.monotonic() - changed_at >= idle_s:
-                changed_at = time.monotonic()
-                yield None
-            if record.terminal:
-                return
-            await asyncio.sleep(self._config.poll_interval_s)
-            fresh = await self._io(self.store.read, job_id)
-            if fresh is None:  # deleted while followed
-                yield record.model_copy(update={"state": "cancelled", "finished_at": time.time()})
-                return
-            record = await self._take_over_if_stale(fresh)
-
-    async def result(self, job_id: str) -> JobOutput:
-        record = await self.finished(job_id)
+        stored, created = await self.records.create(
+            record, find_same_content=bool(submission.owner), max_bytes=config.max_store_bytes
+        )
+        if not created:
+            if stored.content_key != record.content_key:
+                raise IdempotencyKeyReused(
+                    "this Idempotency-Key was sent before with another upload or other "
+                    "options; use a new key for a new job"
+                )
+            return stored, False
         try:
-            data = await self._io(self.store.read_blob, job_id, RESULT)
-        except FileNotFoundError:
-            raise UnknownJob(f"job {job_id}'s result is gone (expired)") from None
-        info = record.result
-        return JobOutput(data, info.media_type, info.width, info.height)
+            await self._call(self.blobs.put, stored.id, UPLOAD, submission.data)
+        except BaseException as error:
+            await self._end_unstarted(stored, error)
+            raise
+        self._events.publish(stored)
+        self._count(stored, "queued")
+        self._start(stored)
+        return stored, True
 
-    async def finished(self, job_id: str) -> JobRecord:
+    async def _end_unstarted(self, record: JobRecord, error: BaseException) -> None:
+        """A job whose upload could not be stored: failed, its space freed."""
+        failure = _service_error(error)
+        now = time.time()
+        with contextlib.suppress(Exception):
+            await self.records.finish(
+                record.id,
+                self.runner_id,
+                {
+                    "state": "failed",
+                    "finished_at": now,
+                    "expires_at": now + self._config.ttl_s,
+                    "error": ErrorDetail(code=failure.code, message=failure.message),
+                    "reserved_bytes": 0,
+                },
+            )
+            await self._call(self.blobs.delete, record.id)
+
+    def _active_lifetime_s(self) -> float:
+        """How long a record that never ends is kept (its runners all died silently)."""
+        config = self._config
+        return config.queue_timeout_s + config.max_attempts * config.timeout_s + config.ttl_s
+
+    # --- read ------------------------------------------------------------------------------
+
+    async def get(self, job_id: str, owner: str = ANONYMOUS) -> JobRecord:
+        """The caller's job; UnknownJob (404) for anyone else's, as for no job at all."""
+        if not JOB_ID.match(job_id):
+            raise UnknownJob(f"no job {job_id[:140]!r}: job ids are 32 hex digits")
+        record = await self.records.get(job_id)
+        if record is not None and record.owner == owner:
+            return record
+        if record is None and await self.records.expired_at(job_id) is not None:
+            raise JobExpired(
+                f"job {job_id} ended more than {self._config.ttl_s:g} s ago; its record and "
+                "output were deleted"
+            )
+        raise UnknownJob(f"no job {job_id!r} (finished jobs are kept {self._config.ttl_s:g} s)")
+
+    async def list(
+        self, owner: str, state: str | None = None, cursor: str | None = None, limit: int = 20
+    ) -> tuple[list[JobRecord], str | None]:
+        """The owner's jobs, newest first, a page at a time."""
+        before = decode_cursor(cursor) if cursor else None
+        records = await self.records.list(owner, state, before, limit + 1)
+        page = records[:limit]
+        more = len(records) > limit
+        return page, encode_cursor(page[-1]) if more and page else None
+
+    async def events(
+        self, job_id: str, owner: str = ANONYMOUS, idle_s: float = IDLE_KEEP_ALIVE_S
+    ) -> AsyncIterator[JobRecord | None]:
+        """The job, then each change, ending with its final state; ``None`` after
+        ``idle_s`` without a change. The first item raises for an unknown job."""
+        async for record in self._events.follow(job_id, lambda: self.get(job_id, owner), idle_s):
+            yield record
+
+    async def wait(self, job_id: str, owner: str, timeout_s: float) -> JobRecord:
+        """The job once it ended, or as it is after ``timeout_s``."""
+        latest = await self.get(job_id, owner)
+        if latest.terminal or timeout_s <= 0:
+            return latest
+        follow = self.events(job_id, owner, idle_s=timeout_s)
+        deadline = time.monotonic() + timeout_s
+        try:
+            while True:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return latest
+                try:
+                    record = await asyncio.wait_for(anext(follow), left)
+                except (asyncio.TimeoutError, StopAsyncIteration):
+                    return latest
+                if record is not None:
+                    latest = record
+                    if record.terminal:
+                        return record
+        finally:
+            await follow.aclose()
+
+    async def finished(self, job_id: str, owner: str = ANONYMOUS) -> JobRecord:
         """The job's record, when it is done (its ``result`` set); raises JobNotDone."""
-        record = await self.get(job_id)
-        if record.state != "done" or record.result is None:
+        record = await self.get(job_id, owner)
+        if record.state != "done" or record.result is None or not record.result_name:
             raise JobNotDone(f"job {job_id} is {record.state}; its result is not ready")
         return record
 
-    async def result_range(self, job_id: str, start: int, length: int) -> bytes:
-        """``length`` bytes of a finished job's result from ``start`` (a player's Range)."""
+    async def result(self, job_id: str, owner: str = ANONYMOUS) -> JobOutput:
+        record = await self.finished(job_id, owner)
         try:
-            return await self._io(self.store.read_range, job_id, RESULT, start, length)
+            data = await self._call(self.blobs.read, job_id, record.result_name)
         except FileNotFoundError:
-            raise UnknownJob(f"job {job_id}'s result is gone (expired)") from None
+            raise JobExpired(f"job {job_id}'s result is gone (expired)") from None
+        info = record.result
+        return JobOutput(data, info.media_type, info.width, info.height)
 
-    async def result_chunks(self, job_id: str, size: int, chunk: int) -> AsyncIterator[bytes]:
-        """A finished job's result, piece by piece."""
-        for start in range(0, size, chunk):
-            yield await self.result_range(job_id, start, min(chunk, size - start))
+    async def result_chunks(
+        self, record: JobRecord, first: int, last: int, chunk: int
+    ) -> AsyncIterator[bytes]:
+        """Bytes ``first``..``last`` (inclusive) of a finished job's result, piece by piece:
+        a result is never whole in memory, whatever range was asked for."""
+        for start in range(first, last + 1, chunk):
+            length = min(chunk, last + 1 - start)
+            try:
+                yield await self._call(
+                    self.blobs.read_range, record.id, record.result_name, start, length
+                )
+            except FileNotFoundError:  # deleted while streaming: the body just ends short
+                logger.info("job %s: result gone while it was being sent", record.id)
+                return
 
-    async def cancel(self, job_id: str) -> JobRecord:
-        """Stop the job if it runs, and delete its files."""
-        record = await self.get(job_id)
-        task = self._tasks.pop(job_id, None)
-        if task is not None:
-            task.cancel()
-            await asyncio.wait([task], timeout=CANCEL_WAIT_S)  # its last write lands first
-        await self._io(self.store.delete, job_id)
-        if record.terminal:
-            return record
-        self._count(record, "cancelled")
-        return record.model_copy(update={"state": "cancelled", "finished_at": time.time()})
+    # --- cancel ----------------------------------------------------------------------------
+
+    async def cancel(self, job_id: str, owner: str = ANONYMOUS) -> JobRecord:
+        """Stop the job wherever it runs and delete its files; its record stays, as
+        ``cancelled``, until it expires."""
+        await self.get(job_id, owner)  # only the owner may
+        now = time.time()
+        cancelled = await self.records.cancel(
+            job_id,
+            {
+                "state": "cancelled",
+                "finished_at": now,
+                "expires_at": now + self._config.ttl_s,
+                "reserved_bytes": 0,
+                "result_name": None,
+                "result": None,
+            },
+        )
+        if cancelled is None:  # cancelled already
+            return await self.get(job_id, owner)
+        self._stop_run(job_id)
+        await self._call(self.blobs.delete, job_id)
+        self._events.publish(cancelled)
+        self._on_state(cancelled)
+        return cancelled
+
+    def _heard(self, record: JobRecord) -> None:
+        """A change to a job running here: cancelled, or taken over by another runner
+        (its own writes name this runner, or none once it ended the job), stops the run."""
+        taken = record.runner is not None and record.runner != self.runner_id
+        if record.id in self._runs and (record.state == "cancelled" or taken):
+            self._stop_run(record.id)
+
+    def _stop_run(self, job_id: str) -> None:
+        run = self._runs.get(job_id)
+        if run is not None and run.task is not None:
+            run.task.cancel()
+
+    # --- running ---------------------------------------------------------------------------
+
+    def _start(self, record: JobRecord) -> None:
+        run = JobRun(self._context, record)
+        # A job belongs to no request: an empty context, so a submitter hanging up never
+        # cancels it.
+        run.task = asyncio.ensure_future(run.run())
+        self._runs[record.id] = run
+        run.task.add_done_callback(lambda _: self._forget(run))
+        self._gauge()
+
+    def _forget(self, run: JobRun) -> None:
+        if self._runs.get(run.job_id) is run:
+            del self._runs[run.job_id]
+        self._gauge()
+
+    async def renew_leases(self) -> None:
+        """Keep the leases of every job this replica runs or queues (one store call);
+        runs of jobs no longer ours stop."""
+        lost = await self.records.renew(
+            list(self._runs), self.runner_id, self._context.lease_until()
+        )
+        for job_id in lost:
+            self._stop_run(job_id)
+
+    async def take_over_stale(self) -> int:
+        """Jobs whose runner stopped renewing its lease, run here (one replica wins each)."""
+        taken = 0
+        for job_id in await self.records.stale(time.time(), PAGE):
+            if job_id in self._runs:
+                continue
+            if len(self._runs) >= self._config.max_running + self._config.max_queued:
+                break
+            record = await self.records.claim(job_id, self.runner_id, self._context.lease_until())
+            if record is None:
+                continue  # another replica was first
+            taken += 1
+            if record.attempts > self._config.max_attempts:
+                await self._give_up(record, f"its runner stopped {record.attempts - 1} times")
+                continue
+            if not await self._call(_has_upload, self.blobs, record.id):
+                await self._give_up(record, "its upload was lost with its runner")
+                continue
+            logger.warning("job %s: its runner stopped; running it again here", job_id)
+            self._start(record)
+        return taken
+
+    async def _give_up(self, record: JobRecord, why: str) -> None:
+        error = RunnerLost(f"the job could not be finished: {why}; submit it again")
+        now = time.time()
+        finished = await self.records.finish(
+            record.id,
+            self.runner_id,
+            {
+                "state": "failed",
+                "finished_at": now,
+                "expires_at": now + self._config.ttl_s,
+                "error": ErrorDetail(code=error.code, message=error.message),
+                "reserved_bytes": 0,
+            },
+        )
+        if finished is not None:
+            self._events.publish(finished)
+            self._on_state(finished)
+            await self._call(self.blobs.delete, record.id)
+
+    async def sweep(self) -> int:
+        """Delete expired jobs (their files first, then their records)."""
+        removed = 0
+        while True:
+            now = time.time()
+            due = await self.records.due(now, PAGE)
+            for job_id in due:
+                await self._call(self.blobs.delete, job_id)
+                removed += await self.records.remove(job_id, now)
+            if len(due) < PAGE:
+                return removed
+
+    def _on_state(self, record: JobRecord) -> None:
+        """The job entered ``record.state`` here (written by this replica)."""
+        self._count(record, record.state)
+        if record.state == "failed" and record.error is not None and self._metrics is not None:
+            self._metrics.job_failures.inc(tags={"code": record.error.code})
+        self.webhooks.notify(record, self.view(record).model_dump(mode="json"))
+
+    async def _save_delivery(self, job_id: str, delivery: WebhookDelivery) -> None:
+        record = await self.records.get(job_id)
+        if record is None or record.webhook is None:
+            return
+        deliveries = [d for d in record.webhook.deliveries if d.event != delivery.event]
+        webhook = record.webhook.model_copy(update={"deliveries": [*deliveries, delivery]})
+        updated = await self.records.set_fields(job_id, {"webhook": webhook})
+        if updated is not None:
+            self._events.publish(updated)
+
+    # --- views and figures -----------------------------------------------------------------
 
     def view(self, record: JobRecord, base_url: str = "") -> JobView:
         now = time.time()
         end = record.finished_at or now
-        elapsed = end - record.created_at
         eta = 0.0 if record.terminal else None
         if record.state == "running" and record.started_at and 0 < record.progress < 1:
             eta = (now - record.started_at) * (1 - record.progress) / record.progress
         prefix = f"{base_url.rstrip('/')}/v1/jobs/{record.id}"
         links = {"self": prefix, "events": f"{prefix}/events", "result": f"{prefix}/result"}
-        return JobView(**record.model_dump(), elapsed_s=elapsed, eta_s=eta, links=links)
-
-    # --- running ----------------------------------------------------------------------------
-
-    def _start(self, record: JobRecord, data: bytes) -> None:
-        # A job belongs to no request: it runs in an empty context, so the submitter
-        # hanging up never cancels it.
-        run = _Run(record.model_copy(update={"runner": self.runner_id}))
-        task = run_detached(self._run(run, data))
-        self._tasks[record.id] = task
-        task.add_done_callback(lambda done: self._forget(record.id, done))
-        self._gauge()
-
-    def _forget(self, job_id: str, task: asyncio.Task) -> None:
-        if self._tasks.get(job_id) is task:  # not a later run of the same job
-            del self._tasks[job_id]
-        self._frames.pop(job_id, None)
-        self._gauge()
-
-    async def _run(self, run: _Run, data: bytes) -> None:
-        if not await self._save(run, heartbeat_at=time.time()):
-            return
-        beat = asyncio.ensure_future(self._heartbeat(run, asyncio.current_task()))
-        try:
-            async with self._slots:
-                now = time.time()
-                if not await self._save(run, state="running", started_at=now, heartbeat_at=now):
-                    return
-                self._count(run.record, "running")
-                self._running.add(run.record.id)
-                self._gauge()
-                if self._metrics is not None:
-                    self._metrics.job_queue_wait_ms.observe((now - run.record.created_at) * 1e3)
-                info = await self._make(run.record, data)
-        except ServiceError as error:
-            await self._fail(run, error)
-            return
-        except Exception:  # the job fails; the replica goes on
-            logger.exception("job %s failed", run.record.id)
-            await self._fail(run, ServiceError())
-            return
-        finally:
-            beat.cancel()
-            self._running.discard(run.record.id)
-            self._gauge()
-        done = {
-            "state": "done",
-            "finished_at": time.time(),
-            "frames_done": info.frames or 1,
-            "progress": 1.0,
-            "result": info,
-        }
-        counts = self._frames.pop(run.record.id, None)
-        if counts is not None:
-            done.update(_frame_fields(counts))
-        if await self._save(run, **done):
-            self._count(run.record, "done")
-            with contextlib.suppress(FileNotFoundError):  # the upload only served a rerun
-                await self._io(self.store.delete_blob, run.record.id, UPLOAD)
-            logger.info("job %s done", run.record.id)
-
-    async def _make(self, record: JobRecord, data: bytes) -> JobResultInfo:
-        """The job's output, stored; what the record says of it."""
-        options = StylizeOptions(**record.options)
-        if record.kind == "still":
-            result = await self._stylize(data, options, self._config.timeout_s)
-            await self._io(self.store.put_blob, record.id, RESULT, result.data)
-            return JobResultInfo(
-                media_type=result.media_type,
-                width=result.width,
-                height=result.height,
-                bytes=len(result.data),
-                cache=result.cache,
-            )
-        if self._run_media is None:
-            raise ServiceError("this service makes no videos or animations")
-        counts = self._frames.setdefault(record.id, FrameCounts(total=record.frames_total))
-
-        def on_progress(latest: FrameCounts) -> None:
-            self._frames[record.id] = latest
-
-        try:
-            output = await asyncio.wait_for(
-                self._run_media(options, data, on_progress), self._config.timeout_s
-            )
-        except asyncio.TimeoutError:  # not the builtin TimeoutError before Python 3.11
-            raise Timeout(f"the job was not done within {self._config.timeout_s:g} s") from None
-        size = output.size
-        try:
-            if output.path is not None:
-                await self._io(self.store.put_file, record.id, RESULT, str(output.path))
-            else:
-                await self._io(self.store.put_blob, record.id, RESULT, output.data)
-        finally:
-            if output.path is not None:
-                output.path.unlink(missing_ok=True)
-        if self._metrics is not None:
-            latest = self._frames.get(record.id, counts)
-            sources = {"model": latest.model, "job": latest.job, "cache": latest.cache}
-            for source, frames in sources.items():
-                if frames:  # Ray's counters take positive increments only
-                    self._metrics.job_frames.inc(frames, tags={"source": source})
-        return JobResultInfo(
-            media_type=output.media_type,
-            width=output.width,
-            height=output.height,
-            bytes=size,
-            cache="miss",
-            frames=output.frames,
-            duration_s=output.duration_s,
-        )
+        public = record.model_dump(include=set(JobView.model_fields) - {"elapsed_s", "eta_s"})
+        return JobView(**public, elapsed_s=end - record.created_at, eta_s=eta, links=links)
 
     def _count(self, record: JobRecord, state: str) -> None:
         if self._metrics is not None:
@@ -488,107 +546,47 @@ class JobService:
 
     def _gauge(self) -> None:
         if self._metrics is not None:
-            running = len(self._running)
-            self._metrics.jobs_active.set(len(self._tasks) - running, tags={"state": "queued"})
-            self._metrics.jobs_active.set(running, tags={"state": "running"})
+            running = sum(run.running for run in self._runs.values())
+            self._metrics.set_active(len(self._runs) - running, running)
 
-    async def _fail(self, run: _Run, error: ServiceError) -> None:
-        self._frames.pop(run.record.id, None)
-        detail = ErrorDetail(code=error.code, message=error.message)
-        if await self._save(run, state="failed", finished_at=time.time(), error=detail):
-            self._count(run.record, "failed")
-            if self._metrics is not None:
-                self._metrics.job_failures.inc(tags={"code": error.code})
-            logger.info("job %s failed: %s", run.record.id, error.code)
+    @property
+    def running_here(self) -> int:
+        return len(self._runs)
 
-    async def _save(self, run: _Run, **update) -> bool:
-        """Write this runner's record, unless the job was deleted or taken over meanwhile
-        (then False: the job is no longer ours)."""
-        async with run.lock:
-            stored = await self._io(self.store.read, run.record.id)
-            if stored is None or stored.runner not in (None, self.runner_id):
-                return False
-            if stored.state == "cancelled":
-                return False
-            run.record = run.record.model_copy(update=update)
-            await self._io(self.store.write, run.record)
-            return True
-
-    async def _heartbeat(self, run: _Run, job: asyncio.Task | None) -> None:
-        """Beat while the job waits and runs, and record its progress as it moves; stop
-        the job once it is no longer ours (deleted on any replica, or taken over)."""
-        tick = min(self._config.heartbeat_s, PROGRESS_EVERY_S)
-        beat_at = time.monotonic()
-        while True:
-            await asyncio.sleep(tick)
-            update = {}
-            counts = self._frames.get(run.record.id)
-            if counts is not None and counts.done != run.record.frames_done:
-                update.update(_frame_fields(counts))
-            progress = self._progress_of(run.record.id) if self._progress_of else None
-            if progress is not None and progress >= run.record.progress + 0.01:
-                update["progress"] = min(progress, 0.99)  # 1 once the result is stored
-            if time.monotonic() - beat_at >= self._config.heartbeat_s:
-                beat_at = time.monotonic()
-                update["heartbeat_at"] = time.time()
-            if update and not await self._save(run, **update):
-                if job is not None:
-                    job.cancel()
-                return
-
-    async def _take_over_if_stale(self, record: JobRecord) -> JobRecord:
-        """A queued or running job whose runner stopped beating is run again here."""
-        if record.terminal or record.id in self._tasks:
-            return record
-        beat = record.heartbeat_at or record.created_at
-        if time.time() - beat < self._config.stale_after_s:
-            return record
-        try:
-            data = await self._io(self.store.read_blob, record.id, UPLOAD)
-        except FileNotFoundError:  # its submitter died before the upload was stored
-            lost = ServiceError("the job's upload was lost; submit it again")
-            failed = {"state": "failed", "finished_at": time.time()}
-            failed["error"] = ErrorDetail(code=lost.code, message=lost.message)
-            record = record.model_copy(update=failed)
-            await self._io(self.store.write, record)
-            return record
-        logger.warning("job %s: its runner stopped; running it again here", record.id)
-        taken = record.model_copy(
-            update={"state": "queued", "runner": self.runner_id, "heartbeat_at": time.time()}
-        )
-        await self._io(self.store.write, taken)
-        self._start(taken, data)
-        return taken
-
-    # --- the store's bounds -------------------------------------------------------------------
-
-    async def _make_room(self, incoming: int) -> None:
-        await self._io(self._expire)
-        used = await self._io(self.store.usage_bytes)
-        if used + incoming > self._config.max_store_bytes:
-            raise StoreFull(
-                f"the job store is full ({used} of {self._config.max_store_bytes} bytes); "
-                "retry later or fetch and delete finished jobs"
-            )
-
-    def _expire(self) -> None:
-        """Delete finished jobs older than the TTL (a sweep before each new job)."""
-        cutoff = time.time() - self._config.ttl_s
-        for job_id in self.store.job_ids():
-            record = self.store.read(job_id)
-            if record is None or (record.terminal and (record.finished_at or 0) < cutoff):
-                self.store.delete(job_id)
+    @property
+    def record_calls(self) -> dict[str, int]:
+        """This replica's calls to the record store so far, by operation (a store made
+        by ``open_record_store`` counts them)."""
+        return dict(getattr(self.records, "calls", {}))
 
 
-def _frame_fields(counts: FrameCounts) -> dict:
-    return {
-        "frames_done": counts.done,
-        "frames_total": max(counts.total, counts.done),
-        "frames_model": counts.model,
-        "frames_repeated": counts.job,
-        "frames_cached": counts.cache,
-        "progress": min(counts.progress, 0.99),  # 1 once the result is stored
-    }
+def _has_upload(blobs: BlobStore, job_id: str) -> bool:
+    try:
+        blobs.size(job_id, UPLOAD)
+        return True
+    except FileNotFoundError:
+        return False
+
+
+def _expected_output_bytes(submission: Submission) -> int:
+    """Store space an output is expected to take (reserved until the real size is known):
+    a still's PNG at most ~3 bytes a pixel of its square bound; an animation one byte a
+    pixel of its frames; a video about its upload's bytes per output pixel."""
+    size = submission.options.size
+    media = submission.media
+    if media is None:
+        return 3 * size * size + 64 * 1024
+    pixels = size * size
+    if media.kind == "animation":
+        return media.frames * pixels
+    ratio = max(1.0, pixels / max(media.width * media.height, 1))
+    return int(len(submission.data) * ratio) + (1 << 20)
+
+
+def _service_error(error: BaseException) -> ServiceError:
+    if isinstance(error, ServiceError):
+        return error
+    return StoreError(f"the upload could not be stored: {error}")
 
 
 def sse_event(record: JobView) -> bytes:

@@ -13,38 +13,43 @@ is waiting, one call at a time while people are, so a running job leaves the oth
 replicas to single photos.
 
 Plain asyncio over a "stylize these frames" callable and the result cache's interface:
-it runs in unit tests, the CLI and the ingress alike. Decoding and encoding run in worker
-threads, one call at a time, so the event loop stays free.
+it runs in unit tests, the CLI and the ingress alike. Decoding and encoding run in the
+job's own thread (``worker.MediaThread``), which opens, uses and closes the reader and
+the writer: a cancelled or failed job lets go of them there, after the call in flight,
+so the event loop stays free and no other thread ever touches them.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import json
 import logging
 from collections import OrderedDict, deque
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from fractions import Fraction
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import BinaryIO
 
 import numpy as np
 
 from serve_app.concurrency import run_detached
 from serve_app.config import MediaConfig
 from serve_app.errors import ReplicaFailed, Unavailable
-from serve_app.imaging.pixels import (
-    DecodedImage,
-    apply_controls,
-    resize_long_side,
-    target_dimensions,
+from serve_app.imaging.pixels import target_dimensions
+from serve_app.media import probe
+from serve_app.media.ends import (
+    Decoded,
+    FrameSource,
+    MediaOutput,
+    Sink,
+    Stylized,
+    open_sink,
+    release,
 )
-from serve_app.media import probe, writers
 from serve_app.media.gate import ModelGate
-from serve_app.media.reader import Frame, MediaReader
+from serve_app.media.reader import MediaReader
+from serve_app.media.worker import MediaThread
 from serve_app.model.identity import ModelIdentity, StylizedArray
 from serve_app.options import StylizeOptions
 from serve_app.pipeline.lru import CachedImage
@@ -53,18 +58,18 @@ from serve_app.pipeline.ports import ResultStore
 logger = logging.getLogger(__name__)
 
 FRAME_MEDIA_TYPE = "application/x-animegan-rgb"
-"""How a stylised frame is kept in the result cache: raw (H, W, 3) uint8 bytes."""
+"""How a stylized frame is kept in the result cache: raw (H, W, 3) uint8 bytes."""
 FRAME_KEY_VERSION = 1
 # A model replica that dies mid-batch is replaced by Serve within seconds: the batch is
 # tried again this many times, waiting longer each time, before the job fails.
 MODEL_ATTEMPTS = 6
 RETRY_FIRST_WAIT_S = 0.5
-# Digests of the frames stylised last, with their pictures: a still shot or a repeating
+# Digests of the frames stylized last, with their pictures: a still shot or a repeating
 # animation costs one model pass; older repeats are found in the result cache.
 RECENT_FRAMES = 64
 
 FrameModel = Callable[[list[np.ndarray], str], Awaitable[list[StylizedArray]]]
-"""(frames of one shape, style) -> their stylised twins; raises ReplicaFailed when the
+"""(frames of one shape, style) -> their stylized twins; raises ReplicaFailed when the
 model replica died mid-call."""
 Identity = Callable[[str], ModelIdentity]
 """style -> what the model runs for it (part of every frame's cache key)."""
@@ -84,11 +89,6 @@ def frame_key(digest: str, style: str, identity: ModelIdentity) -> str:
     return hashlib.blake2b(encoded, digest_size=20).hexdigest()
 
 
-def frame_digest(rgb: np.ndarray) -> str:
-    header = f"{rgb.shape[0]}x{rgb.shape[1]}:".encode()
-    return hashlib.blake2b(header + rgb.tobytes(), digest_size=20).hexdigest()
-
-
 @dataclass
 class FrameCounts:
     """A media job's frames: how many in all, written, and where each picture came from."""
@@ -104,38 +104,11 @@ class FrameCounts:
         return min(self.done / self.total, 1.0) if self.total else 0.0
 
 
-@dataclass(frozen=True)
-class MediaOutput:
-    """A finished video or animation: in ``path`` (videos) or ``data`` (animations)."""
-
-    media_type: str
-    width: int
-    height: int
-    frames: int
-    duration_s: float
-    path: Path | None = None
-    data: bytes | None = None
-
-    @property
-    def size(self) -> int:
-        return len(self.data) if self.data is not None else self.path.stat().st_size
-
-
-@dataclass(frozen=True)
-class _Decoded:
-    """A frame as the decoder's thread hands it over."""
-
-    frame: Frame
-    photo: np.ndarray  # resized to the job's size (the controls blend with it)
-    alpha: np.ndarray | None
-    digest: str  # of ``photo``
-
-
 @dataclass
 class _Pending:
     """A frame between the decoder and the encoder."""
 
-    decoded: _Decoded
+    decoded: Decoded
     picture: asyncio.Future = field(repr=False)  # -> the model's (H, W, 3) uint8
 
 
@@ -167,50 +140,59 @@ class MediaJob:
         self._calls: set[asyncio.Task] = set()
         self._background: set[asyncio.Task] = set()
 
-    async def run(self, source: BinaryIO | Path, dest: Path | None) -> MediaOutput:
-        """``dest``: where a video is written (an animation comes back as bytes)."""
-        reader = await asyncio.to_thread(MediaReader, source, self._info)
+    async def run(
+        self, source: BinaryIO | Path, dest: Path | None, thread: MediaThread | None = None
+    ) -> MediaOutput:
+        """``dest``: where a video is written (an animation comes back as bytes).
+        ``thread``: the job's thread, when the caller made one (it probed in it);
+        otherwise the job makes its own and ends it."""
+        if thread is None:
+            async with MediaThread() as own:
+                return await self._run(source, dest, own)
+        return await self._run(source, dest, thread)
+
+    async def _run(
+        self, source: BinaryIO | Path, dest: Path | None, thread: MediaThread
+    ) -> MediaOutput:
+        opened = _Opened()
         try:
-            sink = await asyncio.to_thread(self._open_sink, reader, dest)
-            try:
-                await self._pump(reader, sink)
-                return await asyncio.to_thread(sink.finish)
-            finally:
-                await asyncio.to_thread(sink.abandon)
+            await thread.call(self._open, opened, source, dest)
+            await self._pump(opened.source, opened.sink, thread)
+            return await thread.call(opened.sink.finish)
         finally:
             for task in self._calls:
                 task.cancel()
-            await asyncio.to_thread(reader.close)
+            # After the call in flight (a cancelled call still waited for it), in the
+            # thread that used them.
+            await thread.call(release, opened.source, opened.sink, opened.reader)
 
-    def _open_sink(self, reader: MediaReader, dest: Path | None) -> _Sink:
+    def _open(self, opened: _Opened, source: BinaryIO | Path, dest: Path | None) -> None:
+        """In the job's thread: the reader, the writer, and the frames' source."""
+        opened.reader = MediaReader(source, self._info)
         width, height = target_dimensions(self._info.width, self._info.height, self._options.size)
-        if self._info.kind == "video":
-            if dest is None:
-                raise ValueError("a video needs a destination file")
-            return _VideoSink(reader, dest, width, height, self._options, self._config)
-        return _AnimationSink(self._info, width, height, self._options)
+        opened.sink = open_sink(opened.reader, dest, width, height, self._options, self._config)
+        opened.source = FrameSource(opened.reader, opened.sink, self._options)
 
-    async def _pump(self, reader: MediaReader, sink: _Sink) -> None:
+    async def _pump(self, frames: FrameSource, sink: Sink, thread: MediaThread) -> None:
         window: deque[_Pending] = deque()
-        frames = _FrameSource(iter(reader), sink, self._options, self._info)
         most = self._config.frames_in_flight
         exhausted = False
         while not exhausted or window:
             if not exhausted and len(window) < most:
-                pulled, exhausted = await asyncio.to_thread(frames.pull, most - len(window))
+                pulled, exhausted = await thread.call(frames.pull, most - len(window))
                 window.extend(await self._route(pulled))
             if exhausted or len(window) >= most:
                 self._dispatch(everything=True)  # nothing more arrives to fill a batch
             ready = _take_ready(window)
             if ready:
-                await asyncio.to_thread(sink.write, ready)
+                await thread.call(sink.write, ready)
                 self.counts.done += len(ready)
                 if self._on_progress is not None:
                     self._on_progress(self.counts)
             elif window and (exhausted or len(window) >= most):
                 await asyncio.wait([window[0].picture])
 
-    async def _route(self, pulled: list[_Decoded]) -> list[_Pending]:
+    async def _route(self, pulled: list[Decoded]) -> list[_Pending]:
         """Each new frame: a repeat of a recent one, a cache hit, or work for the model."""
         loop = asyncio.get_running_loop()
         routed: list[_Pending] = []
@@ -303,13 +285,13 @@ def expected_frames(info: probe.MediaInfo, max_fps: float | None) -> int:
     return max(1, min(info.frames, round(info.duration_s * max_fps)))
 
 
-def _take_ready(window: deque[_Pending]) -> list[_Pending]:
-    """The frames at the front whose pictures are there (a failed one raises)."""
+def _take_ready(window: deque[_Pending]) -> list[Stylized]:
+    """The frames at the front whose pictures are there, with them (a failed one raises)."""
     ready = []
     while window and window[0].picture.done():
         pending = window.popleft()
-        pending.picture.result()  # the model's error, if any, fails the job here
-        ready.append(pending)
+        # The model's error, if any, fails the job here.
+        ready.append((pending.decoded, pending.picture.result()))
     return ready
 
 
@@ -341,147 +323,13 @@ def _cached_frame(cached: CachedImage | None, shape: tuple[int, ...]) -> np.ndar
     return np.frombuffer(cached.data, np.uint8).reshape(shape)
 
 
-class _FrameSource:
-    """The decoder's side, run in a worker thread: frames resized, ``max_fps`` applied,
-    audio packets handed straight to the sink (the muxer interleaves them)."""
+@dataclass
+class _Opened:
+    """What a job opened in its thread, as far as it got (released in that thread)."""
 
-    def __init__(
-        self,
-        items: Iterator[Any],
-        sink: _Sink,
-        options: StylizeOptions,
-        info: probe.MediaInfo,
-    ) -> None:
-        self._items = items
-        self._sink = sink
-        self._size = options.size
-        self._min_gap = None if options.max_fps is None else Fraction(1) / Fraction(options.max_fps)
-        self._video = info.kind == "video"
-        self._first_time: Fraction | None = None
-        self._next_time: Fraction | None = None
-
-    def pull(self, most: int) -> tuple[list[_Decoded], bool]:
-        """Up to ``most`` frames; True once the input is exhausted."""
-        pulled: list[_Decoded] = []
-        while len(pulled) < most:
-            item = next(self._items, None)
-            if item is None:
-                return pulled, True
-            if not isinstance(item, Frame):
-                self._sink.packet(item)
-                continue
-            if self._dropped(item):
-                continue
-            decoded = DecodedImage(np.ascontiguousarray(item.rgb), item.alpha, "frame")
-            resized = resize_long_side(decoded, self._size)
-            digest = frame_digest(resized.rgb)
-            pulled.append(_Decoded(item, resized.rgb, resized.alpha, digest))
-        return pulled, False
-
-    def _dropped(self, frame: Frame) -> bool:
-        """``max_fps`` as steps of 1/max_fps from the first frame: a frame is kept when it
-        reaches the next step, so a 10 fps video capped at 9 keeps 9 frames a second (a
-        gap counted from each kept frame would keep 5)."""
-        if self._min_gap is None or not self._video or frame.pts is None:
-            return False
-        at = frame.pts * (frame.time_base or Fraction(1))
-        if self._first_time is None:
-            self._first_time = at
-        if self._next_time is not None and at < self._next_time:
-            return True
-        steps = (at - self._first_time) // self._min_gap
-        self._next_time = self._first_time + (steps + 1) * self._min_gap
-        return False
-
-
-class _Sink:
-    """Where stylised frames go, in order (runs in worker threads, one call at a time)."""
-
-    def packet(self, packet: Any) -> None:  # audio, copied (videos only)
-        raise NotImplementedError
-
-    def write(self, frames: list[_Pending]) -> None:
-        raise NotImplementedError
-
-    def finish(self) -> MediaOutput:
-        raise NotImplementedError
-
-    def abandon(self) -> None:
-        """Release what is open (after finish: nothing)."""
-
-
-def _finished(options: StylizeOptions, pending: _Pending) -> np.ndarray:
-    picture = pending.picture.result()
-    photo = pending.decoded.photo
-    return apply_controls(photo, picture, options.strength, options.preserve_color)
-
-
-class _VideoSink(_Sink):
-    def __init__(
-        self,
-        reader: MediaReader,
-        dest: Path,
-        width: int,
-        height: int,
-        options: StylizeOptions,
-        config: MediaConfig,
-    ) -> None:
-        container, self._media_type, _ = writers.output_container(reader.info, options.container)
-        self._writer = writers.VideoWriter(dest, reader, width, height, container, config.video_crf)
-        self._dest, self._options = dest, options
-        self._width, self._height = width, height
-        self._frames, self._duration_s = 0, reader.info.duration_s
-
-    def packet(self, packet: Any) -> None:
-        self._writer.write_packet(packet)
-
-    def write(self, frames: list[_Pending]) -> None:
-        for pending in frames:
-            self._writer.write_frame(_finished(self._options, pending), pending.decoded.frame)
-            self._frames += 1
-
-    def finish(self) -> MediaOutput:
-        self._writer.close()
-        # Every frame keeps its timestamp: the output lasts as long as the input.
-        duration = self._duration_s
-        return MediaOutput(
-            self._media_type, self._width, self._height, self._frames, duration, path=self._dest
-        )
-
-    def abandon(self) -> None:
-        with contextlib.suppress(Exception):
-            self._writer.close()
-
-
-class _AnimationSink(_Sink):
-    def __init__(
-        self, info: probe.MediaInfo, width: int, height: int, options: StylizeOptions
-    ) -> None:
-        self._writer = writers.AnimationWriter(info, options.quality)
-        self._info, self._options = info, options
-        self._width, self._height = width, height
-        self._frames, self._duration_ms = 0, 0
-
-    def packet(self, packet: Any) -> None:
-        raise ValueError("an animation has no audio")
-
-    def write(self, frames: list[_Pending]) -> None:
-        for pending in frames:
-            duration = pending.decoded.frame.duration_ms or 0
-            self._writer.add(_finished(self._options, pending), pending.decoded.alpha, duration)
-            self._frames += 1
-            self._duration_ms += duration
-
-    def finish(self) -> MediaOutput:
-        data = self._writer.finish()
-        return MediaOutput(
-            self._info.media_type,
-            self._width,
-            self._height,
-            self._frames,
-            self._duration_ms / 1000,
-            data=data,
-        )
+    reader: MediaReader | None = None
+    sink: Sink | None = None
+    source: FrameSource | None = None
 
 
 def sync_animation_budget_error(info: probe.MediaInfo, size: int, budget: int) -> str | None:

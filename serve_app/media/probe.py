@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import IO, Literal
 
 import av
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from serve_app.config import MediaConfig
 from serve_app.errors import (
@@ -24,6 +24,7 @@ from serve_app.errors import (
     UndecodableMedia,
     UnsupportedCodec,
 )
+from serve_app.media.boundary import bombs_refused, media_errors
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +48,9 @@ CONTAINER_MEDIA_TYPES = {
 }
 _DEMUXERS = {"mov,mp4,m4a,3gp,3g2,mj2": "iso", "matroska,webm": "ebml"}
 PILLOW_ANIMATIONS = {"GIF": "gif", "WEBP": "webp", "PNG": "apng"}
+# Only these Pillow plugins ever parse an upload on the media path (as on the picture
+# path, no decoder of a format the service never wanted sees it).
+_ANIMATION_OPENERS = tuple(PILLOW_ANIMATIONS)
 
 
 _ISO_BOXES = (b"ftyp", b"moov", b"mdat", b"free", b"skip", b"wide", b"pnot")
@@ -119,20 +123,19 @@ def sniff_foreign_video(head: bytes) -> str | None:
 
 
 def is_animated_picture(data_or_source: bytes | Source) -> bool:
-    """True for a GIF, WebP or PNG with more than one frame (headers only)."""
+    """True for a GIF, WebP or PNG with more than one frame (headers only).
+
+    Never raises on a bad upload: whatever Pillow makes of it, it is then not an
+    animation, and the picture path reports what it is.
+    """
     source = io.BytesIO(data_or_source) if isinstance(data_or_source, bytes) else data_or_source
     try:
-        with Image.open(rewound(source)) as image:
+        with bombs_refused(), Image.open(rewound(source), formats=_ANIMATION_OPENERS) as image:
             return image.format in PILLOW_ANIMATIONS and getattr(image, "n_frames", 1) > 1
-    except (
-        UnidentifiedImageError,
-        OSError,
-        ValueError,
-        SyntaxError,
-        Image.DecompressionBombError,
-        Image.DecompressionBombWarning,  # an error where the service makes it one
-    ):
-        return False  # not an animation: the picture path reports what it is
+    except MemoryError:
+        raise
+    except Exception:  # each plugin raises its own types on odd input
+        return False
 
 
 def rewound(source: Source) -> Source:
@@ -195,10 +198,17 @@ def _check_ebml_complete(source: Source) -> None:
 
 
 def probe(source: Source, config: MediaConfig) -> MediaInfo:
-    """Describe a video or animated picture and refuse it early if it is out of limits."""
+    """Describe a video or animated picture and refuse it early if it is out of limits.
+
+    Raises only the media errors (415, 413, 400), whatever the decoder makes of the file.
+    An APNG whose animation is broken but whose default image decodes is a still picture,
+    as browsers show it (``kind == "still"``).
+    """
     if sniff_video(_head(source)):
-        return _probe_video(source, config)
-    return _probe_animation(source, config)
+        with media_errors("the video cannot be read"):
+            return _probe_video(source, config)
+    with media_errors("the animated picture cannot be read"), bombs_refused():
+        return _probe_animation(source, config)
 
 
 def _too_large(what: str, value: object, limit: object) -> MediaTooLarge:
@@ -317,14 +327,32 @@ def _count_packets(source: Source, config: MediaConfig) -> int:
     return count
 
 
+class _BrokenAnimation(Exception):
+    """An APNG's animation chunks cannot be read (its default image may still be fine)."""
+
+
 def _probe_animation(source: Source, config: MediaConfig) -> MediaInfo:
     try:
-        with Image.open(rewound(source)) as image:
+        with Image.open(rewound(source), formats=_ANIMATION_OPENERS) as image:
             return _animation_info(image, config)
-    except (UnidentifiedImageError, SyntaxError) as exc:
-        raise UnsupportedCodec("not a video (MP4, MOV, MKV, WebM) or animated picture") from exc
-    except (OSError, ValueError, EOFError) as exc:
-        raise UndecodableMedia(f"the animated picture cannot be read: {exc}") from exc
+    except _BrokenAnimation as broken:
+        return _default_image_info(source, broken.__cause__)
+
+
+def _default_image_info(source: Source, broken: BaseException | None) -> MediaInfo:
+    """A broken APNG as browsers show it: its default image, when that decodes."""
+    try:
+        with Image.open(rewound(source), formats=_ANIMATION_OPENERS) as image:
+            image.load()  # the default image only
+            info = _still_info(image)
+    except MemoryError:
+        raise
+    except Exception as exc:
+        raise UndecodableMedia(
+            f"the APNG's animation and default image are broken: {broken}"
+        ) from exc
+    log.info("APNG with a broken animation (%s): taken as its default image", broken)
+    return info
 
 
 def _animation_info(image: Image.Image, config: MediaConfig) -> MediaInfo:
@@ -334,13 +362,16 @@ def _animation_info(image: Image.Image, config: MediaConfig) -> MediaInfo:
         return _still_info(image)
     if fmt is None:
         raise UnsupportedCodec(f"animated {image.format} is not accepted (GIF, WebP, APNG)")
-    width, height = image.size
+    width, height = image.size  # the canvas every frame is shown on, as browsers do
     _check_frame_size(width, height, config)
     if frames > config.max_animation_frames:
         raise _too_large("animation frame count", frames, config.max_animation_frames)
     has_alpha = image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info
     loop = image.info.get("loop", 1)  # a GIF without a loop extension plays once
-    durations = _webp_durations_ms(image.fp) if fmt == "webp" else _durations_ms(image, frames)
+    if fmt == "webp":
+        durations = _webp_durations_ms(image.fp)
+    else:
+        durations = _durations_ms(image, frames, fmt, config)
     duration_s = sum(durations) / 1000
     return MediaInfo(
         kind="animation",
@@ -379,11 +410,27 @@ def _still_info(image: Image.Image) -> MediaInfo:
     )
 
 
-def _durations_ms(image: Image.Image, frames: int) -> list[int]:
-    """Each frame's duration; Pillow reports it per frame, after seeking to it."""
+def _durations_ms(image: Image.Image, frames: int, fmt: str, config: MediaConfig) -> list[int]:
+    """Each frame's duration; Pillow reports it per frame, after seeking to it.
+
+    A GIF frame may reach past the canvas, and Pillow then enlarges the picture it
+    decodes into: that size is checked against the limit too (the output keeps the
+    canvas, as browsers do). An APNG whose frames cannot be decoded is a _BrokenAnimation
+    (Pillow decodes each frame before it seeks past it anyway, the last one is extra).
+    """
     durations = []
     for index in range(frames):
-        image.seek(index)
+        try:
+            image.seek(index)
+            if fmt == "apng":
+                image.load()
+        except (MemoryError, Image.DecompressionBombError, Image.DecompressionBombWarning):
+            raise
+        except Exception as exc:
+            if fmt == "apng":
+                raise _BrokenAnimation from exc
+            raise
+        _check_frame_size(*image.size, config)
         durations.append(round(image.info.get("duration", 0) or 0))
     image.seek(0)
     return durations

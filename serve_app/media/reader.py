@@ -16,7 +16,8 @@ import numpy as np
 from PIL import Image
 
 from serve_app.errors import UndecodableMedia
-from serve_app.media.probe import MediaInfo, Source, open_video, rewound
+from serve_app.media.boundary import media_error, media_errors
+from serve_app.media.probe import PILLOW_ANIMATIONS, MediaInfo, Source, open_video, rewound
 
 
 @dataclass(frozen=True, eq=False)
@@ -43,13 +44,19 @@ class MediaReader:
         self._image: Image.Image | None = None
         self._container: av.container.InputContainer | None = None
         self.audio_streams: tuple[av.audio.stream.AudioStream, ...] = ()
-        if info.kind == "video":
-            self._container = open_video(source)
-            self.video_stream = self._container.streams.video[0]
-            self.video_stream.codec_context.thread_type = "AUTO"
-            self.audio_streams = tuple(self._container.streams.audio)
-        else:
-            self._image = Image.open(rewound(source))
+        try:
+            if info.kind == "video":
+                with media_errors("the video cannot be read"):
+                    self._container = open_video(source)
+                    self.video_stream = self._container.streams.video[0]
+                    self.video_stream.codec_context.thread_type = "AUTO"
+                    self.audio_streams = tuple(self._container.streams.audio)
+            else:
+                with media_errors("the animation cannot be read"):
+                    self._image = Image.open(rewound(source), formats=tuple(PILLOW_ANIMATIONS))
+        except BaseException:
+            self.close()
+            raise
 
     def __enter__(self) -> MediaReader:
         return self
@@ -83,8 +90,11 @@ class MediaReader:
                 for decoded in self.video_stream.decode(packet):
                     yield self._video_frame(decoded, index)
                     index += 1
-        except av.FFmpegError as exc:
-            raise UndecodableMedia(f"the video breaks off at frame {index}: {exc}") from exc
+        except Exception as exc:  # FFmpeg's errors, or what PyAV makes of an odd frame
+            error = media_error(exc, f"the video breaks off at frame {index}")
+            if error is exc:
+                raise
+            raise error from exc
         self._check_count(index)
 
     def _video_frame(self, decoded: av.VideoFrame, index: int) -> Frame:
@@ -95,17 +105,21 @@ class MediaReader:
 
     def _animation_frames(self) -> Iterator[Frame]:
         assert self._image is not None
-        index = 0
-        try:
-            for index in range(self.info.frames):
+        for index in range(self.info.frames):
+            with media_errors(f"the animation breaks off at frame {index}"):
                 self._image.seek(index)
-                yield self._animation_frame(self._image, index)
-        except (OSError, ValueError, EOFError) as exc:
-            raise UndecodableMedia(f"the animation breaks off at frame {index}: {exc}") from exc
+                frame = self._animation_frame(self._image, index)
+            yield frame
 
     def _animation_frame(self, image: Image.Image, index: int) -> Frame:
         # Converting loads the frame; WebP reports its duration only once loaded.
-        converted = np.asarray(image.convert("RGBA" if self.info.has_alpha else "RGB"))
+        converted = image.convert("RGBA" if self.info.has_alpha else "RGB")
+        canvas = (self.info.width, self.info.height)
+        if converted.size != canvas:
+            # A GIF frame reaching past the canvas makes Pillow enlarge the picture;
+            # browsers show the canvas only, and so does every output frame.
+            converted = converted.crop((0, 0, *canvas))
+        converted = np.asarray(converted)
         duration = round(image.info.get("duration", 0) or 0)
         if not self.info.has_alpha:
             return Frame(index=index, rgb=converted, duration_ms=duration)

@@ -1,7 +1,9 @@
 """Videos and animated pictures as the API takes them: recognised, checked, then made.
 
 The routes and the job service are thin over this; the frames' path itself is
-``media_jobs.MediaJob``. No Ray here: the model is a "stylize these frames" callable.
+``frames.MediaJob``. No Ray here: the model is a "stylize these frames" callable.
+Whatever the decoders make of an upload comes out as the media errors (415, 413, 400;
+``boundary``), never as a raw exception.
 """
 
 from __future__ import annotations
@@ -14,10 +16,18 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from serve_app.config import AppConfig
-from serve_app.errors import InvalidVideoOptions, Timeout, UnsupportedCodec, UseJobs
+from serve_app.config import MIN_SIDE, AppConfig
+from serve_app.errors import (
+    InvalidVideoOptions,
+    MediaTooLarge,
+    ServiceError,
+    Timeout,
+    UnsupportedCodec,
+    UseJobs,
+)
 from serve_app.imaging import pixels
 from serve_app.media import probe, writers
+from serve_app.media.boundary import NOT_MEDIA
 from serve_app.media.frames import (
     FrameCounts,
     FrameModel,
@@ -27,6 +37,7 @@ from serve_app.media.frames import (
     sync_animation_budget_error,
 )
 from serve_app.media.gate import ModelGate
+from serve_app.media.worker import MediaThread
 from serve_app.options import StylizeOptions
 from serve_app.pipeline.ports import ResultStore
 
@@ -77,7 +88,8 @@ class MediaService:
         remove_abandoned_outputs(config.jobs.timeout_s)
 
     async def inspect(self, data: bytes) -> probe.MediaInfo | None:
-        """What the upload is, when it is a video or an animation (None: a still picture).
+        """What the upload is, when it is a video or an animation (None: a still picture,
+        an APNG whose animation is broken but whose default image is fine included).
         Raises the media errors (415, 413, 400) for what cannot be made."""
         foreign = probe.sniff_foreign_video(data[:SNIFF_BYTES])
         if foreign is not None:
@@ -85,49 +97,78 @@ class MediaService:
                 f"{foreign} files are not taken; send MP4, MOV, MKV or WebM (H.264, HEVC, "
                 "VP8, VP9 or AV1 video)"
             )
-        if probe.sniff_video(data[:SNIFF_BYTES]):
-            return await asyncio.to_thread(probe.probe, io.BytesIO(data), self._config.media)
-        if not await asyncio.to_thread(probe.is_animated_picture, data):
+        video = probe.sniff_video(data[:SNIFF_BYTES])
+        if not video and not await asyncio.to_thread(probe.is_animated_picture, data):
             return None
-        return await asyncio.to_thread(probe.probe, io.BytesIO(data), self._config.media)
+        info = await asyncio.to_thread(probe.probe, io.BytesIO(data), self._config.media)
+        return None if info.kind == "still" else info
 
     def check(self, info: probe.MediaInfo, options: StylizeOptions) -> None:
         """Refuse, before anything runs, options this upload cannot be made with."""
         width, height = pixels.target_dimensions(info.width, info.height, options.size)
+        largest = self._config.tiling.max_whole_pixels
+        if width * height > largest:  # frames go to the model whole, never tiled
+            raise InvalidVideoOptions(
+                f"{info.kind} frames of {width}x{height} are above the {largest} pixels a "
+                "frame is made at; ask for a smaller size"
+            )
         if info.kind == "video":
-            largest = self._config.tiling.max_whole_pixels
-            if width * height > largest:
-                raise InvalidVideoOptions(
-                    f"video frames of {width}x{height} are above the {largest} pixels a frame "
-                    "is made at; ask for a smaller size"
-                )
             writers.output_container(
                 info, options.container
             )  # raises when it cannot hold the audio
+        else:
+            self._check_animation_pixels(info, options.size, width, height)
+
+    def _check_animation_pixels(
+        self, info: probe.MediaInfo, size: int, width: int, height: int
+    ) -> None:
+        """An animation's writer holds every output frame: frames × output pixels bounded."""
+        limit = self._config.media.max_animation_pixels
+        total = info.frames * width * height
+        if total <= limit:
+            return
+        fits = _largest_size_within(info, size, limit)
+        advice = f"ask for size={fits} or less" if fits else "send fewer or smaller frames"
+        raise MediaTooLarge(
+            f"an animation of {info.frames} frames at {width}x{height} is {total} output "
+            f"pixels, over the limit of {limit} (frames × width × height); {advice}"
+        )
 
     async def run_job(
-        self, options: StylizeOptions, data: bytes, on_progress: Callable[[FrameCounts], None]
+        self,
+        options: StylizeOptions,
+        source: Path,
+        on_progress: Callable[[FrameCounts], None],
     ) -> MediaOutput:
-        """A video or animation job's output (a video in a temporary file the caller owns)."""
-        info = await asyncio.to_thread(probe.probe, io.BytesIO(data), self._config.media)
-        job = self._job(info, options, on_progress, self.gate)
-        if info.kind != "video":
-            return await job.run(io.BytesIO(data), None)
-        extension = writers.output_container(info, options.container)[2]
-        with tempfile.NamedTemporaryFile(
-            prefix=OUTPUT_PREFIX, suffix=f".{extension}", delete=False
-        ) as file:
-            dest = Path(file.name)
-        try:
-            return await job.run(io.BytesIO(data), dest)
-        except BaseException:
-            dest.unlink(missing_ok=True)
-            raise
+        """A video or animation job's output, from the upload in ``source`` (a file the
+        caller owns and keeps until this returns; a video's output is a temporary file the
+        caller then owns). Probing, decoding, encoding and closing all run in the job's
+        own thread; cancelled, this returns only once that thread has let go of the files.
+        """
+        async with MediaThread() as thread:
+            info = await thread.call(probe.probe, source, self._config.media)
+            if info.kind == "still":
+                raise UnsupportedCodec(NOT_MEDIA)
+            self.check(info, options)
+            job = self._job(info, options, on_progress, self.gate)
+            if info.kind != "video":
+                return await job.run(source, None, thread)
+            extension = writers.output_container(info, options.container)[2]
+            with tempfile.NamedTemporaryFile(
+                prefix=OUTPUT_PREFIX, suffix=f".{extension}", delete=False
+            ) as file:
+                dest = Path(file.name)
+            try:
+                return await job.run(source, dest, thread)
+            except BaseException:
+                dest.unlink(missing_ok=True)  # the writer was closed in the job's thread
+                raise
 
     async def animate(self, data: bytes, info: probe.MediaInfo, options: StylizeOptions):
         """An animation made while the caller waits: within the synchronous budget only."""
         if info.kind == "video":
             raise UseJobs("videos are made as jobs: submit it to POST /v1/jobs")
+        self.check(info, options)
         reason = sync_animation_budget_error(info, options.size, self._config.media.max_sync_pixels)
         if reason is not None:
             raise UseJobs(reason)
@@ -159,3 +200,20 @@ class MediaService:
             gate,
             on_progress,
         )
+
+
+def _largest_size_within(info: probe.MediaInfo, size: int, limit: int) -> int | None:
+    """The largest size below ``size`` whose output stays within ``limit`` pixels."""
+    low, high, best = MIN_SIDE, size - 1, None
+    while low <= high:
+        middle = (low + high) // 2
+        try:
+            width, height = pixels.target_dimensions(info.width, info.height, middle)
+        except ServiceError:  # the shorter side under the minimum: larger sizes only
+            low = middle + 1
+            continue
+        if info.frames * width * height <= limit:
+            best, low = middle, middle + 1
+        else:
+            high = middle - 1
+    return best

@@ -1,4 +1,4 @@
-"""Writing stylised frames: videos re-encoded with the input's timestamps and audio
+"""Writing stylized frames: videos re-encoded with the input's timestamps and audio
 copied, animations in the input's format with its durations and loop count."""
 
 from __future__ import annotations
@@ -135,8 +135,10 @@ class VideoWriter:
 class AnimationWriter:
     """Collects frames and writes them as the input's format, durations and loop count.
 
-    Pillow writes animations whole, so frames are held until :meth:`finish`; that is what
-    ``MediaConfig.max_animation_frames`` bounds.
+    Pillow writes animations whole, so every frame is held until :meth:`finish` (as a
+    Pillow image: 4 bytes a pixel, RGB included), and the encoders then work on all of
+    them at once: ``config.ANIMATION_BYTES_PER_PIXEL`` is the measured peak, which
+    ``MediaConfig.max_animation_pixels`` bounds.
     """
 
     def __init__(self, info: MediaInfo, quality: int | None) -> None:
@@ -166,8 +168,12 @@ class AnimationWriter:
             duration=self._durations,
             **self._format_options(),
         )
-        self._frames, self._durations = [], []
+        self.discard()
         return out.getvalue()
+
+    def discard(self) -> None:
+        """Let go of the frames held (a job that will not finish)."""
+        self._frames, self._durations = [], []
 
     def _format_options(self) -> dict[str, object]:
         loop = self._info.loop if self._info.loop is not None else 0

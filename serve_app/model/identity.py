@@ -1,4 +1,4 @@
-"""What a model replica answers: the stylised array and what computed it. No torch here:
+"""What a model replica answers: the stylized array and what computed it. No torch here:
 the ingress side imports it."""
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """The model deployment: every style loaded once per replica, requests batched dynamically.
 
 A request is a validated, resized RGB array (from ``imaging.py``); the answer is the
-stylised array plus figures about the batch that computed it. Encoding, caching and
+stylized array plus figures about the batch that computed it. Encoding, caching and
 HTTP live in the ingress.
 """
 
@@ -251,7 +251,7 @@ class Stylizer:
         return curve
 
     async def stylize(self, rgb: np.ndarray, style: str) -> StylizedArray:
-        """One (H, W, 3) uint8 array -> its stylised twin. Raises ValueError for a bad item."""
+        """One (H, W, 3) uint8 array -> its stylized twin. Raises ValueError for a bad item."""
         if self.is_tiled(rgb):
             return await self._run_tiled(rgb, style, time.perf_counter())
         result = await self._run_batch(rgb, style, time.perf_counter())
@@ -260,7 +260,7 @@ class Stylizer:
         return result
 
     async def stylize_frames(self, frames: list[np.ndarray], style: str) -> list[StylizedArray]:
-        """A job's frames (one shape) -> their stylised twins, in order. They come batched
+        """A job's frames (one shape) -> their stylized twins, in order. They come batched
         already, so they skip the dynamic batcher; photos' batches take their turn on the
         model between two of the frames' passes. Raises ValueError for a bad frame."""
         arrival = time.perf_counter()
@@ -367,7 +367,7 @@ class Stylizer:
         self, rgb: np.ndarray, style: str
     ) -> AsyncIterator[tuple[int, int] | StylizedArray]:
         """``stylize`` as a stream: (steps done, steps in all) after each forward pass of
-        a tiled picture, then the stylised array (a small picture: the array alone)."""
+        a tiled picture, then the stylized array (a small picture: the array alone)."""
         if not self.is_tiled(rgb):
             yield await self.stylize(rgb, style)
             return

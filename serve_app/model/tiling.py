@@ -333,7 +333,7 @@ class TiledGenerator:
         settings: TileSettings,
         out: np.ndarray,
     ) -> Iterator[None]:
-        """Stylise ``rgb`` into ``out`` one forward pass per step.
+        """Stylize ``rgb`` into ``out`` one forward pass per step.
 
         A generator, so that the caller decides what runs between two passes (other
         work, or stopping: abandoning it leaves ``out`` incomplete and the norms reset).

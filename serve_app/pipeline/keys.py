@@ -25,9 +25,11 @@ def result_key(
     identity: ModelIdentity,
     background: ModelIdentity | None = None,
 ) -> str:
-    """Key of one result: every input that can change its bytes is part of it.
+    """Key of one result: every input that can change its bytes is part of it, every
+    option of ``StylizeOptions`` included (by its field's name: a new option joins every
+    key, so entries made before it miss rather than answer for a value they never had).
 
-    ``background``: what stylises the picture around the faces (``portrait=paste`` with a
+    ``background``: what stylizes the picture around the faces (``portrait=paste`` with a
     background style), else None.
 
     JSON of a sorted dict is the canonical encoding, so no two different part tuples give
@@ -37,21 +39,16 @@ def result_key(
         "pipeline": PIPELINE_VERSION,
         "pillow": PIL.__version__,
         "image": image,
-        "style": options.style,
-        "size": options.size,
-        "format": options.format,
-        "quality": options.quality,
-        "strength": options.strength,
-        "preserve_color": options.preserve_color,
-        "portrait": options.portrait,
-        "background": options.background,
-        "no_face": options.no_face,
-        "container": options.container,
-        "max_fps": options.max_fps,
         "weights": identity.weights,
         "runtime": identity.runtime,
         "background_weights": None if background is None else background.weights,
         "background_runtime": None if background is None else background.runtime,
     }
+    chosen = options.to_dict()  # every option, by its field's name
+    if not parts.keys().isdisjoint(chosen):  # a field named like a part would overwrite it
+        raise ValueError(
+            f"an option is named like a key part: {sorted(parts.keys() & chosen.keys())}"
+        )
+    parts.update(chosen)
     encoded = json.dumps(parts, sort_keys=True, separators=(",", ":")).encode()
     return hashlib.blake2b(encoded, digest_size=_KEY_DIGEST_SIZE).hexdigest()

@@ -45,7 +45,7 @@ class Model(Protocol):
 
 
 Animate = Callable[[bytes, StylizeOptions], Awaitable["CachedImage | None"]]
-"""(upload, options) -> the stylised animation; None when the upload is a still picture."""
+"""(upload, options) -> the stylized animation; None when the upload is a still picture."""
 StylizeArray = Callable[..., Awaitable[StylizedArray]]
-"""(rgb, style) -> the stylised array; the keyword ``on_progress`` (a ProgressSink), when
+"""(rgb, style) -> the stylized array; the keyword ``on_progress`` (a ProgressSink), when
 given, hears how far the model is with a large picture."""

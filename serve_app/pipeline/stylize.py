@@ -93,7 +93,7 @@ class _Computed:
 
 
 class StylizePipeline:
-    """Bytes of a picture -> the stylised picture, with caching, coalescing and limits."""
+    """Bytes of a picture -> the stylized picture, with caching, coalescing and limits."""
 
     def __init__(
         self,
@@ -281,7 +281,7 @@ class StylizePipeline:
     async def _compute_portrait(
         self, digest: str, data: bytes, options: StylizeOptions, work: _SharedWork
     ) -> _Computed:
-        """Faces found, cut from the full-resolution picture and stylised at the model's
+        """Faces found, cut from the full-resolution picture and stylized at the model's
         face size in one batch (the same shape), then cropped out or pasted back."""
         started = time.perf_counter()
         pixels = decode.header_pixels(data)
@@ -351,7 +351,7 @@ class StylizePipeline:
             detect_ms = (time.perf_counter() - detect_from) * 1e3
             if not faces and options.no_face == "error":
                 raise NoFace(
-                    "no face found in the picture; send no_face=whole to stylise the whole "
+                    "no face found in the picture; send no_face=whole to stylize the whole "
                     "picture instead, or portrait=off"
                 )
             prepared = geometry.prepare(full, faces, options.portrait, options.size, config)
@@ -386,7 +386,7 @@ class StylizePipeline:
     async def _stylize_with_retry(
         self, rgb: np.ndarray, style: str, on_progress: ProgressSink | None = None
     ) -> StylizedArray:
-        """A replica that dies mid-call is retried once: stylising is idempotent."""
+        """A replica that dies mid-call is retried once: stylizing is idempotent."""
         progress = {} if on_progress is None else {"on_progress": on_progress}
         try:
             return await self._stylize_array(rgb, style, **progress)

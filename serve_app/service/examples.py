@@ -1,7 +1,7 @@
 """The example photos: the configured `warm_examples`, read once per ingress replica.
 
 The page shows them and posts their bytes back to /v1/stylize; the start-up warming
-stylises those very bytes, so a click on an example is a cache hit. Reading the files
+stylizes those very bytes, so a click on an example is a cache hit. Reading the files
 once, and serving these bytes rather than the file as it may be by then, keeps what the
 page posts identical to what was warmed.
 """

@@ -11,11 +11,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Mapping
 from typing import Any, Protocol
 
 from serve_app.config import MIN_SIDE, OUTPUT_FORMATS, AppConfig, example_path
 from serve_app.errors import NotFound, ServiceError
-from serve_app.jobs.service import JobOutput, JobRecord, JobService, JobView
+from serve_app.jobs.records import ANONYMOUS, JobRecord, WebhookInfo
+from serve_app.jobs.service import JobService, Submission
 from serve_app.media.service import MediaService
 from serve_app.options import StylizeOptions, resolve_options
 from serve_app.pipeline.lru import CachedImage
@@ -88,11 +90,16 @@ class AnimeService:
     async def start(self) -> None:
         """Connect the cache, learn what the model runs, warm the examples (background
         work: visitors are served meanwhile)."""
+        self.jobs.start()
         await asyncio.gather(self._connect_cache(), self.learn_model_identity())
         try:
             await self._warm_examples()
         finally:
             self.warming = False
+
+    async def close(self) -> None:
+        """Stop background work; jobs running here are left to another replica."""
+        await self.jobs.close()
 
     async def _connect_cache(self) -> None:
         connect = getattr(self._cache, "connect", None)
@@ -107,17 +114,16 @@ class AnimeService:
 
     # --- options -----------------------------------------------------------------------
 
-    def options(self, synchronous: bool = True, **options: Any) -> StylizeOptions:
-        """The caller's options with the config's defaults, checked (422 on anything wrong);
-        ``format`` may be spelt as over HTTP."""
-        if "format" in options:
-            options["fmt"] = options.pop("format")
-        return resolve_options(self.config, **options, synchronous=synchronous)
+    def options(self, values: Mapping[str, Any], synchronous: bool = True) -> StylizeOptions:
+        """The caller's options (by the names of ``StylizeOptions``' fields; None: the
+        default) with the config's defaults, checked: 422 on anything wrong, an unknown
+        name included. ``synchronous``: sizes past ``limits.max_sync_size`` are refused."""
+        return resolve_options(self.config, values, synchronous=synchronous)
 
     # --- pictures ------------------------------------------------------------------------
 
     async def stylize(self, data: bytes, options: StylizeOptions) -> StylizeResult:
-        """Bytes of a picture -> the stylised picture; raises the API's errors."""
+        """Bytes of a picture -> the stylized picture; raises the API's errors."""
         self.media.gate.interactive()
         result = await self.pipeline.stylize(data, options)
         self._record(result, options)
@@ -150,25 +156,23 @@ class AnimeService:
 
     # --- jobs ----------------------------------------------------------------------------
 
-    async def submit_job(self, data: bytes, options: StylizeOptions) -> tuple[JobRecord, bool]:
-        """Start a job for a picture, animation or video, or find the one already made for
-        these bytes and options; the flag says whether this call started it."""
+    async def submit_job(
+        self,
+        data: bytes,
+        options: StylizeOptions,
+        owner: str = ANONYMOUS,
+        idempotency_key: str | None = None,
+        webhook: WebhookInfo | None = None,
+    ) -> tuple[JobRecord, bool]:
+        """Start a job for a picture, animation or video, or find the caller's own job
+        for the same idempotency key (or, with an owner, these bytes and options); the
+        flag says whether this call started it."""
         info = await self.media.inspect(data)
-        if info is None:
-            job_id = await self.pipeline.key_of(data, options)
-        else:
+        if info is not None:
             self.media.check(info, options)
-            job_id = await self.pipeline.key_of(data, options, media=True)
-        return await self.jobs.submit(job_id, data, options, info)
-
-    async def job(self, job_id: str) -> JobView:
-        return self.jobs.view(await self.jobs.get(job_id))
-
-    async def job_result(self, job_id: str) -> JobOutput:
-        return await self.jobs.result(job_id)
-
-    async def cancel_job(self, job_id: str) -> JobView:
-        return self.jobs.view(await self.jobs.cancel(job_id))
+        content_key = await self.pipeline.key_of(data, options, media=info is not None)
+        submission = Submission(data, options, content_key, info, owner, idempotency_key, webhook)
+        return await self.jobs.submit(submission)
 
     # --- examples, styles, figures -------------------------------------------------------
 
@@ -229,12 +233,13 @@ class AnimeService:
             requests=dict(self.pipeline.requests),
             in_flight=self.pipeline.in_flight,
             model=await self._model.stats(),
+            job_records=self.jobs.record_calls,
         )
 
     # --- the cache, warmed ---------------------------------------------------------------
 
     async def warm_cache(self, paths: list[str]) -> int:
-        """Stylise photos for every style at the defaults, so their first visitor waits for
+        """Stylize photos for every style at the defaults, so their first visitor waits for
         nothing; a bare file name (``4.jpg``) is one of the package's sample photos."""
         limit = self.config.limits.max_bytes
         examples = [read_example(entry, example_path(entry), limit) for entry in paths]
@@ -242,7 +247,7 @@ class AnimeService:
         return await self.pipeline.warm(photos, self._warm_options())
 
     def _warm_options(self) -> list[StylizeOptions]:
-        return [resolve_options(self.config, style.name) for style in self.config.styles]
+        return [resolve_options(self.config, style=style.name) for style in self.config.styles]
 
     async def _warm_examples(self) -> None:
         """The configured examples, one (example, style) at a time: warming is background

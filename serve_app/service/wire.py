@@ -89,6 +89,10 @@ class StatsResponse(BaseModel):
     model: ModelReport | None = Field(
         description="one model replica's own report; null if none answered"
     )
+    job_records: dict[str, int] = Field(
+        description="this ingress replica's calls to the job record store since it started, "
+        "by operation",
+    )
 
 
 class HealthResponse(BaseModel):
@@ -102,7 +106,7 @@ class ExampleInfo(BaseModel):
     width: int
     height: int
     warm: dict[str, bool] = Field(
-        description="style -> this ingress replica stylised the photo for it at start, at "
+        description="style -> this ingress replica stylized the photo for it at start, at "
         "the response's `size` and `format` and the other controls' defaults; the shared "
         "cache may have evicted a result since (it is then computed again)"
     )

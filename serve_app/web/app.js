@@ -284,7 +284,7 @@
   }
 
   // --- examples ----------------------------------------------------------------------
-  // The service stylises its example photos for every style at start (at its default
+  // The service stylizes its example photos for every style at start (at its default
   // size and format). The page downloads each photo once, at load, shows it, and posts
   // those very bytes on a click: the same bytes as were warmed, so the answer is a cache
   // hit and the click waits for no download.
@@ -301,7 +301,7 @@
     if (!examples.examples?.length) return;
     ui.exampleList.replaceChildren(...examples.examples.map(renderExample));
     ui.examplesAbout.textContent =
-      "One click stylises the photo with the options above. Marked “ready”: already " +
+      "One click stylizes the photo with the options above. Marked “ready”: already " +
       `made for the chosen style at ${examples.size} px ${examples.format.toUpperCase()} ` +
       "with the other controls at their defaults, so the result comes at once.";
     ui.examples.hidden = false;

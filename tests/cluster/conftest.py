@@ -7,15 +7,14 @@ multi-node test adds a worker node and runs last (it kills that node).
 
 from __future__ import annotations
 
-import io
 import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import pytest
 
-from tests.cluster.ray_cluster import FileServer, LocalCluster
-from tests.conftest import synthetic_jpeg
+from tests.support.pictures import synthetic_jpeg
+from tests.support.ray_cluster import FileServer, LocalCluster, node_weights_env
 
 # The GCS declares a node dead after `failure_threshold` missed checks `period_ms` apart
 # (defaults: 3 s x 5); shorter here so the node-loss test does not wait half a minute.
@@ -25,15 +24,6 @@ FAST_NODE_FAILURE_DETECTION = {
     "RAY_health_check_timeout_ms": "1000",
     "RAY_health_check_failure_threshold": "3",
 }
-
-
-def node_weights_env(cluster: LocalCluster, mirror: FileServer, node: str) -> dict[str, str]:
-    """Per node, as on real machines: its own weights cache dir; and its own mirror prefix,
-    so the mirror's counts tell the nodes apart."""
-    return {
-        "ANIMEGAN_WEIGHTS_DIR": str(cluster.root / f"weights-{node}"),
-        "ANIMEGAN_WEIGHTS_URL": f"{mirror.url}/{node}",
-    }
 
 
 @pytest.fixture(scope="package")
@@ -81,14 +71,3 @@ class Pictures:
 def pictures(request: pytest.FixtureRequest) -> Callable[[int], bytes]:
     # A different seed range per test: the detached cache actors outlive each app.
     return Pictures(base=zlib.crc32(request.node.nodeid.encode()) % 10**6 * 1000)
-
-
-def state_dict_bytes(seed: int) -> bytes:
-    """A random generator's state dict as `torch.save` writes it (about 8.6 MB)."""
-    import torch
-
-    from serve_app.model.generator import random_generator
-
-    buffer = io.BytesIO()
-    torch.save(random_generator(seed).state_dict(), buffer)
-    return buffer.getvalue()

@@ -8,7 +8,8 @@ import time
 import httpx
 import pytest
 
-from tests.cluster.ray_cluster import Load, serve_config, wait_for, write_config
+from tests.support.ray_cluster import Load, serve_config, wait_for, write_config
+from tests.support.serve import TEST_RUNTIME
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -42,6 +43,7 @@ def test_scales_out_and_back_in_without_a_failed_request(app_cluster, pictures, 
     }
     args = {
         "styles": [{"name": "alpha", "weights": "random"}],
+        "runtime": TEST_RUNTIME,  # one runtime on any CPU: the same cache keys
         "default_size": 64,
         "limits": {"max_size": 256},
         "request_timeout_s": 60,

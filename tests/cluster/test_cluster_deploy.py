@@ -10,7 +10,9 @@ import subprocess
 import httpx
 import pytest
 
-from tests.cluster.ray_cluster import REPO, Load, serve_config, wait_for, write_config
+from tests.support.paths import REPO
+from tests.support.ray_cluster import Load, serve_config, wait_for, write_config
+from tests.support.serve import TEST_RUNTIME
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -52,6 +54,7 @@ def test_script_deploys_and_live_changes_drop_no_request(app_cluster, pictures, 
     }
     args = {
         "styles": [{"name": "alpha", "weights": "random"}],
+        "runtime": TEST_RUNTIME,  # one runtime on any CPU: the same cache keys
         "default_size": 64,
         "limits": {"max_size": 256},
         "request_timeout_s": 60,
@@ -103,7 +106,8 @@ def test_script_deploys_and_live_changes_drop_no_request(app_cluster, pictures, 
 
 def test_dashboard_requires_the_clusters_token(cluster):
     """Token authentication is on for `ray start` clusters: no token or a wrong one is
-    refused, the cluster's own is accepted (the `serve` CLI sends it, see ray_cluster.py)."""
+    refused, the cluster's own is accepted (the `serve` CLI sends it, see
+    tests/support/ray_cluster.py)."""
     url = f"{cluster.dashboard_url}/api/serve/applications/"
     assert httpx.get(url, timeout=30).status_code == 401
     wrong = {"Authorization": f"Bearer {'0' * 64}"}

@@ -19,8 +19,9 @@ from dataclasses import dataclass
 import httpx
 import pytest
 
-from tests.cluster.fake_cluster import AutoscalingLocalCluster, WorkerType
-from tests.cluster.ray_cluster import Load, free_ports, serve_config, wait_for, write_config
+from tests.support.fake_cluster import AutoscalingLocalCluster, WorkerType
+from tests.support.ray_cluster import Load, free_ports, serve_config, wait_for, write_config
+from tests.support.serve import TEST_RUNTIME
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -142,6 +143,7 @@ def test_burst_adds_a_node_that_serves_then_idle_node_is_removed(
     cluster = autoscaling_cluster
     args = {
         "styles": [{"name": "alpha", "weights": "random"}],
+        "runtime": TEST_RUNTIME,  # one runtime on any CPU: the same cache keys
         "default_size": 64,
         "limits": {"max_size": 256},
         "request_timeout_s": 120,  # a queued request outlasts the node's start

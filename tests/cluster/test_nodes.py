@@ -14,8 +14,17 @@ import httpx
 import pytest
 
 from serve_app.model.weights import git_blob_sha1, git_blob_sha1_file
-from tests.cluster.conftest import node_weights_env, state_dict_bytes
-from tests.cluster.ray_cluster import HOST, Load, free_ports, serve_config, wait_for, write_config
+from tests.support.ray_cluster import (
+    HOST,
+    Load,
+    free_ports,
+    node_weights_env,
+    serve_config,
+    wait_for,
+    write_config,
+)
+from tests.support.serve import TEST_RUNTIME
+from tests.support.weights import state_dict_bytes
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -58,6 +67,7 @@ def test_two_nodes_share_cache_fetch_weights_once_each_and_survive_worker_loss(
 
     args = {
         "styles": [{"name": "gamma", "weights": CHECKPOINT}],
+        "runtime": TEST_RUNTIME,  # one runtime on any CPU: the same cache keys
         "default_size": 64,
         "limits": {"max_size": 256},
         "request_timeout_s": 60,

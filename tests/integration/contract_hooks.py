@@ -3,7 +3,7 @@
 A schema can say "a binary string labelled image/png" but not "a decodable picture whose
 shorter side is at least 16 px". Left to itself, schemathesis fills such a body with
 random bytes or a 1×1 sample file, which the service rightly refuses (400/415), so a
-positive test case would never reach the stylised answer. These strategies make every
+positive test case would never reach the stylized answer. These strategies make every
 image media type of the document produce a real, small picture of that format; the bytes
 the fuzzer sends as a *negative* case are still its own.
 """

@@ -15,14 +15,8 @@ from ray import serve
 
 from serve_app.errors import UnknownStyle
 from serve_app.pipeline.cache_actor import CACHE_NAMESPACE, shard_names
-from tests.conftest import synthetic_jpeg
-from tests.integration.conftest import (
-    STYLE_A,
-    STYLE_B,
-    deploy,
-    make_config,
-    stylizer_deployment,
-)
+from tests.support.pictures import synthetic_jpeg
+from tests.support.serve import STYLE_A, STYLE_B, deploy, make_config, stylizer_deployment
 
 pytestmark = pytest.mark.integration
 
@@ -304,7 +298,7 @@ def test_batch_without_content_type_is_a_json_415(client):
 
 
 @pytest.mark.parametrize("route", ["/v1/stylize", "/v1/stylize/batch"])
-def test_a_size_too_small_to_stylise_is_refused_before_the_body_is_read(base_url, route):
+def test_a_size_too_small_to_stylize_is_refused_before_the_body_is_read(base_url, route):
     """Headers only, with a large declared body that never comes: the answer must not wait."""
     url = httpx.URL(base_url)
     with socket.create_connection((url.host, url.port), timeout=10) as sock:

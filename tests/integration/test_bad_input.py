@@ -32,8 +32,8 @@ import pytest
 from PIL import Image, ImageDraw, ImageOps
 
 from serve_app.imaging.pixels import target_dimensions
-from tests.conftest import synthetic_jpeg
-from tests.integration.conftest import STYLE_A, TEST_SIZE, app_args
+from tests.support.pictures import synthetic_jpeg
+from tests.support.serve import STYLE_A, TEST_SIZE, app_args
 
 pytestmark = pytest.mark.integration
 

@@ -23,7 +23,7 @@ from serve_app.pipeline.cache_actor import (
 )
 from serve_app.pipeline.cache_client import CacheClient
 from serve_app.pipeline.lru import CachedImage, _sizeof, image_digest
-from tests.integration.conftest import app_args, deploy, wait_healthy
+from tests.support.serve import app_args, deploy, wait_healthy
 
 pytestmark = pytest.mark.integration
 

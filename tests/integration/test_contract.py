@@ -10,7 +10,7 @@ Schemathesis runs as its own process (the ``st`` CLI, through ``python -m``): th
 its whole plan (the coverage phase's boundary values, wrong content types and unsupported
 methods, then fuzzing) with exactly the checks `--checks all` names, and writes a JSON
 report and an event log that the test reads. ``contract_hooks.py`` teaches it to make real
-pictures for the image media types, so that positive cases reach the stylised answer
+pictures for the image media types, so that positive cases reach the stylized answer
 rather than a 400 for bytes that are not a picture.
 """
 
@@ -28,7 +28,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from tests.conftest import synthetic_jpeg
+from tests.support.pictures import synthetic_jpeg
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -254,7 +254,7 @@ def test_schemathesis_finds_no_contract_violation(base_url, tmp_path):
             error = json.loads(item["body"])["error"]
             assert set(error) == {"code", "message"}, where
 
-    # The fuzzer reached the stylised answer, so positive_data_acceptance was not vacuous:
+    # The fuzzer reached the stylized answer, so positive_data_acceptance was not vacuous:
     # real pictures in, pictures out, on both routes.
     answered = Counter((item["path"], item["status"]) for item in seen)
     assert answered[("v1/stylize", 200)] >= 10, answered

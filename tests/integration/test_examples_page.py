@@ -1,7 +1,7 @@
 """The example photos: listed by /v1/examples, served by /examples/{name}, warmed at start
 for every style, and one click away on the page, where the result comes from the cache.
 
-Real local Ray, real HTTP, and the system Chromium (the machinery of test_page.py).
+Real local Ray, real HTTP, and the system Chromium (tests/support/pages.py).
 """
 
 from __future__ import annotations
@@ -14,8 +14,10 @@ import httpx
 import pytest
 
 from serve_app.config import CacheConfig
-from tests.conftest import SAMPLES
-from tests.integration.conftest import (
+from tests.support.pages import TIMEOUT_MS
+from tests.support.paths import ARTIFACTS
+from tests.support.pictures import SAMPLES
+from tests.support.serve import (
     STYLE_A,
     STYLE_B,
     TEST_SIZE,
@@ -24,7 +26,6 @@ from tests.integration.conftest import (
     ingress_deployment,
     wait_healthy,
 )
-from tests.integration.test_page import ARTIFACTS, TIMEOUT_MS, browser  # noqa: F401
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -111,7 +112,7 @@ def test_examples_are_listed_served_and_warm(examples_app):
             assert set(missing.json()["error"]) == {"code", "message"}
 
 
-def open_examples_page(browser, base_url):  # noqa: F811
+def open_examples_page(browser, base_url):
     from playwright.sync_api import expect
 
     context = browser.new_context(viewport={"width": 1100, "height": 900})
@@ -128,7 +129,7 @@ def open_examples_page(browser, base_url):  # noqa: F811
 
 
 def test_a_click_on_an_example_shows_the_cached_result_at_once(
-    browser,  # noqa: F811
+    browser,
     examples_app,
     record_property,
 ):
@@ -213,7 +214,7 @@ def test_a_click_on_an_example_shows_the_cached_result_at_once(
 
 
 def test_the_portrait_control_reaches_the_request_and_ready_marks_follow_the_options(
-    browser,  # noqa: F811
+    browser,
     examples_app,
 ):
     from playwright.sync_api import expect
@@ -262,7 +263,7 @@ def test_with_api_keys_the_photos_stay_public_and_the_list_needs_the_key(example
         assert photo.status_code == 200
         assert photo.content == (SAMPLES / "4.jpg").read_bytes()
         refused = client.post("/v1/stylize", files={"image": ("4.jpg", photo.content)})
-        assert refused.status_code == 401  # stylising still needs the key
+        assert refused.status_code == 401  # stylizing still needs the key
         answer = client.post(
             "/v1/stylize", files={"image": ("4.jpg", photo.content)}, headers=bearer
         )

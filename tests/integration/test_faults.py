@@ -11,15 +11,16 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import psutil
 import pytest
-import ray
-from ray import serve
 
-from tests.conftest import synthetic_jpeg
-from tests.integration.conftest import (
+from tests.support.pictures import synthetic_jpeg
+from tests.support.serve import (
     app_args,
     deploy,
     ingress_deployment,
+    kill_replica,
+    replica_names,
     stylizer_deployment,
+    stylizer_stats,
     wait_healthy,
 )
 
@@ -49,24 +50,6 @@ def send_all(base_url: str, pictures: list[bytes], concurrency: int) -> list[tup
         ThreadPoolExecutor(concurrency) as pool,
     ):
         return list(pool.map(lambda data: timed_post(client, data), pictures))
-
-
-def replica_names(deployment: str) -> list[str]:
-    prefix = f"SERVE_REPLICA::animegan#{deployment}#"
-    actors = ray.util.list_named_actors(all_namespaces=True)
-    return sorted(a["name"] for a in actors if a["name"].startswith(prefix))
-
-
-def kill_replica(deployment: str, unique_id: str | None = None) -> str:
-    """Kill one replica for good (Serve must start a new one); return its unique id."""
-    names = replica_names(deployment)
-    name = next(n for n in names if unique_id is None or n.endswith(f"#{unique_id}"))
-    ray.kill(ray.get_actor(name, namespace="serve"), no_restart=True)
-    return name.rsplit("#", 1)[1]
-
-
-def stylizer_stats() -> dict:
-    return serve.get_deployment_handle("Stylizer", "animegan").stats.remote().result()
 
 
 def test_overload_sheds_with_503_and_recovers(default_app):

@@ -20,7 +20,7 @@ import pytest
 import ray
 from PIL import Image, PngImagePlugin
 
-from tests.integration.conftest import app_args, deploy, wait_healthy
+from tests.support.serve import app_args, deploy, wait_healthy
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

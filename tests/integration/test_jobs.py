@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import io
-import json
+import re
 import time
 
 import httpx
@@ -11,9 +11,10 @@ import pytest
 from PIL import Image
 from ray import serve
 
-from tests.conftest import synthetic_jpeg
-from tests.integration.conftest import app_args, deploy, wait_healthy
-from tests.integration.test_faults import kill_replica
+from tests.support.http import sse_states
+from tests.support.jobs import wait_done
+from tests.support.pictures import synthetic_jpeg
+from tests.support.serve import app_args, deploy, kill_replica, wait_healthy
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -40,33 +41,11 @@ def jobs_app(default_app, tmp_path_factory):
     yield default_app, args, store
 
 
-def submit(client: httpx.Client, data: bytes, **params) -> httpx.Response:
-    return client.post("/v1/jobs", params=params, files={"image": ("p.jpg", data, "image/jpeg")})
-
-
-def wait_done(client: httpx.Client, job_id: str, timeout_s: float = 120) -> dict:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        body = client.get(f"/v1/jobs/{job_id}").json()
-        if body["state"] in ("done", "failed", "cancelled") or time.monotonic() > deadline:
-            return body
-        time.sleep(0.2)
-
-
-def sse_states(base_url: str, path: str) -> list[dict]:
-    events = []
-    with httpx.stream("GET", f"{base_url}{path}", timeout=120) as response:
-        assert response.status_code == 200
-        assert response.headers["content-type"].startswith("text/event-stream")
-        name = None
-        for line in response.iter_lines():
-            if line.startswith("event: "):
-                name = line.removeprefix("event: ")
-            elif line.startswith("data: "):
-                body = json.loads(line.removeprefix("data: "))
-                assert body["state"] == name
-                events.append(body)
-    return events
+def submit(
+    client: httpx.Client, data: bytes, headers: dict | None = None, **params
+) -> httpx.Response:
+    files = {"image": ("p.jpg", data, "image/jpeg")}
+    return client.post("/v1/jobs", params=params, files=files, headers=headers)
 
 
 def test_a_size_past_the_synchronous_limit_is_sent_to_jobs(jobs_app, client):
@@ -102,12 +81,15 @@ def test_a_large_print_job_is_followed_and_fetched(jobs_app, client):
     assert max(picture.size) == JOB_SIZE
     assert int(result.headers["content-length"]) == events[-1]["result"]["bytes"]
 
+    # The same bytes again on this open service: a job of its own (ids are never shared),
+    # answered at once from the first one's output.
     started = time.monotonic()
-    again = submit(client, photo, size=JOB_SIZE, format="png")
+    again = submit(client, photo, headers={"Prefer": "wait=30"}, size=JOB_SIZE, format="png")
     seconds = time.monotonic() - started
-    print(f"resubmitted job answered in {seconds * 1e3:.0f} ms")
-    assert again.status_code == 200 and again.json()["id"] == job["id"]
-    assert again.json()["state"] == "done"
+    print(f"the same upload as a new job answered in {seconds * 1e3:.0f} ms")
+    assert again.status_code == 200 and again.headers["preference-applied"] == "wait=30"
+    assert again.json()["id"] != job["id"] and again.json()["state"] == "done"
+    assert again.json()["result"]["cache"] == "hit"
     other = submit(client, photo, size=JOB_SIZE, format="jpeg")  # other options: a new job
     assert other.status_code == 202 and other.json()["id"] != job["id"]
     assert wait_done(client, other.json()["id"])["state"] == "done"
@@ -141,9 +123,10 @@ def test_a_failed_job_reports_its_error_and_has_no_result(jobs_app, client):
 def test_unknown_jobs_answer_404_json(jobs_app, client):
     for method, path in (
         ("GET", "/v1/jobs/0123abcd"),
-        ("GET", "/v1/jobs/0123abcd/result"),
-        ("GET", "/v1/jobs/0123abcd/events"),
-        ("DELETE", "/v1/jobs/0123abcd"),
+        ("GET", f"/v1/jobs/{'0' * 32}"),
+        ("GET", f"/v1/jobs/{'0' * 32}/result"),
+        ("GET", f"/v1/jobs/{'0' * 32}/events"),
+        ("DELETE", f"/v1/jobs/{'0' * 32}"),
         ("GET", "/v1/jobs/..%2F..%2Fetc"),
     ):
         response = client.request(method, path)
@@ -151,15 +134,20 @@ def test_unknown_jobs_answer_404_json(jobs_app, client):
         assert response.json()["error"]["code"] in ("unknown_job", "not_found")
 
 
-def test_a_deleted_job_is_cancelled_and_gone(jobs_app, client):
-    _, _, store = jobs_app
+def test_a_deleted_job_is_cancelled_its_files_gone_and_its_record_kept(jobs_app, client):
+    base_url, _, store = jobs_app
     response = submit(client, synthetic_jpeg(seed=61_002, width=800, height=600), size=512)
     job_id = response.json()["id"]
     deleted = client.delete(f"/v1/jobs/{job_id}")
-    assert deleted.status_code == 200
-    assert deleted.json()["state"] == "cancelled"
-    assert client.get(f"/v1/jobs/{job_id}").status_code == 404
-    time.sleep(2)  # the runner notices and writes nothing back
+    assert deleted.status_code == 200 and deleted.json()["state"] == "cancelled"
+    assert client.get(f"/v1/jobs/{job_id}").json()["state"] == "cancelled"
+    result = client.get(f"/v1/jobs/{job_id}/result")
+    assert result.status_code == 409 and result.json()["error"]["code"] == "job_not_done"
+    assert [e["state"] for e in sse_states(base_url, f"/v1/jobs/{job_id}/events")] == ["cancelled"]
+    # The runner hears of it and writes nothing back: once a later job has run through the
+    # same replica's slots, the cancelled one's folder is still gone.
+    later = submit(client, synthetic_jpeg(seed=61_006), size=JOB_SIZE).json()["id"]
+    assert wait_done(client, later)["state"] == "done"
     assert not (store / job_id).exists()
 
 
@@ -199,3 +187,14 @@ def test_jobs_outlive_the_ingress_that_ran_them(jobs_app, client):
     wait_healthy(base_url)
     assert client.get(f"/v1/jobs/{finished_id}").json()["state"] == "done"
     assert client.get(f"/v1/jobs/{finished_id}/result").status_code == 200
+
+
+def test_an_open_service_gives_unguessable_ids_and_lists_nobody_s_jobs(jobs_app, client):
+    photo = synthetic_jpeg(seed=61_007)
+    ids = [submit(client, photo, size=JOB_SIZE).json()["id"] for _ in range(2)]
+    assert all(re.fullmatch(r"[0-9a-f]{32}", job_id) for job_id in ids)
+    assert ids[0] != ids[1]  # the same bytes: never a shared job
+    listing = client.get("/v1/jobs")
+    assert listing.status_code == 403 and listing.json()["error"]["code"] == "owner_required"
+    for job_id in ids:
+        wait_done(client, job_id)

@@ -2,75 +2,42 @@
 the page follows the job's events with a real progress bar, fetches the result, and can
 cancel it.
 
-Real local Ray, real HTTP, and the system Chromium (the machinery of test_page.py).
+Real local Ray, real HTTP, and the system Chromium (tests/support/pages.py).
 """
 
 from __future__ import annotations
 
 import re
-import time
 
 import httpx
 import pytest
 from PIL import Image
 
-from tests.conftest import synthetic_jpeg
-from tests.integration.conftest import (
+from tests.support.pages import (
+    MAX_SIZE,
+    SYNC_SIZE,
+    TIMEOUT_MS,
+    is_jobs_deploy,
+    jobs_args,
+    open_page,
+    record_card_changes,
+    slow_batches,
+    wait_styles,
+)
+from tests.support.paths import ARTIFACTS
+from tests.support.pictures import synthetic_jpeg
+from tests.support.serve import (
     STYLE_A,
-    app_args,
     deploy,
     ingress_deployment,
-    stylizer_deployment,
     wait_healthy,
 )
-from tests.integration.test_page import ARTIFACTS, TIMEOUT_MS, browser  # noqa: F401
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
-MAX_SIZE, SYNC_SIZE = 512, 128
 JOB_SIZE = 384  # above SYNC_SIZE: a job
-# The model waits this long for a batch to fill before it runs one picture alone: every
-# job here stays "running" (at the decoded stage's progress) for at least this long, so
-# the page sees progress before the end, and a Cancel lands while the job runs.
-BATCH_WAIT_S = 2.0
 KEY = "jobs-page-key"
-KEY_ITEM = "animegan-serve.api-key"  # where app.js keeps the key in sessionStorage
 LEFT = r"(\d+ min )?\d+ s"  # the time left, as the page words it
-
-
-def jobs_args() -> dict:
-    return app_args(
-        limits={
-            "max_size": MAX_SIZE,
-            "max_sync_size": SYNC_SIZE,
-            "max_bytes": 2 * 2**20,
-            "max_pixels": 4_000_000,
-        }
-    )
-
-
-def slow_batches() -> dict:
-    return stylizer_deployment(
-        user_config={"max_batch_size": 8, "batch_wait_timeout_s": BATCH_WAIT_S}
-    )
-
-
-def wait_styles(base_url: str, check, headers: dict | None = None, timeout_s: float = 60):
-    """A redeployed Ingress's old replica may answer a moment longer: wait for the new one."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        answer = httpx.get(f"{base_url}/v1/styles", headers=headers, timeout=30)
-        if check(answer):
-            return
-        assert time.monotonic() < deadline, f"/v1/styles: {answer.status_code} {answer.text}"
-        time.sleep(0.2)
-
-
-def is_jobs_deploy(answer: httpx.Response) -> bool:
-    if answer.status_code != 200:
-        return False
-    body = answer.json()
-    return (body["max_size"], body.get("max_sync_size")) == (MAX_SIZE, SYNC_SIZE)
 
 
 @pytest.fixture(scope="module")
@@ -80,40 +47,6 @@ def jobs_app(default_app):
     wait_healthy(default_app)
     wait_styles(default_app, is_jobs_deploy)
     return default_app
-
-
-def open_page(browser, base_url, key: str | None = None):  # noqa: F811
-    from playwright.sync_api import expect
-
-    context = browser.new_context(viewport={"width": 1100, "height": 900})
-    if key:  # as if given in this tab before: the page sends it from its first call
-        context.add_init_script(f"sessionStorage.setItem({KEY_ITEM!r}, {key!r})")
-    page = context.new_page()
-    page.set_default_timeout(TIMEOUT_MS)
-    errors: list[str] = []
-    page.on("pageerror", lambda error: errors.append(str(error)))
-    page.goto(f"{base_url}/")
-    expect(page.locator('input[name="style"]')).to_have_count(2)
-    return context, page, errors
-
-
-def record_card_changes(page) -> None:
-    """Keep, in window.seen, every [state, progress value, state text, spoken value] of
-    the newest card, at each change the page makes."""
-    page.evaluate(
-        """() => { window.seen = [];
-            const results = document.querySelector('#results');
-            new MutationObserver(() => {
-                const card = results.querySelector('.card');
-                if (!card) return;
-                const bar = card.querySelector('progress');
-                window.seen.push([card.dataset.state, bar.getAttribute('value'),
-                                  card.querySelector('.state').textContent,
-                                  bar.getAttribute('aria-valuetext')]);
-            }).observe(results, {subtree: true, childList: true, characterData: true,
-                                 attributes: true});
-        }"""
-    )
 
 
 def start(page, path, size: int):
@@ -134,7 +67,7 @@ def wait_state(card, state: str) -> None:
     expect(card).to_have_attribute("data-state", state, timeout=TIMEOUT_MS)
 
 
-def test_a_large_size_is_made_as_a_job_with_a_progress_bar(browser, jobs_app, tmp_path):  # noqa: F811
+def test_a_large_size_is_made_as_a_job_with_a_progress_bar(browser, jobs_app, tmp_path):
     from playwright.sync_api import expect
 
     path = tmp_path / "large.jpg"
@@ -205,7 +138,7 @@ def test_a_large_size_is_made_as_a_job_with_a_progress_bar(browser, jobs_app, tm
     assert not errors, f"uncaught errors in the page: {errors}"
 
 
-def test_a_running_job_is_cancelled_from_the_page(browser, jobs_app, tmp_path):  # noqa: F811
+def test_a_running_job_is_cancelled_from_the_page(browser, jobs_app, tmp_path):
     from playwright.sync_api import expect
 
     path = tmp_path / "print.jpg"
@@ -235,7 +168,7 @@ def test_a_running_job_is_cancelled_from_the_page(browser, jobs_app, tmp_path): 
     assert not errors, f"uncaught errors in the page: {errors}"
 
 
-def test_a_broken_events_stream_falls_back_to_polling(browser, jobs_app, tmp_path):  # noqa: F811
+def test_a_broken_events_stream_falls_back_to_polling(browser, jobs_app, tmp_path):
     path = tmp_path / "polled.jpg"
     path.write_bytes(synthetic_jpeg(400, 300, seed=73_003))
     context, page, errors = open_page(browser, jobs_app)
@@ -267,7 +200,7 @@ def test_a_broken_events_stream_falls_back_to_polling(browser, jobs_app, tmp_pat
     assert not errors, f"uncaught errors in the page: {errors}"
 
 
-def test_a_failed_job_shows_its_error_like_other_errors(browser, jobs_app, tmp_path):  # noqa: F811
+def test_a_failed_job_shows_its_error_like_other_errors(browser, jobs_app, tmp_path):
     from playwright.sync_api import expect
 
     # A smooth gradient has no face: portrait mode's job fails with `no_face`, at run time.
@@ -291,7 +224,7 @@ def test_a_failed_job_shows_its_error_like_other_errors(browser, jobs_app, tmp_p
     assert not errors, f"uncaught errors in the page: {errors}"
 
 
-def test_with_an_api_key_every_job_call_carries_it(browser, jobs_app, tmp_path):  # noqa: F811
+def test_with_an_api_key_every_job_call_carries_it(browser, jobs_app, tmp_path):
     actor_options = {"num_cpus": 0, "runtime_env": {"env_vars": {"ANIMEGAN_API_KEYS": KEY}}}
     deploy(
         jobs_args(),

@@ -8,7 +8,7 @@ import httpx
 import pytest
 from PIL import Image
 
-from tests.integration.conftest import STYLE_A, app_args, deploy, wait_healthy
+from tests.support.serve import STYLE_A, app_args, deploy, wait_healthy
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -28,7 +28,7 @@ def large_prints(default_app):
                 "max_bytes": 2 * 2**20,
                 "max_pixels": 4_000_000,
             },
-            # One model CPU stylises 1536 px tiled in about a minute here.
+            # One model CPU stylizes 1536 px tiled in about a minute here.
             request_timeout_s=600,
         )
     )

@@ -11,8 +11,7 @@ import httpx
 import pytest
 import ray
 
-from tests.conftest import synthetic_jpeg
-from tests.integration.conftest import METRICS_URL
+from tests.support.pictures import synthetic_jpeg
 
 pytestmark = pytest.mark.integration
 
@@ -54,27 +53,27 @@ def test_one_structured_log_line_per_request(client):
     assert set(line["timings_ms"]) == {"decode", "queue", "inference", "encode"}
 
 
-def _scrape() -> dict[str, float]:
+def _scrape(metrics_url: str) -> dict[str, float]:
     """Sum each metric name over its label sets."""
     totals: dict[str, float] = {}
-    for line in httpx.get(METRICS_URL, timeout=10).text.splitlines():
+    for line in httpx.get(metrics_url, timeout=10).text.splitlines():
         if line.startswith("ray_animegan_"):
             name = line.split("{")[0].split(" ")[0]
             totals[name] = totals.get(name, 0.0) + float(line.rsplit(" ", 1)[1])
     return totals
 
 
-def _scrape_until(predicate, timeout_s: float = 30) -> dict[str, float]:
+def _scrape_until(metrics_url: str, predicate, timeout_s: float = 30) -> dict[str, float]:
     deadline = time.monotonic() + timeout_s
     while True:
-        totals = _scrape()
+        totals = _scrape(metrics_url)
         if predicate(totals) or time.monotonic() > deadline:
             return totals
         time.sleep(1)
 
 
-def test_metrics_move_after_requests(client):
-    before = _scrape_until(lambda t: "ray_animegan_requests_total" in t)
+def test_metrics_move_after_requests(client, metrics_url):
+    before = _scrape_until(metrics_url, lambda t: "ray_animegan_requests_total" in t)
     data = synthetic_jpeg(seed=7003)
     for _ in range(3):
         assert post(client, data).status_code == 200
@@ -93,14 +92,14 @@ def test_metrics_move_after_requests(client):
             )
         )
 
-    after = _scrape_until(moved)
+    after = _scrape_until(metrics_url, moved)
     assert moved(after), {k: (before.get(k), v) for k, v in after.items()}
     assert after["ray_animegan_model_loads_total"] >= 2
     assert "ray_animegan_cache_bytes" in after and "ray_animegan_cache_entries" in after
     # Encode times are labelled by the output format's name, as the dashboard groups them.
     encode_formats = set(
         re.findall(
-            r'ray_animegan_encode_ms_count\{[^}]*format="([^"]+)"', httpx.get(METRICS_URL).text
+            r'ray_animegan_encode_ms_count\{[^}]*format="([^"]+)"', httpx.get(metrics_url).text
         )
     )
     # Other tests in the session ask for JPEG and WebP too; every label must be a plain name.

@@ -9,7 +9,6 @@ from __future__ import annotations
 import base64
 import io
 import re
-import shutil
 import time
 from pathlib import Path
 
@@ -17,8 +16,10 @@ import httpx
 import pytest
 from PIL import Image
 
-from tests.conftest import REPO, synthetic_jpeg
-from tests.integration.conftest import (
+from tests.support.pages import KEY_ITEM, TIMEOUT_MS
+from tests.support.paths import ARTIFACTS
+from tests.support.pictures import synthetic_jpeg
+from tests.support.serve import (
     STYLE_A,
     STYLE_B,
     TEST_SIZE,
@@ -29,36 +30,9 @@ from tests.integration.conftest import (
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
-ARTIFACTS = REPO / "test-artifacts"
-CHROMIUM_ARGS = [
-    "--headless=new",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
-TIMEOUT_MS = 90_000  # one stylize on a busy 2-core machine, Ray's first call included
 SIZE = 128  # not the default (96): the page's choice must reach the API
 KEYS = "page-key-one,page-key-two"
 RIGHT_KEY = "page-key-two"  # not the first: every configured key is accepted
-KEY_ITEM = "animegan-serve.api-key"  # where app.js keeps the key in sessionStorage
-
-
-@pytest.fixture(scope="module")
-def browser():
-    sync_api = pytest.importorskip("playwright.sync_api")
-    executable = shutil.which("chromium") or "/usr/bin/chromium"
-    if not Path(executable).exists():
-        pytest.fail("the system Chromium is missing: apt-get install -y chromium")
-    with sync_api.sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS)
-        try:
-            yield chromium
-        finally:
-            chromium.close()
 
 
 @pytest.fixture

@@ -13,9 +13,9 @@ from PIL import Image
 from ray import serve
 
 from serve_app.errors import NoFace
-from tests.conftest import SAMPLES
-from tests.integration.conftest import STYLE_A, STYLE_B
-from tests.unit.test_faces import built_scene
+from tests.support.faces import built_scene
+from tests.support.pictures import SAMPLES
+from tests.support.serve import STYLE_A, STYLE_B
 
 pytestmark = pytest.mark.integration
 
@@ -70,7 +70,7 @@ def test_paste_keeps_the_photos_aspect(client, two_faces):
     assert size_of(response) == (128, 68)
 
 
-def test_no_face_is_a_json_422_and_whole_stylises_the_picture(client):
+def test_no_face_is_a_json_422_and_whole_stylizes_the_picture(client):
     data = forest()
     response = post(client, data, portrait="crop", size=64)
     assert response.status_code == 422

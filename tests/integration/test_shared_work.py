@@ -6,16 +6,15 @@ queued while other clients join it or hang up.
 
 from __future__ import annotations
 
-import socket
 import threading
 import time
-from urllib.parse import urlsplit
 
 import httpx
 import pytest
 
-from tests.conftest import synthetic_jpeg
-from tests.integration.conftest import app_args, deploy, stylizer_deployment, wait_healthy
+from tests.support.http import post_then_hang_up
+from tests.support.pictures import synthetic_jpeg
+from tests.support.serve import app_args, deploy, stylizer_deployment, wait_healthy
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -34,26 +33,6 @@ def slow_batches(default_app):
     wait_healthy(default_app)
     with httpx.Client(base_url=default_app, timeout=30) as client:
         yield client
-
-
-def post_then_hang_up(
-    base_url: str,
-    data: bytes,
-    after_s: float,
-    path: str = "/v1/stylize",
-    media_type: str = "image/jpeg",
-    sent: int | None = None,
-) -> None:
-    """Send an upload (its first ``sent`` bytes only, when given) over a raw socket, then
-    close it ``after_s`` later without reading the answer."""
-    url = urlsplit(base_url)
-    head = (
-        f"POST {path} HTTP/1.1\r\nHost: {url.netloc}\r\nContent-Type: {media_type}\r\n"
-        f"Content-Length: {len(data)}\r\n\r\n"
-    ).encode()
-    with socket.create_connection((url.hostname, url.port), timeout=10) as sock:
-        sock.sendall(head + data[:sent])
-        time.sleep(after_s)
 
 
 def post_later(client: httpx.Client, data: bytes, delay_s: float, out: list) -> threading.Thread:

@@ -14,11 +14,9 @@ from ray import serve
 
 from serve_app.config import MediaConfig
 from serve_app.media import probe
-from tests.integration.conftest import app_args, deploy, stylizer_deployment, wait_healthy
-from tests.integration.test_faults import kill_replica, stylizer_stats
-from tests.integration.test_jobs import sse_states, wait_done
-from tests.integration.test_shared_work import post_then_hang_up
-from tests.media_samples import (
+from tests.support.http import post_then_hang_up, sse_states
+from tests.support.jobs import wait_done
+from tests.support.media import (
     audio_packets,
     display_rotation,
     frame_count,
@@ -28,6 +26,14 @@ from tests.media_samples import (
     make_vp9_opus_webm,
     truncate,
     video_timestamps,
+)
+from tests.support.serve import (
+    app_args,
+    deploy,
+    kill_replica,
+    stylizer_deployment,
+    stylizer_stats,
+    wait_healthy,
 )
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]

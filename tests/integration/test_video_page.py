@@ -2,8 +2,8 @@
 followed frame by frame, its result plays in a <video>; a small animated GIF comes back
 animated from /v1/stylize, and one past the synchronous budget is sent on as a job.
 
-Real local Ray, real HTTP, and the system Chromium (the machinery of test_page.py and
-test_jobs_page.py). VP9 in WebM, because Debian's Chromium may lack H.264.
+Real local Ray, real HTTP, and the system Chromium (tests/support/pages.py). VP9 in WebM,
+because Debian's Chromium may lack H.264.
 """
 
 from __future__ import annotations
@@ -17,8 +17,9 @@ import httpx
 import pytest
 from PIL import Image
 
-from tests.integration.conftest import STYLE_A, deploy, wait_healthy
-from tests.integration.test_jobs_page import (
+from tests.support.media import make_animation, make_vp9_opus_webm
+from tests.support.pages import (
+    TIMEOUT_MS,
     is_jobs_deploy,
     jobs_args,
     open_page,
@@ -26,8 +27,7 @@ from tests.integration.test_jobs_page import (
     slow_batches,
     wait_styles,
 )
-from tests.integration.test_page import TIMEOUT_MS, browser  # noqa: F401
-from tests.media_samples import make_animation, make_vp9_opus_webm
+from tests.support.serve import STYLE_A, deploy, wait_healthy
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -97,7 +97,7 @@ def source_duration(path) -> float:
         return source.duration / av.time_base
 
 
-def test_a_video_is_made_as_a_job_and_plays_in_the_page(browser, video_app, tmp_path):  # noqa: F811
+def test_a_video_is_made_as_a_job_and_plays_in_the_page(browser, video_app, tmp_path):
     from playwright.sync_api import expect
 
     path = make_vp9_opus_webm(
@@ -170,7 +170,7 @@ def test_a_video_is_made_as_a_job_and_plays_in_the_page(browser, video_app, tmp_
     assert not errors, f"uncaught errors in the page: {errors}"
 
 
-def test_a_small_animated_gif_comes_back_animated(browser, video_app, tmp_path):  # noqa: F811
+def test_a_small_animated_gif_comes_back_animated(browser, video_app, tmp_path):
     from playwright.sync_api import expect
 
     path = make_animation(tmp_path / "wave.gif", "gif", frames=SMALL_GIF_FRAMES, size=(64, 48))
@@ -199,7 +199,7 @@ def test_a_small_animated_gif_comes_back_animated(browser, video_app, tmp_path):
     assert not errors, f"uncaught errors in the page: {errors}"
 
 
-def test_a_long_animation_answered_use_jobs_is_sent_on_as_a_job(browser, video_app, tmp_path):  # noqa: F811
+def test_a_long_animation_answered_use_jobs_is_sent_on_as_a_job(browser, video_app, tmp_path):
     path = make_animation(tmp_path / "long.gif", "gif", frames=LARGE_GIF_FRAMES, size=(64, 48))
     context, page, errors = open_page(browser, video_app)
     try:
@@ -230,7 +230,7 @@ def test_a_long_animation_answered_use_jobs_is_sent_on_as_a_job(browser, video_a
     assert not errors, f"uncaught errors in the page: {errors}"
 
 
-def test_a_file_that_is_no_video_shows_the_services_message(browser, video_app, tmp_path):  # noqa: F811
+def test_a_file_that_is_no_video_shows_the_services_message(browser, video_app, tmp_path):
     from playwright.sync_api import expect
 
     path = tmp_path / "broken.webm"

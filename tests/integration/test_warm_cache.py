@@ -6,8 +6,8 @@ import time
 
 import pytest
 
-from tests.conftest import synthetic_jpeg
-from tests.integration.conftest import STYLE_A, STYLE_B, app_args, deploy, wait_healthy
+from tests.support.pictures import synthetic_jpeg
+from tests.support.serve import STYLE_A, STYLE_B, app_args, deploy, wait_healthy
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

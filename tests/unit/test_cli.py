@@ -13,7 +13,7 @@ from PIL import Image
 
 from serve_app.cli.main import main
 from serve_app.model import weights
-from tests.conftest import sample_photos
+from tests.support.pictures import sample_photos
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -197,7 +197,7 @@ def test_python_dash_m_works(tmp_path):
 
 
 def test_stylize_a_video_into_another_container_keeps_frames_and_audio(tmp_path):
-    from tests.media_samples import audio_packets, make_h264_aac_mp4, video_timestamps
+    from tests.support.media import audio_packets, make_h264_aac_mp4, video_timestamps
 
     clip = make_h264_aac_mp4(tmp_path / "clip.mp4", seconds=1.0)
     out = tmp_path / "anime.mkv"
@@ -208,7 +208,7 @@ def test_stylize_a_video_into_another_container_keeps_frames_and_audio(tmp_path)
 
 
 def test_stylize_mixed_inputs_into_a_directory_keeps_each_kind(tmp_path):
-    from tests.media_samples import make_animation, make_vp9_opus_webm
+    from tests.support.media import make_animation, make_vp9_opus_webm
 
     clip = make_vp9_opus_webm(tmp_path / "clip.webm", seconds=0.5)
     gif = make_animation(tmp_path / "a.gif", fmt="gif", frames=4)
@@ -235,9 +235,27 @@ def test_stylize_mixed_inputs_into_a_directory_keeps_each_kind(tmp_path):
 
 
 def test_stylize_an_animation_to_another_format_fails_clearly(tmp_path, capsys):
-    from tests.media_samples import make_animation
+    from tests.support.media import make_animation
 
     gif = make_animation(tmp_path / "a.gif", fmt="gif", frames=3)
     rc = main(["stylize", str(gif), "-o", str(tmp_path / "a.mp4"), "--style", "random"])
     assert rc == 1
     assert "stays one" in capsys.readouterr().err
+
+
+def test_stylize_a_video_into_the_container_asked_for(tmp_path, capsys):
+    import av
+
+    from tests.support.media import make_animation, make_h264_aac_mp4
+
+    clip = make_h264_aac_mp4(tmp_path / "clip.mp4", seconds=0.5)
+    photo = _synthetic(tmp_path / "p.png")
+    out = tmp_path / "out"
+    args = ["--style", "random", "--size", "64", "--container", "matroska"]
+    assert main(["stylize", str(clip), str(photo), "-o", str(out), *args]) == 0
+    assert sorted(path.name for path in out.iterdir()) == ["clip.mkv", "p.png"]
+    with av.open(str(out / "clip.mkv")) as written:
+        assert "matroska" in written.format.name
+    gif = make_animation(tmp_path / "a.gif", fmt="gif", frames=3)
+    assert main(["stylize", str(gif), "-o", str(tmp_path / "a.gif"), *args]) == 1
+    assert "--container is for videos" in capsys.readouterr().err

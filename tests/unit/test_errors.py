@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 
 from serve_app.errors import ServiceError, Unauthorized, error_classes
-from tests.conftest import REPO
+from tests.support.paths import REPO
 
 
 def readme_error_table() -> set[tuple[int, str]]:

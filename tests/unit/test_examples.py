@@ -7,7 +7,7 @@ from pydantic import ValidationError
 
 from serve_app.config import SAMPLES_DIR, AppConfig, example_path
 from serve_app.service.examples import EXAMPLE_ROUTE, document_examples, load_examples, read_example
-from tests.conftest import SAMPLES, synthetic_jpeg
+from tests.support.pictures import SAMPLES, synthetic_jpeg
 
 STYLES = [{"name": "a", "weights": "random"}]
 

@@ -8,15 +8,13 @@ import sys
 
 import numpy as np
 import pytest
-from PIL import Image, ImageDraw
+from PIL import Image
 
 from serve_app.config import PortraitConfig
 from serve_app.imaging.faces import Face, detect_faces, iou, non_max_suppression
-from tests.conftest import SAMPLES
+from tests.support.faces import ASTRONAUT, BUILT_FACES, built_scene, sample_pixels
 
-# Hand-labelled by looking at the pictures (crops zoomed 10× on a 5 px grid): the box from
-# the eyebrows' level to the chin, cheek to cheek, as frontal-face detectors draw it.
-ASTRONAUT = (180, 80, 270, 170)  # 4.jpg, 512×512: Eileen Collins, frontal
+# Hand-labelled like ASTRONAUT (tests/support/faces.py).
 # 2.jpg, 1279×867: the two women walking towards the camera. Both faces are about 30 px,
 # under the default minimum (4 % of the shorter side, 35 px; and the 24 px window at the
 # 800 px search scale, 38 px), so the defaults do not look for them.
@@ -29,57 +27,12 @@ SMALL_FACES = PortraitConfig(
 )
 
 
-def load(name: str) -> np.ndarray:
-    return np.asarray(Image.open(SAMPLES / name).convert("RGB"))
-
-
 def as_face(box) -> Face:
     return Face(*map(float, box))
 
 
 def best_iou(faces: list[Face], box) -> float:
     return max((iou(face, as_face(box)) for face in faces), default=0.0)
-
-
-def paste_face(
-    picture: np.ndarray, center: tuple[float, float], side: float, angle: float = 0.0
-) -> tuple[np.ndarray, tuple[float, float, float, float]]:
-    """The astronaut's face (an oval cut with some hair and neck around it) pasted so its
-    labelled box is ``side`` px wide, centred at ``center``, tilted by ``angle`` degrees
-    (counter-clockwise). Returns the picture and the face's upright box there."""
-    x0, y0, x1, y1 = ASTRONAUT
-    face_side = x1 - x0
-    pad = round(face_side * 0.45)
-    cut = Image.fromarray(load("4.jpg")).crop((x0 - pad, y0 - pad, x1 + pad, y1 + pad))
-    scale = side / face_side
-    cut = cut.resize((round(cut.width * scale), round(cut.height * scale)), Image.LANCZOS)
-    mask = Image.new("L", cut.size, 0)
-    ImageDraw.Draw(mask).ellipse((0, 0, cut.width - 1, cut.height - 1), fill=255)
-    if angle:
-        cut = cut.rotate(angle, resample=Image.BICUBIC, expand=True)
-        mask = mask.rotate(angle, resample=Image.BICUBIC, expand=True)
-    out = Image.fromarray(picture)
-    out.paste(cut, (round(center[0] - cut.width / 2), round(center[1] - cut.height / 2)), mask)
-    cx, cy = center
-    return np.asarray(out), (cx - side / 2, cy - side / 2, cx + side / 2, cy + side / 2)
-
-
-# (centre, face side, tilt) on the forest photo 3.jpg (1280×672, no face of its own):
-# a small face (40 px, 6 % of the shorter side), faces tilted either way, several at once.
-BUILT_FACES = [
-    ((200, 470), 40, 0.0),
-    ((500, 480), 80, 22.0),
-    ((900, 450), 160, -22.0),
-    ((1150, 150), 60, 0.0),
-]
-
-
-def built_scene(faces=BUILT_FACES) -> tuple[np.ndarray, list[tuple[float, ...]]]:
-    picture, boxes = load("3.jpg"), []
-    for center, side, angle in faces:
-        picture, box = paste_face(picture, center, side, angle)
-        boxes.append(box)
-    return picture, boxes
 
 
 @pytest.fixture(scope="module")
@@ -89,17 +42,17 @@ def scene():
 
 
 def test_finds_the_astronaut():
-    faces = detect_faces(load("4.jpg"))
+    faces = detect_faces(sample_pixels("4.jpg"))
     assert len(faces) == 1
     assert iou(faces[0], as_face(ASTRONAUT)) >= 0.5
 
 
 def test_finds_nothing_in_the_forest():
-    assert detect_faces(load("3.jpg")) == []
+    assert detect_faces(sample_pixels("3.jpg")) == []
 
 
 def test_street_faces_are_under_the_default_minimum_and_found_when_asked_for():
-    street = load("2.jpg")
+    street = sample_pixels("2.jpg")
     assert detect_faces(street) == []  # nothing hallucinated at the defaults
     faces = detect_faces(street, SMALL_FACES)
     assert best_iou(faces, KIMONO_RIGHT) >= 0.5
@@ -155,7 +108,7 @@ def test_a_grey_picture_is_searched_like_a_colour_one(scene):
 )
 def test_skin_tone_and_light_do_not_decide(tint):
     """No colour rule: the portrait darkened, tinted brown or lit blue is still found."""
-    portrait = load("4.jpg").astype(np.float32)
+    portrait = sample_pixels("4.jpg").astype(np.float32)
     tinted = np.clip(portrait * np.array(tint, np.float32), 0, 255).astype(np.uint8)
     assert best_iou(detect_faces(tinted), ASTRONAUT) >= 0.5
 

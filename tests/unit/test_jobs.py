@@ -1,33 +1,69 @@
-"""Jobs without Ray: a fake stylize call and a real store in a temporary folder."""
+"""Jobs without Ray: a fake stylize call, real record stores (SQLite, and a real Redis
+server on loopback) and a real folder. Every test runs on both record stores."""
 
 from __future__ import annotations
 
 import asyncio
-import threading
+import errno
+import os
 import time
 
 import pytest
 
 from serve_app.config import JobsConfig
-from serve_app.errors import JobNotDone, StoreFull, UnknownJob, UnsupportedFormat
-from serve_app.jobs.service import (
-    RECORD,
-    RESULT,
-    UPLOAD,
-    JobRecord,
-    JobService,
-    JobStore,
-    sse_event,
+from serve_app.errors import (
+    IdempotencyKeyReused,
+    JobExpired,
+    JobNotDone,
+    Overloaded,
+    StoreFull,
+    UnknownJob,
+    UnsupportedFormat,
 )
+from serve_app.jobs.blobs import UPLOAD
+from serve_app.jobs.records import JOB_ID, JobView
+from serve_app.jobs.service import JobService, Submission, sse_event
 from serve_app.options import StylizeOptions
 from serve_app.pipeline.results import StylizeResult
+from tests.support.redis_server import RedisServer, redis_available
 
-JOB1, JOB2 = "a1" * 20, "b2" * 20
 OPTIONS = StylizeOptions(style="alpha", size=32, format="png", quality=None)
+ALICE, BOB = "a" * 32, "b" * 32
+RECORDS_URL: str | None = None  # the record store under test (None: SQLite in the folder)
 
 
-def fast_config(**overrides) -> JobsConfig:
-    fields = {"heartbeat_s": 0.05, "stale_after_s": 0.3, "poll_interval_s": 0.02, **overrides}
+@pytest.fixture(scope="module")
+def redis_server():
+    if not redis_available():
+        if os.environ.get("CI"):
+            pytest.fail("redis-server is not installed (Debian package redis-server)")
+        pytest.skip("redis-server is not installed")
+    server = RedisServer().start()
+    yield server
+    server.close()
+
+
+@pytest.fixture(params=["sqlite", "redis"], autouse=True)
+def record_store(request):
+    global RECORDS_URL
+    if request.param == "redis":
+        server = request.getfixturevalue("redis_server")
+        server.flush()
+        RECORDS_URL = server.url
+    yield request.param
+    RECORDS_URL = None
+
+
+def fast_config(tmp_path, **overrides) -> JobsConfig:
+    fields = {
+        "store_url": str(tmp_path / "jobs"),
+        "records_url": RECORDS_URL,
+        "heartbeat_s": 0.05,
+        "stale_after_s": 0.3,
+        "progress_every_s": 0.02,
+        "poll_interval_s": 0.02,
+        **overrides,
+    }
     return JobsConfig(**fields)
 
 
@@ -39,9 +75,11 @@ class FakeStylize:
         self.calls = 0
         self.cancelled = 0
         self.gate: asyncio.Event | None = None
+        self.started = asyncio.Event()
 
     async def __call__(self, data: bytes, options: StylizeOptions, timeout_s: float):
         self.calls += 1
+        self.started.set()
         try:
             if self.gate is not None:
                 await self.gate.wait()
@@ -63,257 +101,476 @@ class FakeStylize:
         )
 
 
-def service(tmp_path, stylize: FakeStylize, **config) -> JobService:
-    config = fast_config(store_url=str(tmp_path / "jobs"), **config)
-    return JobService(config, stylize)
+def service(tmp_path, stylize, **config) -> JobService:
+    jobs = JobService(fast_config(tmp_path, **config), stylize)
+    jobs.start()
+    return jobs
 
 
-async def until(predicate, timeout_s: float = 5.0) -> None:
+def submission(data: bytes = b"photo", owner: str = ALICE, **fields) -> Submission:
+    return Submission(
+        data, fields.pop("options", OPTIONS), f"key-of-{data!r}", owner=owner, **fields
+    )
+
+
+async def until(predicate, timeout_s: float = 10.0) -> None:
     deadline = time.monotonic() + timeout_s
     while not await predicate():
         assert time.monotonic() < deadline, "condition not reached"
         await asyncio.sleep(0.01)
 
 
-def state_is(jobs: JobService, job_id: str, *states: str):
+def state_is(jobs: JobService, job_id: str, *states: str, owner: str = ALICE):
     async def check() -> bool:
-        try:
-            return (await jobs.get(job_id)).state in states
-        except UnknownJob:
-            return False
+        return (await jobs.get(job_id, owner)).state in states
 
     return check
 
 
-def test_a_job_runs_to_done_and_keeps_its_result(tmp_path):
-    async def scenario():
-        stylize = FakeStylize()
-        jobs = service(tmp_path, stylize)
-        record, created = await jobs.submit(JOB1, b"photo", OPTIONS)
-        assert created
-        assert record.state == "queued" and record.frames_total == 1
-        await until(state_is(jobs, JOB1, "done"))
-        output = await jobs.result(JOB1)
-        done = await jobs.get(JOB1)
-        return output, done, jobs
+def run(scenario):
+    """Run an async scenario; every JobService it made is closed afterwards."""
 
-    output, done, jobs = asyncio.run(scenario())
+    async def main():
+        made: list[JobService] = []
+        original = JobService.__init__
+
+        def tracking(self, *args, **kwargs):
+            original(self, *args, **kwargs)
+            made.append(self)
+
+        JobService.__init__ = tracking
+        try:
+            return await scenario()
+        finally:
+            JobService.__init__ = original
+            for jobs in made:
+                await jobs.close()
+
+    return asyncio.run(main())
+
+
+def test_a_job_runs_to_done_and_keeps_its_result_only(tmp_path):
+    async def scenario():
+        jobs = service(tmp_path, FakeStylize())
+        record, created = await jobs.submit(submission())
+        assert created and record.state == "queued" and record.frames_total == 1
+        done = await jobs.wait(record.id, ALICE, 10)
+        return jobs, done, await jobs.result(record.id, ALICE)
+
+    jobs, done, output = run(scenario)
+    assert JOB_ID.match(done.id)
     assert output.data == b"picture:photo"
     assert (output.media_type, output.width) == ("image/png", 32)
-    assert done.result.bytes == len(output.data)
-    assert done.frames_done == done.frames_total == 1
+    assert done.result.bytes == len(output.data) and done.frames_done == done.frames_total == 1
     assert done.started_at >= done.created_at and done.finished_at >= done.started_at
-    folder = tmp_path / "jobs" / JOB1
-    assert sorted(p.name for p in folder.iterdir()) == sorted([RECORD, RESULT])  # upload gone
+    folder = tmp_path / "jobs" / done.id
+    assert [p.name for p in folder.iterdir()] == [done.result_name]  # the upload is gone
     view = jobs.view(done, "http://x")
-    assert view.links["result"] == f"http://x/v1/jobs/{JOB1}/result" and view.eta_s == 0.0
+    assert view.links["result"] == f"http://x/v1/jobs/{done.id}/result" and view.eta_s == 0.0
+    assert "owner" not in view.model_dump() and "content_key" not in view.model_dump()
 
 
-def test_the_same_job_submitted_again_is_the_same_job(tmp_path):
+def test_ids_are_random_never_the_content(tmp_path):
+    async def scenario():
+        jobs = service(tmp_path, FakeStylize())
+        first, _ = await jobs.submit(submission(owner=""))
+        second, created = await jobs.submit(submission(owner=""))
+        return first, second, created
+
+    first, second, created = run(scenario)
+    assert created and first.id != second.id  # an open service never shares a job
+    assert len(first.id) == 32 and first.content_key not in first.id
+
+
+def test_the_same_owner_gets_its_job_back_another_owner_a_job_of_its_own(tmp_path):
     async def scenario():
         stylize = FakeStylize(delay=0.2)
         jobs = service(tmp_path, stylize)
-        await jobs.submit(JOB1, b"photo", OPTIONS)
-        again, created = await jobs.submit(JOB1, b"photo", OPTIONS)  # while it runs
-        assert not created
-        await until(state_is(jobs, JOB1, "done"))
+        mine, _ = await jobs.submit(submission())
+        again, created_again = await jobs.submit(submission())  # while it runs
+        await jobs.wait(mine.id, ALICE, 10)
         started = time.monotonic()
-        finished, _ = await jobs.submit(JOB1, b"photo", OPTIONS)  # once done
-        return stylize.calls, again, finished, time.monotonic() - started
+        theirs, created_theirs = await jobs.submit(submission(owner=BOB))
+        theirs = await jobs.wait(theirs.id, BOB, 10)
+        return mine, again, created_again, theirs, created_theirs, time.monotonic() - started
 
-    calls, again, finished, seconds = asyncio.run(scenario())
-    assert calls == 1
-    assert again.id == JOB1 and again.state in ("queued", "running")
-    assert finished.state == "done" and seconds < 1
+    mine, again, created_again, theirs, created_theirs, seconds = run(scenario)
+    assert again.id == mine.id and not created_again
+    assert created_theirs and theirs.id != mine.id
+    # Answered from the first job's output, copied: no second model call.
+    assert theirs.state == "done" and theirs.result.cache == "hit" and seconds < 1
+
+
+def test_another_owner_cannot_see_or_end_a_job(tmp_path):
+    async def scenario():
+        stylize = FakeStylize()
+        stylize.gate = asyncio.Event()
+        jobs = service(tmp_path, stylize)
+        mine, _ = await jobs.submit(submission())
+        for call in (
+            jobs.get(mine.id, BOB),
+            jobs.cancel(mine.id, BOB),
+            jobs.result(mine.id, BOB),
+            anext(jobs.events(mine.id, BOB)),
+        ):
+            with pytest.raises(UnknownJob):
+                await call
+        with pytest.raises(UnknownJob):
+            await jobs.get(mine.id, "")  # nor can anyone without the owner's key
+        stylize.gate.set()
+        return await jobs.wait(mine.id, ALICE, 10)
+
+    assert run(scenario).state == "done"
 
 
 def test_a_failed_job_reports_its_error_and_runs_again_when_resubmitted(tmp_path):
     async def scenario():
         stylize = FakeStylize(error=UnsupportedFormat("not a picture we take"))
         jobs = service(tmp_path, stylize)
-        await jobs.submit(JOB1, b"photo", OPTIONS)
-        await until(state_is(jobs, JOB1, "failed"))
-        failed = await jobs.get(JOB1)
+        first, _ = await jobs.submit(submission())
+        failed = await jobs.wait(first.id, ALICE, 10)
         with pytest.raises(JobNotDone):
-            await jobs.result(JOB1)
+            await jobs.result(first.id, ALICE)
         stylize.error = None
-        await jobs.submit(JOB1, b"photo", OPTIONS)
-        await until(state_is(jobs, JOB1, "done"))
-        return failed, stylize.calls
+        second, created = await jobs.submit(submission())
+        done = await jobs.wait(second.id, ALICE, 10)
+        return failed, created, done, stylize.calls, await jobs.records.usage()
 
-    failed, calls = asyncio.run(scenario())
+    failed, created, done, calls, usage = run(scenario)
     assert failed.error.code == "unsupported_format"
     assert failed.error.message == "not a picture we take"
-    assert calls == 2
+    assert created and done.state == "done" and calls == 2
+    assert usage == done.result.bytes  # the failed job holds no space
 
 
 def test_an_unexpected_exception_fails_the_job_as_internal_error(tmp_path):
     async def scenario():
         jobs = service(tmp_path, FakeStylize(error=RuntimeError("boom")))
-        await jobs.submit(JOB1, b"photo", OPTIONS)
-        await until(state_is(jobs, JOB1, "failed"))
-        return await jobs.get(JOB1)
+        record, _ = await jobs.submit(submission())
+        return await jobs.wait(record.id, ALICE, 10)
 
-    assert asyncio.run(scenario()).error.code == "internal_error"
+    assert run(scenario).error.code == "internal_error"
 
 
-def test_cancel_stops_the_work_and_deletes_the_files(tmp_path):
+def test_cancel_stops_the_work_deletes_the_files_and_keeps_the_record(tmp_path):
     async def scenario():
         stylize = FakeStylize()
         stylize.gate = asyncio.Event()
         jobs = service(tmp_path, stylize)
-        await jobs.submit(JOB1, b"photo", OPTIONS)
-        await until(state_is(jobs, JOB1, "running"))
-        cancelled = await jobs.cancel(JOB1)
-        await asyncio.sleep(0.05)
-        with pytest.raises(UnknownJob):
-            await jobs.get(JOB1)
-        return cancelled, stylize
+        record, _ = await jobs.submit(submission())
+        await stylize.started.wait()
+        cancelled = await jobs.cancel(record.id, ALICE)
+        await until(lambda: _now(stylize.cancelled == 1))
+        again = await jobs.cancel(record.id, ALICE)  # a second DELETE changes nothing
+        return cancelled, again, await jobs.get(record.id, ALICE), await jobs.records.usage()
 
-    cancelled, stylize = asyncio.run(scenario())
-    assert cancelled.state == "cancelled"
-    assert stylize.cancelled == 1
-    assert not (tmp_path / "jobs" / JOB1).exists()
+    cancelled, again, read, usage = run(scenario)
+    assert cancelled.state == again.state == read.state == "cancelled"
+    assert read.expires_at > time.time() and usage == 0
+    assert not (tmp_path / "jobs" / cancelled.id).exists()
 
 
-def test_a_delete_on_another_replica_stops_the_runner(tmp_path):
+async def _now(value: bool) -> bool:
+    return value
+
+
+def test_a_delete_on_another_replica_stops_the_runner_and_wins(tmp_path):
     async def scenario():
         stylize = FakeStylize()
         stylize.gate = asyncio.Event()
         runner = service(tmp_path, stylize)
         other = service(tmp_path, FakeStylize())
-        await runner.submit(JOB1, b"photo", OPTIONS)
-        await until(state_is(other, JOB1, "running"))
-        await other.cancel(JOB1)
-        await until(lambda: _true_when(stylize.cancelled == 1))
-        await asyncio.sleep(0.1)
-        return stylize
+        record, _ = await runner.submit(submission())
+        await stylize.started.wait()
+        await other.cancel(record.id, ALICE)
+        await until(lambda: _now(stylize.cancelled == 1))
+        await until(lambda: _now(not runner.running_here))
+        return await runner.get(record.id, ALICE)
 
-    stylize = asyncio.run(scenario())
-    assert stylize.cancelled == 1
-    assert not (tmp_path / "jobs" / JOB1).exists()  # the runner wrote nothing back
-
-
-async def _true_when(value: bool) -> bool:
-    return value
+    final = run(scenario)
+    assert final.state == "cancelled" and final.result is None
+    assert not (tmp_path / "jobs" / final.id).exists()  # the runner wrote nothing back
 
 
-def test_a_job_whose_runner_died_is_taken_over_and_finished(tmp_path):
+def test_a_delete_wins_over_a_runner_that_is_writing_its_result(tmp_path):
+    """The runner's last writes are conditional: a cancel between its result upload and
+    its "done" leaves the job cancelled, the result deleted."""
+
+    async def scenario():
+        jobs = service(tmp_path, FakeStylize())
+        blobs = jobs.blobs
+        stored = asyncio.Event()
+        record_id: list[str] = []
+        original_put = blobs.put
+
+        def put_then_cancel(job_id, name, data):
+            original_put(job_id, name, data)
+            if name.startswith("result"):
+                stored.set()
+                time.sleep(0.2)  # the DELETE lands while this write "finishes"
+
+        blobs.put = put_then_cancel
+        record, _ = await jobs.submit(submission())
+        record_id.append(record.id)
+        await until(lambda: _now(stored.is_set()))
+        await jobs.cancel(record.id, ALICE)
+        await until(lambda: _now(not jobs.running_here))
+        return await jobs.get(record.id, ALICE)
+
+    final = run(scenario)
+    assert final.state == "cancelled"
+    folder = tmp_path / "jobs" / final.id
+    assert not folder.exists() or not any(folder.iterdir())
+
+
+def test_a_job_whose_runner_died_is_taken_over_by_one_replica_and_finished(tmp_path):
     async def scenario():
         dead = FakeStylize()
         dead.gate = asyncio.Event()  # never opens: this runner "dies" mid-job
-        first = service(tmp_path, dead)
-        await first.submit(JOB1, b"photo", OPTIONS)
-        await until(state_is(first, JOB1, "running"))
-        # The replica dies: its tasks stop without a word (no record written).
-        for task in list(first._tasks.values()):
-            task.cancel()
-        await asyncio.sleep(0)
-        survivor_model = FakeStylize()
-        survivor = service(tmp_path, survivor_model)
-        await asyncio.sleep(0.35)  # past stale_after_s
-        taken = await survivor.get(JOB1)
-        await until(state_is(survivor, JOB1, "done"))
-        data = (await survivor.result(JOB1)).data
-        return taken, data, survivor_model.calls, survivor.runner_id
+        first = JobService(fast_config(tmp_path), dead)  # no background work: it is dead
+        record, _ = await first.submit(submission())
+        await until(state_is(first, record.id, "running"))
+        for job_run in list(first._runs.values()):  # dies without a word
+            job_run.task.cancel()
+        survivors = [JobService(fast_config(tmp_path), FakeStylize()) for _ in range(3)]
+        await asyncio.sleep(0.35)  # past the lease
+        taken = await asyncio.gather(*(s.take_over_stale() for s in survivors))
+        await until(state_is(survivors[0], record.id, "done"))
+        done = await survivors[0].get(record.id, ALICE)
+        return taken, done, [s._context.stylize.calls for s in survivors]
 
-    taken, data, calls, survivor_id = asyncio.run(scenario())
-    assert taken.runner == survivor_id and taken.state == "queued"
-    assert data == b"picture:photo" and calls == 1
+    taken, done, calls = run(scenario)
+    assert sorted(taken) == [0, 0, 1]  # concurrent looks: exactly one takeover
+    assert done.state == "done" and done.attempts == 2 and sum(calls) == 1
 
 
-def test_jobs_past_max_running_wait_queued(tmp_path):
+def test_a_job_whose_runners_keep_dying_fails_with_a_code(tmp_path):
+    async def scenario():
+        jobs = JobService(fast_config(tmp_path, max_attempts=2), FakeStylize())
+        record, _ = await jobs.submit(submission())
+        await _die(jobs)
+        await jobs.records.update(record.id, jobs.runner_id, {"attempts": 2, "lease_until": 0})
+        other = JobService(fast_config(tmp_path, max_attempts=2), FakeStylize())
+        await other.take_over_stale()
+        return await other.get(record.id, ALICE), await other.records.usage()
+
+    failed, usage = run(scenario)
+    assert failed.state == "failed" and failed.error.code == "runner_lost" and usage == 0
+
+
+async def _die(jobs: JobService) -> None:
+    """The replica's runs stop without a word (as when its process is killed)."""
+    runs = list(jobs._runs.values())
+    for job_run in runs:
+        job_run.task.cancel()
+    await asyncio.gather(*(job_run.task for job_run in runs), return_exceptions=True)
+
+
+def test_a_takeover_without_the_upload_fails_clearly(tmp_path):
+    async def scenario():
+        jobs = JobService(fast_config(tmp_path), FakeStylize())
+        record, _ = await jobs.submit(submission())
+        await _die(jobs)
+        jobs.blobs.delete(record.id, UPLOAD)
+        await jobs.records.update(record.id, jobs.runner_id, {"lease_until": 0})
+        other = JobService(fast_config(tmp_path), FakeStylize())
+        await other.take_over_stale()
+        return await other.get(record.id, ALICE)
+
+    failed = run(scenario)
+    assert failed.state == "failed" and failed.error.code == "runner_lost"
+    assert "upload" in failed.error.message
+
+
+def test_jobs_past_max_running_wait_queued_holding_their_lease(tmp_path):
     async def scenario():
         stylize = FakeStylize()
         stylize.gate = asyncio.Event()
         jobs = service(tmp_path, stylize, max_running=1)
-        await jobs.submit(JOB1, b"one", OPTIONS)
-        await jobs.submit(JOB2, b"two", OPTIONS)
-        await until(state_is(jobs, JOB1, "running"))
-        await asyncio.sleep(0.15)  # a few heartbeats: the waiting job stays queued
-        waiting = await jobs.get(JOB2)
+        one, _ = await jobs.submit(submission(b"one"))
+        two, _ = await jobs.submit(submission(b"two"))
+        await until(state_is(jobs, one.id, "running"))
+        leased = (await jobs.get(two.id, ALICE)).lease_until
+        # The waiting job's lease is renewed while it waits: wait for a renewal.
+        await until(lambda: _renewed(jobs, two.id, leased))
+        waiting = await jobs.get(two.id, ALICE)
         stylize.gate.set()
-        await until(state_is(jobs, JOB2, "done"))
+        await until(state_is(jobs, two.id, "done"))
         return waiting, stylize.calls
 
-    waiting, calls = asyncio.run(scenario())
-    assert waiting.state == "queued" and waiting.heartbeat_at is not None
-    assert calls == 2
+    waiting, calls = run(scenario)
+    assert waiting.state == "queued" and calls == 2
 
 
-def test_a_full_store_refuses_new_jobs_and_expired_ones_are_swept(tmp_path):
+async def _renewed(jobs: JobService, job_id: str, before: float) -> bool:
+    return (await jobs.records.get(job_id)).lease_until > before
+
+
+def test_a_queue_past_its_bound_answers_overloaded_and_waiting_has_a_deadline(tmp_path):
     async def scenario():
-        jobs = service(tmp_path, FakeStylize(), max_store_bytes=1000)
-        await jobs.submit(JOB1, b"x" * 300, OPTIONS)
-        await until(state_is(jobs, JOB1, "done"))
+        stylize = FakeStylize()
+        stylize.gate = asyncio.Event()
+        jobs = service(tmp_path, stylize, max_running=1, max_queued=1, queue_timeout_s=0.5)
+        await jobs.submit(submission(b"one"))
+        second, _ = await jobs.submit(submission(b"two"))
+        with pytest.raises(Overloaded):
+            await jobs.submit(submission(b"three"))
+        return await jobs.wait(second.id, ALICE, 10)
+
+    waited = run(scenario)
+    assert waited.state == "failed" and waited.error.code == "queue_timeout"
+
+
+def test_a_full_store_refuses_new_jobs_and_loses_nothing_stored(tmp_path):
+    async def scenario():
+        jobs = service(tmp_path, FakeStylize(), max_store_bytes=200_000)
+        big = OPTIONS.__class__(**{**OPTIONS.to_dict(), "size": 200})
+        first, _ = await jobs.submit(submission(b"x" * 300, options=big))
+        first = await jobs.wait(first.id, ALICE, 10)
         with pytest.raises(StoreFull):
-            await jobs.submit(JOB2, b"y" * 800, OPTIONS)
-        record = await jobs.get(JOB1)
-        old = record.model_copy(update={"finished_at": time.time() - 10 * 86400})
-        jobs.store.write(old)
-        (tmp_path / "jobs" / "debris").mkdir()  # a folder with no record
-        await jobs.submit(JOB2, b"y" * 800, OPTIONS)  # the sweep made room
-        return jobs.store.job_ids()
+            await jobs.submit(submission(b"y" * 100_000, options=big))
+        return first, await jobs.result(first.id, ALICE)
 
-    assert asyncio.run(scenario()) == [JOB2]
+    first, output = run(scenario)
+    assert first.state == "done" and output.data == b"picture:" + b"x" * 300
 
 
-def test_events_follow_the_job_to_its_end(tmp_path):
+def test_a_store_that_cannot_be_written_fails_the_job_with_a_code(tmp_path, monkeypatch):
     async def scenario():
-        stylize = FakeStylize(delay=0.2)
-        jobs = service(tmp_path, stylize)
-        await jobs.submit(JOB1, b"photo", OPTIONS)
-        return [record.state async for record in jobs.events(JOB1)]
+        jobs = service(tmp_path, FakeStylize())
+        filesystem = jobs.blobs._fs
+        real_open = filesystem.open
 
-    states = asyncio.run(scenario())
-    assert states[-1] == "done"
-    assert "running" in states
-    assert len(states) == len(set(states))  # a change each time, heartbeats aside
+        def disk_full(path, mode="rb", **kwargs):
+            if "result" in path and "w" in mode:
+                raise OSError(errno.ENOSPC, "No space left on device")
+            return real_open(path, mode, **kwargs)
+
+        monkeypatch.setattr(filesystem, "open", disk_full)
+        record, _ = await jobs.submit(submission())
+        return await jobs.wait(record.id, ALICE, 10), await jobs.records.usage()
+
+    failed, usage = run(scenario)
+    assert failed.state == "failed" and failed.error.code == "store_full" and usage == 0
+    assert not (tmp_path / "jobs" / failed.id).exists()
+
+
+def test_expired_jobs_are_swept_in_the_background_and_answer_expired(tmp_path):
+    async def scenario():
+        jobs = service(tmp_path, FakeStylize(), ttl_s=0.2, sweep_interval_s=0.05)
+        record, _ = await jobs.submit(submission())
+        await jobs.wait(record.id, ALICE, 10)
+        await until(lambda: _gone(jobs, record.id))
+        with pytest.raises(JobExpired):
+            await jobs.get(record.id, ALICE)
+        with pytest.raises(UnknownJob):
+            await jobs.get("f" * 32, ALICE)
+        return record, await jobs.records.usage()
+
+    record, usage = run(scenario)
+    assert usage == 0 and not (tmp_path / "jobs" / record.id).exists()
+
+
+async def _gone(jobs: JobService, job_id: str) -> bool:
+    return await jobs.records.get(job_id) is None
+
+
+def test_concurrent_submissions_with_expiry_running_all_succeed(tmp_path):
+    async def scenario():
+        jobs = service(tmp_path, FakeStylize(), ttl_s=0.05, sweep_interval_s=0.01, max_queued=500)
+        submissions = [jobs.submit(submission(f"p{i}".encode())) for i in range(200)]
+        results = await asyncio.gather(*submissions, return_exceptions=True)
+        return results
+
+    results = run(scenario)
+    assert [r for r in results if isinstance(r, BaseException)] == []
+
+
+def test_listing_is_the_owners_newest_first_paginated_and_filtered(tmp_path):
+    async def scenario():
+        jobs = service(tmp_path, FakeStylize(), max_queued=200)
+        mine = [(await jobs.submit(submission(f"m{i}".encode())))[0] for i in range(105)]
+        await jobs.submit(submission(b"theirs", owner=BOB))
+        for record in mine:
+            await jobs.wait(record.id, ALICE, 10)
+        await jobs.cancel(mine[3].id, ALICE)
+        pages, cursor = [], None
+        while True:
+            page, cursor = await jobs.list(ALICE, cursor=cursor, limit=20)
+            pages.append(page)
+            if cursor is None:
+                break
+        cancelled, _ = await jobs.list(ALICE, state="cancelled")
+        return mine, pages, cancelled
+
+    mine, pages, cancelled = run(scenario)
+    listed = [record.id for page in pages for record in page]
+    assert listed == [record.id for record in reversed(mine)]  # all, newest first, once
+    assert [len(page) for page in pages] == [20, 20, 20, 20, 20, 5]
+    assert [record.id for record in cancelled] == [mine[3].id]
+
+
+def test_an_idempotency_key_gets_the_same_job_and_refuses_other_content(tmp_path):
+    async def scenario():
+        jobs = service(tmp_path, FakeStylize())
+        first, created = await jobs.submit(submission(owner="", idempotency_key="k-1"))
+        again, created_again = await jobs.submit(submission(owner="", idempotency_key="k-1"))
+        with pytest.raises(IdempotencyKeyReused):
+            await jobs.submit(submission(b"other", owner="", idempotency_key="k-1"))
+        return first, created, again, created_again
+
+    first, created, again, created_again = run(scenario)
+    assert created and not created_again and again.id == first.id
+
+
+def test_events_follow_the_job_to_its_end_pushed_not_polled(tmp_path):
+    async def scenario():
+        stylize = FakeStylize(delay=0.1)
+        jobs = service(tmp_path, stylize)
+        record, _ = await jobs.submit(submission())
+        reads = 0
+        original_get = jobs.records.get
+
+        async def counted_get(job_id):
+            nonlocal reads
+            reads += 1
+            return await original_get(job_id)
+
+        jobs.records.get = counted_get
+        followers = [_collect(jobs, record.id) for _ in range(100)]
+        seen = await asyncio.gather(*followers)
+        return seen, reads
+
+    seen, reads = run(scenario)
+    for states in seen:
+        assert states[-1] == "done" and states == sorted(set(states), key=states.index)
+    assert reads == 100  # one read as each follower starts; every change after is pushed
+
+
+async def _collect(jobs: JobService, job_id: str) -> list[str]:
+    return [r.state async for r in jobs.events(job_id, ALICE, idle_s=5) if r is not None]
+
+
+def test_events_from_another_replica_arrive_through_the_change_feed(tmp_path):
+    async def scenario():
+        runner = service(tmp_path, FakeStylize(delay=0.2))
+        follower_side = service(tmp_path, FakeStylize())
+        record, _ = await runner.submit(submission())
+        return [
+            r.state async for r in follower_side.events(record.id, ALICE, idle_s=5) if r is not None
+        ]
+
+    states = run(scenario)
+    assert states[-1] == "done" and "running" in states
 
 
 def test_events_of_an_unknown_job_raise_before_streaming(tmp_path):
     async def scenario():
         jobs = service(tmp_path, FakeStylize())
-        async for _ in jobs.events("0" * 40):
-            pass
-
-    with pytest.raises(UnknownJob):
-        asyncio.run(scenario())
-
-
-def test_sse_event_carries_the_state_and_json():
-    record = JobRecord(id=JOB1, state="done", options={}, created_at=0.0, finished_at=1.0)
-
-    class Jobs(JobService):
-        def __init__(self):  # only view() is used
-            pass
-
-    event = sse_event(Jobs().view(record)).decode()
-    assert event.startswith("event: done\ndata: {") and event.endswith("}\n\n")
-    assert '"elapsed_s": 1.0' in event
-
-
-def test_the_store_takes_fsspec_urls(tmp_path):
-    store = JobStore("memory://animegan-jobs-test")
-    record = JobRecord(id="j1", state="queued", options={}, created_at=1.0)
-    store.write(record)
-    store.put_blob("j1", UPLOAD, b"abc")
-    assert store.read("j1") == record and store.read_blob("j1", UPLOAD) == b"abc"
-    assert store.job_ids() == ["j1"] and store.usage_bytes() > 3
-    store.delete("j1")
-    assert store.read("j1") is None and store.job_ids() == []
-    local = JobStore(f"file://{tmp_path}/x")
-    local.write(record)
-    assert (tmp_path / "x" / "j1" / RECORD).exists()
-
-
-def test_ids_that_are_not_digests_name_no_job(tmp_path):
-    async def scenario(job_id: str):
-        await service(tmp_path, FakeStylize()).get(job_id)
-
-    for job_id in ("../../etc/passwd", "ABC", "", "a1" * 100):
         with pytest.raises(UnknownJob):
-            asyncio.run(scenario(job_id))
+            await anext(jobs.events("0" * 32, ALICE))
+
+    run(scenario)
 
 
 def test_an_idle_event_stream_yields_keep_alives(tmp_path):
@@ -321,41 +578,75 @@ def test_an_idle_event_stream_yields_keep_alives(tmp_path):
         stylize = FakeStylize()
         stylize.gate = asyncio.Event()
         jobs = service(tmp_path, stylize)
-        await jobs.submit(JOB1, b"photo", OPTIONS)
-        seen = []
-        async for record in jobs.events(JOB1, idle_s=0.1):
-            seen.append(None if record is None else record.state)
-            if seen.count(None) == 2:
+        record, _ = await jobs.submit(submission())
+        items = []
+        async for item in jobs.events(record.id, ALICE, idle_s=0.05):
+            items.append(item)
+            if item is None:
                 stylize.gate.set()
-        return seen
+        return items
 
-    seen = asyncio.run(scenario())
-    assert seen.count(None) >= 2 and seen[-1] == "done"
+    items = run(scenario)
+    assert None in items and items[-1].state == "done"
+
+
+def test_sse_event_carries_the_state_and_json(tmp_path):
+    async def scenario():
+        jobs = service(tmp_path, FakeStylize())
+        record, _ = await jobs.submit(submission())
+        return jobs.view(await jobs.wait(record.id, ALICE, 10))
+
+    view: JobView = run(scenario)
+    text = sse_event(view).decode()
+    assert text.startswith("event: done\ndata: {") and text.endswith("}\n\n")
+
+
+def test_ids_that_are_not_ours_name_no_job(tmp_path):
+    async def scenario():
+        jobs = service(tmp_path, FakeStylize())
+        for job_id in ("../etc", "A" * 32, "a1" * 20, ""):
+            with pytest.raises(UnknownJob):
+                await jobs.get(job_id, ALICE)
+
+    run(scenario)
+
+
+def test_wait_returns_the_finished_job_or_the_job_as_it_is(tmp_path):
+    async def scenario():
+        stylize = FakeStylize()
+        stylize.gate = asyncio.Event()
+        jobs = service(tmp_path, stylize)
+        record, _ = await jobs.submit(submission())
+        still_running = await jobs.wait(record.id, ALICE, 0.2)
+        stylize.gate.set()
+        return still_running, await jobs.wait(record.id, ALICE, 10)
+
+    still_running, done = run(scenario)
+    assert still_running.state in ("queued", "running") and done.state == "done"
 
 
 def test_progress_reported_by_the_model_reaches_the_record_and_the_eta(tmp_path):
     async def scenario():
+        progress = {"value": None}
         stylize = FakeStylize()
         stylize.gate = asyncio.Event()
-        progress = {JOB1: 0.0}
-        config = fast_config(store_url=str(tmp_path / "jobs"))
-        jobs = JobService(config, stylize, progress_of=progress.get)
-        await jobs.submit(JOB1, b"photo", OPTIONS)
-        await until(state_is(jobs, JOB1, "running"))
-        progress[JOB1] = 0.5
-
-        async def halfway() -> bool:
-            return (await jobs.get(JOB1)).progress == 0.5
-
-        await until(halfway)
-        view = jobs.view(await jobs.get(JOB1))
+        jobs = JobService(fast_config(tmp_path), stylize, progress_of=lambda key: progress["value"])
+        jobs.start()
+        record, _ = await jobs.submit(submission())
+        await until(state_is(jobs, record.id, "running"))
+        progress["value"] = 0.5
+        await until(lambda: _progress_at_least(jobs, record.id, 0.5))
+        view = jobs.view(await jobs.get(record.id, ALICE))
         stylize.gate.set()
-        await until(state_is(jobs, JOB1, "done"))
-        return view, await jobs.get(JOB1)
+        return view, await jobs.wait(record.id, ALICE, 10)
 
-    view, done = asyncio.run(scenario())
-    assert view.eta_s is not None and view.eta_s > 0
+    view, done = run(scenario)
+    assert view.progress == 0.5 and view.eta_s is not None and view.eta_s >= 0
     assert done.progress == 1.0
+
+
+async def _progress_at_least(jobs: JobService, job_id: str, value: float) -> bool:
+    return (await jobs.get(job_id, ALICE)).progress >= value
 
 
 class FakeMedia:
@@ -363,10 +654,12 @@ class FakeMedia:
 
     def __init__(self, tmp_path, frames: int = 6, delay: float = 0.02, hang: bool = False):
         self.tmp_path, self.frames, self.delay, self.hang = tmp_path, frames, delay, hang
+        self.sources: list = []
 
-    async def __call__(self, options: StylizeOptions, data: bytes, on_progress):
+    async def __call__(self, options: StylizeOptions, source, on_progress):
         from serve_app.media.frames import FrameCounts, MediaOutput
 
+        self.sources.append(source.read_bytes())
         counts = FrameCounts(total=self.frames)
         for _ in range(self.frames):
             await asyncio.sleep(self.delay)
@@ -376,7 +669,7 @@ class FakeMedia:
         if self.hang:
             await asyncio.sleep(3600)
         path = self.tmp_path / "made.mp4"
-        path.write_bytes(b"video:" + data)
+        path.write_bytes(b"video:" + source.read_bytes())
         return MediaOutput("video/mp4", 64, 36, self.frames, 0.6, path=path)
 
 
@@ -385,80 +678,106 @@ class FakeInfo:
     frames = 6
     fps = 10.0
     duration_s = 0.6
+    width, height = 64, 36
 
-    def to_dict(self) -> dict:
-        return {"kind": "video", "frames": 6}
+    def to_dict(self):
+        return {"kind": self.kind, "frames": self.frames}
 
 
 def test_a_video_job_reports_frames_and_stores_its_file(tmp_path):
     async def scenario():
-        jobs = JobService(
-            fast_config(store_url=str(tmp_path / "jobs")),
-            FakeStylize(),
-            run_media=FakeMedia(tmp_path),
-        )
-        record, created = await jobs.submit(JOB1, b"clip", OPTIONS, FakeInfo())
+        media = FakeMedia(tmp_path)
+        jobs = JobService(fast_config(tmp_path), FakeStylize(), run_media=media)
+        jobs.start()
+        record, created = await jobs.submit(submission(b"movie", media=FakeInfo()))
         assert created and record.kind == "video" and record.frames_total == 6
-        await until(state_is(jobs, JOB1, "done"))
-        done = await jobs.get(JOB1)
-        assert (done.frames_done, done.frames_model, done.result.frames) == (6, 6, 6)
-        assert done.result.media_type == "video/mp4" and done.result.bytes == len(b"video:clip")
-        assert await jobs.result_range(JOB1, 6, 4) == b"clip"
-        chunks = [chunk async for chunk in jobs.result_chunks(JOB1, done.result.bytes, 3)]
-        assert b"".join(chunks) == b"video:clip"
-        assert not (tmp_path / "made.mp4").exists()  # moved into the store
+        done = await jobs.wait(record.id, ALICE, 10)
+        return done, await jobs.result(record.id, ALICE), media
 
-    asyncio.run(scenario())
+    done, output, media = run(scenario)
+    assert done.state == "done" and done.frames_done == 6 and done.frames_model == 6
+    assert output.data == b"video:movie" and media.sources == [b"movie"]
+    assert not (tmp_path / "made.mp4").exists()  # the temporary output went to the store
 
 
 def test_a_video_job_past_its_deadline_fails_with_timeout(tmp_path):
     async def scenario():
         jobs = JobService(
-            fast_config(store_url=str(tmp_path / "jobs"), timeout_s=0.3),
+            fast_config(tmp_path, timeout_s=0.3),
             FakeStylize(),
             run_media=FakeMedia(tmp_path, hang=True),
         )
-        await jobs.submit(JOB1, b"clip", OPTIONS, FakeInfo())
-        await until(state_is(jobs, JOB1, "failed"))
-        assert (await jobs.get(JOB1)).error.code == "timeout"
+        jobs.start()
+        record, _ = await jobs.submit(submission(b"movie", media=FakeInfo()))
+        return await jobs.wait(record.id, ALICE, 10)
 
-    asyncio.run(scenario())
+    failed = run(scenario)
+    assert failed.state == "failed" and failed.error.code == "timeout"
 
 
 def test_a_submitter_that_goes_away_mid_way_still_leaves_a_running_job(tmp_path):
     async def scenario():
-        stylize = FakeStylize()
-        # No take-over within the test: the job must run because its submission finished.
-        jobs = service(tmp_path, stylize, stale_after_s=60)
-        storing = threading.Event()
-        put_blob = jobs.store.put_blob
+        jobs = service(tmp_path, FakeStylize(delay=0.1))
+        put = jobs.blobs.put
+        held = asyncio.Event()
 
-        def slow_put_blob(*args):
-            storing.wait(5)
-            put_blob(*args)
+        def slow_put(job_id, name, data):
+            time.sleep(0.2)  # the upload is being stored when the client hangs up
+            put(job_id, name, data)
 
-        jobs.store.put_blob = slow_put_blob
-        submit = asyncio.ensure_future(jobs.submit(JOB1, b"photo", OPTIONS))
-        await until(state_is(jobs, JOB1, "queued"))  # the record is written, the upload not
-        submit.cancel()  # what Serve does when the client hangs up
-        storing.set()
-        with pytest.raises(asyncio.CancelledError):
-            await submit
-        await until(state_is(jobs, JOB1, "done", "failed"))
-        assert (await jobs.get(JOB1)).state == "done" and stylize.calls == 1
+        jobs.blobs.put = slow_put
+        client = asyncio.ensure_future(jobs.submit(submission()))
+        await asyncio.sleep(0.05)
+        client.cancel()
+        held.set()
+        await until(lambda: _count_done(jobs))
+        page, _ = await jobs.list(ALICE)
+        return page
 
-    asyncio.run(scenario())
+    page = run(scenario)
+    assert [record.state for record in page] == ["done"]
+
+
+async def _count_done(jobs: JobService) -> bool:
+    page, _ = await jobs.list(ALICE)
+    return bool(page) and page[0].state == "done"
 
 
 def test_the_same_upload_submitted_twice_at_once_is_one_job(tmp_path):
     async def scenario():
-        stylize = FakeStylize(delay=0.05)
+        stylize = FakeStylize()
         jobs = service(tmp_path, stylize)
-        (first, made_first), (second, made_second) = await asyncio.gather(
-            jobs.submit(JOB1, b"photo", OPTIONS), jobs.submit(JOB1, b"photo", OPTIONS)
+        (one, created_one), (two, created_two) = await asyncio.gather(
+            jobs.submit(submission()), jobs.submit(submission())
         )
-        assert first.id == second.id and sorted([made_first, made_second]) == [False, True]
-        await until(state_is(jobs, JOB1, "done"))
-        assert stylize.calls == 1
+        await jobs.wait(one.id, ALICE, 10)
+        return one, two, sorted([created_one, created_two]), stylize.calls
 
-    asyncio.run(scenario())
+    one, two, created, calls = run(scenario)
+    assert one.id == two.id and created == [False, True] and calls == 1
+
+
+def test_the_store_takes_fsspec_urls_with_a_shared_record_store(tmp_path):
+    async def scenario():
+        config = fast_config(
+            tmp_path,
+            store_url=f"memory://jobs-{time.time_ns()}",
+            records_url=f"sqlite:///{tmp_path}/records.sqlite3",
+        )
+        jobs = JobService(config, FakeStylize(), run_media=FakeMedia(tmp_path))
+        jobs.start()
+        still, _ = await jobs.submit(submission())
+        video, _ = await jobs.submit(submission(b"movie", media=FakeInfo()))
+        return (
+            await jobs.result((await jobs.wait(still.id, ALICE, 10)).id, ALICE),
+            await jobs.result((await jobs.wait(video.id, ALICE, 10)).id, ALICE),
+        )
+
+    still, video = run(scenario)
+    assert still.data == b"picture:photo" and video.data == b"video:movie"
+
+
+def test_an_object_store_without_a_shared_record_store_is_refused(tmp_path):
+    config = fast_config(tmp_path, store_url="memory://somewhere", records_url=None)
+    with pytest.raises(ValueError, match="records_url"):
+        JobService(config, FakeStylize())

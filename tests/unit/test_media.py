@@ -19,7 +19,7 @@ from serve_app.errors import (
 )
 from serve_app.media import probe, writers
 from serve_app.media.reader import Frame, MediaReader
-from tests import media_samples as samples
+from tests.support import media as samples
 
 CONFIG = MediaConfig()
 

@@ -20,7 +20,7 @@ from serve_app.media.gate import ModelGate
 from serve_app.media.reader import MediaReader
 from serve_app.model.identity import ModelIdentity, StylizedArray
 from serve_app.options import StylizeOptions
-from tests.media_samples import (
+from tests.support.media import (
     audio_packets,
     decoded_frames,
     display_rotation,
@@ -193,12 +193,16 @@ def test_cancelling_a_job_stops_its_model_calls(tmp_path):
 
     async def cancel_soon():
         task = asyncio.ensure_future(job.run(source, tmp_path / "out.mp4"))
-        await asyncio.sleep(0.5)
+        while model.calls == 0:  # the job is calling the model
+            await asyncio.sleep(0.01)
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
         calls = model.calls
-        await asyncio.sleep(0.5)
+        # Only a task of this loop can call the model: once every other one has ended,
+        # nothing is left that could call it later.
+        others = asyncio.all_tasks() - {asyncio.current_task()}
+        await asyncio.gather(*others, return_exceptions=True)
         return calls
 
     calls = asyncio.run(cancel_soon())
@@ -248,3 +252,84 @@ def test_only_outputs_older_than_a_jobs_deadline_are_swept(tmp_path):
     assert remove_abandoned_outputs(3600, tmp_path) == 1
     assert not abandoned.exists()
     assert being_written.exists() and someone_elses.exists()
+
+
+# --- an animation's output is bounded: frames × output pixels, and each frame's size ------
+
+
+def media_service(**media):
+    from serve_app.config import AppConfig
+    from serve_app.media.service import MediaService
+
+    config = AppConfig.model_validate({"styles": [{"name": "s", "weights": "random"}], **media})
+    return MediaService(config, DictCache(), FakeModel(), lambda style: IDENTITY)
+
+
+def resolved(service, size, synchronous=False):
+    from serve_app.options import resolve_options
+
+    return resolve_options(service._config, size=size, synchronous=synchronous)
+
+
+@pytest.fixture(scope="module")
+def tiny_long_gif(tmp_path_factory):
+    """1,000 frames of 16×16: about a megabyte (1 KB a frame, its own palette)."""
+    path = tmp_path_factory.mktemp("gif") / "long.gif"
+    return make_animation(path, "gif", frames=1000, size=(16, 16), durations=[20] * 1000)
+
+
+def test_a_thousand_tiny_frames_at_the_largest_size_are_refused_at_submission(tiny_long_gif):
+    from serve_app.errors import MediaTooLarge
+
+    service = media_service()
+    info = asyncio.run(service.inspect(tiny_long_gif.read_bytes()))
+    largest = service._config.limits.max_size
+    with pytest.raises(MediaTooLarge) as refused:
+        service.check(info, resolved(service, largest))
+    message = refused.value.message
+    limit = service._config.media.max_animation_pixels
+    assert "1000 frames" in message and f"{largest}x{largest}" in message
+    assert str(limit) in message
+    # the size it suggests fits, and the next one up does not
+    suggested = int(message.split("size=")[1].split()[0])
+    service.check(info, resolved(service, suggested))
+    with pytest.raises(MediaTooLarge):
+        service.check(info, resolved(service, suggested + 4))
+
+
+@pytest.mark.slow  # Pillow's GIF quantizer: ~8 ms a frame
+def test_a_thousand_tiny_frames_within_the_bound_are_made(tiny_long_gif, tmp_path):
+    service = media_service()
+    info = asyncio.run(service.inspect(tiny_long_gif.read_bytes()))
+    size = 64
+    options = resolved(service, size)
+    service.check(info, options)
+    output = asyncio.run(service.run_job(options, tiny_long_gif, lambda counts: None))
+    assert (output.frames, output.width, output.height) == (1000, size, size)
+    assert Image.open(io.BytesIO(output.data)).n_frames == 1000
+
+
+def test_a_synchronous_animation_is_bounded_too(tmp_path):
+    from serve_app.errors import MediaTooLarge
+
+    source = make_animation(tmp_path / "in.gif", "gif", frames=6, size=(64, 48))
+    # a bound below the synchronous budget: the bound answers, not "use jobs"
+    service = media_service(media={"max_animation_pixels": 6 * 64 * 48 - 1})
+    data = source.read_bytes()
+    info = asyncio.run(service.inspect(data))
+    with pytest.raises(MediaTooLarge):
+        asyncio.run(service.animate(data, info, resolved(service, 64, synchronous=True)))
+    service = media_service(media={"max_animation_pixels": 6 * 64 * 48})
+    output = asyncio.run(service.animate(data, info, resolved(service, 64, synchronous=True)))
+    assert output.frames == 6
+
+
+def test_an_animations_frames_are_bounded_like_a_videos(tmp_path):
+    from serve_app.errors import InvalidVideoOptions
+
+    source = make_animation(tmp_path / "in.gif", "gif", frames=2, size=(64, 64))
+    service = media_service(tiling={"max_whole_pixels": 128 * 128})
+    info = asyncio.run(service.inspect(source.read_bytes()))
+    service.check(info, resolved(service, 128))
+    with pytest.raises(InvalidVideoOptions, match="132x132"):
+        service.check(info, resolved(service, 132))

@@ -18,7 +18,7 @@ from serve_app.model.generator import (
     random_generator,
     select_runtime,
 )
-from tests.conftest import sample_photos
+from tests.support.pictures import sample_photos
 
 FIXTURE = Path(__file__).parents[1] / "fixtures" / "generator_parity.pt"
 BF16_MIN_PSNR_DB = 40.0

@@ -6,6 +6,7 @@ import asyncio
 import contextvars
 import json
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -21,7 +22,7 @@ from serve_app.pipeline import keys, lru, stylize
 from serve_app.pipeline.keys import result_key
 from serve_app.pipeline.results import StylizeResult
 from serve_app.pipeline.stylize import StylizePipeline
-from tests.conftest import synthetic_jpeg
+from tests.support.pictures import synthetic_jpeg
 
 WEIGHTS = "weights-a:align_corners=True"
 RUNTIME = "cpu/fp32/nhwc/torch-x"
@@ -93,16 +94,31 @@ def run(coroutine):
     return asyncio.run(coroutine)
 
 
-async def settle():
-    for _ in range(20):
+async def until(condition, timeout_s: float = 10.0) -> None:
+    """Wait, a loop turn at a time, for ``condition()``; fail after ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, "condition not reached"
         await asyncio.sleep(0.01)
+
+
+async def background_done() -> None:
+    """Let every other task of the loop end (the cache puts and cancelled work run in
+    tasks of their own): whatever they would do has been done after it."""
+    others = asyncio.all_tasks() - {asyncio.current_task()}
+    await asyncio.gather(*others, return_exceptions=True)
+
+
+def waiters(pipe: StylizePipeline) -> int:
+    """Callers waiting for the pipeline's shared work now."""
+    return sum(work.waiters for work in pipe._in_flight.values())
 
 
 def test_miss_then_hit_computes_once():
     async def scenario():
         pipe, model, cache = make_pipeline()
         first = await pipe.stylize(synthetic_jpeg(seed=1), options(pipe))
-        await settle()  # the cache put runs in the background
+        await background_done()  # the cache put runs in the background
         second = await pipe.stylize(synthetic_jpeg(seed=1), options(pipe))
         return first, second, model, cache
 
@@ -119,7 +135,7 @@ def test_identical_requests_coalesce_onto_one_computation():
         model.gate.clear()
         data = synthetic_jpeg(seed=2)
         tasks = [asyncio.create_task(pipe.stylize(data, options(pipe))) for _ in range(8)]
-        await settle()
+        await until(lambda: waiters(pipe) == 8)
         model.gate.set()
         return await asyncio.gather(*tasks), model
 
@@ -135,14 +151,14 @@ def test_leader_hang_up_does_not_fail_the_follower():
         model.gate.clear()
         data = synthetic_jpeg(seed=3)
         leader = asyncio.create_task(pipe.stylize(data, options(pipe)))
-        await settle()
+        await until(lambda: waiters(pipe) == 1)
         follower = asyncio.create_task(pipe.stylize(data, options(pipe)))
-        await settle()
+        await until(lambda: waiters(pipe) == 2)
         leader.cancel()  # what Serve does when the leader's client disconnects
-        await settle()
+        await asyncio.wait([leader])  # it has left the shared work
         model.gate.set()
         result = await follower
-        await settle()
+        await background_done()
         return leader, result, model, cache
 
     leader, result, model, cache = run(scenario())
@@ -186,7 +202,7 @@ def test_work_nobody_waits_for_is_cancelled_and_frees_its_slot():
         model.gate.clear()
         with pytest.raises(Timeout):
             await pipe.stylize(synthetic_jpeg(seed=6), options(pipe))
-        await settle()
+        await background_done()  # the cancelled work has ended
         freed = pipe.in_flight
         model.gate.set()
         other = await pipe.stylize(synthetic_jpeg(seed=7), options(pipe))
@@ -204,10 +220,10 @@ def test_all_waiters_hanging_up_cancels_the_work():
         model.gate.clear()
         data = synthetic_jpeg(seed=8)
         tasks = [asyncio.create_task(pipe.stylize(data, options(pipe))) for _ in range(3)]
-        await settle()
+        await until(lambda: waiters(pipe) == 3)
         for task in tasks:
             task.cancel()
-        await settle()
+        await background_done()
         return pipe, model
 
     pipe, model = run(scenario())
@@ -220,11 +236,11 @@ def test_past_max_in_flight_a_new_picture_is_refused_but_a_repeat_joins():
         model.gate.clear()
         busy = synthetic_jpeg(seed=9)
         first = asyncio.create_task(pipe.stylize(busy, options(pipe)))
-        await settle()
+        await until(lambda: pipe.in_flight == 1)
         with pytest.raises(Overloaded) as refused:
             await pipe.stylize(synthetic_jpeg(seed=10), options(pipe))
         joined = asyncio.create_task(pipe.stylize(busy, options(pipe)))
-        await settle()
+        await until(lambda: waiters(pipe) == 2)
         model.gate.set()
         return refused.value, await first, await joined
 
@@ -252,7 +268,7 @@ def test_a_result_from_other_weights_is_returned_but_never_cached():
         stale = FakeModel(identity=ModelIdentity("old-weights", RUNTIME))
         pipe, _, cache = make_pipeline(model=stale)
         result = await pipe.stylize(synthetic_jpeg(seed=12), options(pipe))
-        await settle()
+        await background_done()  # a put would have run by now
         return result, cache
 
     result, cache = run(scenario())
@@ -266,11 +282,11 @@ def test_results_are_keyed_by_the_runtime_that_computed_them():
         data = synthetic_jpeg(seed=13)
         before = pipe.expected_identity("alpha")
         first = await pipe.stylize(data, options(pipe))
-        await settle()
+        await background_done()
         again = await pipe.stylize(data, options(pipe))
         model.identity = ModelIdentity(WEIGHTS, "cpu/bf16/nhwc/torch-x")  # another node
         other = await pipe.stylize(synthetic_jpeg(seed=14), options(pipe))
-        await settle()
+        await background_done()
         return before, first, again, other, pipe
 
     before, first, again, other, pipe = run(scenario())
@@ -292,8 +308,8 @@ def test_key_changes_with_every_part_and_the_pipeline_version(monkeypatch):
     variants = [
         result_key("e", options(pipe), identity),
         result_key("d", options(pipe, size=64), identity),
-        result_key("d", options(pipe, fmt="jpeg"), identity),
-        result_key("d", options(pipe, fmt="jpeg", quality=50), identity),
+        result_key("d", options(pipe, format="jpeg"), identity),
+        result_key("d", options(pipe, format="jpeg", quality=50), identity),
         result_key("d", options(pipe, strength=0.5), identity),
         result_key("d", options(pipe, preserve_color=True), identity),
         result_key("d", options(pipe), ModelIdentity("other", RUNTIME)),
@@ -394,7 +410,7 @@ def test_a_tiled_pictures_model_steps_move_its_progress():
         data, opts = synthetic_jpeg(seed=5), options(pipe)
         key = await pipe.key_of(data, opts)
         request = asyncio.ensure_future(pipe.stylize(data, opts))
-        await settle()
+        await until(lambda: model.calls == 1)  # it reported its first step, then waits
         during = pipe.progress(key)
         model.gate.set()
         await request

@@ -19,8 +19,8 @@ from serve_app.model.identity import ModelIdentity, StylizedArray
 from serve_app.options import resolve_options
 from serve_app.pipeline.keys import result_key
 from serve_app.pipeline.stylize import StylizePipeline
-from tests.conftest import SAMPLES
-from tests.unit.test_faces import ASTRONAUT, built_scene
+from tests.support.faces import ASTRONAUT, built_scene
+from tests.support.pictures import SAMPLES
 
 # --- geometry ------------------------------------------------------------------------
 

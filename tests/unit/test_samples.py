@@ -7,7 +7,8 @@ import sys
 import pytest
 from PIL import Image
 
-from tests.conftest import PHOTOS_ENV, REPO, SAMPLES, photos_dir, sample_photos
+from tests.support.paths import REPO
+from tests.support.pictures import PHOTOS_ENV, SAMPLES, photos_dir, sample_photos
 
 if sys.version_info >= (3, 11):
     import tomllib

@@ -13,36 +13,36 @@ CONFIG = AppConfig.model_validate(
 
 
 def test_defaults_fill_in():
-    options = resolve_options(CONFIG, None, None, None, None)
+    options = resolve_options(CONFIG)
     assert (options.style, options.size, options.format, options.quality) == ("a", 256, "png", None)
 
 
 def test_quality_defaults_for_lossy_formats_and_is_dropped_for_png():
-    assert resolve_options(CONFIG, None, None, "JPEG", None).quality == 80
-    assert resolve_options(CONFIG, None, None, "webp", 55).quality == 55
-    assert resolve_options(CONFIG, None, None, "png", 55).quality is None
+    assert resolve_options(CONFIG, format="JPEG").quality == 80
+    assert resolve_options(CONFIG, format="webp", quality=55).quality == 55
+    assert resolve_options(CONFIG, format="png", quality=55).quality is None
 
 
 @pytest.mark.parametrize(
-    ("args", "code"),
+    ("values", "code"),
     [
-        (("zz", None, None, None), "unknown_style"),
-        ((None, 0, None, None), "invalid_size"),
-        ((None, 15, None, None), "invalid_size"),
-        ((None, 1025, None, None), "invalid_size"),
-        ((None, None, "bmp", None), "invalid_format"),
-        ((None, None, "jpeg", 101), "invalid_quality"),
-        ((None, None, "jpeg", 0), "invalid_quality"),
+        ({"style": "zz"}, "unknown_style"),
+        ({"size": 0}, "invalid_size"),
+        ({"size": 15}, "invalid_size"),
+        ({"size": 1025}, "invalid_size"),
+        ({"format": "bmp"}, "invalid_format"),
+        ({"format": "jpeg", "quality": 101}, "invalid_quality"),
+        ({"format": "jpeg", "quality": 0}, "invalid_quality"),
     ],
 )
-def test_bad_options_are_422(args, code):
+def test_bad_options_are_422(values, code):
     with pytest.raises(ServiceError) as raised:
-        resolve_options(CONFIG, *args)
+        resolve_options(CONFIG, values)
     assert (raised.value.status, raised.value.code) == (422, code)
 
 
 def test_smallest_size_is_the_generators_minimum():
-    assert resolve_options(CONFIG, None, 16, None, None).size == 16
+    assert resolve_options(CONFIG, size=16).size == 16
 
 
 def test_result_headers():

@@ -23,7 +23,7 @@ from serve_app.model.tiling import (
     shrink,
     step_count,
 )
-from tests.conftest import sample_photos
+from tests.support.pictures import sample_photos
 
 FIXTURE = Path(__file__).parents[1] / "fixtures" / "generator_parity.pt"
 MIN_PSNR_DB = 40.0

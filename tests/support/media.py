@@ -117,6 +117,41 @@ def make_video(
     return path
 
 
+def make_large_h264_mp4(
+    path: str | Path,
+    min_bytes: int,
+    *,
+    size: tuple[int, int] = (1920, 1080),
+    fps: int = 10,
+    max_frames: int = 1000,
+    seed: int = 0,
+) -> Path:
+    """An H.264 MP4 of at least ``min_bytes``, in as few frames as that takes: noise
+    frames coded at quantiser 1 cost about as much as raw pictures (~4 MiB a 1080p frame),
+    so a large upload stays a short, cheap video. Raises if ``max_frames`` are not enough."""
+    path = Path(path)
+    rng = np.random.default_rng(seed)
+    written = 0
+    with av.open(str(path), "w", format="mp4") as out:
+        stream = out.add_stream("libx264", rate=fps)
+        stream.width, stream.height = size
+        stream.pix_fmt = "yuv420p"
+        stream.options = {"qp": "1", "preset": "ultrafast"}
+        for index in range(max_frames):
+            noise = rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
+            frame = av.VideoFrame.from_ndarray(noise, format="rgb24")
+            frame.pts = index
+            packets = stream.encode(frame)
+            written += sum(packet.size for packet in packets)
+            out.mux(packets)
+            if written >= min_bytes:
+                break
+        out.mux(stream.encode(None))
+    if path.stat().st_size < min_bytes:
+        raise ValueError(f"{max_frames} frames of {size} made {path.stat().st_size} bytes")
+    return path
+
+
 def make_h264_aac_mp4(path: str | Path, **kwargs) -> Path:
     return make_video(path, container="mp4", video_codec="libx264", audio_codec="aac", **kwargs)
 

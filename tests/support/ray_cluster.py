@@ -42,7 +42,8 @@ import httpx
 import psutil
 import yaml
 
-REPO = Path(__file__).resolve().parents[2]
+from tests.support.paths import REPO
+
 BIN = Path(sys.executable).parent
 RAY = str(BIN / "ray")
 SERVE = str(BIN / "serve")
@@ -191,7 +192,7 @@ class LocalCluster:
             RAY_AUTH_MODE="token",
             RAY_AUTH_TOKEN_PATH=str(self.token_path),
             RAY_USAGE_STATS_ENABLED="0",
-            PYTHONPATH=os.pathsep.join(python_path),  # workers import tests.cluster helpers
+            PYTHONPATH=os.pathsep.join(python_path),  # workers import tests.cluster.registry_app
         )
         env.update(extra or {})
         return env
@@ -560,3 +561,12 @@ class FileServer:
         self._httpd.shutdown()
         self._httpd.server_close()
         self._thread.join(timeout=5)
+
+
+def node_weights_env(cluster: LocalCluster, mirror: FileServer, node: str) -> dict[str, str]:
+    """Per node, as on real machines: its own weights cache dir; and its own mirror prefix,
+    so the mirror's counts tell the nodes apart."""
+    return {
+        "ANIMEGAN_WEIGHTS_DIR": str(cluster.root / f"weights-{node}"),
+        "ANIMEGAN_WEIGHTS_URL": f"{mirror.url}/{node}",
+    }

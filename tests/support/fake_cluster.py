@@ -26,7 +26,7 @@ from typing import Any
 
 import psutil
 
-from tests.cluster.ray_cluster import HOST, LocalCluster, RayNode, free_ports, wait_for
+from tests.support.ray_cluster import HOST, LocalCluster, RayNode, free_ports, wait_for
 
 HEAD_TYPE = "ray.head.default"  # the node type name the fake provider gives the head
 # The fake provider sets this node id on the head (`RAY_FAKE_CLUSTER`); workers get ...00001 on.

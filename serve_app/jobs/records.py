@@ -1,0 +1,154 @@
+"""A job as stored and as the API shows it, its id, its owner, and the listing cursor.
+
+A job's id is random (128 bits), never derived from what was submitted: knowing a
+picture tells nothing of anyone's job, and only the id's holder (and, with API keys,
+only the key that submitted it) can reach the job. What was submitted is kept apart as
+the ``content_key`` (the result cache's key), so the same owner's resubmission finds its
+job again and another owner's is answered from the caches, never through a shared id.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import re
+import secrets
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+from serve_app.errors import ErrorDetail, InvalidParameters
+
+JobState = Literal["queued", "running", "done", "failed", "cancelled"]
+JobKind = Literal["still", "animation", "video"]
+JOB_STATES: tuple[str, ...] = ("queued", "running", "done", "failed", "cancelled")
+TERMINAL_STATES: frozenset[str] = frozenset({"done", "failed", "cancelled"})
+ACTIVE_STATES: frozenset[str] = frozenset({"queued", "running"})
+JOB_ID = re.compile(r"^[0-9a-f]{32}$")
+ANONYMOUS = ""
+"""The owner of every job on a service without API keys: whoever holds the id."""
+
+
+def new_job_id() -> str:
+    return secrets.token_hex(16)
+
+
+def owner_of(api_key: str | bytes | None) -> str:
+    """Who owns what a caller submits: a digest of its API key (the key itself is never
+    stored), or ANONYMOUS on an open service."""
+    if not api_key:
+        return ANONYMOUS
+    key = api_key.encode() if isinstance(api_key, str) else api_key
+    return hashlib.sha256(b"animegan-owner:" + key).hexdigest()[:32]
+
+
+class JobResultInfo(BaseModel):
+    media_type: str
+    width: int
+    height: int
+    bytes: int
+    cache: str = Field(description="how the output was found: `hit`, `miss` or `coalesced`")
+    frames: int | None = Field(default=None, description="videos and animations: frames out")
+    duration_s: float | None = Field(default=None, description="videos and animations")
+
+
+class WebhookDelivery(BaseModel):
+    event: str
+    status: Literal["pending", "delivered", "failed"]
+    attempts: int = 0
+    last_status: int | None = Field(default=None, description="the receiver's HTTP status")
+    last_error: str | None = None
+    delivered_at: float | None = None
+
+
+class WebhookInfo(BaseModel):
+    url: str
+    events: list[str]
+    deliveries: list[WebhookDelivery] = Field(default_factory=list)
+
+
+class JobFields(BaseModel):
+    """What the API shows of a job (``GET /v1/jobs/{id}``, without the computed fields)."""
+
+    id: str
+    state: JobState
+    kind: JobKind = "still"
+    media: dict | None = Field(
+        default=None, description="videos and animations: what the upload was found to be"
+    )
+    options: dict
+    created_at: float = Field(description="Unix time")
+    started_at: float | None = None
+    finished_at: float | None = None
+    expires_at: float | None = Field(default=None, description="when the record is deleted")
+    updated_at: float | None = Field(
+        default=None,
+        description="Unix time of the record's last change (an event's data: when the change "
+        "it reports was written)",
+    )
+    frames_done: int = 0
+    frames_total: int = 1
+    frames_model: int = Field(default=0, description="frames the model computed")
+    frames_repeated: int = Field(default=0, description="frames repeating one earlier in the job")
+    frames_cached: int = Field(default=0, description="frames found in the result cache")
+    progress: float = Field(default=0.0, description="0..1, from the model's own progress")
+    upload_bytes: int = 0
+    error: ErrorDetail | None = None
+    result: JobResultInfo | None = None
+    attempts: int = Field(default=0, description="runs started (a dead runner's job reruns)")
+    webhook: WebhookInfo | None = None
+
+
+class JobRecord(JobFields):
+    """A job as stored: what the API shows, plus who may see it and who runs it."""
+
+    owner: str = ANONYMOUS
+    content_key: str = Field(default="", description="the result cache's key of the upload")
+    idempotency_key: str | None = None
+    runner: str | None = Field(default=None, description="the ingress replica running it")
+    lease_until: float | None = Field(default=None, description="the runner's lease, Unix time")
+    reserved_bytes: int = Field(default=0, description="store space held for it")
+    result_name: str | None = Field(default=None, description="the result's blob name")
+    version: int = 0
+
+    @property
+    def terminal(self) -> bool:
+        return self.state in TERMINAL_STATES
+
+    def to_json(self) -> str:
+        return self.model_dump_json()
+
+    @classmethod
+    def from_json(cls, data: str | bytes) -> JobRecord:
+        return cls.model_validate_json(data)
+
+
+class JobView(JobFields):
+    """The wire shape: the record's public fields plus what is computed when it is read."""
+
+    elapsed_s: float = Field(description="since submission; to the end once finished")
+    eta_s: float | None = Field(description="expected seconds to the end; null when unknown")
+    links: dict[str, str] = Field(description="`self`, `events`, `result`")
+
+
+class JobList(BaseModel):
+    jobs: list[JobView] = Field(description="the caller's jobs, newest first")
+    next_cursor: str | None = Field(description="pass as `cursor` for the next page; null: done")
+
+
+def encode_cursor(record: JobRecord) -> str:
+    """Where a page ended: (created_at, id) of its last job, opaque to clients."""
+    raw = json.dumps([record.created_at, record.id], separators=(",", ":")).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[float, str]:
+    try:
+        padded = cursor + "=" * (-len(cursor) % 4)
+        created_at, job_id = json.loads(base64.urlsafe_b64decode(padded.encode()))
+        if not JOB_ID.match(job_id):
+            raise ValueError(job_id)
+        return float(created_at), job_id
+    except (ValueError, TypeError) as error:
+        raise InvalidParameters("cursor: not a cursor this service gave out") from error

@@ -1,0 +1,463 @@
+"""Job records in Redis (or Valkey): one store shared by every node of a cluster.
+
+Each record is a JSON string; sorted sets index it by owner (listing), lease (takeovers)
+and expiry (sweeps), plain keys by the owner's content and idempotency keys and by a
+finished output's content key. Every write is an optimistic transaction (WATCH the
+record, check the condition, MULTI/EXEC the record, its indexes and the space counter
+together), so each operation of the ``RecordStore`` contract is atomic across nodes;
+after each write the record is published on its job's channel, and the change feed
+subscribes to the channels of the jobs someone on this replica follows or runs.
+
+Run Redis with persistence (``appendonly yes``): finished jobs then survive its restart.
+While it cannot be reached, calls raise StoreError (503, naming the server); runners keep
+their work and write it once it is back, or another replica takes it over; followers get
+each job's record again once their subscription is back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import redis.asyncio as redis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError, WatchError
+
+from serve_app.errors import StoreError, StoreFull
+from serve_app.jobs.events import Deliver
+from serve_app.jobs.record_store import EXPIRED_MEMORY_S
+from serve_app.jobs.records import ACTIVE_STATES, JobRecord
+from serve_app.jobs.stores import shown_url
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+PREFIX = "animegan:jobs"
+# Optimistic transactions that lost to a concurrent write are tried again this often.
+TRANSACTION_TRIES = 50
+FEED_RESYNC_S = 0.05
+MAX_CONNECTIONS = 32  # per replica
+
+
+# Extends a runner's leases in one round trip: the record is only read (its JSON is never
+# re-encoded in Lua), the lease set written. Returns the ids the runner no longer holds.
+_RENEW = """
+local prefix, runner, lease = ARGV[1], ARGV[2], ARGV[3]
+local lost = {}
+for i = 4, #ARGV do
+  local id = ARGV[i]
+  local data = redis.call('GET', prefix .. ':job:' .. id)
+  local held = false
+  if data then
+    local record = cjson.decode(data)
+    held = record.runner == runner and (record.state == 'queued' or record.state == 'running')
+  end
+  if held then
+    redis.call('ZADD', prefix .. ':leases', 'XX', lease, id)
+  else
+    table.insert(lost, id)
+  end
+end
+return lost
+"""
+
+
+def _key(*parts: str) -> str:
+    return ":".join((PREFIX, *parts))
+
+
+def _job(job_id: str) -> str:
+    return _key("job", job_id)
+
+
+def _channel(job_id: str) -> str:
+    return _key("events", job_id)
+
+
+def _job_of_channel(channel: bytes | str) -> str:
+    name = channel.decode() if isinstance(channel, bytes) else channel
+    return name.rsplit(":", 1)[-1]
+
+
+class RedisRecords:
+    def __init__(self, url: str) -> None:
+        self.url = url
+        # A bounded pool that waits for a free connection: a burst of jobs queues here
+        # instead of opening a connection each. A call on a connection the server closed
+        # (it restarted) reconnects and is sent once more, so a restart fails no call
+        # made after it; timeouts are not retried (the command may have run).
+        pool = redis.BlockingConnectionPool.from_url(
+            url,
+            max_connections=MAX_CONNECTIONS,
+            timeout=30,
+            socket_connect_timeout=5,
+            socket_timeout=10,
+            retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
+        )
+        self._redis = redis.Redis(connection_pool=pool)
+
+    # --- plumbing ------------------------------------------------------------------------
+
+    async def check(self) -> None:
+        """Raise StoreError, naming the server, when it cannot be reached."""
+        await self._call(self._redis.ping)
+
+    async def _call(self, function: Callable[..., Awaitable[T]], *args: Any) -> T:
+        try:
+            return await function(*args)
+        except RedisError as error:
+            raise StoreError(f"the job record server ({self._where()}) failed: {error}") from error
+
+    def _where(self) -> str:
+        return shown_url(self.url)
+
+    async def _transaction(self, watched: list[str], body: Callable[[Any], Awaitable[T]]) -> T:
+        """``body(pipe)`` under WATCH of ``watched``: it reads, decides, then calls
+        ``pipe.multi()`` and queues its writes; retried when a watched key changed."""
+        for _ in range(TRANSACTION_TRIES):
+            try:
+                async with self._redis.pipeline(transaction=True) as pipe:
+                    await pipe.watch(*watched)
+                    outcome = await body(pipe)
+                    if pipe.explicit_transaction:
+                        await pipe.execute()
+                    return outcome
+            except WatchError:
+                continue
+            except RedisError as error:
+                raise StoreError(
+                    f"the job record server ({self._where()}) failed: {error}"
+                ) from error
+        raise StoreError("the job record server is too busy; retry shortly")
+
+    @staticmethod
+    async def _read(pipe: Any, job_id: str) -> JobRecord | None:
+        data = await pipe.get(_job(job_id))
+        if data is None:
+            return None
+        record = JobRecord.from_json(data)
+        # The lease lives in its sorted set (renewals write nothing else).
+        record.lease_until = await pipe.zscore(_key("leases"), job_id)
+        return record
+
+    @staticmethod
+    def _queue_write(pipe: Any, record: JobRecord, before: JobRecord | None) -> None:
+        """The record and every index that follows from it, queued in a MULTI."""
+        record.version = (before.version if before is not None else 0) + 1
+        record.updated_at = time.time()
+        data = record.to_json()
+        pipe.set(_job(record.id), data)
+        pipe.zadd(_key("owner", record.owner), {record.id: record.created_at})
+        if before is not None and before.state != record.state:
+            pipe.zrem(_key("owner-state", record.owner, before.state), record.id)
+        pipe.zadd(_key("owner-state", record.owner, record.state), {record.id: record.created_at})
+        if record.state in ACTIVE_STATES:
+            pipe.zadd(_key("leases"), {record.id: record.lease_until or 0.0})
+        else:
+            pipe.zrem(_key("leases"), record.id)
+        pipe.zadd(_key("expiry"), {record.id: record.expires_at or 0.0})
+        if record.state == "done" and record.content_key:
+            pipe.set(_key("done", record.content_key), record.id)
+        pipe.publish(_channel(record.id), data)
+
+    # --- the operations ------------------------------------------------------------------
+
+    async def create(
+        self, record: JobRecord, find_same_content: bool, max_bytes: int
+    ) -> tuple[JobRecord, bool]:
+        idem = _key("idem", record.owner, record.idempotency_key or "")
+        content = _key("content", record.owner, record.content_key)
+        usage = _key("usage")
+        # The space first, atomically (INCRBY), so that concurrent submissions never
+        # queue behind one watched counter; given back unless the job is made.
+        used = await self._call(self._redis.incrby, usage, record.reserved_bytes)
+        made = False
+        try:
+            if used > max_bytes:
+                raise StoreFull(
+                    f"the job store is full ({used - record.reserved_bytes} of {max_bytes} "
+                    "bytes held); retry later, or fetch and delete finished jobs"
+                )
+
+            async def body(pipe: Any) -> tuple[JobRecord, bool]:
+                if record.idempotency_key:
+                    existing = await self._pointed(pipe, idem)
+                    if existing is not None:
+                        return existing, False
+                if find_same_content:
+                    existing = await self._pointed(pipe, content)
+                    if existing is not None and existing.state in ("queued", "running", "done"):
+                        return existing, False
+                pipe.multi()
+                stored = record.model_copy()
+                self._queue_write(pipe, stored, None)
+                pipe.set(content, record.id)
+                if record.idempotency_key:
+                    pipe.set(idem, record.id)
+                return stored, True
+
+            stored, made = await self._transaction([idem, content], body)
+            return stored, made
+        finally:
+            if not made:
+                await self._call(self._redis.decrby, usage, record.reserved_bytes)
+
+    async def _pointed(self, pipe: Any, key: str) -> JobRecord | None:
+        job_id = await pipe.get(key)
+        return None if job_id is None else await self._read(pipe, job_id.decode())
+
+    async def get(self, job_id: str) -> JobRecord | None:
+        async def read() -> JobRecord | None:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                pipe.get(_job(job_id))
+                pipe.zscore(_key("leases"), job_id)
+                data, lease = await pipe.execute()
+            if data is None:
+                return None
+            record = JobRecord.from_json(data)
+            record.lease_until = lease
+            return record
+
+        return await self._call(read)
+
+    async def expired_at(self, job_id: str) -> float | None:
+        data = await self._call(self._redis.get, _key("expired", job_id))
+        return None if data is None else float(data)
+
+    async def list(
+        self, owner: str, state: str | None, before: tuple[float, str] | None, limit: int
+    ) -> list[JobRecord]:
+        index = _key("owner-state", owner, state) if state else _key("owner", owner)
+        ids: list[str] = []
+        top = "+inf"
+        if before is not None:
+            # Jobs made in the cursor's very second come first (newest first is
+            # created_at, then id, both descending), then the older ones.
+            created_at, last_id = before
+            ties = await self._call(self._redis.zrangebyscore, index, created_at, created_at)
+            ids = sorted((i.decode() for i in ties if i.decode() < last_id), reverse=True)
+            top = f"({created_at}"
+        older = await self._call(
+            self._redis.zrevrangebyscore, index, top, "-inf", 0, max(limit - len(ids), 0)
+        )
+        ids += [i.decode() for i in older]
+        return await self._records(ids[:limit])
+
+    async def _records(self, ids: list[str]) -> list[JobRecord]:
+        if not ids:
+            return []
+        values = await self._call(self._redis.mget, [_job(i) for i in ids])
+        return [JobRecord.from_json(v) for v in values if v is not None]
+
+    async def claim(self, job_id: str, runner: str, lease_until: float) -> JobRecord | None:
+        async def body(pipe: Any) -> JobRecord | None:
+            record = await self._read(pipe, job_id)
+            if record is None or record.state not in ACTIVE_STATES:
+                return None
+            free = record.runner in (None, runner) or (record.lease_until or 0) < time.time()
+            if not free:
+                return None
+            before = record.model_copy()
+            record.runner, record.lease_until = runner, lease_until
+            record.attempts += 1
+            pipe.multi()
+            self._queue_write(pipe, record, before)
+            return record
+
+        return await self._transaction([_job(job_id)], body)
+
+    async def renew(self, job_ids: list[str], runner: str, lease_until: float) -> list[str]:
+        if not job_ids:
+            return []
+        lost = await self._call(
+            self._redis.eval, _RENEW, 0, PREFIX, runner, repr(lease_until), *job_ids
+        )
+        return [job_id.decode() for job_id in lost]
+
+    async def update(self, job_id: str, runner: str, changes: dict[str, Any]) -> JobRecord | None:
+        return await self._runner_write(job_id, runner, changes, ending=False)
+
+    async def finish(self, job_id: str, runner: str, changes: dict[str, Any]) -> JobRecord | None:
+        return await self._runner_write(job_id, runner, changes, ending=True)
+
+    async def _runner_write(
+        self, job_id: str, runner: str, changes: dict[str, Any], ending: bool
+    ) -> JobRecord | None:
+        async def body(pipe: Any) -> JobRecord | None:
+            before = await self._read(pipe, job_id)
+            if before is None or before.terminal or before.runner != runner:
+                return None
+            record = before.model_copy(update=changes)
+            if ending:
+                record.runner, record.lease_until = None, None
+            pipe.multi()
+            self._queue_write(pipe, record, before)
+            if record.reserved_bytes != before.reserved_bytes:
+                pipe.incrby(_key("usage"), record.reserved_bytes - before.reserved_bytes)
+            return record
+
+        return await self._transaction([_job(job_id)], body)
+
+    async def cancel(self, job_id: str, changes: dict[str, Any]) -> JobRecord | None:
+        async def body(pipe: Any) -> JobRecord | None:
+            before = await self._read(pipe, job_id)
+            if before is None or before.state == "cancelled":
+                return None
+            record = before.model_copy(update=changes)
+            record.runner, record.lease_until = None, None
+            pipe.multi()
+            self._queue_write(pipe, record, before)
+            pipe.incrby(_key("usage"), record.reserved_bytes - before.reserved_bytes)
+            return record
+
+        return await self._transaction([_job(job_id)], body)
+
+    async def set_fields(self, job_id: str, changes: dict[str, Any]) -> JobRecord | None:
+        async def body(pipe: Any) -> JobRecord | None:
+            before = await self._read(pipe, job_id)
+            if before is None:
+                return None
+            record = before.model_copy(update=changes)
+            pipe.multi()
+            self._queue_write(pipe, record, before)
+            return record
+
+        return await self._transaction([_job(job_id)], body)
+
+    async def stale(self, now: float, limit: int) -> list[str]:
+        ids = await self._call(
+            self._redis.zrangebyscore, _key("leases"), "-inf", f"({now}", 0, limit
+        )
+        return [i.decode() for i in ids]
+
+    async def due(self, now: float, limit: int) -> list[str]:
+        ids = await self._call(
+            self._redis.zrangebyscore, _key("expiry"), "-inf", f"({now}", 0, limit
+        )
+        return [i.decode() for i in ids]
+
+    async def remove(self, job_id: str, now: float) -> bool:
+        async def body(pipe: Any) -> bool:
+            record = await self._read(pipe, job_id)
+            if record is None:
+                pipe.multi()
+                pipe.zrem(_key("expiry"), job_id)
+                pipe.zrem(_key("leases"), job_id)
+                return False
+            if (record.expires_at or 0) >= now:
+                return False
+            content = _key("content", record.owner, record.content_key)
+            idem = _key("idem", record.owner, record.idempotency_key or "")
+            done = _key("done", record.content_key)
+            pointers = await pipe.mget(content, idem, done)
+            pipe.multi()
+            pipe.delete(_job(job_id))
+            pipe.zrem(_key("owner", record.owner), job_id)
+            pipe.zrem(_key("owner-state", record.owner, record.state), job_id)
+            pipe.zrem(_key("leases"), job_id)
+            pipe.zrem(_key("expiry"), job_id)
+            for key, pointer in zip((content, idem, done), pointers, strict=True):
+                if pointer is not None and pointer.decode() == job_id:
+                    pipe.delete(key)
+            pipe.incrby(_key("usage"), -record.reserved_bytes)
+            pipe.set(_key("expired", job_id), str(now), ex=int(EXPIRED_MEMORY_S))
+            return True
+
+        return await self._transaction([_job(job_id)], body)
+
+    async def find_done(self, content_key: str) -> JobRecord | None:
+        job_id = await self._call(self._redis.get, _key("done", content_key))
+        if job_id is None:
+            return None
+        record = await self.get(job_id.decode())
+        return record if record is not None and record.state == "done" else None
+
+    async def usage(self) -> int:
+        return int(await self._call(self._redis.get, _key("usage")) or 0)
+
+    async def changes(self, after: int, limit: int) -> tuple[list[JobRecord], int]:
+        raise NotImplementedError("a Redis store pushes its changes (see feed())")
+
+    def feed(self) -> RedisChanges:
+        return RedisChanges(self._redis)
+
+    async def close(self) -> None:
+        with contextlib.suppress(Exception):
+            await self._redis.aclose()
+
+
+class RedisChanges:
+    """Records published on the channels of the jobs this replica follows or runs.
+
+    Once the server confirms a job's subscription (the first one, and again after every
+    reconnection), the job's record is read and delivered too: a change written before
+    the subscription took effect, or while the server was away, still reaches the
+    followers (they skip what they have seen, by version)."""
+
+    def __init__(self, client: redis.Redis) -> None:
+        self._client = client
+
+    async def run(self, deliver: Deliver, wanted: Callable[[], set[str]]) -> None:
+        pubsub = self._client.pubsub()
+        subscribed: set[str] = set()
+        away = False
+        try:
+            while True:
+                _raise_if_cancelled()
+                try:
+                    subscribed = await self._resync(pubsub, subscribed, wanted())
+                    if not subscribed:
+                        await asyncio.sleep(FEED_RESYNC_S)
+                        continue
+                    message = await pubsub.get_message(timeout=FEED_RESYNC_S)
+                    if message is not None:
+                        await self._handle(message, deliver)
+                except RedisError as error:  # the server is away: look again shortly
+                    if not away:
+                        logger.warning("job change feed: %s", error)
+                    away, subscribed = True, set()
+                    await asyncio.sleep(1.0)
+                    with contextlib.suppress(Exception):
+                        await pubsub.aclose()
+                    pubsub = self._client.pubsub()
+                    continue
+                if away and subscribed:
+                    away = False
+                    logger.info("job change feed: the record server answers again")
+        finally:
+            with contextlib.suppress(Exception):
+                await pubsub.aclose()
+
+    async def _handle(self, message: dict, deliver: Deliver) -> None:
+        kind = message.get("type")
+        if kind == "message":
+            with contextlib.suppress(ValueError):
+                deliver(JobRecord.from_json(message["data"]))
+        elif kind == "subscribe":  # confirmed: every later write will be published to us
+            data = await self._client.get(_job(_job_of_channel(message["channel"])))
+            if data is not None:
+                with contextlib.suppress(ValueError):
+                    deliver(JobRecord.from_json(data))
+
+    @staticmethod
+    async def _resync(pubsub: Any, subscribed: set[str], wanted: set[str]) -> set[str]:
+        added, removed = wanted - subscribed, subscribed - wanted
+        if added:
+            await pubsub.subscribe(*(_channel(i) for i in added))
+        if removed:
+            await pubsub.unsubscribe(*(_channel(i) for i in removed))
+        return set(wanted)
+
+
+def _raise_if_cancelled() -> None:
+    """The redis client's reads can swallow a cancellation that races their own timeout;
+    the task still counts it, so the loop ends here instead of running on forever."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError

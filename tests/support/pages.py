@@ -1,0 +1,101 @@
+"""The upload page in a real browser (the system Chromium driven by Playwright), and the
+application the pages that make jobs run against."""
+
+from __future__ import annotations
+
+import time
+
+import httpx
+
+from tests.support.serve import app_args, stylizer_deployment
+
+CHROMIUM_ARGS = [
+    "--headless=new",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+TIMEOUT_MS = 90_000  # one stylize on a busy 2-core machine, Ray's first call included
+KEY_ITEM = "animegan-serve.api-key"  # where app.js keeps the key in sessionStorage
+
+# The application of the pages that make jobs: sizes above SYNC_SIZE are jobs.
+MAX_SIZE, SYNC_SIZE = 512, 128
+# The model waits this long for a batch to fill before it runs one picture alone: every
+# job here stays "running" (at the decoded stage's progress) for at least this long, so
+# the page sees progress before the end, and a Cancel lands while the job runs.
+BATCH_WAIT_S = 2.0
+
+
+def jobs_args() -> dict:
+    return app_args(
+        limits={
+            "max_size": MAX_SIZE,
+            "max_sync_size": SYNC_SIZE,
+            "max_bytes": 2 * 2**20,
+            "max_pixels": 4_000_000,
+        }
+    )
+
+
+def slow_batches() -> dict:
+    return stylizer_deployment(
+        user_config={"max_batch_size": 8, "batch_wait_timeout_s": BATCH_WAIT_S}
+    )
+
+
+def wait_styles(base_url: str, check, headers: dict | None = None, timeout_s: float = 60):
+    """A redeployed Ingress's old replica may answer a moment longer: wait for the new one."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        answer = httpx.get(f"{base_url}/v1/styles", headers=headers, timeout=30)
+        if check(answer):
+            return
+        assert time.monotonic() < deadline, f"/v1/styles: {answer.status_code} {answer.text}"
+        time.sleep(0.2)
+
+
+def is_jobs_deploy(answer: httpx.Response) -> bool:
+    if answer.status_code != 200:
+        return False
+    body = answer.json()
+    return (body["max_size"], body.get("max_sync_size")) == (MAX_SIZE, SYNC_SIZE)
+
+
+def open_page(browser, base_url, key: str | None = None):
+    """A loaded page whose style picker is filled: (its context, the page, the page's
+    uncaught errors)."""
+    from playwright.sync_api import expect
+
+    context = browser.new_context(viewport={"width": 1100, "height": 900})
+    if key:  # as if given in this tab before: the page sends it from its first call
+        context.add_init_script(f"sessionStorage.setItem({KEY_ITEM!r}, {key!r})")
+    page = context.new_page()
+    page.set_default_timeout(TIMEOUT_MS)
+    errors: list[str] = []
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    page.goto(f"{base_url}/")
+    expect(page.locator('input[name="style"]')).to_have_count(2)
+    return context, page, errors
+
+
+def record_card_changes(page) -> None:
+    """Keep, in window.seen, every [state, progress value, state text, spoken value] of
+    the newest card, at each change the page makes."""
+    page.evaluate(
+        """() => { window.seen = [];
+            const results = document.querySelector('#results');
+            new MutationObserver(() => {
+                const card = results.querySelector('.card');
+                if (!card) return;
+                const bar = card.querySelector('progress');
+                window.seen.push([card.dataset.state, bar.getAttribute('value'),
+                                  card.querySelector('.state').textContent,
+                                  bar.getAttribute('aria-valuetext')]);
+            }).observe(results, {subtree: true, childList: true, characterData: true,
+                                 attributes: true});
+        }"""
+    )

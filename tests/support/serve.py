@@ -1,0 +1,127 @@
+"""The test application on a real local Ray: its config, deploying it, waiting for it,
+and killing its replicas."""
+
+from __future__ import annotations
+
+import os
+import socket
+import tempfile
+import time
+
+import httpx
+
+from serve_app.config import AppConfig
+
+STYLE_A = "alpha"  # random weights, face-model upsampling
+STYLE_B = "beta"  # random weights, paprika upsampling
+TEST_SIZE = 96  # small pictures keep inference cheap on a 2-core machine
+# Every test deployment runs one runtime, chosen by name, not by timing (`auto`): results
+# of replicas that timed differently on a CPU with bf16 would be cached under other keys.
+# Tests of the runtime choice itself deploy `auto` explicitly.
+TEST_RUNTIME = "eager-fp32"
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+# This session's job store (never the user's own ~/.cache one).
+JOBS_STORE = os.path.join(tempfile.gettempdir(), f"animegan-test-jobs-{os.getpid()}")
+
+
+def app_args(**overrides) -> dict:
+    """The `args:` block of the test application (random weights, small pictures)."""
+    args = {
+        "styles": [
+            {"name": STYLE_A, "weights": "random"},
+            {"name": STYLE_B, "weights": "random", "align_corners": False},
+        ],
+        "runtime": TEST_RUNTIME,
+        "default_size": TEST_SIZE,
+        "limits": {"max_size": 256, "max_bytes": 2 * 2**20, "max_pixels": 4_000_000},
+        "max_batch_images": 4,
+        "request_timeout_s": 60,
+        "cache": {"name": f"test-cache-{os.getpid()}", "local_max_bytes": 0},
+        "jobs": {"store_url": JOBS_STORE},
+    }
+    args.update(overrides)
+    return args
+
+
+def make_config(**overrides) -> AppConfig:
+    return AppConfig.model_validate(app_args(**overrides))
+
+
+def stylizer_deployment(**overrides) -> dict:
+    return {
+        "name": "Stylizer",
+        "num_replicas": 1,
+        "max_ongoing_requests": 16,
+        "max_queued_requests": 64,
+        "ray_actor_options": {"num_cpus": 1},
+        "user_config": {"max_batch_size": 8, "batch_wait_timeout_s": 0.25},
+        **overrides,
+    }
+
+
+def ingress_deployment(**overrides) -> dict:
+    return {"name": "Ingress", "num_replicas": 1, "ray_actor_options": {"num_cpus": 0}, **overrides}
+
+
+def deploy(args: dict | None = None, stylizer: dict | None = None, ingress: dict | None = None):
+    """Deploy as `serve run`/`serve deploy` do with a config file, so that a changed
+    `user_config` is applied in place (reconfigure) rather than by new replicas."""
+    from ray.serve.context import _get_global_client
+    from ray.serve.schema import ServeDeploySchema
+
+    application = {
+        "name": "animegan",
+        "route_prefix": "/",
+        "import_path": "serve_app.app:build_app",
+        "args": args or app_args(),
+        "deployments": [
+            stylizer or stylizer_deployment(),
+            ingress or ingress_deployment(),
+        ],
+    }
+    schema = ServeDeploySchema.model_validate({"applications": [application]})
+    _get_global_client().deploy_apps(schema, _blocking=True)
+
+
+def wait_healthy(base_url: str, timeout_s: float = 60) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{base_url}/healthz", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    raise TimeoutError(f"{base_url}/healthz did not answer 200 within {timeout_s} s")
+
+
+def replica_names(deployment: str) -> list[str]:
+    import ray
+
+    prefix = f"SERVE_REPLICA::animegan#{deployment}#"
+    actors = ray.util.list_named_actors(all_namespaces=True)
+    return sorted(a["name"] for a in actors if a["name"].startswith(prefix))
+
+
+def kill_replica(deployment: str, unique_id: str | None = None) -> str:
+    """Kill one replica for good (Serve must start a new one); return its unique id."""
+    import ray
+
+    names = replica_names(deployment)
+    name = next(n for n in names if unique_id is None or n.endswith(f"#{unique_id}"))
+    ray.kill(ray.get_actor(name, namespace="serve"), no_restart=True)
+    return name.rsplit("#", 1)[1]
+
+
+def stylizer_stats() -> dict:
+    from ray import serve
+
+    return serve.get_deployment_handle("Stylizer", "animegan").stats.remote().result()
