@@ -228,6 +228,12 @@ def _listen(client: httpx.Client, job_id: str) -> list[tuple[float, float, str]]
     return heard
 
 
+def _percentile(values: list[float], percent: int) -> float:
+    if len(values) < 2:
+        return values[0]
+    return statistics.quantiles(values, n=100, method="inclusive")[percent - 1]
+
+
 def _listener(root: str, job_id: str) -> list[tuple[float, float, str]]:
     with httpx.Client(base_url=root, timeout=120) as client:
         return _listen(client, job_id)
@@ -262,7 +268,7 @@ def follow(root: str, listeners: int, clip: Path) -> dict:
     joins = calls.get("get", 0) + calls.get("expired_at", 0) + calls.get("list", 0)
     return {
         "event_delay_p50_ms": statistics.median(delays),
-        "event_delay_p95_ms": statistics.quantiles(delays, n=20)[-1] if len(delays) > 1 else None,
+        "event_delay_p95_ms": _percentile(delays, 95),
         "event_delay_max_ms": delays[-1],
         "events_per_listener": statistics.median(len(events) for events in pushed),
         "arrival_spread_max_ms": max((max(a) - min(a)) * 1e3 for a in arrivals.values()),

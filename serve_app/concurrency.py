@@ -78,3 +78,8 @@ async def run_in_to_completion(executor: Executor, function: Callable[..., T], *
             with contextlib.suppress(asyncio.CancelledError):
                 await asyncio.wait([future])
         raise
+
+
+async def in_thread(executor: Executor | None, function: Callable[..., T], *args: Any) -> T:
+    """``function(*args)`` on ``executor`` (None: the loop's default threads)."""
+    return await asyncio.get_running_loop().run_in_executor(executor, function, *args)

@@ -4,6 +4,9 @@ Every setting and its default lives here, the image limits included; this module
 nothing of the project, so every other module may import it.
 ``serve_config.yaml``'s ``args:`` block is validated against :class:`AppConfig` at deploy
 time; per-deployment knobs (replicas, autoscaling, queue bounds) stay in the YAML.
+
+Longer than most modules, on purpose: every setting is declared once, here (docs/
+configuration.md is generated from it).
 """
 
 from __future__ import annotations
@@ -89,7 +92,7 @@ class StyleConfig(_Strict):
         default=None,
         description="upsampling mode; default: the registry's value for the weights, else true",
     )
-    description: str = ""
+    description: str = Field(default="", description="shown on the page and in /v1/styles")
 
 
 class PortraitConfig(_Strict):
@@ -146,7 +149,9 @@ class CacheConfig(_Strict):
     """The shared result cache (named Ray actors) and the small LRU in each ingress replica."""
 
     name: str = Field(default="animegan-results", description="Ray actor name (shards add -i)")
-    shards: int = Field(default=1, ge=1, le=64)
+    shards: int = Field(
+        default=1, ge=1, le=64, description="cache actors; keys are spread over them by hash"
+    )
     max_bytes: int = Field(default=512 * 2**20, ge=0, description="shared bound, all shards")
     ttl_s: float | None = Field(default=None, gt=0, description="entry lifetime; none: LRU only")
     local_max_bytes: int = Field(default=32 * 2**20, ge=0, description="per-ingress-replica LRU")
@@ -154,7 +159,7 @@ class CacheConfig(_Strict):
 
 
 class TilingConfig(_Strict):
-    """Large pictures go through the model in overlapping tiles (``serve_app/tiling.py``):
+    """Large pictures go through the model in overlapping tiles (``model/tiling.py``):
     the model's working memory then grows with the tile, not with the picture."""
 
     max_whole_pixels: int = Field(
@@ -189,6 +194,7 @@ class TilingConfig(_Strict):
 
     @model_validator(mode="after")
     def _check_overlap(self) -> TilingConfig:
+        """`overlap` is at most half of `tile_size`."""
         if self.overlap > self.tile_size // 2:
             raise ValueError("tiling.overlap must be at most half of tiling.tile_size")
         return self
@@ -297,6 +303,7 @@ class JobsConfig(_Strict):
 
     @model_validator(mode="after")
     def _check_beats(self) -> JobsConfig:
+        """`stale_after_s` exceeds twice `heartbeat_s`: a lease outlives a late renewal."""
         if self.stale_after_s <= 2 * self.heartbeat_s:
             raise ValueError("stale_after_s must exceed twice heartbeat_s")
         return self
@@ -366,15 +373,25 @@ class MediaConfig(_Strict):
 class AppConfig(_Strict):
     """The application arguments (`args:` of the serve config)."""
 
-    styles: list[StyleConfig] = Field(min_length=1)
+    styles: list[StyleConfig] = Field(
+        min_length=1,
+        description="the styles served (the first is the default unless `default_style` "
+        "names another)",
+    )
     default_style: str | None = Field(default=None, description="default: the first style")
     default_size: int = Field(default=512, gt=0, description="output longer side, px")
-    default_format: OutputFormat = "png"
+    default_format: OutputFormat = Field(default="png", description="output format")
     default_quality: int = Field(default=90, ge=1, le=100, description="jpeg and webp")
     limits: ImageLimits = ImageLimits()
     max_batch_images: int = Field(default=8, ge=1, le=64, description="files per batch request")
-    device: DeviceName = "auto"
-    precision: PrecisionName = "auto"
+    device: DeviceName = Field(
+        default="auto", description="where the model runs; auto: CUDA where torch sees one"
+    )
+    precision: PrecisionName = Field(
+        default="auto",
+        description="narrows `runtime: auto` to runtimes of this precision (fp16: CUDA only; "
+        "bf16: a GPU or a CPU with native bf16); eager-fp32 stays the fallback",
+    )
     runtime: RuntimeName = Field(
         default="auto",
         description="how the model runs; auto: at replica start, the fastest runtime of this "
@@ -388,6 +405,14 @@ class AppConfig(_Strict):
         ge=1,
         description="misses one ingress replica computes at once; past it: 503 at once, "
         "before any decoding (hits are still served)",
+    )
+    photo_threads: int = Field(
+        default=4,
+        ge=1,
+        le=64,
+        description="threads of one ingress replica that decode, encode and probe uploads; "
+        "apart from the job store's and each media job's own, so a burst of pictures "
+        "delays neither",
     )
     decode_memory_bytes: int = Field(
         default=2**30,
@@ -420,7 +445,8 @@ class AppConfig(_Strict):
     @field_validator("warm_examples")
     @classmethod
     def _unique_example_names(cls, entries: list[str]) -> list[str]:
-        # The file name is the example's public name (GET /examples/{name}).
+        """`warm_examples` entries name files whose names are unique (the file name is the
+        example's public name: `GET /examples/{name}`)."""
         names = [Path(entry).name for entry in entries]
         if any(name in ("", ".", "..") for name in names):
             raise ValueError(f"warm_examples entries must name files, got {entries}")
@@ -431,6 +457,8 @@ class AppConfig(_Strict):
 
     @model_validator(mode="after")
     def _check_styles(self) -> AppConfig:
+        """Style names are unique, `default_style` is one of them, and `default_size` is at
+        most `limits.max_size`."""
         names = [style.name for style in self.styles]
         duplicates = sorted({name for name in names if names.count(name) > 1})
         if duplicates:
@@ -474,11 +502,17 @@ class BatchConfig(_Strict):
         "and takes the fastest (keep max_ongoing_requests >= it)",
     )
     auto_max_batch_size: int = Field(default=8, ge=1, le=256, description="`auto` tries up to it")
-    batch_wait_timeout_s: float = Field(default=DEFAULT_BATCH_WAIT_S, ge=0, le=10)
+    batch_wait_timeout_s: float = Field(
+        default=DEFAULT_BATCH_WAIT_S,
+        ge=0,
+        le=10,
+        description="seconds a batch waits to fill before it runs with what it has",
+    )
 
     @field_validator("max_batch_size")
     @classmethod
     def _positive(cls, value: int | str) -> int | str:
+        """`max_batch_size` is 1 to 256, or `auto`."""
         if isinstance(value, int) and not 1 <= value <= 256:
             raise ValueError("max_batch_size must be 1..256 or 'auto'")
         return value

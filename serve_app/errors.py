@@ -294,7 +294,7 @@ class Timeout(ServiceError):
 
 
 def error_classes() -> list[type[ServiceError]]:
-    """Every concrete error, in declaration order (the README's table lists the same)."""
+    """Every concrete error, in declaration order (docs/api.md's table lists the same)."""
     return [cls for cls in _subclasses(ServiceError) if cls is not ServiceError]
 
 

@@ -13,7 +13,7 @@ from typing import Annotated
 from fastapi import APIRouter, Header, Query, Request, WebSocket, WebSocketDisconnect
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
-from serve_app.errors import ErrorBody, InvalidParameters, OwnerRequired, ServiceError
+from serve_app.errors import ErrorBody, OwnerRequired, ServiceError
 from serve_app.http.openapi import (
     BINARY,
     JOB_BODY,
@@ -34,8 +34,9 @@ from serve_app.http.ranges import content_range, parse_range
 from serve_app.http.request_log import log_fields
 from serve_app.http.security import key_is_valid
 from serve_app.http.uploads import read_single_upload
-from serve_app.jobs.records import ANONYMOUS, JOB_STATES, JobList, JobView
+from serve_app.jobs.records import ANONYMOUS, CURSOR, JobList, JobState, JobView
 from serve_app.jobs.service import sse_event
+from serve_app.jobs.webhooks import WEBHOOK_EVENTS
 
 router = APIRouter()
 
@@ -45,9 +46,11 @@ SSE_KEEP_ALIVE = b": keep-alive\n\n"
 # A job's result goes out in pieces of this size: never whole in memory, whatever the range.
 RESULT_CHUNK_BYTES = 1 << 20
 MAX_IDEMPOTENCY_KEY_CHARS = 255
+IDEMPOTENCY_KEY_PATTERN = r"^[\x21-\x7e]([\x20-\x7e]*[\x21-\x7e])?$"  # printable ASCII
 _PREFER_WAIT = re.compile(r"(?:^|[,;\s])wait\s*=\s*(\d{1,6})(?:$|[,;\s])", re.IGNORECASE)
 # The subprotocol a WebSocket follower speaks (offered beside ``bearer.<key>``).
 EVENTS_PROTOCOL = "animegan.jobs.v1"
+WEBHOOK_EVENTS_PATTERN = r"^{e}(,{e})*$".format(e=f"({'|'.join(WEBHOOK_EVENTS)})")
 # WebSocket close codes: 4000 + the HTTP status the same request would get.
 WS_CLOSE_UNAUTHORIZED = 4401
 
@@ -56,17 +59,6 @@ def _prefer_wait_s(prefer: str | None, most_s: float) -> float:
     """RFC 7240 ``Prefer: wait=N``: how long the caller would wait for the finished job."""
     match = _PREFER_WAIT.search(prefer or "")
     return min(float(match.group(1)), most_s) if match else 0.0
-
-
-def _idempotency_key(value: str | None) -> str | None:
-    if value is None:
-        return None
-    key = value.strip()
-    if not key or len(key) > MAX_IDEMPOTENCY_KEY_CHARS or not key.isprintable():
-        raise InvalidParameters(
-            f"Idempotency-Key must be 1..{MAX_IDEMPOTENCY_KEY_CHARS} printable characters"
-        )
-    return key
 
 
 @router.post(
@@ -100,7 +92,12 @@ async def submit_job_route(
     ] = None,
     idempotency_key: Annotated[
         str | None,
-        Header(description="the same key again (from the same caller) gets the same job back"),
+        Header(
+            description="the same key again (from the same caller) gets the same job back",
+            min_length=1,
+            max_length=MAX_IDEMPOTENCY_KEY_CHARS,
+            pattern=IDEMPOTENCY_KEY_PATTERN,
+        ),
     ] = None,
     prefer: Annotated[
         str | None,
@@ -111,11 +108,10 @@ async def submit_job_route(
     ] = None,
 ) -> JSONResponse:
     options = service.options(query, synchronous=False)
-    key = _idempotency_key(idempotency_key)
     hook = service.jobs.webhooks.check(webhook, webhook_events)  # 422 before the upload
     data = await read_single_upload(request, service.config.media.max_bytes, videos=True)
     record, created = await service.submit_job(
-        data, options, owner=owner, idempotency_key=key, webhook=hook
+        data, options, owner=owner, idempotency_key=idempotency_key, webhook=hook
     )
     wait_s = _prefer_wait_s(prefer, service.config.jobs.max_wait_s)
     headers = {"Location": f"/v1/jobs/{record.id}"}
@@ -138,16 +134,17 @@ async def submit_job_route(
 async def list_jobs_route(
     service: Service,
     owner: Owner,
-    state: Annotated[str | None, Query(description="only jobs in this state")] = None,
-    cursor: Annotated[str | None, Query(description="`next_cursor` of the page before")] = None,
+    state: Annotated[JobState | None, Query(description="only jobs in this state")] = None,
+    cursor: Annotated[
+        str | None,
+        Query(description="`next_cursor` of the page before", pattern=CURSOR.pattern),
+    ] = None,
     limit: Annotated[int, Query(ge=1, le=100, description="jobs per page")] = 20,
 ) -> JobList:
     if owner == ANONYMOUS:
         raise OwnerRequired(
             "listing jobs needs an API key; on an open service a job is reached by its id"
         )
-    if state is not None and state not in JOB_STATES:
-        raise InvalidParameters(f"state must be one of {list(JOB_STATES)}, got {state[:40]!r}")
     records, next_cursor = await service.jobs.list(owner, state, cursor, limit)
     return JobList(jobs=[service.jobs.view(r) for r in records], next_cursor=next_cursor)
 

@@ -4,6 +4,7 @@ and the document with the constraints of the running config."""
 from __future__ import annotations
 
 import copy
+import re
 
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
@@ -127,12 +128,33 @@ def openapi_document(app: FastAPI, config: AppConfig) -> dict:
         operation["requestBody"]["description"] = (
             f"each picture at most {limits.max_bytes} bytes and {limits.max_pixels} pixels"
         )
+    _constrain_webhook(schema["paths"]["/v1/jobs"]["post"], config)
     _own_validation_errors(schema)
     _declare_api_key(schema, app)
     batch = schema["paths"]["/v1/stylize/batch"]["post"]["requestBody"]
     images = batch["content"]["multipart/form-data"]["schema"]["properties"]["images"]
     images["maxItems"] = config.max_batch_images
     return schema
+
+
+# What a webhook URL may hold past its allow-listed prefix (no credentials, no query).
+WEBHOOK_PATH_CHARS = r"[A-Za-z0-9._~/%-]*"
+
+
+def _constrain_webhook(operation: dict, config: AppConfig) -> None:
+    """The ``webhook`` parameter as this deploy takes it: under one of the allow-listed
+    prefixes, or (none configured) empty only."""
+    allow = config.jobs.webhooks.allow
+    for parameter in operation.get("parameters", []):
+        if parameter["name"] != "webhook":
+            continue
+        if not allow:
+            parameter["schema"] = {"type": "string", "maxLength": 0}
+            parameter["description"] = "webhooks are off here (`jobs.webhooks.allow` is empty)"
+            continue
+        prefixes = "|".join(re.escape(prefix) for prefix in allow)
+        pattern = f"^(?:{prefixes}){WEBHOOK_PATH_CHARS}$"
+        parameter["schema"] = {"type": "string", "pattern": pattern, "maxLength": 2048}
 
 
 BEARER_SCHEME = "bearerAuth"  # its name in components.securitySchemes

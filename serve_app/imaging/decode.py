@@ -5,6 +5,10 @@ which carries the HTTP status and code the API answers with; the limits themselv
 configuration (``config.ImageLimits``). Nothing here knows about Ray or HTTP frameworks, and
 importing the module changes no global state: optional Pillow plugins (pillow-heif) are
 registered on first use.
+
+Longer than most modules, on purpose: every guard an upload passes (size, format allowlist,
+pixel bombs, EXIF orientation, ICC profiles, 16-bit and alpha, banded conversion) belongs
+to the one decode they protect.
 """
 
 from __future__ import annotations

@@ -9,9 +9,7 @@ job again and another owner's is answered from the caches, never through a share
 
 from __future__ import annotations
 
-import base64
 import hashlib
-import json
 import re
 import secrets
 from typing import Literal
@@ -137,18 +135,17 @@ class JobList(BaseModel):
     next_cursor: str | None = Field(description="pass as `cursor` for the next page; null: done")
 
 
+CURSOR = re.compile(r"^(\d{1,17})-([0-9a-f]{32})$")
+"""Where a page ended: its last job's creation time (µs) and id. Any value of this form
+is a valid position, so a client (or a fuzzer) can send nothing undecodable."""
+
+
 def encode_cursor(record: JobRecord) -> str:
-    """Where a page ended: (created_at, id) of its last job, opaque to clients."""
-    raw = json.dumps([record.created_at, record.id], separators=(",", ":")).encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+    return f"{round(record.created_at * 1e6)}-{record.id}"
 
 
 def decode_cursor(cursor: str) -> tuple[float, str]:
-    try:
-        padded = cursor + "=" * (-len(cursor) % 4)
-        created_at, job_id = json.loads(base64.urlsafe_b64decode(padded.encode()))
-        if not JOB_ID.match(job_id):
-            raise ValueError(job_id)
-        return float(created_at), job_id
-    except (ValueError, TypeError) as error:
-        raise InvalidParameters("cursor: not a cursor this service gave out") from error
+    match = CURSOR.match(cursor)
+    if match is None:
+        raise InvalidParameters("cursor: not a cursor this service gave out")
+    return int(match.group(1)) / 1e6, match.group(2)

@@ -250,7 +250,7 @@ class JobService:
             kind="still" if media is None else media.kind,
             media=None if media is None else media.to_dict(),
             options=options.to_dict(),
-            created_at=now,
+            created_at=round(now, 6),  # to the µs, as listing cursors name it
             expires_at=now + self._active_lifetime_s(),
             upload_bytes=len(submission.data),
             frames_total=1 if media is None else expected_frames(media, options.max_fps),
@@ -552,6 +552,15 @@ class JobService:
     @property
     def running_here(self) -> int:
         return len(self._runs)
+
+    def figures(self) -> dict[str, int]:
+        """This replica's jobs now: running, waiting for a place, and followers."""
+        running = sum(run.running for run in self._runs.values())
+        return {
+            "running": running,
+            "queued": len(self._runs) - running,
+            "followers": self._events.follower_count,
+        }
 
     @property
     def record_calls(self) -> dict[str, int]:

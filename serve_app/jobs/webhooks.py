@@ -82,9 +82,7 @@ class Webhooks:
     def check(self, url: str | None, events: str | None) -> WebhookInfo | None:
         """The webhook a submission asks for, or WebhookRefused (422)."""
         if not url:
-            if events:
-                raise WebhookRefused("webhook_events needs a webhook URL")
-            return None
+            return None  # (webhook_events alone: nothing to tell, nobody to tell it to)
         if len(url) > MAX_URL_CHARS:
             raise WebhookRefused(f"webhook URLs are at most {MAX_URL_CHARS} characters")
         scheme, host, port, path = _origin(url)

@@ -14,8 +14,10 @@ import logging
 import tempfile
 import time
 from collections.abc import Callable
+from concurrent.futures import Executor
 from pathlib import Path
 
+from serve_app.concurrency import in_thread
 from serve_app.config import MIN_SIDE, AppConfig
 from serve_app.errors import (
     InvalidVideoOptions,
@@ -70,9 +72,17 @@ def remove_abandoned_outputs(max_age_s: float, directory: Path | None = None) ->
 
 class MediaService:
     def __init__(
-        self, config: AppConfig, cache: ResultStore, model: FrameModel, identity: Identity
+        self,
+        config: AppConfig,
+        cache: ResultStore,
+        model: FrameModel,
+        identity: Identity,
+        executor: Executor | None = None,
     ) -> None:
+        """``executor``: the threads that probe uploads (default: the loop's); each job's
+        own decoding and encoding run in that job's thread."""
         self._config = config
+        self._executor = executor
         self._cache = cache
         self._model = model
         self._identity = identity
@@ -98,9 +108,9 @@ class MediaService:
                 "VP8, VP9 or AV1 video)"
             )
         video = probe.sniff_video(data[:SNIFF_BYTES])
-        if not video and not await asyncio.to_thread(probe.is_animated_picture, data):
+        if not video and not await in_thread(self._executor, probe.is_animated_picture, data):
             return None
-        info = await asyncio.to_thread(probe.probe, io.BytesIO(data), self._config.media)
+        info = await in_thread(self._executor, probe.probe, io.BytesIO(data), self._config.media)
         return None if info.kind == "still" else info
 
     def check(self, info: probe.MediaInfo, options: StylizeOptions) -> None:

@@ -3,6 +3,9 @@
 A request is a validated, resized RGB array (from ``imaging.py``); the answer is the
 stylized array plus figures about the batch that computed it. Encoding, caching and
 HTTP live in the ingress.
+
+Longer than most modules, on purpose: the deployment's batching, frames, tiled steps and
+figures share one lock on the model and one replica's state.
 """
 
 from __future__ import annotations

@@ -8,6 +8,9 @@ A weights *spec* is what a user writes in the config or on the command line:
 - ``random``: a seeded, untrained generator (same compute, meaningless picture).
 
 Nothing here runs at import time; nothing here prints (progress bars go to stderr via tqdm).
+
+Longer than most modules, on purpose: a verified download is one job, and most of it is
+its failure handling (partial files, a lock per node, resumes, wrong bytes, timeouts).
 """
 
 from __future__ import annotations

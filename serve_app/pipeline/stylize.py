@@ -12,6 +12,9 @@ request: it runs in an empty context, so the serving framework's per-request
 cancellation (a client that hangs up) reaches only that request's wait, never the work
 others are waiting for. Each waiter keeps its own deadline; work nobody waits for any
 more is cancelled and frees its slot.
+
+Longer than most modules, on purpose: the one code path of a picture (plain and portrait)
+and the shared work it coalesces on.
 """
 
 from __future__ import annotations
@@ -21,11 +24,12 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Awaitable, Sequence
+from concurrent.futures import Executor
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from serve_app.concurrency import MemoryBudget, run_detached, trim_heap
+from serve_app.concurrency import MemoryBudget, in_thread, run_detached, trim_heap
 from serve_app.config import AppConfig
 from serve_app.errors import (
     EmptyUpload,
@@ -102,10 +106,13 @@ class StylizePipeline:
         stylize_array: StylizeArray,
         weights: dict[str, str],
         animate: Animate | None = None,
+        executor: Executor | None = None,
     ) -> None:
         """``weights``: style -> the digest of the weights the config asks for.
-        ``animate``: makes animated pictures (without it, an animation's first frame)."""
+        ``animate``: makes animated pictures (without it, an animation's first frame).
+        ``executor``: the threads that decode and encode (default: the loop's)."""
         self._config = config
+        self._executor = executor
         self._cache = cache
         self._stylize_array = stylize_array
         self._animate = animate
@@ -248,7 +255,7 @@ class StylizePipeline:
         started = time.perf_counter()
         pixels = decode.header_pixels(data)
         async with self._decode_memory.reserve(decode.decode_peak_bytes(pixels)):
-            decoded = await asyncio.to_thread(self._decode, data, pixels, options.size)
+            decoded = await in_thread(self._executor, self._decode, data, pixels, options.size)
         decoded_at = time.perf_counter()
         work.progress = PROGRESS_DECODED
 
@@ -264,7 +271,7 @@ class StylizePipeline:
         )
         work.progress = PROGRESS_STYLIZED
         encode_from = time.perf_counter()
-        encoded = await asyncio.to_thread(finish, decoded, stylized.rgb, options)
+        encoded = await in_thread(self._executor, finish, decoded, stylized.rgb, options)
         encoded_at = time.perf_counter()
         height, width = stylized.rgb.shape[:2]
         image = CachedImage(encoded, MEDIA_TYPES[options.format], width, height)
@@ -287,7 +294,7 @@ class StylizePipeline:
         pixels = decode.header_pixels(data)
         peak = decode.decode_peak_bytes(pixels) + PORTRAIT_DECODE_BYTES_PER_PIXEL * pixels
         async with self._decode_memory.reserve(peak):
-            ready = await asyncio.to_thread(self._prepare_portrait, data, pixels, options)
+            ready = await in_thread(self._executor, self._prepare_portrait, data, pixels, options)
         prepared_at = time.perf_counter()
         work.progress = PROGRESS_DECODED
         prepared = ready.prepared
@@ -304,7 +311,8 @@ class StylizePipeline:
         faces = results[:-1] if background else results
         scene = results[-1] if background else None
         encode_from = time.perf_counter()
-        encoded, width, height = await asyncio.to_thread(
+        encoded, width, height = await in_thread(
+            self._executor,
             finish_portrait,
             prepared,
             [face.rgb for face in faces],
@@ -400,7 +408,7 @@ class StylizePipeline:
     async def _digest(self, data: bytes) -> str:
         if len(data) < HASH_IN_THREAD_BYTES:
             return image_digest(data)
-        return await asyncio.to_thread(image_digest, data)
+        return await in_thread(self._executor, image_digest, data)
 
     def _result(self, computed: _Computed, options: StylizeOptions, status: CacheStatus):
         self.requests[status] += 1

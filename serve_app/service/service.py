@@ -12,6 +12,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol
 
 from serve_app.config import MIN_SIDE, OUTPUT_FORMATS, AppConfig, example_path
@@ -68,11 +69,18 @@ class AnimeService:
         self._model = model
         self._cache = cache
         self._metrics = metrics
+        # Picture work has threads of its own: a burst of it never delays the job store's
+        # writes (leases) or a video's decoding.
+        self._photos = ThreadPoolExecutor(config.photo_threads, thread_name_prefix="photos")
         self.pipeline = StylizePipeline(
-            config, cache, model.stylize, weights, animate=self._animate
+            config, cache, model.stylize, weights, animate=self._animate, executor=self._photos
         )
         self.media = MediaService(
-            config, cache, self._stylize_frames, self.pipeline.expected_identity
+            config,
+            cache,
+            self._stylize_frames,
+            self.pipeline.expected_identity,
+            executor=self._photos,
         )
         self.jobs = JobService(
             config.jobs,
@@ -100,6 +108,7 @@ class AnimeService:
     async def close(self) -> None:
         """Stop background work; jobs running here are left to another replica."""
         await self.jobs.close()
+        self._photos.shutdown(wait=False)
 
     async def _connect_cache(self) -> None:
         connect = getattr(self._cache, "connect", None)
@@ -233,6 +242,7 @@ class AnimeService:
             requests=dict(self.pipeline.requests),
             in_flight=self.pipeline.in_flight,
             model=await self._model.stats(),
+            jobs=self.jobs.figures(),
             job_records=self.jobs.record_calls,
         )
 

@@ -82,6 +82,12 @@ class ModelReport(BaseModel, extra="allow"):
     inference_s: dict[str, float] = Field(description="style -> seconds of forward passes")
 
 
+class JobFigures(BaseModel):
+    running: int = Field(description="jobs this ingress replica is running now")
+    queued: int = Field(description="jobs waiting for a place on this ingress replica")
+    followers: int = Field(description="event streams open on this ingress replica")
+
+
 class StatsResponse(BaseModel):
     cache: CacheReport
     requests: dict[str, int] = Field(description="this ingress replica's answers by cache status")
@@ -89,6 +95,7 @@ class StatsResponse(BaseModel):
     model: ModelReport | None = Field(
         description="one model replica's own report; null if none answered"
     )
+    jobs: JobFigures
     job_records: dict[str, int] = Field(
         description="this ingress replica's calls to the job record store since it started, "
         "by operation",

@@ -1,7 +1,7 @@
 """Issue 5, item 1: bad input gets its documented 4xx at once, awkward pictures are served right.
 
 One parametrised test sends every case while another thread probes ``/healthz``: each bad
-upload must get the status of the README's "Limits and errors" table with the JSON error
+upload must get the status of docs/api.md's "Limits and errors" table with the JSON error
 body (never a 5xx, never a hang), each valid-but-awkward picture a correct 200, and the
 probe must stay fast throughout. A last test checks the service still serves afterwards.
 

@@ -26,7 +26,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 SIDE = 7000
 MAX_IN_FLIGHT = 32
-RSS_BOUND = int(1.5 * 2**30)  # the bound the README states
+RSS_BOUND = int(1.5 * 2**30)  # the bound docs/operations.md states
 
 
 @pytest.fixture(scope="module")

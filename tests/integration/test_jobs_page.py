@@ -1,13 +1,16 @@
 """The upload page makes large prints as jobs: sizes above max_sync_size go to POST /v1/jobs,
 the page follows the job's events with a real progress bar, fetches the result, and can
-cancel it.
+cancel it. After a reload it lists the user's recent jobs: with an API key, the key's
+(GET /v1/jobs); on an open service, those the browser sent (their ids in localStorage).
 
 Real local Ray, real HTTP, and the system Chromium (tests/support/pages.py).
 """
 
 from __future__ import annotations
 
+import json
 import re
+import secrets
 
 import httpx
 import pytest
@@ -37,6 +40,8 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 JOB_SIZE = 384  # above SYNC_SIZE: a job
 KEY = "jobs-page-key"
+LIST_KEY = "jobs-page-list-key"  # only the listing test makes jobs with this key
+JOBS_ITEM = "animegan-serve.jobs"  # where app.js keeps the ids of the jobs it sent
 LEFT = r"(\d+ min )?\d+ s"  # the time left, as the page words it
 
 
@@ -160,9 +165,11 @@ def test_a_running_job_is_cancelled_from_the_page(browser, jobs_app, tmp_path):
         expect(card.locator("img.after")).to_be_hidden()
         expect(card.locator(".download")).to_be_hidden()
         expect(card.locator(".error")).to_be_hidden()
-        gone = httpx.get(f"{jobs_app}/v1/jobs/{job_id}", timeout=30)
-        assert gone.status_code == 404
-        assert gone.json()["error"]["code"] == "unknown_job"
+        # The record stays, cancelled; the result was never made.
+        kept = httpx.get(f"{jobs_app}/v1/jobs/{job_id}", timeout=30)
+        assert (kept.status_code, kept.json()["state"]) == (200, "cancelled")
+        result = httpx.get(f"{jobs_app}/v1/jobs/{job_id}/result", timeout=30)
+        assert (result.status_code, result.json()["error"]["code"]) == (409, "job_not_done")
     finally:
         context.close()
     assert not errors, f"uncaught errors in the page: {errors}"
@@ -224,17 +231,126 @@ def test_a_failed_job_shows_its_error_like_other_errors(browser, jobs_app, tmp_p
     assert not errors, f"uncaught errors in the page: {errors}"
 
 
-def test_with_an_api_key_every_job_call_carries_it(browser, jobs_app, tmp_path):
-    actor_options = {"num_cpus": 0, "runtime_env": {"env_vars": {"ANIMEGAN_API_KEYS": KEY}}}
+def stored_ids(page) -> list[str] | None:
+    stored = page.evaluate(f"localStorage.getItem({JOBS_ITEM!r})")
+    return None if stored is None else json.loads(stored)
+
+
+def listed(page, job_id: str):
+    """The recent jobs' entry of a job."""
+    return page.locator(f'#recent li[data-job="{job_id}"]')
+
+
+def open_the_result(page, entry, size: list[int], base_url: str, headers: dict | None = None):
+    """Show a listed job's result: the picture at `size`, and a download of the job's bytes."""
+    from playwright.sync_api import expect
+
+    entry.get_by_role("button", name="Show the result").click()
+    picture = entry.locator(".recent-result img")
+    expect(picture).to_be_visible()
+    expect(picture).to_have_js_property("complete", True)
+    assert picture.evaluate("i => [i.naturalWidth, i.naturalHeight]") == size
+    download_link = entry.get_by_role("link", name="Download .png")
+    expect(download_link).to_be_focused()  # it replaced the button that had the focus
+    with page.expect_download() as download_info:
+        download_link.click()
+    job_id = entry.get_attribute("data-job")
+    assert download_info.value.suggested_filename == f"picture-{job_id[:8]}-{STYLE_A}.png"
+    result = httpx.get(f"{base_url}/v1/jobs/{job_id}/result", headers=headers, timeout=30)
+    assert download_info.value.path().read_bytes() == result.content
+
+
+def test_a_reload_lists_the_jobs_this_browser_sent(browser, jobs_app, tmp_path):
+    """An open service lists nobody's jobs: the page keeps the ids of those it sent."""
+    from playwright.sync_api import expect
+
+    paths = []
+    for seed in (73_006, 73_007, 73_008):
+        paths.append(tmp_path / f"sent-{seed}.jpg")
+        paths[-1].write_bytes(synthetic_jpeg(400, 300, seed=seed))
+    context, page, errors = open_page(browser, jobs_app)
+    try:
+        expect(page.locator("#recent")).to_be_hidden()  # nothing sent yet
+        finished_card, finished = start(page, paths[0], 192)
+        followed_card, followed = start(page, paths[1], 192)
+        _, cancelled = start(page, paths[2], 192)
+        assert followed.status == 202  # its answer: the job as it was, queued
+        queued = followed.json()
+        finished_id, followed_id, cancelled_id = (
+            answer.json()["id"] for answer in (finished, followed, cancelled)
+        )
+        deleted = httpx.delete(f"{jobs_app}/v1/jobs/{cancelled_id}", timeout=30)
+        assert deleted.json()["state"] == "cancelled"
+        wait_state(finished_card, "done")
+        wait_state(followed_card, "done")
+        assert stored_ids(page) == [cancelled_id, followed_id, finished_id]  # newest first
+        # An id the service does not know (expired, as far as the page can tell), and junk.
+        unknown = secrets.token_hex(16)
+        stored = [cancelled_id, followed_id, finished_id, unknown, "not-an-id"]
+        page.evaluate(f"localStorage.setItem({JOBS_ITEM!r}, {json.dumps(stored)!r})")
+
+        # After the reload, the followed job is first answered as it was when it was sent
+        # (queued, the service's own answer): the page must follow it to its end.
+        page.route(
+            re.compile(rf"/v1/jobs/{followed_id}$"),
+            lambda route: route.fulfill(status=200, json=queued),
+            times=1,
+        )
+        asked: list[str] = []
+        page.on("request", lambda r: asked.append(f"{r.method} {httpx.URL(r.url).path}"))
+        page.reload()
+        recent = page.get_by_role("region", name="Recent jobs")
+        expect(recent).to_be_visible()
+        expect(recent.get_by_role("listitem")).to_have_count(3)
+        assert page.locator("#results .card").count() == 0  # the cards went with the page
+        order = recent.get_by_role("listitem").evaluate_all("li => li.map(i => i.dataset.job)")
+        assert order == [cancelled_id, followed_id, finished_id]
+        assert stored_ids(page) == [cancelled_id, followed_id, finished_id]  # the rest let go
+        assert "GET /v1/jobs" not in asked  # an open service lists nobody's jobs
+
+        entry = listed(page, finished_id)
+        expect(entry.get_by_role("heading")).to_have_text(f"Picture · {STYLE_A} · 192 px")
+        expect(entry).to_have_attribute("data-state", "done")
+        expect(entry.locator(".state")).to_have_text("Done · 192×144 PNG")
+        expect(entry.get_by_role("button", name="Cancel")).to_be_hidden()
+        assert f"GET /v1/jobs/{finished_id}/events" not in asked  # nothing left to follow
+        open_the_result(page, entry, [192, 144], jobs_app)
+
+        entry = listed(page, followed_id)
+        expect(entry).to_have_attribute("data-state", "done", timeout=TIMEOUT_MS)
+        assert f"GET /v1/jobs/{followed_id}/events" in asked
+        expect(entry.get_by_role("button", name="Show the result")).to_be_visible()
+
+        entry = listed(page, cancelled_id)
+        expect(entry).to_have_attribute("data-state", "cancelled")
+        expect(entry.locator(".state")).to_have_text("Cancelled")
+        expect(entry.get_by_role("button", name="Show the result")).to_be_hidden()
+        expect(entry.locator(".download")).to_be_hidden()
+        ARTIFACTS.mkdir(exist_ok=True)
+        page.screenshot(path=ARTIFACTS / "page-recent-jobs.png", full_page=True)
+    finally:
+        context.close()
+    assert not errors, f"uncaught errors in the page: {errors}"
+
+
+def deploy_with_keys(base_url: str) -> None:
+    """The jobs app with API keys (KEY and LIST_KEY); the module's fixture puts the open
+    default app back at its end."""
+    keys = f"{KEY},{LIST_KEY}"
+    actor_options = {"num_cpus": 0, "runtime_env": {"env_vars": {"ANIMEGAN_API_KEYS": keys}}}
     deploy(
         jobs_args(),
         stylizer=slow_batches(),
         ingress=ingress_deployment(ray_actor_options=actor_options),
     )
-    wait_healthy(jobs_app)
-    wait_styles(jobs_app, lambda answer: answer.status_code == 401)
+    wait_healthy(base_url)
+    wait_styles(base_url, lambda answer: answer.status_code == 401)
+    wait_styles(base_url, is_jobs_deploy, headers={"Authorization": f"Bearer {KEY}"})
+
+
+def test_with_an_api_key_every_job_call_carries_it(browser, jobs_app, tmp_path):
+    deploy_with_keys(jobs_app)
     bearer = {"Authorization": f"Bearer {KEY}"}
-    wait_styles(jobs_app, is_jobs_deploy, headers=bearer)
 
     path = tmp_path / "keyed.jpg"
     path.write_bytes(synthetic_jpeg(640, 480, seed=73_004))
@@ -255,6 +371,41 @@ def test_with_an_api_key_every_job_call_carries_it(browser, jobs_app, tmp_path):
         assert size == [256, 192]
         # Without the key, the job is not anyone's to read.
         assert httpx.get(f"{jobs_app}{job_path}", timeout=30).status_code == 401
+    finally:
+        context.close()
+    assert not errors, f"uncaught errors in the page: {errors}"
+
+
+def test_with_an_api_key_a_reload_lists_the_keys_jobs(browser, jobs_app, tmp_path):
+    from playwright.sync_api import expect
+
+    deploy_with_keys(jobs_app)
+    bearer = {"Authorization": f"Bearer {LIST_KEY}"}
+    path = tmp_path / "listed.jpg"
+    path.write_bytes(synthetic_jpeg(640, 480, seed=73_009))
+    context, page, errors = open_page(browser, jobs_app, key=LIST_KEY)
+    try:
+        card, submitted = start(page, path, 256)
+        job_id = submitted.json()["id"]
+        wait_state(card, "done")
+
+        with page.expect_response(
+            lambda r: r.request.method == "GET" and httpx.URL(r.url).path == "/v1/jobs"
+        ) as listing:
+            page.reload()
+        assert listing.value.status == 200
+        assert listing.value.request.header_value("authorization") == bearer["Authorization"]
+        recent = page.get_by_role("region", name="Recent jobs")
+        expect(recent.get_by_role("listitem")).to_have_count(1)  # this key's one job
+        entry = listed(page, job_id)
+        expect(entry).to_have_attribute("data-state", "done")
+        expect(entry.locator(".state")).to_have_text("Done · 256×192 PNG")
+        open_the_result(page, entry, [256, 192], jobs_app, headers=bearer)
+        assert page.evaluate("localStorage.length") == 0  # the key's jobs are the service's to list
+
+        # Forgotten, the key's jobs go from the page with it.
+        page.get_by_role("button", name="Forget the key").click()
+        expect(recent).to_be_hidden()
     finally:
         context.close()
     assert not errors, f"uncaught errors in the page: {errors}"

@@ -335,13 +335,16 @@ def test_page_asks_for_the_api_key_when_the_service_needs_one(
 
         # Reloaded in the same tab: the key is still there, nothing is asked.
         seen = len(calls)
-        with page.expect_request(re.compile(r"/v1/examples$")):
+        with page.expect_request(re.compile(r"/v1/jobs\?")):
             page.reload()
         expect(styles).to_have_count(2)
         expect(key_field).to_be_hidden()
-        # Both calls of a load carry it: the styles, then the example photos' list.
-        assert [httpx.URL(call.url).path for call in calls[seen:]] == ["/v1/styles", "/v1/examples"]
-        assert authorizations(seen) == [f"Bearer {RIGHT_KEY}"] * 2
+        # Every call of a load carries it: the styles, the example photos' list, the key's
+        # recent jobs.
+        loaded = [httpx.URL(call.url).path for call in calls[seen:]]
+        assert loaded == ["/v1/styles", "/v1/examples", "/v1/jobs"]
+        assert authorizations(seen) == [f"Bearer {RIGHT_KEY}"] * 3
+        expect(page.get_by_role("region", name="Recent jobs")).to_be_hidden()  # none made
         forget = page.get_by_role("button", name="Forget the key")
         expect(forget).to_be_visible()
 

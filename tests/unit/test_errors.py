@@ -1,4 +1,4 @@
-"""The error family and the README's error table say the same thing."""
+"""The error family and the API page's error table (docs/api.md) say the same thing."""
 
 from __future__ import annotations
 
@@ -7,12 +7,14 @@ import re
 from serve_app.errors import ServiceError, Unauthorized, error_classes
 from tests.support.paths import REPO
 
+API_PAGE = REPO / "docs" / "api.md"
 
-def readme_error_table() -> set[tuple[int, str]]:
-    """(status, code) pairs of the README's "Limits and errors" table."""
-    text = (REPO / "README.md").read_text()
-    section = text[text.index("| status |", text.index("### Limits and errors")) :]
-    section = section[: section.index("\n\n")]
+
+def documented_error_table() -> set[tuple[int, str]]:
+    """(status, code) pairs of the "Limits and errors" table of docs/api.md."""
+    text = API_PAGE.read_text()
+    section = text[text.index("| status |", text.index("## Limits and errors")) :]
+    section = section.split("\n\n")[0]  # the table ends at a blank line or the page's end
     pairs = set()
     for line in section.splitlines()[2:]:
         cells = [cell.strip() for cell in line.strip("|").split("|")]
@@ -26,9 +28,9 @@ def readme_error_table() -> set[tuple[int, str]]:
     return pairs
 
 
-def test_readme_table_lists_every_error_class_and_nothing_else():
+def test_api_page_table_lists_every_error_class_and_nothing_else():
     classes = {(cls.status, cls.code) for cls in error_classes()}
-    assert readme_error_table() == classes
+    assert documented_error_table() == classes
 
 
 def test_codes_are_unique():

@@ -22,13 +22,11 @@ from serve_app.errors import (
 )
 from serve_app.jobs.blobs import UPLOAD
 from serve_app.jobs.records import JOB_ID, JobView
-from serve_app.jobs.service import JobService, Submission, sse_event
+from serve_app.jobs.service import JobService, sse_event
 from serve_app.options import StylizeOptions
-from serve_app.pipeline.results import StylizeResult
+from tests.support.job_service import ALICE, BOB, OPTIONS, FakeStylize, submission, until
 from tests.support.redis_server import RedisServer, redis_available
 
-OPTIONS = StylizeOptions(style="alpha", size=32, format="png", quality=None)
-ALICE, BOB = "a" * 32, "b" * 32
 RECORDS_URL: str | None = None  # the record store under test (None: SQLite in the folder)
 
 
@@ -67,57 +65,10 @@ def fast_config(tmp_path, **overrides) -> JobsConfig:
     return JobsConfig(**fields)
 
 
-class FakeStylize:
-    """Answers after ``delay`` s; counts calls; ``gate`` (if set) holds every call."""
-
-    def __init__(self, delay: float = 0.0, error: Exception | None = None):
-        self.delay, self.error = delay, error
-        self.calls = 0
-        self.cancelled = 0
-        self.gate: asyncio.Event | None = None
-        self.started = asyncio.Event()
-
-    async def __call__(self, data: bytes, options: StylizeOptions, timeout_s: float):
-        self.calls += 1
-        self.started.set()
-        try:
-            if self.gate is not None:
-                await self.gate.wait()
-            await asyncio.sleep(self.delay)
-        except asyncio.CancelledError:
-            self.cancelled += 1
-            raise
-        if self.error is not None:
-            raise self.error
-        return StylizeResult(
-            data=b"picture:" + data,
-            media_type="image/png",
-            cache="miss",
-            style=options.style,
-            width=options.size,
-            height=options.size,
-            key="k",
-            random_weights=True,
-        )
-
-
 def service(tmp_path, stylize, **config) -> JobService:
     jobs = JobService(fast_config(tmp_path, **config), stylize)
     jobs.start()
     return jobs
-
-
-def submission(data: bytes = b"photo", owner: str = ALICE, **fields) -> Submission:
-    return Submission(
-        data, fields.pop("options", OPTIONS), f"key-of-{data!r}", owner=owner, **fields
-    )
-
-
-async def until(predicate, timeout_s: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not await predicate():
-        assert time.monotonic() < deadline, "condition not reached"
-        await asyncio.sleep(0.01)
 
 
 def state_is(jobs: JobService, job_id: str, *states: str, owner: str = ALICE):

@@ -17,8 +17,8 @@ from serve_app.jobs.records import JobRecord
 from serve_app.jobs.redis_store import RedisChanges, RedisRecords
 from serve_app.jobs.service import JobService
 from serve_app.jobs.stores import shown_url, with_environment
+from tests.support.job_service import ALICE, FakeStylize, submission, until
 from tests.support.redis_server import RedisServer, redis_available
-from tests.unit.test_jobs import ALICE, FakeStylize, submission, until
 
 pytestmark = pytest.mark.skipif(
     not redis_available() and not os.environ.get("CI"), reason="redis-server is not installed"

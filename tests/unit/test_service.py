@@ -1,0 +1,116 @@
+"""The whole service without Ray: composed over a fake model and an in-process cache,
+exactly as the ingress composes it over the Ray-backed ones."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import sys
+import threading
+
+import av
+import pytest
+from PIL import Image
+
+from serve_app.config import AppConfig
+from serve_app.service.service import AnimeService
+from tests.support.fakes import RANDOM_WEIGHTS, InvertingModel, LocalCache
+from tests.support.media import make_video
+from tests.support.pictures import synthetic_jpeg
+
+
+def make_service(tmp_path, **overrides) -> tuple[AnimeService, InvertingModel]:
+    config = AppConfig.model_validate(
+        {
+            "styles": [{"name": "alpha", "weights": "random"}],
+            "default_size": 64,
+            "jobs": {"store_url": str(tmp_path / "jobs"), "progress_every_s": 0.02},
+            **overrides,
+        }
+    )
+    model = InvertingModel(["alpha"])
+    service = AnimeService(config, model, LocalCache(), {"alpha": RANDOM_WEIGHTS})
+    return service, model
+
+
+def run(tmp_path, scenario):
+    async def main():
+        service, model = make_service(tmp_path)
+        await service.learn_model_identity()
+        service.jobs.start()
+        try:
+            return await scenario(service, model)
+        finally:
+            await service.close()
+
+    return asyncio.run(main())
+
+
+def test_pictures_are_made_cached_and_figured(tmp_path):
+    async def scenario(service, model):
+        options = service.options({"size": 48, "format": "jpeg"})
+        first = await service.stylize(synthetic_jpeg(seed=1), options)
+        again = await service.stylize(synthetic_jpeg(seed=1), options)
+        stats = await service.stats()
+        return first, again, stats, model.pictures, service.styles()
+
+    first, again, stats, pictures, styles = run(tmp_path, scenario)
+    assert (first.cache, again.cache, pictures) == ("miss", "hit", 1)
+    assert max(Image.open(io.BytesIO(first.data)).size) == 48
+    assert stats.requests == {"miss": 1, "hit": 1} and stats.cache.shared.entries == 1
+    assert styles.default_style == "alpha" and styles.styles[0].random_weights
+
+
+def test_a_still_job_and_a_video_job_run_to_their_results(tmp_path):
+    video = make_video(tmp_path / "clip.mp4", seconds=1.0, fps=10).read_bytes()
+
+    async def scenario(service, model):
+        still, _ = await service.submit_job(synthetic_jpeg(seed=2), service.options({}, False))
+        clip, _ = await service.submit_job(video, service.options({"size": 64}, False))
+        done = [await service.jobs.wait(job.id, "", 60) for job in (still, clip)]
+        outputs = [await service.jobs.result(job.id) for job in done]
+        return done, outputs, model.frame_calls
+
+    (still, clip), (picture, movie), frame_calls = run(tmp_path, scenario)
+    assert still.state == clip.state == "done", (still.error, clip.error)
+    assert clip.kind == "video" and clip.frames_done == 10 and frame_calls >= 1
+    assert picture.media_type == "image/png"
+    with av.open(io.BytesIO(movie.data)) as container:
+        assert sum(1 for _ in container.decode(video=0)) == 10
+
+
+def test_a_video_job_never_climbs_back_to_the_http_layer(tmp_path):
+    """Every function a video job runs, from submission to its stored output, belongs to
+    the service's layers: none is in ``serve_app.http``, the ingress or the model client."""
+    video = make_video(tmp_path / "clip.mp4", seconds=0.5, fps=10).read_bytes()
+    visited: set[str] = set()
+
+    def profile(frame, event, arg):
+        if event == "call":
+            visited.add(frame.f_globals.get("__name__", ""))
+
+    async def scenario(service, model):
+        sys.setprofile(profile)
+        threading.setprofile(profile)
+        try:
+            job, _ = await service.submit_job(video, service.options({"size": 32}, False))
+            return await service.jobs.wait(job.id, "", 60)
+        finally:
+            sys.setprofile(None)
+            threading.setprofile(None)
+
+    done = run(tmp_path, scenario)
+    ours = {name for name in visited if name.startswith("serve_app")}
+    assert done.state == "done"
+    assert {"serve_app.jobs.runner", "serve_app.media.frames"} <= ours
+    above = {n for n in ours if n.startswith(("serve_app.http", "serve_app.ingress"))}
+    assert above | {n for n in ours if n == "serve_app.model_client"} == set()
+
+
+@pytest.mark.parametrize("layer", ["serve_app.service", "serve_app.jobs", "serve_app.media"])
+def test_the_service_layers_import_without_ray(layer):
+    """The contract in pyproject.toml says so; this checks it in a fresh interpreter."""
+    import subprocess
+
+    code = f"import sys, {layer}.service; assert 'ray' not in sys.modules, 'ray imported'"
+    subprocess.run([sys.executable, "-c", code], check=True)
