@@ -26,7 +26,9 @@ from serve_app.pipeline.results import StylizeResult
 from serve_app.service.service import AnimeService
 
 
-@serve.deployment(max_ongoing_requests=64)
+# An event stream holds a place as long as its job lasts: room for many followers beside
+# photos (whose computing is bounded by max_in_flight, not by this).
+@serve.deployment(max_ongoing_requests=256)
 @serve.ingress()
 class Ingress:
     def __init__(self, stylizer: DeploymentHandle, config: AppConfig, weights: dict[str, str]):

@@ -1,19 +1,28 @@
 """Every shipped config is valid: the Serve configs as `serve build` writes them (Ray's
 ServeDeploySchema) with args that AppConfig accepts, the KubeRay RayService and its
 serveConfigV2, the Ray cluster launcher YAML, and the nginx edge (`nginx -t`, its bounds
-derived from the app's defaults). No Ray cluster is started."""
+derived from the app's defaults); both cluster setups give every node the shared job
+records (their Redis) and store. No Ray cluster is started, nothing is connected to."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+import re
+import shlex
 from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 import yaml
 from ray.serve.config import HTTPOptions
 from ray.serve.schema import ServeDeploySchema
+from redis.connection import parse_url
 
-from serve_app.config import AppConfig, BatchConfig
+from serve_app.config import AppConfig, BatchConfig, JobsConfig
+from serve_app.jobs.redis_store import RedisRecords
+from serve_app.jobs.stores import open_record_store, with_environment
 from tests.support import nginx_edge
 from tests.support.nginx_edge import directive_value, render_for
 
@@ -136,6 +145,222 @@ def test_cluster_launcher_yaml_matches_rays_schema():
     if not schema_path.is_file():
         pytest.skip("this Ray has no ray-schema.json")
     jsonschema.validate(load(LAUNCHER), json.loads(schema_path.read_text()))
+
+
+# ---- Jobs on many nodes: every node told the shared job records and store ------------
+# (each node's environment; serve_app.jobs.stores.with_environment reads it)
+
+REDIS = CONFIGS / "kuberay" / "redis.yaml"
+RECORDS_ENV = JobsConfig().records_url_env
+STORE_ENV = JobsConfig().store_url_env
+DEPENDENT_VARIABLE = re.compile(r"\$\((\w+)\)")  # Kubernetes' $(NAME) in an env value
+PASSWORD_FROM_FILE = re.compile(r"\$\(cat ([^)\s]+)\)")  # a launcher command's $(cat FILE)
+HEAD_IP = "10.0.0.1"  # what the launcher puts in $RAY_HEAD_IP on a worker
+
+
+def load_all(path: Path) -> dict[str, dict]:
+    """A multi-document manifest's objects, by kind (one each)."""
+    with path.open() as f:
+        objects = [doc for doc in yaml.safe_load_all(f) if doc]
+    by_kind = {obj["kind"]: obj for obj in objects}
+    assert len(by_kind) == len(objects), "one object of each kind"
+    return by_kind
+
+
+def secret_value(name: str, key: str) -> str:
+    """What a test says a Secret's value is (URL-safe, as the header's `openssl rand -hex`)."""
+    return f"secret-{name}-{key}"
+
+
+def container_env(container: dict) -> dict[str, str]:
+    """A container's environment as Kubernetes sets it: a Secret's value as
+    `secret_value`, `$(NAME)` expanded when NAME is defined earlier in the list (later or
+    unknown: left as it is, as Kubernetes does)."""
+    env: dict[str, str] = {}
+    for variable in container.get("env", []):
+        if "value" in variable:
+            value = DEPENDENT_VARIABLE.sub(
+                lambda m: env.get(m.group(1), m.group(0)), variable["value"]
+            )
+        else:
+            ref = variable["valueFrom"]["secretKeyRef"]
+            value = secret_value(ref["name"], ref["key"])
+        env[variable["name"]] = value
+    return env
+
+
+def ray_pod_templates(rayservice: dict) -> dict[str, dict]:
+    cluster = rayservice["spec"]["rayClusterConfig"]
+    templates = {"head": cluster["headGroupSpec"]["template"]}
+    for group in cluster["workerGroupSpecs"]:
+        templates[group["groupName"]] = group["template"]
+    return templates
+
+
+def redis_pod(manifest: dict[str, dict]) -> tuple[dict, dict]:
+    """The Redis StatefulSet's pod template and its one container."""
+    template = manifest["StatefulSet"]["spec"]["template"]
+    [container] = template["spec"]["containers"]
+    return template, container
+
+
+def redis_conf(manifest: dict[str, dict]) -> dict[str, str]:
+    lines = manifest["ConfigMap"]["data"]["redis.conf"].splitlines()
+    pairs = [line.split(None, 1) for line in lines if line.strip() and not line.startswith("#")]
+    return {pair[0]: pair[1] if len(pair) > 1 else "" for pair in pairs}
+
+
+def the_stores_a_node_opens(environment: dict[str, str], monkeypatch) -> tuple[JobsConfig, Any]:
+    """The jobs config a replica runs with in ``environment`` (the shipped Serve config
+    sets neither URL) and the record store it opens: nothing is connected to."""
+    for name, value in environment.items():
+        monkeypatch.setenv(name, value)
+    config = with_environment(JobsConfig())
+    records, _ = open_record_store(config, local_root=None)  # object storage: not local
+    asyncio.run(records.close())
+    return config, records.store
+
+
+def test_every_ray_container_is_told_the_kuberay_redis_and_object_storage(monkeypatch):
+    """Each container's ANIMEGAN_JOBS_RECORDS_URL names redis.yaml's Service and carries
+    the password of the Secret that Redis itself requires; ANIMEGAN_JOBS_STORE_URL is
+    object storage; the app would open Redis for them."""
+    redis_manifest = load_all(REDIS)
+    service = redis_manifest["Service"]
+    [port] = service["spec"]["ports"]
+    redis_password = container_env(redis_pod(redis_manifest)[1])["REDIS_PASSWORD"]
+    for group, template in ray_pod_templates(load(KUBERAY)).items():
+        for container in template["spec"]["containers"]:
+            where = f"{group}/{container['name']}"
+            env = container_env(container)
+            assert RECORDS_ENV in env and STORE_ENV in env, where
+            records_url = env[RECORDS_ENV]
+            assert "$(" not in records_url, f"{where}: unexpanded (defined after?) {records_url}"
+            config, store = the_stores_a_node_opens(
+                {RECORDS_ENV: records_url, STORE_ENV: env[STORE_ENV]}, monkeypatch
+            )
+            assert isinstance(store, RedisRecords) and store.url == records_url, where
+            assert urlsplit(config.store_url).scheme in ("s3", "gs"), where
+            assert parse_url(records_url) == {
+                "host": service["metadata"]["name"],
+                "port": port["port"],
+                "password": redis_password,
+                "db": 0,
+            }, where
+
+
+def test_the_kuberay_redis_keeps_its_records_and_requires_a_password():
+    manifest = load_all(REDIS)
+    conf = redis_conf(manifest)
+    assert conf["appendonly"] == "yes", "finished jobs survive a restart"
+    assert conf["maxmemory-policy"] == "noeviction", "a record is never evicted"
+    template, container = redis_pod(manifest)
+    assert manifest["StatefulSet"]["spec"]["replicas"] == 1
+    # The password: from the Secret, given to redis-server on stdin after the config file.
+    assert container_env(container)["REDIS_PASSWORD"] == secret_value("animegan-redis", "password")
+    script = " ".join(container["command"] + container["args"])
+    started = re.search(r"exec redis-server (\S+) - <<", script)
+    assert started and "\nrequirepass $REDIS_PASSWORD\n" in script, script
+    mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
+    volumes = {v["name"]: v for v in template["spec"].get("volumes", [])}
+    conf_folder = started.group(1).rsplit("/", 1)[0]
+    [config_volume] = [name for name, path in mounts.items() if path == conf_folder]
+    assert volumes[config_volume]["configMap"]["name"] == manifest["ConfigMap"]["metadata"]["name"]
+    # The append-only file on a claimed volume, not in the container.
+    claims = manifest["StatefulSet"]["spec"]["volumeClaimTemplates"]
+    data_volumes = [name for name, path in mounts.items() if path == conf["dir"]]
+    assert data_volumes == [claim["metadata"]["name"] for claim in claims]
+    assert container["resources"]["limits"]["memory"]
+
+
+def test_the_kuberay_redis_is_reached_by_the_ray_pods_only():
+    manifest = load_all(REDIS)
+    template, _ = redis_pod(manifest)
+    pod_labels = template["metadata"]["labels"]
+    service = manifest["Service"]["spec"]
+    assert service.get("type", "ClusterIP") == "ClusterIP", "no public exposure"
+    assert service["selector"].items() <= pod_labels.items()
+    assert "Ingress" not in manifest
+    policy = manifest["NetworkPolicy"]["spec"]
+    assert policy["podSelector"]["matchLabels"].items() <= pod_labels.items()
+    [rule] = policy["ingress"]
+    [source] = rule["from"]
+    clients = source["podSelector"]["matchLabels"]
+    for group, ray_template in ray_pod_templates(load(KUBERAY)).items():
+        labels = ray_template.get("metadata", {}).get("labels", {})
+        assert clients.items() <= labels.items(), f"{group}: not admitted to Redis"
+
+
+def start_command_env(command: str) -> dict[str, str]:
+    """The NAME=value assignments just before `ray start` in a launcher command."""
+    words = shlex.split(command)
+    at = next(i for i in range(len(words)) if words[i : i + 2] == ["ray", "start"])
+    env = {}
+    for word in reversed(words[:at]):
+        name, equals, value = word.partition("=")
+        if not equals or not name.isidentifier():
+            break
+        env[name] = value
+    return env
+
+
+def option(words: list[str], name: str) -> str:
+    """The value of ``--name value`` or ``--name=value`` in a command's words."""
+    for i, word in enumerate(words):
+        if word == name:
+            return words[i + 1]
+        if word.startswith(f"{name}="):
+            return word.partition("=")[2]
+    raise AssertionError(f"no {name} in {words}")
+
+
+def test_the_launchers_head_runs_redis_for_the_job_records():
+    config = load(LAUNCHER)
+    setup = " ".join(config["head_setup_commands"])
+    assert "apt-get install" in setup and "redis-server" in setup
+    # The package's own service would hold 6379, the port GCS needs.
+    assert "systemctl disable --now redis-server" in setup
+    head = config["head_start_ray_commands"]
+    [started] = [i for i, command in enumerate(head) if "redis-server -" in command]
+    [ray_start] = [i for i, command in enumerate(head) if "ray start" in command]
+    assert started < ray_start, "Redis is up before the first replica looks for it"
+    piped, redis_server = head[started].split("|")
+    words = shlex.split(redis_server)
+    # "-" first: config from stdin (Ubuntu 22.04's Redis 6.0 reads stdin only there).
+    assert words[:2] == ["redis-server", "-"]
+    assert option(words, "--appendonly") == "yes" and option(words, "--dir")
+    assert option(words, "--bind") == "0.0.0.0", "workers reach it on the private network"
+    gcs_port = option(shlex.split(head[ray_start]), "--port")
+    assert option(words, "--port") != gcs_port
+    [password_file] = PASSWORD_FROM_FILE.findall(piped)
+    assert "requirepass" in piped and password_file in config["file_mounts"]
+
+
+def test_every_launcher_node_starts_ray_told_the_shared_job_stores(monkeypatch):
+    config = load(LAUNCHER)
+    redis_command = next(c for c in config["head_start_ray_commands"] if "redis-server -" in c)
+    redis_port = int(option(shlex.split(redis_command.split("|")[1]), "--port"))
+    starts = {
+        "head": [c for c in config["head_start_ray_commands"] if "ray start" in c],
+        "worker": [c for c in config["worker_start_ray_commands"] if "ray start" in c],
+    }
+    for node, commands in starts.items():
+        assert commands, node
+        for command in commands:
+            env = start_command_env(command)
+            assert RECORDS_ENV in env and STORE_ENV in env, f"{node}: {command}"
+            [password_file] = PASSWORD_FROM_FILE.findall(env[RECORDS_ENV])
+            assert password_file in config["file_mounts"], "the password on every node"
+            records_url = PASSWORD_FROM_FILE.sub("launcher-password", env[RECORDS_ENV])
+            records_url = records_url.replace("$RAY_HEAD_IP", HEAD_IP)
+            _, store = the_stores_a_node_opens(
+                {RECORDS_ENV: records_url, STORE_ENV: env[STORE_ENV]}, monkeypatch
+            )
+            assert isinstance(store, RedisRecords), node
+            parsed = parse_url(records_url)
+            assert (parsed["port"], parsed["password"]) == (redis_port, "launcher-password")
+            assert parsed["host"] == {"head": "127.0.0.1", "worker": HEAD_IP}[node]
+            assert urlsplit(env[STORE_ENV]).scheme == "s3", "every node reaches the store"
 
 
 # ---- The nginx edge (configs/nginx/animegan.conf) ------------------------------------

@@ -6,6 +6,7 @@ on an open service whoever holds its (random, unguessable) id reaches it.
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import AsyncIterator
 from typing import Annotated
@@ -35,7 +36,6 @@ from serve_app.http.request_log import log_fields
 from serve_app.http.security import key_is_valid
 from serve_app.http.uploads import read_single_upload
 from serve_app.jobs.records import ANONYMOUS, CURSOR, JobList, JobState, JobView
-from serve_app.jobs.service import sse_event
 from serve_app.jobs.webhooks import WEBHOOK_EVENTS
 
 router = APIRouter()
@@ -265,3 +265,8 @@ async def job_result_route(
 )
 async def cancel_job_route(job_id: str, service: Service, owner: Owner) -> JobView:
     return service.jobs.view(await service.jobs.cancel(job_id, owner))
+
+
+def sse_event(record: JobView) -> bytes:
+    """One Server-Sent Event: the event name is the state, the data the job's JSON."""
+    return f"event: {record.state}\ndata: {json.dumps(record.model_dump(mode='json'))}\n\n".encode()

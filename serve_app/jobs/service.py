@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import time
 import uuid
@@ -36,7 +35,6 @@ from serve_app.errors import (
     JobExpired,
     JobNotDone,
     Overloaded,
-    RunnerLost,
     ServiceError,
     StoreError,
     UnknownJob,
@@ -55,8 +53,9 @@ from serve_app.jobs.records import (
     encode_cursor,
     new_job_id,
 )
-from serve_app.jobs.runner import JobRun, ProgressOf, RunContext, RunMedia, Stylize
-from serve_app.jobs.stores import open_record_store, shown_url, with_environment
+from serve_app.jobs.replica_runs import PAGE, ReplicaRuns
+from serve_app.jobs.runner import ProgressOf, RunContext, RunMedia, Stylize
+from serve_app.jobs.stores import RecordsHealth, open_record_store, with_environment
 from serve_app.jobs.webhooks import Webhooks
 from serve_app.media.frames import expected_frames
 from serve_app.media.probe import MediaInfo
@@ -67,8 +66,6 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-# Jobs due for a takeover or for deletion, handled per look (the rest at the next).
-PAGE = 200
 IDLE_KEEP_ALIVE_S = 15.0
 
 
@@ -115,7 +112,6 @@ class JobService:
         self._events = JobEvents(feed)
         self._io = ThreadPoolExecutor(config.io_threads, thread_name_prefix="job-store")
         self.runner_id = uuid.uuid4().hex[:12]
-        self._runs: dict[str, JobRun] = {}
         self._metrics = metrics
         self.webhooks = Webhooks(config.webhooks, self._save_delivery)
         self._context = RunContext(
@@ -132,10 +128,11 @@ class JobService:
             metrics=metrics,
             on_state=self._on_state,
         )
-        self._events.watch(self._heard, lambda: set(self._runs))
+        self.runs = ReplicaRuns(self._context, metrics)
+        self._events.watch(self._heard, self.runs.job_ids)
         self._creating: dict[tuple[str, str], asyncio.Task] = {}
         self._background: list[asyncio.Task] = []
-        self.records_away = False  # the record store failed its last call here
+        self.records_health = RecordsHealth(config)
 
     # --- lifecycle -------------------------------------------------------------------------
 
@@ -145,10 +142,10 @@ class JobService:
             return
         self._events.start()
         self._background = [
-            asyncio.ensure_future(self._check_records()),
-            asyncio.ensure_future(self._every(self._config.heartbeat_s, self.renew_leases)),
+            asyncio.ensure_future(self.records_health.check(self.records)),
+            asyncio.ensure_future(self._every(self._config.heartbeat_s, self.runs.renew_leases)),
             asyncio.ensure_future(
-                self._every(self._config.heartbeat_s, self.take_over_stale, probes=True)
+                self._every(self._config.heartbeat_s, self.runs.take_over_stale, probes=True)
             ),
             asyncio.ensure_future(self._every(self._config.sweep_interval_s, self.sweep)),
         ]
@@ -159,14 +156,7 @@ class JobService:
         for task in self._background:
             task.cancel()
         await self.webhooks.close()
-        runs = list(self._runs.values())
-        for run in runs:
-            if run.task is not None:
-                run.task.cancel()
-        await asyncio.gather(*(r.task for r in runs if r.task), return_exceptions=True)
-        for run in runs:
-            with contextlib.suppress(Exception):
-                await self.records.update(run.job_id, self.runner_id, {"lease_until": 0.0})
+        await self.runs.close()
         await self._events.stop()
         await self.records.close()
         self._io.shutdown(wait=False)
@@ -179,46 +169,16 @@ class JobService:
             try:
                 await work()
             except StoreError as error:  # said once per outage; tried again next time
-                self._records_failed(error)
+                self.records_health.failed(error)
             except Exception:  # background work goes on at the next interval
                 logger.exception("job background work failed")
             else:
                 if probes:
-                    self._records_answered()
+                    self.records_health.answered()
             # The redis client can swallow a cancellation that meets its own timeout; the
             # task still counts it: end here rather than run on after close().
             if asyncio.current_task().cancelling():
                 raise asyncio.CancelledError
-
-    async def _check_records(self) -> None:
-        """At start, one cheap read: an unreachable record store is said at once."""
-        config = self._config
-        try:
-            await self.records.usage()
-        except Exception as error:
-            self._records_failed(error)
-        else:
-            logger.info(
-                "jobs: records in %s, uploads and results in %s",
-                shown_url(config.records_url) if config.records_url else "SQLite (this node)",
-                shown_url(config.store_url),
-            )
-
-    def _records_failed(self, error: Exception) -> None:
-        if self.records_away:
-            return
-        self.records_away = True
-        logger.error(
-            "jobs: the job records cannot be reached (%s); /v1/jobs answers 503 store_error "
-            "until they can, running jobs are written once they are back, /v1/stylize is "
-            "served meanwhile",
-            getattr(error, "message", None) or error,
-        )
-
-    def _records_answered(self) -> None:
-        if self.records_away:
-            self.records_away = False
-            logger.info("jobs: the job records can be reached again")
 
     async def _call(self, function: Callable, *args: Any) -> Any:
         return await asyncio.get_running_loop().run_in_executor(self._io, function, *args)
@@ -232,7 +192,7 @@ class JobService:
         if (submission.owner or submission.idempotency_key) and twin in self._creating:
             record, _ = await asyncio.shield(self._creating[twin])  # the same, twice at once
             return record, False
-        if len(self._runs) >= self._config.max_running + self._config.max_queued:
+        if self.runs.full:
             raise Overloaded("too many jobs waiting on this replica; retry shortly")
         # Detached and shielded: a client that hangs up mid-way must not leave a record
         # whose upload was never stored or whose run never started.
@@ -280,7 +240,7 @@ class JobService:
             raise
         self._events.publish(stored)
         self._count(stored, "queued")
-        self._start(stored)
+        self.runs.start(stored)
         return stored, True
 
     async def _end_unstarted(self, record: JobRecord, error: BaseException) -> None:
@@ -414,7 +374,7 @@ class JobService:
         )
         if cancelled is None:  # cancelled already
             return await self.get(job_id, owner)
-        self._stop_run(job_id)
+        self.runs.stop(job_id)
         await self._call(self.blobs.delete, job_id)
         self._events.publish(cancelled)
         self._on_state(cancelled)
@@ -424,79 +384,10 @@ class JobService:
         """A change to a job running here: cancelled, or taken over by another runner
         (its own writes name this runner, or none once it ended the job), stops the run."""
         taken = record.runner is not None and record.runner != self.runner_id
-        if record.id in self._runs and (record.state == "cancelled" or taken):
-            self._stop_run(record.id)
+        if record.id in self.runs and (record.state == "cancelled" or taken):
+            self.runs.stop(record.id)
 
-    def _stop_run(self, job_id: str) -> None:
-        run = self._runs.get(job_id)
-        if run is not None and run.task is not None:
-            run.task.cancel()
-
-    # --- running ---------------------------------------------------------------------------
-
-    def _start(self, record: JobRecord) -> None:
-        run = JobRun(self._context, record)
-        # A job belongs to no request: an empty context, so a submitter hanging up never
-        # cancels it.
-        run.task = asyncio.ensure_future(run.run())
-        self._runs[record.id] = run
-        run.task.add_done_callback(lambda _: self._forget(run))
-        self._gauge()
-
-    def _forget(self, run: JobRun) -> None:
-        if self._runs.get(run.job_id) is run:
-            del self._runs[run.job_id]
-        self._gauge()
-
-    async def renew_leases(self) -> None:
-        """Keep the leases of every job this replica runs or queues (one store call);
-        runs of jobs no longer ours stop."""
-        lost = await self.records.renew(
-            list(self._runs), self.runner_id, self._context.lease_until()
-        )
-        for job_id in lost:
-            self._stop_run(job_id)
-
-    async def take_over_stale(self) -> int:
-        """Jobs whose runner stopped renewing its lease, run here (one replica wins each)."""
-        taken = 0
-        for job_id in await self.records.stale(time.time(), PAGE):
-            if job_id in self._runs:
-                continue
-            if len(self._runs) >= self._config.max_running + self._config.max_queued:
-                break
-            record = await self.records.claim(job_id, self.runner_id, self._context.lease_until())
-            if record is None:
-                continue  # another replica was first
-            taken += 1
-            if record.attempts > self._config.max_attempts:
-                await self._give_up(record, f"its runner stopped {record.attempts - 1} times")
-                continue
-            if not await self._call(_has_upload, self.blobs, record.id):
-                await self._give_up(record, "its upload was lost with its runner")
-                continue
-            logger.warning("job %s: its runner stopped; running it again here", job_id)
-            self._start(record)
-        return taken
-
-    async def _give_up(self, record: JobRecord, why: str) -> None:
-        error = RunnerLost(f"the job could not be finished: {why}; submit it again")
-        now = time.time()
-        finished = await self.records.finish(
-            record.id,
-            self.runner_id,
-            {
-                "state": "failed",
-                "finished_at": now,
-                "expires_at": now + self._config.ttl_s,
-                "error": ErrorDetail(code=error.code, message=error.message),
-                "reserved_bytes": 0,
-            },
-        )
-        if finished is not None:
-            self._events.publish(finished)
-            self._on_state(finished)
-            await self._call(self.blobs.delete, record.id)
+    # --- upkeep ----------------------------------------------------------------------------
 
     async def sweep(self) -> int:
         """Delete expired jobs (their files first, then their records)."""
@@ -544,37 +435,15 @@ class JobService:
         if self._metrics is not None:
             self._metrics.jobs.inc(tags={"state": state, "kind": record.kind})
 
-    def _gauge(self) -> None:
-        if self._metrics is not None:
-            running = sum(run.running for run in self._runs.values())
-            self._metrics.set_active(len(self._runs) - running, running)
-
-    @property
-    def running_here(self) -> int:
-        return len(self._runs)
-
     def figures(self) -> dict[str, int]:
         """This replica's jobs now: running, waiting for a place, and followers."""
-        running = sum(run.running for run in self._runs.values())
-        return {
-            "running": running,
-            "queued": len(self._runs) - running,
-            "followers": self._events.follower_count,
-        }
+        return {**self.runs.figures(), "followers": self._events.follower_count}
 
     @property
     def record_calls(self) -> dict[str, int]:
         """This replica's calls to the record store so far, by operation (a store made
         by ``open_record_store`` counts them)."""
         return dict(getattr(self.records, "calls", {}))
-
-
-def _has_upload(blobs: BlobStore, job_id: str) -> bool:
-    try:
-        blobs.size(job_id, UPLOAD)
-        return True
-    except FileNotFoundError:
-        return False
 
 
 def _expected_output_bytes(submission: Submission) -> int:
@@ -596,8 +465,3 @@ def _service_error(error: BaseException) -> ServiceError:
     if isinstance(error, ServiceError):
         return error
     return StoreError(f"the upload could not be stored: {error}")
-
-
-def sse_event(record: JobView) -> bytes:
-    """One Server-Sent Event: the event name is the state, the data the job's JSON."""
-    return f"event: {record.state}\ndata: {json.dumps(record.model_dump(mode='json'))}\n\n".encode()

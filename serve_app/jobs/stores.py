@@ -1,9 +1,10 @@
-"""The record store a config asks for: SQLite beside a local job store, or Redis; and the
-stores' URLs as a node's environment may set them."""
+"""The record store a config asks for: SQLite beside a local job store, or Redis; the
+stores' URLs as a node's environment may set them; whether the records can be reached."""
 
 from __future__ import annotations
 
 import inspect
+import logging
 import os
 from collections import Counter
 from pathlib import Path
@@ -15,6 +16,8 @@ from serve_app.jobs.events import ChangeFeed, PolledChanges
 from serve_app.jobs.record_store import RecordStore, SqliteRecords
 
 RECORDS_FILE = "records.sqlite3"
+
+logger = logging.getLogger(__name__)
 
 
 def shown_url(url: str) -> str:
@@ -74,6 +77,45 @@ def open_record_store(
 def _sqlite(path: Path, config: JobsConfig) -> tuple[RecordStore, ChangeFeed]:
     store = CountedRecords(SqliteRecords(path, threads=config.io_threads))
     return store, PolledChanges(store.changes, store.newest_change, config.poll_interval_s)
+
+
+class RecordsHealth:
+    """Whether the record store answered this replica's last look; an outage and the
+    recovery are each logged once."""
+
+    def __init__(self, config: JobsConfig) -> None:
+        self._config = config
+        self.away = False
+
+    async def check(self, records: RecordStore) -> None:
+        """At start, one cheap read: an unreachable record store is said at once."""
+        try:
+            await records.usage()
+        except Exception as error:
+            self.failed(error)
+        else:
+            config = self._config
+            logger.info(
+                "jobs: records in %s, uploads and results in %s",
+                shown_url(config.records_url) if config.records_url else "SQLite (this node)",
+                shown_url(config.store_url),
+            )
+
+    def failed(self, error: Exception) -> None:
+        if self.away:
+            return
+        self.away = True
+        logger.error(
+            "jobs: the job records cannot be reached (%s); /v1/jobs answers 503 store_error "
+            "until they can, running jobs are written once they are back, /v1/stylize is "
+            "served meanwhile",
+            getattr(error, "message", None) or error,
+        )
+
+    def answered(self) -> None:
+        if self.away:
+            self.away = False
+            logger.info("jobs: the job records can be reached again")
 
 
 class CountedRecords:

@@ -413,13 +413,6 @@ WS_FOLLOWERS = 5
 PHOTOS_WHILE_FOLLOWED = 5
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="an event stream holds one of the Ingress replica's max_ongoing_requests (64) "
-    "for as long as its job lasts: past 63 followers, further followers and every photo "
-    "wait in Serve's proxy until the job ends",
-)
 def test_a_hundred_followers_of_one_job_while_photos_are_answered(default_app, tmp_path):
     deploy_jobs(default_app, tmp_path / "store", max_running=1)
     # The followed job waits behind a long one until the whole crowd follows it; then the

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import re
 import secrets
+from pathlib import Path
 
 import httpx
 import pytest
@@ -55,7 +56,8 @@ def jobs_app(default_app):
 
 
 def start(page, path, size: int):
-    """Choose the options, upload the file; return the newest card and the POST's answer."""
+    """Choose the options, upload the file; return its card (the one headed with the
+    file's name: cards are added newest first) and the POST's answer."""
     page.get_by_label(STYLE_A, exact=True).check()
     page.get_by_label("Size (longer side, px)").fill(str(size))
     page.get_by_label("Format").select_option("png")
@@ -63,7 +65,10 @@ def start(page, path, size: int):
         lambda r: r.request.method == "POST" and httpx.URL(r.url).path == "/v1/jobs"
     ) as submitted:
         page.get_by_label("Choose photos").set_input_files(path)
-    return page.locator("#results .card").first, submitted.value
+    card = page.locator("#results .card").filter(
+        has=page.get_by_role("heading", name=Path(path).name, exact=True)
+    )
+    return card, submitted.value
 
 
 def wait_state(card, state: str) -> None:

@@ -20,9 +20,10 @@ from serve_app.errors import (
     UnknownJob,
     UnsupportedFormat,
 )
+from serve_app.http.jobs import sse_event
 from serve_app.jobs.blobs import UPLOAD
 from serve_app.jobs.records import JOB_ID, JobView
-from serve_app.jobs.service import JobService, sse_event
+from serve_app.jobs.service import JobService
 from serve_app.options import StylizeOptions
 from tests.support.job_service import ALICE, BOB, OPTIONS, FakeStylize, submission, until
 from tests.support.redis_server import RedisServer, redis_available
@@ -235,7 +236,7 @@ def test_a_delete_on_another_replica_stops_the_runner_and_wins(tmp_path):
         await stylize.started.wait()
         await other.cancel(record.id, ALICE)
         await until(lambda: _now(stylize.cancelled == 1))
-        await until(lambda: _now(not runner.running_here))
+        await until(lambda: _now(not len(runner.runs)))
         return await runner.get(record.id, ALICE)
 
     final = run(scenario)
@@ -265,7 +266,7 @@ def test_a_delete_wins_over_a_runner_that_is_writing_its_result(tmp_path):
         record_id.append(record.id)
         await until(lambda: _now(stored.is_set()))
         await jobs.cancel(record.id, ALICE)
-        await until(lambda: _now(not jobs.running_here))
+        await until(lambda: _now(not len(jobs.runs)))
         return await jobs.get(record.id, ALICE)
 
     final = run(scenario)
@@ -281,11 +282,11 @@ def test_a_job_whose_runner_died_is_taken_over_by_one_replica_and_finished(tmp_p
         first = JobService(fast_config(tmp_path), dead)  # no background work: it is dead
         record, _ = await first.submit(submission())
         await until(state_is(first, record.id, "running"))
-        for job_run in list(first._runs.values()):  # dies without a word
+        for job_run in first.runs:  # dies without a word
             job_run.task.cancel()
         survivors = [JobService(fast_config(tmp_path), FakeStylize()) for _ in range(3)]
-        await asyncio.sleep(0.35)  # past the lease
-        taken = await asyncio.gather(*(s.take_over_stale() for s in survivors))
+        await until(lambda: _stale(survivors[0], record.id))  # its lease ran out
+        taken = await asyncio.gather(*(s.runs.take_over_stale() for s in survivors))
         await until(state_is(survivors[0], record.id, "done"))
         done = await survivors[0].get(record.id, ALICE)
         return taken, done, [s._context.stylize.calls for s in survivors]
@@ -302,16 +303,20 @@ def test_a_job_whose_runners_keep_dying_fails_with_a_code(tmp_path):
         await _die(jobs)
         await jobs.records.update(record.id, jobs.runner_id, {"attempts": 2, "lease_until": 0})
         other = JobService(fast_config(tmp_path, max_attempts=2), FakeStylize())
-        await other.take_over_stale()
+        await other.runs.take_over_stale()
         return await other.get(record.id, ALICE), await other.records.usage()
 
     failed, usage = run(scenario)
     assert failed.state == "failed" and failed.error.code == "runner_lost" and usage == 0
 
 
+async def _stale(jobs: JobService, job_id: str) -> bool:
+    return job_id in await jobs.records.stale(time.time(), 10)
+
+
 async def _die(jobs: JobService) -> None:
     """The replica's runs stop without a word (as when its process is killed)."""
-    runs = list(jobs._runs.values())
+    runs = list(jobs.runs)
     for job_run in runs:
         job_run.task.cancel()
     await asyncio.gather(*(job_run.task for job_run in runs), return_exceptions=True)
@@ -325,7 +330,7 @@ def test_a_takeover_without_the_upload_fails_clearly(tmp_path):
         jobs.blobs.delete(record.id, UPLOAD)
         await jobs.records.update(record.id, jobs.runner_id, {"lease_until": 0})
         other = JobService(fast_config(tmp_path), FakeStylize())
-        await other.take_over_stale()
+        await other.runs.take_over_stale()
         return await other.get(record.id, ALICE)
 
     failed = run(scenario)

@@ -67,14 +67,14 @@ def test_a_record_server_down_at_start_is_said_at_once_and_jobs_answer_503(
         jobs = JobService(config(tmp_path, redis_server.url), FakeStylize())
         jobs.start()
         try:
-            await until(lambda: _true(jobs.records_away), 5)
+            await until(lambda: _true(jobs.records_health.away), 5)
             refusals = []
             for call in (jobs.submit(submission()), jobs.get("0" * 32, ALICE)):
                 with pytest.raises(StoreError) as refused:
                     await call
                 refusals.append(refused.value)
             redis_server.start()  # it comes up: no restart of the service needed
-            await until(lambda: _true(not jobs.records_away), 5)
+            await until(lambda: _true(not jobs.records_health.away), 5)
             record, _ = await jobs.submit(submission())
             done = await jobs.wait(record.id, ALICE, 10)
             return refusals, done
