@@ -15,6 +15,9 @@ relies on these guarantees, so both give them:
 - every operation costs the same with 10 records or 100,000: indexed lookups only; no
   call lists or reads all records (expiry and takeovers take the due ones, a page at a
   time, in the background).
+
+Longer than most modules, on purpose: the protocol and its SQLite implementation, one
+transaction per operation, are read together.
 """
 
 from __future__ import annotations

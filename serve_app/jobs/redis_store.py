@@ -12,6 +12,9 @@ Run Redis with persistence (``appendonly yes``): finished jobs then survive its 
 While it cannot be reached, calls raise StoreError (503, naming the server); runners keep
 their work and write it once it is back, or another replica takes it over; followers get
 each job's record again once their subscription is back.
+
+Longer than most modules, on purpose: each operation of the record-store protocol is one
+Redis transaction or script over the same keys, and they are only right read together.
 """
 
 from __future__ import annotations

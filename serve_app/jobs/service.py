@@ -14,6 +14,10 @@ of expired ones take the due records a page at a time.
 
 Plain asyncio over a "stylize" callable and a "make this video" callable: the whole path
 runs in unit tests without Ray.
+
+Longer than most modules, on purpose: it is the one facade of every job operation
+(submit, read, list, follow, wait, fetch, cancel, expire); this replica's runs are in
+``replica_runs.py``, one run in ``runner.py``.
 """
 
 from __future__ import annotations

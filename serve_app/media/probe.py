@@ -5,6 +5,9 @@ headers (plus one decoded frame for the display rotation) and refuses what is ou
 limits before any real work; the reader yields one frame at a time, so a job's memory is
 bounded by the frames it keeps in flight, not by the length of the video. Audio packets
 are copied, never decoded, so the output's sound is byte-identical to the input's.
+
+Longer than most modules, on purpose: every container, codec and limit check that turns a
+refusal into a clear 4xx before any frame is decoded is here, in one place.
 """
 
 from __future__ import annotations
