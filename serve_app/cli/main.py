@@ -1,23 +1,31 @@
-"""The ``animegan`` command: stylize files locally (no Ray), list and download weights.
+"""The ``animegan`` command: stylize files locally (no Ray), list and download weights,
+and reach a running service's jobs over HTTP (``cli/jobs.py``).
 
     animegan stylize photo.jpg -o anime.png --style face_paint_512_v2 --size 512
     animegan stylize a.jpg b.png -o out/ --style paprika --format webp
     animegan weights list
     animegan weights download [NAME ...]
+    animegan jobs submit clip.mp4 --style paprika --wait -o anime.mp4
 
-Exit codes: 0 success; 1 some input (or download) failed; 2 usage, weights or device error.
+Exit codes (``cli/output.py``): 0 success; 1 some input, download or job failed; 2 usage,
+weights or device error; 3 the service refused the request (4xx); 4 the service failed
+(5xx) or could not be reached.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
-import sys
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from serve_app.cli import jobs as jobs_cli
 from serve_app.cli.flags import add_option_flags, option_values
+from serve_app.cli.output import EXIT_FAILED, EXIT_OK, EXIT_USAGE
+from serve_app.cli.output import err as _err
+from serve_app.cli.output import out as _out
+from serve_app.cli.output import progress_enabled as _progress_enabled
 from serve_app.model import weights as weights_mod
 
 logger = logging.getLogger("serve_app.cli")
@@ -25,32 +33,14 @@ logger = logging.getLogger("serve_app.cli")
 EXTENSIONS = {"png": "png", "jpeg": "jpg", "webp": "webp"}
 SUFFIX_FORMATS = {".png": "png", ".jpg": "jpeg", ".jpeg": "jpeg", ".webp": "webp"}
 
-EXIT_OK = 0
-EXIT_FAILED = 1
-EXIT_USAGE = 2
-
-
-def _out(text: str = "") -> None:
-    sys.stdout.write(text + "\n")
-
-
-def _err(text: str) -> None:
-    from tqdm import tqdm
-
-    tqdm.write(text, file=sys.stderr)  # keeps a running progress bar intact
-
-
-def _progress_enabled() -> bool:
-    return sys.stderr.isatty()
-
-
 # --- parser ------------------------------------------------------------------------------
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="animegan",
-        description="AnimeGANv2 photo → anime-style picture: local stylizing and weights.",
+        description="AnimeGANv2 photo → anime-style picture: local stylizing, weights, and "
+        "a running service's jobs.",
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -88,6 +78,8 @@ def build_parser() -> argparse.ArgumentParser:
     download.add_argument("names", nargs="*", metavar="NAME", help="default: all of them")
     download.add_argument("--timeout", type=float, default=10.0)
     download.set_defaults(handler=cmd_weights_download)
+
+    jobs_cli.add_jobs_commands(commands)
     return parser
 
 

@@ -71,6 +71,15 @@ def ingress_deployment(**overrides) -> dict:
     return {"name": "Ingress", "num_replicas": 1, "ray_actor_options": {"num_cpus": 0}, **overrides}
 
 
+def keyed_ingress(keys: list[str], env: dict[str, str] | None = None) -> dict:
+    """The ingress of a service with API keys (``ANIMEGAN_API_KEYS``; ``env``: more
+    variables for its replicas)."""
+    env_vars = {"ANIMEGAN_API_KEYS": ",".join(keys), **(env or {})}
+    return ingress_deployment(
+        ray_actor_options={"num_cpus": 0, "runtime_env": {"env_vars": env_vars}}
+    )
+
+
 def deploy(args: dict | None = None, stylizer: dict | None = None, ingress: dict | None = None):
     """Deploy as `serve run`/`serve deploy` do with a config file, so that a changed
     `user_config` is applied in place (reconfigure) rather than by new replicas."""
