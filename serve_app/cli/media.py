@@ -45,7 +45,10 @@ def media_info(path: Path, config: MediaConfig) -> probe.MediaInfo | None:
         head = file.read(256)
     if not probe.sniff_video(head) and not probe.is_animated_picture(path):
         return None
-    return probe.probe(path, config)
+    info = probe.probe(path, config)
+    # An animation whose frames cannot be read but whose first picture can: a still, as
+    # browsers (and the service) show it.
+    return None if info.kind == "still" else info
 
 
 def output_container(info: probe.MediaInfo, target: Path, asked: str | None = None) -> str:

@@ -9,6 +9,8 @@ test can tell frames apart after a lossy round trip.
 from __future__ import annotations
 
 import math
+import struct
+import zlib
 from collections.abc import Sequence
 from fractions import Fraction
 from pathlib import Path
@@ -243,3 +245,29 @@ def display_rotation(path: str | Path) -> int:
     with av.open(str(path)) as source:
         first = next(source.decode(video=0))
         return round(-first.rotation) % 360
+
+
+def png_chunks(data: bytes) -> list[tuple[int, bytes]]:
+    """(offset, type) of each PNG chunk."""
+    at, chunks = 8, []
+    while at < len(data):
+        length = struct.unpack(">I", data[at : at + 4])[0]
+        chunks.append((at, data[at + 4 : at + 8]))
+        at += 12 + length
+    return chunks
+
+
+def apng_with_broken_animation(tmp_path: Path) -> Path:
+    """A 3-frame APNG whose second frame's data chunk repeats a sequence number (Pillow:
+    SyntaxError, "frame sequence errors"), its default image intact."""
+    source = make_animation(tmp_path / "plain.png", "apng", frames=3, size=(64, 48))
+    data = bytearray(source.read_bytes())
+    at = next(at for at, kind in png_chunks(bytes(data)) if kind == b"fdAT")
+    length = struct.unpack(">I", data[at : at + 4])[0]
+    sequence = struct.unpack(">I", data[at + 8 : at + 12])[0]
+    data[at + 8 : at + 12] = struct.pack(">I", sequence - 1)  # the fcTL's number again
+    crc = zlib.crc32(bytes(data[at + 4 : at + 8 + length]))
+    data[at + 8 + length : at + 12 + length] = struct.pack(">I", crc)
+    path = tmp_path / "broken.png"
+    path.write_bytes(bytes(data))
+    return path

@@ -13,6 +13,7 @@ from PIL import Image
 
 from serve_app.cli.main import main
 from serve_app.model import weights
+from tests.support.media import apng_with_broken_animation
 from tests.support.pictures import sample_photos
 
 REPO = Path(__file__).resolve().parents[2]
@@ -259,3 +260,12 @@ def test_stylize_a_video_into_the_container_asked_for(tmp_path, capsys):
     gif = make_animation(tmp_path / "a.gif", fmt="gif", frames=3)
     assert main(["stylize", str(gif), "-o", str(tmp_path / "a.gif"), *args]) == 1
     assert "--container is for videos" in capsys.readouterr().err
+
+
+def test_stylize_an_apng_whose_animation_is_broken_makes_its_default_image(tmp_path):
+    source = apng_with_broken_animation(tmp_path)  # the service answers it as a still too
+    out = tmp_path / "anime.png"
+    rc = main(["stylize", str(source), "-o", str(out), "--style", "random", "--size", "64"])
+    assert rc == 0
+    with Image.open(out) as result:
+        assert result.size == (64, 48) and not getattr(result, "is_animated", False)

@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import io
 import struct
-import zlib
 from pathlib import Path
 
 import av
@@ -84,32 +83,6 @@ def gif_with_second_frame(tmp_path: Path, **fields: int) -> Path:
         if name in fields:
             data[at + 2 * index : at + 2 * index + 2] = struct.pack("<H", fields[name])
     path = tmp_path / "odd.gif"
-    path.write_bytes(bytes(data))
-    return path
-
-
-def _png_chunks(data: bytes) -> list[tuple[int, bytes]]:
-    """(offset, type) of each PNG chunk."""
-    at, chunks = 8, []
-    while at < len(data):
-        length = struct.unpack(">I", data[at : at + 4])[0]
-        chunks.append((at, data[at + 4 : at + 8]))
-        at += 12 + length
-    return chunks
-
-
-def apng_with_broken_animation(tmp_path: Path) -> Path:
-    """A 3-frame APNG whose second frame's data chunk repeats a sequence number (Pillow:
-    SyntaxError, "frame sequence errors"), its default image intact."""
-    source = samples.make_animation(tmp_path / "plain.png", "apng", frames=3, size=(64, 48))
-    data = bytearray(source.read_bytes())
-    at = next(at for at, kind in _png_chunks(bytes(data)) if kind == b"fdAT")
-    length = struct.unpack(">I", data[at : at + 4])[0]
-    sequence = struct.unpack(">I", data[at + 8 : at + 12])[0]
-    data[at + 8 : at + 12] = struct.pack(">I", sequence - 1)  # the fcTL's number again
-    crc = zlib.crc32(bytes(data[at + 4 : at + 8 + length]))
-    data[at + 8 + length : at + 12 + length] = struct.pack(">I", crc)
-    path = tmp_path / "broken.png"
     path.write_bytes(bytes(data))
     return path
 
@@ -213,7 +186,7 @@ def test_a_gif_frame_reaching_past_its_canvas_keeps_the_canvas(tmp_path):
 
 
 def test_an_apng_with_a_broken_animation_is_its_default_image(tmp_path):
-    path = apng_with_broken_animation(tmp_path)
+    path = samples.apng_with_broken_animation(tmp_path)
     with Image.open(path) as image, pytest.raises(SyntaxError):
         for index in range(image.n_frames):
             image.seek(index)
@@ -227,9 +200,9 @@ def test_an_apng_with_a_broken_animation_is_its_default_image(tmp_path):
 
 
 def test_an_apng_whose_default_image_is_broken_too_is_400(tmp_path):
-    path = apng_with_broken_animation(tmp_path)
+    path = samples.apng_with_broken_animation(tmp_path)
     data = bytearray(path.read_bytes())
-    at = next(at for at, kind in _png_chunks(bytes(data)) if kind == b"IDAT")
+    at = next(at for at, kind in samples.png_chunks(bytes(data)) if kind == b"IDAT")
     data[at + 10 : at + 30] = bytes(20)  # the default image's compressed data
     with pytest.raises(UndecodableMedia):
         asyncio.run(media_service().inspect(bytes(data)))
