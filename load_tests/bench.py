@@ -25,6 +25,9 @@ In order, each part alone on the machine:
 Every figure is measured ``--repeats`` times; each target ratio is taken within one
 repetition, then reported as the median over them with the range. Writes
 ``docs/benchmarks.md`` and ``load_tests/results/bench.json``.
+
+Longer than most modules, on purpose: it is the benchmark's one script, each part a step of
+one run whose order and isolation (each part alone on the machine) the figures depend on.
 """
 
 from __future__ import annotations

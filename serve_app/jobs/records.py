@@ -16,7 +16,7 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
-from serve_app.errors import ErrorDetail, InvalidParameters
+from serve_app.errors import ErrorDetail, InvalidParameters, ServiceError
 
 JobState = Literal["queued", "running", "done", "failed", "cancelled"]
 JobKind = Literal["still", "animation", "video"]
@@ -149,3 +149,15 @@ def decode_cursor(cursor: str) -> tuple[float, str]:
     if match is None:
         raise InvalidParameters("cursor: not a cursor this service gave out")
     return int(match.group(1)) / 1e6, match.group(2)
+
+
+def failed_changes(error: ServiceError, now: float, ttl_s: float) -> dict:
+    """The record's fields for a job that ends ``failed`` with ``error`` at ``now``: kept
+    ``ttl_s`` more, its reserved space freed."""
+    return {
+        "state": "failed",
+        "finished_at": now,
+        "expires_at": now + ttl_s,
+        "error": ErrorDetail(code=error.code, message=error.message),
+        "reserved_bytes": 0,
+    }

@@ -10,9 +10,9 @@ import time
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
-from serve_app.errors import ErrorDetail, RunnerLost
+from serve_app.errors import RunnerLost
 from serve_app.jobs.blobs import UPLOAD, BlobStore
-from serve_app.jobs.records import JobRecord
+from serve_app.jobs.records import JobRecord, failed_changes
 from serve_app.jobs.runner import JobRun, RunContext
 
 if TYPE_CHECKING:
@@ -131,17 +131,8 @@ class ReplicaRuns:
     async def _give_up(self, record: JobRecord, why: str) -> None:
         context = self._context
         error = RunnerLost(f"the job could not be finished: {why}; submit it again")
-        now = time.time()
         finished = await context.records.finish(
-            record.id,
-            context.runner_id,
-            {
-                "state": "failed",
-                "finished_at": now,
-                "expires_at": now + context.config.ttl_s,
-                "error": ErrorDetail(code=error.code, message=error.message),
-                "reserved_bytes": 0,
-            },
+            record.id, context.runner_id, failed_changes(error, time.time(), context.config.ttl_s)
         )
         if finished is not None:
             context.publish(finished)

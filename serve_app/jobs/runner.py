@@ -30,10 +30,10 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from serve_app.concurrency import run_in_to_completion
 from serve_app.config import JobsConfig
-from serve_app.errors import ErrorDetail, QueueTimeout, ServiceError, StoreError, Timeout
+from serve_app.errors import QueueTimeout, ServiceError, StoreError, Timeout
 from serve_app.jobs.blobs import UPLOAD, BlobStore
 from serve_app.jobs.record_store import RecordStore
-from serve_app.jobs.records import JobRecord, JobResultInfo
+from serve_app.jobs.records import JobRecord, JobResultInfo, failed_changes
 from serve_app.media.frames import FrameCounts, MediaOutput
 from serve_app.options import StylizeOptions
 from serve_app.pipeline.results import StylizeResult
@@ -264,15 +264,7 @@ class JobRun:
         logger.info("job %s done", self.job_id)
 
     async def _fail(self, error: ServiceError) -> None:
-        now = time.time()
-        detail = ErrorDetail(code=error.code, message=error.message)
-        changes = {
-            "state": "failed",
-            "finished_at": now,
-            "expires_at": now + self.context.config.ttl_s,
-            "error": detail,
-            "reserved_bytes": 0,
-        }
+        changes = failed_changes(error, time.time(), self.context.config.ttl_s)
         try:
             finished = await self._finish(changes)
         except Exception as store_error:  # the lease runs out; a takeover ends it later

@@ -34,7 +34,6 @@ from typing import TYPE_CHECKING, Any
 
 from serve_app.config import JobsConfig
 from serve_app.errors import (
-    ErrorDetail,
     IdempotencyKeyReused,
     JobExpired,
     JobNotDone,
@@ -55,6 +54,7 @@ from serve_app.jobs.records import (
     WebhookInfo,
     decode_cursor,
     encode_cursor,
+    failed_changes,
     new_job_id,
 )
 from serve_app.jobs.replica_runs import PAGE, ReplicaRuns
@@ -249,20 +249,9 @@ class JobService:
 
     async def _end_unstarted(self, record: JobRecord, error: BaseException) -> None:
         """A job whose upload could not be stored: failed, its space freed."""
-        failure = _service_error(error)
-        now = time.time()
+        changes = failed_changes(_service_error(error), time.time(), self._config.ttl_s)
         with contextlib.suppress(Exception):
-            await self.records.finish(
-                record.id,
-                self.runner_id,
-                {
-                    "state": "failed",
-                    "finished_at": now,
-                    "expires_at": now + self._config.ttl_s,
-                    "error": ErrorDetail(code=failure.code, message=failure.message),
-                    "reserved_bytes": 0,
-                },
-            )
+            await self.records.finish(record.id, self.runner_id, changes)
             await self._call(self.blobs.delete, record.id)
 
     def _active_lifetime_s(self) -> float:

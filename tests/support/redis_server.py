@@ -10,6 +10,7 @@ import socket
 import subprocess
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
@@ -94,3 +95,17 @@ class RedisServer:
     def close(self) -> None:
         self.stop()
         shutil.rmtree(self.folder, ignore_errors=True)
+
+
+def started_server() -> Iterator[RedisServer]:
+    """A server of its own for a test module's fixture: skipped where redis-server is not
+    installed, failed in CI (which installs it)."""
+    import pytest
+
+    if not redis_available():
+        if os.environ.get("CI"):
+            pytest.fail("redis-server is not installed (Debian package redis-server)")
+        pytest.skip("redis-server is not installed")
+    server = RedisServer().start()
+    yield server
+    server.close()

@@ -5,7 +5,6 @@ SQLite in a folder, and a real Redis server on loopback."""
 from __future__ import annotations
 
 import asyncio
-import os
 import time
 
 import pytest
@@ -14,7 +13,7 @@ from serve_app.config import JobsConfig
 from serve_app.jobs.events import JobEvents
 from serve_app.jobs.records import JobRecord, new_job_id
 from serve_app.jobs.stores import open_record_store
-from tests.support.redis_server import RedisServer, redis_available
+from tests.support.redis_server import started_server
 
 RUNNER = "runner-1"
 ROOMY = 1 << 30
@@ -22,13 +21,7 @@ ROOMY = 1 << 30
 
 @pytest.fixture(scope="module")
 def redis_server():
-    if not redis_available():
-        if os.environ.get("CI"):
-            pytest.fail("redis-server is not installed (Debian package redis-server)")
-        pytest.skip("redis-server is not installed")
-    server = RedisServer().start()
-    yield server
-    server.close()
+    yield from started_server()
 
 
 @pytest.fixture(params=["sqlite", "redis"])

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import errno
-import os
 import time
 
 import pytest
@@ -26,20 +25,14 @@ from serve_app.jobs.records import JOB_ID, JobView
 from serve_app.jobs.service import JobService
 from serve_app.options import StylizeOptions
 from tests.support.job_service import ALICE, BOB, OPTIONS, FakeStylize, submission, until
-from tests.support.redis_server import RedisServer, redis_available
+from tests.support.redis_server import started_server
 
 RECORDS_URL: str | None = None  # the record store under test (None: SQLite in the folder)
 
 
 @pytest.fixture(scope="module")
 def redis_server():
-    if not redis_available():
-        if os.environ.get("CI"):
-            pytest.fail("redis-server is not installed (Debian package redis-server)")
-        pytest.skip("redis-server is not installed")
-    server = RedisServer().start()
-    yield server
-    server.close()
+    yield from started_server()
 
 
 @pytest.fixture(params=["sqlite", "redis"], autouse=True)
