@@ -350,6 +350,12 @@ class MediaConfig(_Strict):
     frame_batch: int = Field(
         default=4, ge=1, le=64, description="frames sent to the model in one call"
     )
+    stop_grace_s: float = Field(
+        default=30,
+        gt=0,
+        description="a cancelled or failed job waits this long for the model pass it sent to "
+        "end (cancelling the call would not stop the pass), so its run ends with the model free",
+    )
     video_crf: int = Field(
         default=20, ge=0, le=51, description="H.264 CRF (VP9 uses CRF + 12) of the output"
     )

@@ -68,8 +68,8 @@ class ReplicaRuns:
 
     def stop(self, job_id: str) -> None:
         run = self._runs.get(job_id)
-        if run is not None and run.task is not None:
-            run.task.cancel()
+        if run is not None:
+            run.stop()
 
     def _forget(self, run: JobRun) -> None:
         if self._runs.get(run.job_id) is run:
@@ -86,8 +86,7 @@ class ReplicaRuns:
         at once."""
         runs = list(self._runs.values())
         for run in runs:
-            if run.task is not None:
-                run.task.cancel()
+            run.stop()
         await asyncio.gather(*(r.task for r in runs if r.task), return_exceptions=True)
         context = self._context
         for run in runs:

@@ -93,11 +93,20 @@ class JobRun:
         self.task: asyncio.Task | None = None
         self.running = False
         self.finished_here = False
+        self._stopping = False
         self._result_name = f"result-{record.attempts}"
 
     @property
     def job_id(self) -> str:
         return self.record.id
+
+    def stop(self) -> None:
+        """Cancel the run, once: a cancel, a takeover and the store's news of either may
+        all ask, and a second cancel would cut short the first one's cleanup (the wait
+        for the model pass it sent, the release of its files)."""
+        if self.task is not None and not self._stopping:
+            self._stopping = True
+            self.task.cancel()
 
     # --- the run -------------------------------------------------------------------------
 
@@ -357,8 +366,7 @@ class JobRun:
             try:
                 await self._write(changes)
             except LostJob:  # cancelled or taken over elsewhere: stop the run
-                if self.task is not None:
-                    self.task.cancel()
+                self.stop()
                 return
             except Exception as error:  # the store hiccupped: the next change tries again
                 logger.warning("job %s: progress not written: %s", self.job_id, error)

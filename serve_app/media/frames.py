@@ -22,6 +22,7 @@ so the event loop stays free and no other thread ever touches them.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import logging
@@ -138,6 +139,8 @@ class MediaJob:
         self._recent: OrderedDict[str, asyncio.Future] = OrderedDict()
         self._waiting: list[tuple[str, _Pending]] = []  # (digest, frame) for the model
         self._calls: set[asyncio.Task] = set()
+        self._at_model: set[asyncio.Task] = set()  # calls the model is running now
+        self._stopping = False
         self._background: set[asyncio.Task] = set()
 
     async def run(
@@ -160,11 +163,28 @@ class MediaJob:
             await self._pump(opened.source, opened.sink, thread)
             return await thread.call(opened.sink.finish)
         finally:
-            for task in self._calls:
-                task.cancel()
+            await self._settle_calls()
             # After the call in flight (a cancelled call still waited for it), in the
             # thread that used them.
             await thread.call(release, opened.source, opened.sink, opened.reader)
+
+    async def _settle_calls(self) -> None:
+        """Ends this job's model calls: those not sent yet are cancelled; one the model is
+        running is waited for, up to ``stop_grace_s``. Cancelling a Serve call stops only the
+        wait for it here, not the replica's pass: without the wait, a cancelled job's frames
+        would still be computed after its run has ended."""
+        self._stopping = True
+        for task in self._calls - self._at_model:
+            task.cancel()
+        deadline = asyncio.get_running_loop().time() + self._config.stop_grace_s
+        while self._calls:
+            left = deadline - asyncio.get_running_loop().time()
+            if left <= 0:  # a pass that does not end: stop waiting for it
+                for task in self._calls:
+                    task.cancel()
+                left = None
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.wait(set(self._calls), timeout=left)
 
     def _open(self, opened: _Opened, source: BinaryIO | Path, dest: Path | None) -> None:
         """In the job's thread: the reader, the writer, and the frames' source."""
@@ -259,14 +279,23 @@ class MediaJob:
         wait_s = RETRY_FIRST_WAIT_S
         for attempt in range(1, MODEL_ATTEMPTS + 1):
             try:
-                return await self._model(frames, self._options.style)
+                return await self._at_the_model(frames)
             except ReplicaFailed as error:
-                if attempt == MODEL_ATTEMPTS:
+                if attempt == MODEL_ATTEMPTS or self._stopping:
                     raise Unavailable("the model replicas kept failing; retry the job") from error
                 logger.warning("model replica failed (%s); batch retried in %.1f s", error, wait_s)
-                await asyncio.sleep(wait_s)
-                wait_s *= 2
+            await asyncio.sleep(wait_s)
+            wait_s *= 2
         raise AssertionError("unreachable")
+
+    async def _at_the_model(self, frames: list[np.ndarray]) -> list[StylizedArray]:
+        """One call, marked as running at the model while it does (see ``_settle_calls``)."""
+        task = asyncio.current_task()
+        self._at_model.add(task)
+        try:
+            return await self._model(frames, self._options.style)
+        finally:
+            self._at_model.discard(task)
 
     def _keep(self, digest: str, result: StylizedArray) -> None:
         """The frame into the shared cache, under the key of what computed it."""

@@ -601,8 +601,17 @@ async def _progress_at_least(jobs: JobService, job_id: str, value: float) -> boo
 class FakeMedia:
     """A media job: reports frames as it goes, then writes a 'video' file."""
 
-    def __init__(self, tmp_path, frames: int = 6, delay: float = 0.02, hang: bool = False):
+    def __init__(
+        self,
+        tmp_path,
+        frames: int = 6,
+        delay: float = 0.02,
+        hang: bool = False,
+        cleanup_s: float = 0.0,
+    ):
         self.tmp_path, self.frames, self.delay, self.hang = tmp_path, frames, delay, hang
+        self.cleanup_s = cleanup_s  # a cancelled job's wait for the model pass it sent
+        self.cleaned = False
         self.sources: list = []
 
     async def __call__(self, options: StylizeOptions, source, on_progress):
@@ -616,7 +625,11 @@ class FakeMedia:
             counts.model += 1
             on_progress(counts)
         if self.hang:
-            await asyncio.sleep(3600)
+            try:
+                await asyncio.sleep(3600)
+            finally:
+                await asyncio.sleep(self.cleanup_s)
+                self.cleaned = True
         path = self.tmp_path / "made.mp4"
         path.write_bytes(b"video:" + source.read_bytes())
         return MediaOutput("video/mp4", 64, 36, self.frames, 0.6, path=path)
@@ -647,6 +660,29 @@ def test_a_video_job_reports_frames_and_stores_its_file(tmp_path):
     assert done.state == "done" and done.frames_done == 6 and done.frames_model == 6
     assert output.data == b"video:movie" and media.sources == [b"movie"]
     assert not (tmp_path / "made.mp4").exists()  # the temporary output went to the store
+
+
+def test_a_cancelled_video_job_is_running_until_its_cleanup_has_ended(tmp_path):
+    async def scenario():
+        media = FakeMedia(tmp_path, hang=True, cleanup_s=0.5)
+        jobs = JobService(fast_config(tmp_path), FakeStylize(), run_media=media)
+        jobs.start()
+        record, _ = await jobs.submit(submission(b"movie", media=FakeInfo()))
+        await until(lambda: _frames_done(jobs, record.id, 6))
+        await jobs.cancel(record.id, ALICE)
+        # The cancel, and the store's news of it, both stop the run: only once.
+        await until(lambda: _nothing_running(jobs))
+        return media.cleaned
+
+    assert run(scenario)
+
+
+async def _frames_done(jobs: JobService, job_id: str, frames: int) -> bool:
+    return (await jobs.get(job_id, ALICE)).frames_done >= frames
+
+
+async def _nothing_running(jobs: JobService) -> bool:
+    return jobs.figures()["running"] == 0
 
 
 def test_a_video_job_past_its_deadline_fails_with_timeout(tmp_path):

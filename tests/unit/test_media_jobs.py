@@ -40,7 +40,7 @@ CONFIG = MediaConfig(frames_in_flight=8, frame_batch=4)
 class FakeModel:
     """Inverts each frame; counts calls, frames and the most calls at once."""
 
-    def __init__(self, failures: int = 0, delay_s: float = 0.0) -> None:
+    def __init__(self, failures: int = 0, delay_s: float = 0.0, detached: bool = False) -> None:
         self.calls = 0
         self.frames = 0
         self.running = 0
@@ -48,8 +48,15 @@ class FakeModel:
         self.batch_sizes: list[int] = []
         self._failures = failures
         self._delay_s = delay_s
+        # Like a Serve replica: a cancelled caller stops waiting, the pass goes on.
+        self._detached = detached
 
     async def __call__(self, frames: list[np.ndarray], style: str) -> list[StylizedArray]:
+        if self._detached:
+            return await asyncio.shield(self._pass(frames))
+        return await self._pass(frames)
+
+    async def _pass(self, frames: list[np.ndarray]) -> list[StylizedArray]:
         self.calls += 1
         self.running += 1
         self.most_running = max(self.most_running, self.running)
@@ -208,6 +215,28 @@ def test_cancelling_a_job_stops_its_model_calls(tmp_path):
     calls = asyncio.run(cancel_soon())
     assert model.calls == calls < 30 / CONFIG.frame_batch
     assert model.running == 0
+
+
+def test_a_cancelled_job_ends_after_the_pass_the_model_is_running(tmp_path):
+    source = make_h264_aac_mp4(tmp_path / "in.mp4", seconds=3.0)
+    model = FakeModel(delay_s=0.3, detached=True)
+    info = probe.probe(source, CONFIG)
+    job = MediaJob(
+        info, options(), CONFIG, model, DictCache(), lambda s: IDENTITY, ModelGate(3, 1, 1.0)
+    )
+
+    async def cancel_during_a_pass():
+        task = asyncio.ensure_future(job.run(source, tmp_path / "out.mp4"))
+        while model.running == 0:
+            await asyncio.sleep(0.01)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        return model.running, model.calls
+
+    running_when_ended, calls = asyncio.run(cancel_during_a_pass())
+    assert running_when_ended == 0  # no pass of its frames outlived the job's run
+    assert model.calls == calls
 
 
 @pytest.mark.parametrize("fmt", ["gif", "webp", "apng"])

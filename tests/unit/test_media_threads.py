@@ -146,7 +146,8 @@ def service(model) -> MediaService:
     config = AppConfig.model_validate(
         {
             "styles": [{"name": "s", "weights": "random"}],
-            "media": {"frames_in_flight": 8, "frame_batch": 4},
+            # The held model call never ends by itself: the job stops waiting for it soon.
+            "media": {"frames_in_flight": 8, "frame_batch": 4, "stop_grace_s": 0.5},
         }
     )
     return MediaService(config, NoCache(), model, lambda style: IDENTITY)
