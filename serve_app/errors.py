@@ -293,9 +293,42 @@ class Timeout(ServiceError):
     status, code = 504, "timeout"
 
 
+# --- no answer at all: raised by the client (``serve_app.client``), never answered ------
+
+
+class NoAnswer(ServiceError):
+    """The service did not answer: unreachable, too slow, or the connection broke off
+    (``code`` says which). It has no HTTP status: ``status`` is 0."""
+
+    status, code = 0, "no_answer"
+
+    def __init__(self, message: str = "the service did not answer", code: str | None = None):
+        super().__init__(message)
+        if code is not None:
+            self.code = code
+
+    def __reduce__(self):
+        return (type(self), (self.message, self.code))
+
+
 def error_classes() -> list[type[ServiceError]]:
-    """Every concrete error, in declaration order (docs/api.md's table lists the same)."""
-    return [cls for cls in _subclasses(ServiceError) if cls is not ServiceError]
+    """Every concrete error the API answers, in declaration order (docs/api.md's table
+    lists the same)."""
+    return [cls for cls in _subclasses(ServiceError) if cls is not ServiceError and cls.status]
+
+
+def error_from_answer(
+    code: str, message: str, status: int, retry_after_s: float | None = None
+) -> ServiceError:
+    """The error an answer reports, as its own class (a client raises what the service
+    did); a code this version does not know (a proxy's page: ``http_<status>``) stays a
+    ``ServiceError`` with that code and status."""
+    known = {(cls.code, cls.status): cls for cls in error_classes()}.get((code, status))
+    error = known(message) if known is not None else ServiceError(message)
+    if known is None:
+        error.code, error.status = code, status
+    error.retry_after_s = retry_after_s
+    return error
 
 
 def _subclasses(cls: type[ServiceError]) -> list[type[ServiceError]]:

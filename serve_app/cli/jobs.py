@@ -5,7 +5,7 @@
     animegan jobs show ID | follow ID | cancel ID | result ID -o OUT
 
 The stylize flags are the options' own (``cli/flags.py``); the requests are
-``cli/jobs_client.py``'s. Each command prints the job as it is when the command ends on
+the client's (``serve_app.client``). Each command prints the job as it is when the command ends on
 stdout (``ID STATE``, or the service's JSON with ``--json``); progress and errors go to
 stderr. Exit codes: ``cli/output.py``.
 """
@@ -15,21 +15,12 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from serve_app.cli.flags import add_service_option_flags, given_option_values
-from serve_app.cli.jobs_client import (
-    API_KEY_ENV,
-    DEFAULT_URL,
-    URL_ENV,
-    Download,
-    JobsClient,
-    JobsError,
-)
 from serve_app.cli.output import (
     EXIT_FAILED,
     EXIT_OK,
@@ -40,6 +31,8 @@ from serve_app.cli.output import (
     out,
     progress_enabled,
 )
+from serve_app.client import Client, Download, NoAnswer, ServiceError
+from serve_app.client.wire import API_KEY_ENV, DEFAULT_URL, URL_ENV, describe, refused
 from serve_app.jobs.records import JOB_STATES, TERMINAL_STATES
 
 EXIT_CODES = (
@@ -126,19 +119,17 @@ def _common_flags() -> argparse.ArgumentParser:
     return common
 
 
-def _client(args: argparse.Namespace) -> JobsClient:
-    url = args.url or os.environ.get(URL_ENV) or DEFAULT_URL
-    key = args.key or os.environ.get(API_KEY_ENV) or None
-    return JobsClient(url, key, timeout_s=args.timeout)
+def _client(args: argparse.Namespace) -> Client:
+    return Client(args.url, args.key, timeout_s=args.timeout)
 
 
 def _run(body: Callable[[], int]) -> int:
     """A command's exit code; the service's errors and local files' on stderr."""
     try:
         return body()
-    except JobsError as error:
-        err(f"animegan: error: {error}")
-        return EXIT_REFUSED if error.refused else EXIT_UNAVAILABLE
+    except ServiceError as error:
+        err(f"animegan: error: {describe(error)}")
+        return EXIT_REFUSED if refused(error) else EXIT_UNAVAILABLE
     except OSError as exc:
         err(f"animegan: error: {exc.filename or ''}: {exc.strerror or exc}")
         return EXIT_USAGE
@@ -152,12 +143,12 @@ def cmd_submit(args: argparse.Namespace) -> int:
 
     def submit() -> int:
         with _client(args) as client:
-            job = client.submit(
+            job = client.submit_job(
                 args.file,
-                given_option_values(args),
                 idempotency_key=args.idempotency_key,
                 webhook=args.webhook,
                 webhook_events=args.webhook_events,
+                **given_option_values(args),
             )
             if wait_s is None:
                 _print_job(job, args.json)
@@ -177,9 +168,9 @@ def cmd_list(args: argparse.Namespace) -> int:
     def listing() -> int:
         with _client(args) as client:
             if args.all:
-                jobs, cursor = list(client.iter_jobs(args.state, args.limit)), None
+                jobs, cursor = list(client.jobs(args.state, args.limit)), None
             else:
-                page = client.list_page(args.state, args.cursor, args.limit)
+                page = client.jobs_page(args.state, args.cursor, args.limit)
                 jobs, cursor = page["jobs"], page.get("next_cursor")
         if args.json:
             out(json.dumps({"jobs": jobs, "next_cursor": cursor}, indent=2))
@@ -202,7 +193,7 @@ def cmd_list(args: argparse.Namespace) -> int:
 def cmd_show(args: argparse.Namespace) -> int:
     def show() -> int:
         with _client(args) as client:
-            job = client.get(args.job_id)
+            job = client.job(args.job_id)
         if args.json:
             out(json.dumps(job, indent=2))
         else:
@@ -291,7 +282,7 @@ class JobProgress:
             self._bar = None
 
 
-def _follow(client: JobsClient, job_id: str, wait_s: float, first: dict | None = None) -> dict:
+def _follow(client: Client, job_id: str, wait_s: float, first: dict | None = None) -> dict:
     """The job at its end (or as it is after ``wait_s``), its progress shown on the way.
     ``first``: the job as known already (the submission's answer)."""
     if first is not None and first["state"] in TERMINAL_STATES:
@@ -307,7 +298,7 @@ def _follow(client: JobsClient, job_id: str, wait_s: float, first: dict | None =
     finally:
         progress.close()
     if last is None:
-        raise JobsError("bad_response", f"job {job_id}: the service sent nothing to follow")
+        raise NoAnswer(f"job {job_id}: the service sent nothing to follow", "bad_response")
     return last
 
 
@@ -326,8 +317,8 @@ def _ending(job: dict, wait_s: float) -> int:
     return EXIT_FAILED
 
 
-def _download(client: JobsClient, job_id: str, target: Path) -> Download:
-    download = client.download_result(job_id, target)
+def _download(client: Client, job_id: str, target: Path) -> Download:
+    download = client.result(job_id, target)
     err(f"job {job_id}: wrote {download.path} ({download.bytes} bytes, {download.media_type})")
     return download
 

@@ -1,10 +1,8 @@
-"""``animegan jobs``: the HTTP client of the job routes and the commands over it, against a
-scripted service (httpx.MockTransport) speaking the wire shapes of ``jobs/records.py``."""
+"""``animegan jobs``: the commands over the client, against a scripted service."""
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
@@ -12,120 +10,31 @@ import pytest
 
 from serve_app.cli import jobs as jobs_cli
 from serve_app.cli.flags import flag_of
-from serve_app.cli.jobs_client import (
-    MAX_RETRY_WAIT_S,
-    POLL_INTERVAL_S,
-    SUBMIT_RETRIES,
-    JobsClient,
-    JobsError,
-    parse_sse,
-)
 from serve_app.cli.main import build_parser, main
 from serve_app.cli.output import EXIT_FAILED, EXIT_OK, EXIT_REFUSED, EXIT_UNAVAILABLE, EXIT_USAGE
-from serve_app.jobs.records import JobView
+from serve_app.client import Client, ServiceError
+from serve_app.client.wire import MAX_RETRY_WAIT_S, POLL_INTERVAL_S, RETRIES, parse_sse
 from serve_app.options import option_fields
-
-URL = "http://jobs.test:8123"
-KEY = "sekrit-key-123"
-JOB_ID = "0123456789abcdef0123456789abcdef"
-PICTURE = b"\x89PNG\r\n\x1a\n not really a picture, the service is scripted"
-
-Answer = Callable[[httpx.Request], httpx.Response]
-
-
-def job(state: str = "queued", job_id: str = JOB_ID, **fields) -> dict:
-    """A job as the service sends it (``JobView``'s wire shape)."""
-    view = JobView(
-        id=job_id,
-        state=state,
-        options={"style": "alpha", "size": 64},
-        created_at=1_700_000_000.0,
-        elapsed_s=1.0,
-        eta_s=None,
-        links={"self": f"/v1/jobs/{job_id}"},
-        **fields,
-    )
-    return view.model_dump(mode="json")
-
-
-def answer(status: int = 200, body: dict | None = None, headers: dict | None = None) -> Answer:
-    return lambda request: httpx.Response(status, json=body, headers=headers)
-
-
-def refusal(status: int, code: str, message: str, headers: dict | None = None) -> Answer:
-    return answer(status, {"error": {"code": code, "message": message}}, headers)
-
-
-def sse(*jobs: dict) -> bytes:
-    """An event stream as the service writes it, a keep-alive comment between events
-    (one with CRLF line endings, which the standard allows)."""
-    parts = [b": keep-alive\r\n\r\n"]
-    for each in jobs:
-        parts.append(f"event: {each['state']}\ndata: {json.dumps(each)}\n\n".encode())
-        parts.append(b": keep-alive\n\n")
-    return b"".join(parts)
-
-
-def events(*jobs: dict) -> Answer:
-    return lambda request: httpx.Response(
-        200, content=sse(*jobs), headers={"content-type": "text/event-stream"}
-    )
-
-
-class BreaksOff(httpx.SyncByteStream):
-    """A body that stops mid-way as a dropped connection does."""
-
-    def __init__(self, first: bytes) -> None:
-        self.first = first
-
-    def __iter__(self) -> Iterator[bytes]:
-        yield self.first
-        raise httpx.RemoteProtocolError("peer closed connection without sending complete body")
-
-
-class Service:
-    """A scripted service: each route answers its answers in order, the last one again."""
-
-    def __init__(self) -> None:
-        self.routes: dict[tuple[str, str], list[Answer]] = {}
-        self.requests: list[httpx.Request] = []
-        self.sleeps: list[float] = []
-        self.now = 0.0
-
-    def on(self, method: str, path: str, *answers: Answer) -> None:
-        self.routes[(method, path)] = list(answers)
-
-    def handle(self, request: httpx.Request) -> httpx.Response:
-        request.read()
-        self.requests.append(request)
-        answers = self.routes.get((request.method, request.url.path))
-        if answers is None:
-            return refusal(404, "not_found", "no route")(request)
-        return (answers.pop(0) if len(answers) > 1 else answers[0])(request)
-
-    def sleep(self, seconds: float) -> None:
-        self.sleeps.append(seconds)
-        self.now += seconds
-
-    def client(self, url: str = URL, api_key: str | None = None, **settings) -> JobsClient:
-        return JobsClient(
-            url,
-            api_key,
-            transport=httpx.MockTransport(self.handle),
-            sleep=self.sleep,
-            clock=lambda: self.now,
-            **settings,
-        )
-
-    def sent(self, method: str, path: str) -> list[httpx.Request]:
-        return [r for r in self.requests if (r.method, r.url.path) == (method, path)]
+from tests.support.scripted_service import (
+    JOB_ID,
+    KEY,
+    PICTURE,
+    URL,
+    BreaksOff,
+    Service,
+    answer,
+    events,
+    job,
+    refusal,
+    sse,
+)
 
 
 @pytest.fixture
 def service(monkeypatch) -> Service:
     """The service the ``animegan jobs`` commands reach."""
     scripted = Service()
-    monkeypatch.setattr(jobs_cli, "JobsClient", scripted.client)
+    monkeypatch.setattr(jobs_cli, "Client", scripted.client)
     monkeypatch.delenv("ANIMEGAN_URL", raising=False)
     monkeypatch.delenv("ANIMEGAN_API_KEY", raising=False)
     return scripted
@@ -289,9 +198,9 @@ def test_no_connection_and_an_unreadable_file_have_their_own_exit_codes(
         raise httpx.ConnectError("connection refused", request=request)
 
     def client(url, key, **settings):
-        return JobsClient(url, key, transport=httpx.MockTransport(refuse), **settings)
+        return Client(url, key, transport=httpx.MockTransport(refuse), **settings)
 
-    monkeypatch.setattr(jobs_cli, "JobsClient", client)
+    monkeypatch.setattr(jobs_cli, "Client", client)
     code, _, err = run(capsys, "show", JOB_ID, "--url", URL)
     assert code == EXIT_UNAVAILABLE and "unreachable" in err and URL in err
     code, _, err = run(capsys, "submit", str(picture.with_name("missing.png")), "--url", URL)
@@ -312,8 +221,8 @@ def test_retries_are_bounded_and_a_503_without_retry_after_is_not_retried(servic
     service.on("POST", "/v1/jobs", refusal(503, "overloaded", "busy", {"Retry-After": "3600"}))
     code, _, err = run(capsys, "submit", str(picture), "--url", URL)
     assert code == EXIT_UNAVAILABLE and "503 overloaded: busy" in err
-    assert service.sleeps == [MAX_RETRY_WAIT_S] * SUBMIT_RETRIES
-    assert len(service.requests) == SUBMIT_RETRIES + 1
+    assert service.sleeps == [MAX_RETRY_WAIT_S] * RETRIES
+    assert len(service.requests) == RETRIES + 1
 
     service.requests.clear()
     service.on("POST", "/v1/jobs", refusal(503, "store_error", "the store is away"))
@@ -403,7 +312,7 @@ def test_a_stream_that_ends_early_is_polled_and_a_refusal_is_not(service):
         assert [j["state"] for j in client.follow(JOB_ID)] == ["running", "failed"]
 
     service.on("GET", f"{path}/events", refusal(404, "unknown_job", "no such job"))
-    with service.client() as client, pytest.raises(JobsError) as raised:
+    with service.client() as client, pytest.raises(ServiceError) as raised:
         list(client.follow(JOB_ID))
     assert raised.value.status == 404 and raised.value.code == "unknown_job"
     assert len(service.sent("GET", path)) == 1  # the refusal was not polled
