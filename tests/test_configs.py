@@ -7,13 +7,19 @@ records (their Redis) and store. No Ray cluster is started, nothing is connected
 from __future__ import annotations
 
 import asyncio
+import gzip
 import json
 import re
 import shlex
+import shutil
+import subprocess
+import sys
+import venv
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+import jsonschema
 import pytest
 import yaml
 from ray.serve.config import HTTPOptions
@@ -93,7 +99,7 @@ def test_check_catches_a_batch_capped_by_max_ongoing_requests():
 
 
 def test_kuberay_rayservice():
-    manifest = load(KUBERAY)
+    manifest = rayservice()
     assert manifest["apiVersion"] == "ray.io/v1"
     assert manifest["kind"] == "RayService"
     assert manifest["metadata"]["name"]
@@ -167,6 +173,19 @@ def load_all(path: Path) -> dict[str, dict]:
     return by_kind
 
 
+def rayservice() -> dict:
+    return load_all(KUBERAY)["RayService"]
+
+
+def config_map_value(name: str, key: str) -> str:
+    """A ConfigMap's value as the manifest's header creates it (`kubectl create configmap
+    NAME --from-literal=KEY=VALUE`), its BUCKET filled in."""
+    header = KUBERAY.read_text().split("\napiVersion:", 1)[0]
+    pattern = rf"kubectl create configmap {name} --from-literal={key}=(\S+)"
+    [value] = re.findall(pattern, header)
+    return value.replace("BUCKET", "a-bucket")
+
+
 def secret_value(name: str, key: str) -> str:
     """What a test says a Secret's value is (URL-safe, as the header's `openssl rand -hex`)."""
     return f"secret-{name}-{key}"
@@ -182,6 +201,9 @@ def container_env(container: dict) -> dict[str, str]:
             value = DEPENDENT_VARIABLE.sub(
                 lambda m: env.get(m.group(1), m.group(0)), variable["value"]
             )
+        elif "configMapKeyRef" in variable["valueFrom"]:
+            ref = variable["valueFrom"]["configMapKeyRef"]
+            value = config_map_value(ref["name"], ref["key"])
         else:
             ref = variable["valueFrom"]["secretKeyRef"]
             value = secret_value(ref["name"], ref["key"])
@@ -195,6 +217,13 @@ def ray_pod_templates(rayservice: dict) -> dict[str, dict]:
     for group in cluster["workerGroupSpecs"]:
         templates[group["groupName"]] = group["template"]
     return templates
+
+
+def ray_containers(template: dict) -> list[dict]:
+    """A Ray pod's Ray container (the first, as KubeRay requires), not its edge sidecar."""
+    containers = template["spec"]["containers"]
+    assert containers[0]["name"].startswith("ray-")
+    return containers[:1]
 
 
 def redis_pod(manifest: dict[str, dict]) -> tuple[dict, dict]:
@@ -229,8 +258,8 @@ def test_every_ray_container_is_told_the_kuberay_redis_and_object_storage(monkey
     service = redis_manifest["Service"]
     [port] = service["spec"]["ports"]
     redis_password = container_env(redis_pod(redis_manifest)[1])["REDIS_PASSWORD"]
-    for group, template in ray_pod_templates(load(KUBERAY)).items():
-        for container in template["spec"]["containers"]:
+    for group, template in ray_pod_templates(rayservice()).items():
+        for container in ray_containers(template):
             where = f"{group}/{container['name']}"
             env = container_env(container)
             assert RECORDS_ENV in env and STORE_ENV in env, where
@@ -286,7 +315,7 @@ def test_the_kuberay_redis_is_reached_by_the_ray_pods_only():
     [rule] = policy["ingress"]
     [source] = rule["from"]
     clients = source["podSelector"]["matchLabels"]
-    for group, ray_template in ray_pod_templates(load(KUBERAY)).items():
+    for group, ray_template in ray_pod_templates(rayservice()).items():
         labels = ray_template.get("metadata", {}).get("labels", {})
         assert clients.items() <= labels.items(), f"{group}: not admitted to Redis"
 
@@ -427,3 +456,119 @@ def test_nginx_edge_streams_job_uploads_results_and_events():
     headers = [line.split()[1:] for line in text.splitlines() if "proxy_set_header" in line]
     assert ["Upgrade", "$http_upgrade;"] in headers
     assert ["Connection", "$animegan_connection;"] in headers
+
+
+# --- the image and the way in ----------------------------------------------------------
+
+RAYSERVICE_CRD = REPO / "tests" / "fixtures" / "kuberay" / "ray.io_rayservices.yaml.gz"
+
+
+def strict(schema: Any) -> Any:
+    """A CRD's structural schema as ``kubectl apply --validate=strict`` reads it: a field an
+    object does not declare is an error, unless it keeps unknown fields."""
+    if isinstance(schema, list):
+        return [strict(item) for item in schema]
+    if not isinstance(schema, dict):
+        return schema
+    schema = {name: strict(value) for name, value in schema.items()}
+    keeps_unknown = schema.get("x-kubernetes-preserve-unknown-fields")
+    if "properties" in schema and "additionalProperties" not in schema and not keeps_unknown:
+        schema["additionalProperties"] = False
+    return schema
+
+
+def test_the_kuberay_manifest_validates_against_the_rayservice_crd():
+    """The RayService CRD of KubeRay (ray-project/kuberay v1.7.0-rc.0-5-gfeeaf72fa,
+    ray-operator/config/crd/bases/ray.io_rayservices.yaml, gzipped here)."""
+    crd = yaml.safe_load(gzip.decompress(RAYSERVICE_CRD.read_bytes()))
+    [version] = [v for v in crd["spec"]["versions"] if v["name"] == "v1"]
+    schema = strict(version["schema"]["openAPIV3Schema"])
+    manifest = rayservice()
+    jsonschema.validate(manifest, schema)
+    broken = json.loads(json.dumps(manifest))
+    broken["spec"]["rayClusterConfig"]["headGroupSpec"]["rayStartParam"] = {}  # a typo
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(broken, schema)
+
+
+def test_every_ray_pod_has_the_edge_and_the_service_reaches_it_only():
+    """The edge container runs configs/nginx/animegan.conf (the ConfigMap the header makes
+    from it), which forwards to Serve's proxy in the same pod; the Service selects every
+    Ray pod and targets the edge's port, never Serve's."""
+    objects = load_all(KUBERAY)
+    header = KUBERAY.read_text().split("\napiVersion:", 1)[0]
+    [config_map] = re.findall(r"kubectl create configmap (\S+) --from-file=(\S+)", header)
+    assert (REPO / config_map[1]).is_file()
+    edge_conf = (REPO / config_map[1]).read_text()
+    serve = yaml.safe_load(rayservice()["spec"]["serveConfigV2"])["http_options"]
+    assert f"server {serve['host']}:{serve['port']};" in edge_conf
+    [listen] = re.findall(r"^\s*listen (\d+);", edge_conf, re.M)
+    service = objects["Service"]["spec"]
+    for group, template in ray_pod_templates(rayservice()).items():
+        [edge] = [c for c in template["spec"]["containers"] if c["name"] == "edge"]
+        [port] = edge["ports"]
+        assert (
+            port["containerPort"] == int(listen)
+            and port["name"] == service["ports"][0]["targetPort"]
+        )
+        volumes = {v["name"]: v for v in template["spec"]["volumes"]}
+        [mount] = edge["volumeMounts"]
+        assert volumes[mount["name"]]["configMap"]["name"] == config_map[0], group
+        labels = template["metadata"]["labels"]
+        assert service["selector"].items() <= labels.items(), group
+    assert service.get("type", "ClusterIP") == "ClusterIP"
+
+
+def test_the_images_the_manifest_runs_are_the_dockerfiles():
+    """Every Ray container runs an image named as the Dockerfile's header builds it, the
+    GPU group the GPU variant; the Ray versions agree."""
+    dockerfile = (REPO / "Dockerfile").read_text()
+    built = set(re.findall(r"docker build -t (\S+)", dockerfile))
+    cluster = rayservice()["spec"]["rayClusterConfig"]
+    for group, template in ray_pod_templates(rayservice()).items():
+        [container] = ray_containers(template)
+        assert container["image"] in built, group
+        assert container["image"].endswith("-gpu") == (group == "gpu"), group
+    [ray_version] = re.findall(r"^ARG RAY_VERSION=(\S+)", dockerfile, re.M)
+    assert cluster["rayVersion"] == ray_version
+
+
+def test_the_dockerfile_passes_hadolint():
+    hadolint = shutil.which("hadolint") or str(Path(sys.executable).parent / "hadolint")
+    run = subprocess.run([hadolint, str(REPO / "Dockerfile")], capture_output=True, text=True)
+    assert run.returncode == 0, run.stdout + run.stderr
+
+
+def dockerfile_pip_installs() -> list[list[str]]:
+    """The Dockerfile's `pip install` commands, its ARGs' defaults filled in."""
+    text = (REPO / "Dockerfile").read_text().replace("\\\n", " ")
+    args = dict(re.findall(r"^ARG (\w+)=(\S+)", text, re.M))
+    commands = []
+    for run in re.findall(r"^RUN (.+)$", text, re.M):
+        for command in run.split("&&"):
+            words = shlex.split(re.sub(r"\$\{(\w+)\}", lambda m: args[m.group(1)], command))
+            if words[:2] == ["pip", "install"]:
+                commands.append(words[2:])
+    return commands
+
+
+@pytest.mark.slow
+def test_the_dockerfiles_install_commands_resolve_in_a_fresh_venv(tmp_path):
+    """What `docker build` would install, resolved by pip in a fresh venv (`--dry-run`: no
+    image builder here). The CPU index is not reachable from CI: this machine's index,
+    whose torch==2.13.0 is the CPU build (README), stands in for it."""
+    commands = dockerfile_pip_installs()
+    assert any(c[-1].startswith("torch==") for c in commands) and any(
+        ".[" in c[-1] for c in commands
+    )
+    venv.create(tmp_path / "venv", with_pip=True)
+    pip = [str(tmp_path / "venv" / "bin" / "python"), "-m", "pip", "install", "--dry-run", "-q"]
+    for words in commands:
+        kept = [w for i, w in enumerate(words) if "--index-url" not in words[max(0, i - 1) : i + 1]]
+        report = tmp_path / "report.json"
+        run = subprocess.run(
+            [*pip, "--report", str(report), *kept], cwd=REPO, capture_output=True, text=True
+        )
+        assert run.returncode == 0, run.stderr[-3000:]
+        names = {item["metadata"]["name"] for item in json.loads(report.read_text())["install"]}
+        assert names, words
