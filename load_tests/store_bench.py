@@ -55,7 +55,7 @@ from load_tests.workloads import CONTENT_TYPE, load_samples, multipart, with_com
 logger = logging.getLogger("load_tests.store_bench")
 
 REPO = Path(__file__).resolve().parents[1]
-JOBS, QUICK_JOBS = 10_000, 300
+JOBS, QUICK_JOBS = 10_000, 100
 CLIENTS = 8
 WINDOW = 4  # unfinished jobs per client
 # Submissions before the first measured ones (counted in the store): the clients' windows

@@ -154,7 +154,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
                 _print_job(job, args.json)
                 return EXIT_OK
             err(f"job {job['id']}: submitted")
-            job = _follow(client, job["id"], wait_s, first=job)
+            job = follow_job(client, job["id"], wait_s, first=job)
             code = _ending(job, wait_s)
             if code == EXIT_OK and args.output is not None:
                 _download(client, job["id"], args.output)
@@ -207,7 +207,7 @@ def cmd_show(args: argparse.Namespace) -> int:
 def cmd_follow(args: argparse.Namespace) -> int:
     def follow() -> int:
         with _client(args) as client:
-            job = _follow(client, args.job_id, math.inf)
+            job = follow_job(client, args.job_id, math.inf)
         _print_job(job, args.json)
         return _ending(job, math.inf)
 
@@ -282,7 +282,7 @@ class JobProgress:
             self._bar = None
 
 
-def _follow(client: Client, job_id: str, wait_s: float, first: dict | None = None) -> dict:
+def follow_job(client: Client, job_id: str, wait_s: float, first: dict | None = None) -> dict:
     """The job at its end (or as it is after ``wait_s``), its progress shown on the way.
     ``first``: the job as known already (the submission's answer)."""
     if first is not None and first["state"] in TERMINAL_STATES:

@@ -16,13 +16,14 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sys
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from serve_app.cli import jobs as jobs_cli
 from serve_app.cli.flags import add_option_flags, option_values
-from serve_app.cli.output import EXIT_FAILED, EXIT_OK, EXIT_USAGE
+from serve_app.cli.output import EXIT_FAILED, EXIT_OK, EXIT_USAGE, SUFFIX_FORMATS
 from serve_app.cli.output import err as _err
 from serve_app.cli.output import out as _out
 from serve_app.cli.output import progress_enabled as _progress_enabled
@@ -31,7 +32,11 @@ from serve_app.model import weights as weights_mod
 logger = logging.getLogger("serve_app.cli")
 
 EXTENSIONS = {"png": "png", "jpeg": "jpg", "webp": "webp"}
-SUFFIX_FORMATS = {".png": "png", ".jpg": "jpeg", ".jpeg": "jpeg", ".webp": "webp"}
+EXIT_CODES_HELP = (
+    "exit codes: 0 success; 1 some input, download or job failed; 2 usage, weights or "
+    "device error; 3 the service refused the request (4xx); 4 the service failed (5xx) or "
+    "could not be reached"
+)
 
 # --- parser ------------------------------------------------------------------------------
 
@@ -41,8 +46,10 @@ def build_parser() -> argparse.ArgumentParser:
         prog="animegan",
         description="AnimeGANv2 photo → anime-style picture: local stylizing, weights, and "
         "a running service's jobs.",
+        epilog=EXIT_CODES_HELP,
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
+    parser.add_argument("--version", action="version", version=f"animegan {_version()}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     stylize = commands.add_parser(
@@ -51,10 +58,16 @@ def build_parser() -> argparse.ArgumentParser:
         description="Stylize files on this machine: pictures, animated GIF/WebP/APNG "
         "and videos (MP4/MOV/MKV/WebM; audio copied, timestamps and rotation kept). One "
         "input: -o is the output file (a video's suffix picks its container). Several "
-        "inputs: -o is a directory, outputs are named <stem>.<ext>.",
+        "inputs: -o is a directory, outputs are named <stem>.<ext>. With --server, a "
+        "running service does the work (videos and large prints as its jobs).",
+        epilog=EXIT_CODES_HELP,
     )
-    stylize.add_argument("inputs", nargs="+", type=Path, metavar="IN", help="input images")
-    stylize.add_argument("-o", "--output", required=True, type=Path, metavar="OUT")
+    stylize.add_argument(
+        "inputs", nargs="+", type=Path, metavar="IN", help="input files; - reads stdin (--server)"
+    )
+    stylize.add_argument(
+        "-o", "--output", required=True, type=Path, metavar="OUT", help="- writes stdout (--server)"
+    )
     add_option_flags(stylize, styles=list(weights_mod.REGISTRY))
     stylize.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     stylize.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), default="auto")
@@ -65,6 +78,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="upsampling mode (default: the style's own; true for local files)",
     )
     stylize.add_argument("--seed", type=int, default=0, help="seed of `random` weights")
+    stylize.add_argument(
+        "--server",
+        metavar="URL",
+        help="send the work to the service at URL instead of stylizing here (only the "
+        "stylize flags given are sent; the service's styles and defaults apply)",
+    )
+    stylize.add_argument(
+        "--key", help="with --server: API key (default: $ANIMEGAN_API_KEY), sent as a bearer"
+    )
     stylize.add_argument(
         "--timeout", type=float, default=10.0, help="download timeout in seconds (default 10)"
     )
@@ -118,6 +140,10 @@ def _plan_outputs(
 
 
 def cmd_stylize(args: argparse.Namespace) -> int:
+    if args.server is not None:
+        from serve_app.cli.remote import cmd_stylize_remote
+
+        return cmd_stylize_remote(args, args.argv)
     from tqdm import tqdm
 
     from serve_app import config, errors
@@ -351,9 +377,20 @@ def cmd_weights_download(args: argparse.Namespace) -> int:
 # --- entry point -------------------------------------------------------------------------
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("animegan-serve")
+    except PackageNotFoundError:  # run from a source tree that is not installed
+        return "unknown"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
+    args.argv = argv  # which flags were given (the remote mode sends only those)
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING,
         format="%(levelname)s %(name)s: %(message)s",

@@ -11,6 +11,9 @@ EXIT_USAGE = 2  # usage, weights or device error; a file that cannot be read
 EXIT_REFUSED = 3  # the service refused the request (4xx): its code and message on stderr
 EXIT_UNAVAILABLE = 4  # the service failed (5xx) or could not be reached
 
+# An output file's suffix -> the picture format it asks for.
+SUFFIX_FORMATS = {".png": "png", ".jpg": "jpeg", ".jpeg": "jpeg", ".webp": "webp"}
+
 
 def out(text: str = "") -> None:
     sys.stdout.write(text + "\n")

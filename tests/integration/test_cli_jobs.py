@@ -1,14 +1,20 @@
-"""``animegan jobs``: the installed command against a real service on real Ray, with an API
-key — submitted and waited for, downloaded, listed, followed, cancelled, refused."""
+"""``animegan jobs`` and ``animegan stylize --server``: the installed command against a real
+service on real Ray, with an API key — jobs submitted and waited for, downloaded, listed,
+followed, cancelled, refused; pictures, a directory, a video and stdin sent for stylizing."""
 
 from __future__ import annotations
 
+import io
 import json
+import subprocess
 
+import av
 import pytest
 from PIL import Image
 
-from tests.support.cli import RunningAnimegan, run_animegan
+from tests.support.cli import RunningAnimegan, animegan_command, cli_env, run_animegan
+from tests.support.media import make_h264_aac_mp4
+from tests.support.paths import REPO
 from tests.support.pictures import synthetic_jpeg
 from tests.support.serve import app_args, deploy, keyed_ingress, wait_healthy
 
@@ -98,3 +104,58 @@ def test_a_running_job_cancelled_reads_cancelled_and_its_follower_ends(service, 
     assert code == EXIT_FAILED and stdout.split() == [job_id, "cancelled"]
     shown = animegan(service, "show", job_id)
     assert shown.returncode == 0 and "state:     cancelled" in shown.stdout
+
+
+# --- animegan stylize --server -----------------------------------------------------------
+
+
+def stylize_remote(service: str, *args: str, key: str | None = KEY):
+    return run_animegan("stylize", *args, "--server", service, url=service, key=key)
+
+
+def test_stylize_server_a_photo_and_a_directory(service, tmp_path):
+    photos = []
+    for name, seed in (("a.jpg", 93_101), ("b.jpg", 93_102)):
+        photos.append(tmp_path / name)
+        photos[-1].write_bytes(synthetic_jpeg(160, 120, seed=seed))
+    one = tmp_path / "one.webp"
+    made = stylize_remote(service, str(photos[0]), "-o", str(one), "--size", "64")
+    assert made.returncode == 0, made.stderr
+    with Image.open(one) as picture:
+        assert picture.format == "WEBP" and picture.size == (64, 48)
+
+    out = tmp_path / "out"
+    made = stylize_remote(service, *map(str, photos), "-o", str(out), "--size", "48")
+    assert made.returncode == 0, made.stderr
+    assert sorted(path.name for path in out.iterdir()) == ["a.png", "b.png"]
+
+    refused = stylize_remote(service, str(photos[0]), "-o", str(one), key="not-a-key")
+    assert refused.returncode == EXIT_FAILED and "401 unauthorized" in refused.stderr
+
+
+def test_stylize_server_a_video_is_a_job_followed_to_its_end(service, tmp_path):
+    clip = make_h264_aac_mp4(tmp_path / "clip.mp4", seconds=1.0, fps=8)
+    target = tmp_path / "anime.mp4"
+    made = stylize_remote(service, str(clip), "-o", str(target), "--size", "64")
+    assert made.returncode == 0, made.stderr
+    # The job's states on stderr as it goes (which of them it is seen in depends on speed).
+    lines = [line for line in made.stderr.splitlines() if line.startswith("job ")]
+    states = [line.split(": ", 1)[1].split()[0] for line in lines]
+    assert states[-1] == "done" and set(states) <= {"queued", "running", "done"}
+    with av.open(str(target)) as video:
+        assert sum(1 for _ in video.decode(video=0)) == 8
+
+
+def test_stylize_server_reads_stdin_and_writes_stdout(service):
+    photo = synthetic_jpeg(120, 90, seed=93_103)
+    made = subprocess.run(
+        [*animegan_command(), "stylize", "-", "-o", "-", "--server", service, "--size", "32"],
+        input=photo,
+        capture_output=True,
+        cwd=REPO,
+        env=cli_env(service, KEY),
+        timeout=120,
+    )
+    assert made.returncode == 0, made.stderr.decode()
+    with Image.open(io.BytesIO(made.stdout)) as picture:
+        assert picture.format == "PNG" and picture.size == (32, 24)
