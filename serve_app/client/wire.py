@@ -1,9 +1,9 @@
-"""What the sync and async clients share, without I/O: requests as data, answers read.
+"""What the sync and async clients share: requests as data, answers read.
 
-The service's routes as ``Call`` values (method, path, query, headers), the stylize
-options checked against the server's own declaration (``option_fields``), an error answer
-read into the service's own exception class, ``Retry-After`` read and bounded, Server-Sent
-Events parsed. No sockets and no sleeping here: ``sync.Client`` and ``aio.AsyncClient``
+The service's routes as ``Call`` values (method, path, query, headers), uploads as bodies,
+the stylize options checked against the server's own declaration (``option_fields``), an
+error answer read into the service's own exception class, ``Retry-After`` read and
+bounded, Server-Sent Events parsed. No sockets and no sleeping here: ``sync.Client`` and ``aio.AsyncClient``
 send the calls and wait, each in its own way.
 """
 
