@@ -3,8 +3,8 @@
 The service's routes as ``Call`` values (method, path, query, headers), uploads as bodies,
 the stylize options checked against the server's own declaration (``option_fields``), an
 error answer read into the service's own exception class, ``Retry-After`` read and
-bounded, Server-Sent Events parsed. No sockets and no sleeping here: ``sync.Client`` and ``aio.AsyncClient``
-send the calls and wait, each in its own way.
+bounded, Server-Sent Events parsed. No sockets and no sleeping here: ``sync.Client``
+and ``aio.AsyncClient`` send the calls and wait, each in its own way.
 """
 
 from __future__ import annotations
