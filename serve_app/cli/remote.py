@@ -32,7 +32,7 @@ from serve_app.cli.output import (
     err,
 )
 from serve_app.client import Client, NoAnswer, ServiceError
-from serve_app.client.wire import describe
+from serve_app.client.wire import describe, written_whole
 from serve_app.errors import UseJobs
 from serve_app.options import option_fields
 
@@ -155,8 +155,5 @@ def _write(target: str, data: bytes) -> None:
         sys.stdout.buffer.write(data)
         sys.stdout.buffer.flush()
         return
-    path = Path(target)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".{path.name}.part")
-    partial.write_bytes(data)
-    partial.replace(path)
+    with written_whole(Path(target)) as file:
+        file.write(data)

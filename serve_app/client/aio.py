@@ -10,8 +10,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
-import secrets
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
@@ -20,12 +18,12 @@ from typing import Any
 import httpx
 
 from serve_app.client import wire
-from serve_app.client.sync import ProgressCallback
 from serve_app.client.wire import (
     Call,
     Deadline,
     Download,
     Picture,
+    ProgressCallback,
     Upload,
     upload_body,
     upload_name,
@@ -150,23 +148,14 @@ class AsyncClient:
 
     async def result(self, job_id: str, target: Path | str) -> Download:
         """The finished job's output, streamed to a file that appears only once whole."""
-        target = Path(target)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        partial = wire.partial_name(target, secrets.token_hex(4))
-        written = 0
+        target, written = Path(target), 0
         path = f"{wire.job_path(job_id)}/result"
-        try:
-            with partial.open("xb") as file:
-                async with self._stream(path, headers={"Accept": "*/*"}) as answer:
-                    async for chunk in answer.aiter_bytes(wire.DOWNLOAD_CHUNK_BYTES):
-                        file.write(chunk)
-                        written += len(chunk)
-                    media_type = answer.headers.get("content-type", wire.UNKNOWN_MEDIA_TYPE)
-                file.flush()
-                os.fsync(file.fileno())
-            os.replace(partial, target)
-        finally:
-            partial.unlink(missing_ok=True)
+        with wire.written_whole(target) as file:
+            async with self._stream(path, headers={"Accept": "*/*"}) as answer:
+                async for chunk in answer.aiter_bytes(wire.DOWNLOAD_CHUNK_BYTES):
+                    file.write(chunk)
+                    written += len(chunk)
+                media_type = answer.headers.get("content-type", wire.UNKNOWN_MEDIA_TYPE)
         return Download(target, written, media_type)
 
     async def events(

@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
-import secrets
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
@@ -26,6 +24,7 @@ from serve_app.client.wire import (
     Deadline,
     Download,
     Picture,
+    ProgressCallback,
     Upload,
     upload_body,
     upload_name,
@@ -34,8 +33,6 @@ from serve_app.errors import NoAnswer, ServiceError
 from serve_app.jobs.records import TERMINAL_STATES
 
 logger = logging.getLogger(__name__)
-
-ProgressCallback = Callable[[dict], None]
 
 
 class Client:
@@ -157,26 +154,16 @@ class Client:
     def result(self, job_id: str, target: Path | str) -> Download:
         """The finished job's output, streamed to a file beside ``target`` and renamed to
         it once whole: ``target`` is never left half-written."""
-        target = Path(target)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        partial = wire.partial_name(target, secrets.token_hex(4))
-        written = 0
-        try:
-            with (
-                partial.open("xb") as file,
-                self._stream(
-                    f"{wire.job_path(job_id)}/result", headers={"Accept": "*/*"}
-                ) as answer,
-            ):
-                for chunk in answer.iter_bytes(wire.DOWNLOAD_CHUNK_BYTES):
-                    file.write(chunk)
-                    written += len(chunk)
-                file.flush()
-                os.fsync(file.fileno())
-                media_type = answer.headers.get("content-type", wire.UNKNOWN_MEDIA_TYPE)
-            os.replace(partial, target)
-        finally:
-            partial.unlink(missing_ok=True)
+        target, written = Path(target), 0
+        path = f"{wire.job_path(job_id)}/result"
+        with (
+            wire.written_whole(target) as file,
+            self._stream(path, headers={"Accept": "*/*"}) as answer,
+        ):
+            for chunk in answer.iter_bytes(wire.DOWNLOAD_CHUNK_BYTES):
+                file.write(chunk)
+                written += len(chunk)
+            media_type = answer.headers.get("content-type", wire.UNKNOWN_MEDIA_TYPE)
         return Download(target, written, media_type)
 
     def events(

@@ -10,10 +10,12 @@ and ``aio.AsyncClient`` send the calls and wait, each in its own way.
 from __future__ import annotations
 
 import base64
+import contextlib
 import email.utils
 import json
 import mimetypes
 import os
+import secrets
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -43,6 +45,7 @@ EVENTS_READ_TIMEOUT_S = 60.0
 DOWNLOAD_CHUNK_BYTES = 1 << 20
 
 Upload = bytes | Path | str | IO[bytes]  # bytes, a file's path, or a file open for reading
+ProgressCallback = Callable[[dict], None]  # hears a followed job at each change
 
 
 @dataclass(frozen=True)
@@ -388,9 +391,20 @@ def changed(before: dict, after: dict) -> bool:
     return any(before.get(name) != after.get(name) for name in fields)
 
 
-def partial_name(target: Path, token: str) -> Path:
-    """Where a download is written until it is whole (then renamed to ``target``)."""
-    return target.with_name(f".{target.name}.{token}.part")
+@contextlib.contextmanager
+def written_whole(target: Path) -> Iterator[IO[bytes]]:
+    """A file for ``target``'s bytes that becomes ``target`` only once whole: written
+    beside it, flushed to disk, then renamed; on any failure nothing is left behind."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    partial = target.with_name(f".{target.name}.{secrets.token_hex(4)}.part")
+    try:
+        with partial.open("xb") as file:
+            yield file
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(partial, target)
+    finally:
+        partial.unlink(missing_ok=True)
 
 
 def _query_value(value: Any) -> str:
