@@ -31,7 +31,7 @@ COPY --chown=ray:users serve_app ./serve_app
 # The project itself: its dependencies' bounds are in pyproject.toml.
 # hadolint ignore=DL3013
 RUN pip install --index-url "${TORCH_INDEX_URL}" "torch==${TORCH_VERSION}" \
-    && pip install ".[heif,s3]"
+    && pip install ".[server,heif,s3]"
 
 COPY --chown=ray:users serve_config.yaml ./
 COPY --chown=ray:users configs ./configs

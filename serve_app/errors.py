@@ -262,6 +262,13 @@ class Unavailable(ServiceError):
     status, code, retry_after_s = 503, "unavailable", 1
 
 
+class NotReady(ServiceError):
+    """The replica cannot serve yet: no model replica has answered, or the examples are
+    still warming (``/readyz``; ``/healthz`` answers meanwhile)."""
+
+    status, code, retry_after_s = 503, "not_ready", 5
+
+
 class QueueTimeout(ServiceError):
     """A job waited past ``jobs.queue_timeout_s`` for a place to run."""
 

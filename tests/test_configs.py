@@ -511,6 +511,8 @@ def test_every_ray_pod_has_the_edge_and_the_service_reaches_it_only():
             port["containerPort"] == int(listen)
             and port["name"] == service["ports"][0]["targetPort"]
         )
+        # Traffic once the app can serve: the app's readiness route, through the edge.
+        assert edge["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": int(listen)}
         volumes = {v["name"]: v for v in template["spec"]["volumes"]}
         [mount] = edge["volumeMounts"]
         assert volumes[mount["name"]]["configMap"]["name"] == config_map[0], group

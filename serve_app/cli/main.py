@@ -395,7 +395,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.INFO if args.verbose else logging.WARNING,
         format="%(levelname)s %(name)s: %(message)s",
     )
-    return int(args.handler(args))
+    try:
+        return int(args.handler(args))
+    except ModuleNotFoundError as missing:
+        # The light install (the client, the remote mode) has none of the `server` extra.
+        if (missing.name or "serve_app").startswith("serve_app"):
+            raise
+        _err(
+            f"animegan: this command runs the model here and needs the server install "
+            f"({missing.name} is missing): pip install 'animegan-serve[server]'; "
+            f"or send the work to a service with --server URL"
+        )
+        return EXIT_USAGE
 
 
 if __name__ == "__main__":

@@ -10,7 +10,13 @@ from fastapi.responses import FileResponse, Response
 from serve_app.errors import ErrorBody, NotFound
 from serve_app.http.openapi import BINARY, error_statuses
 from serve_app.http.params import API_KEY, Service
-from serve_app.service.wire import ExamplesResponse, HealthResponse, StatsResponse, StylesResponse
+from serve_app.service.wire import (
+    ExamplesResponse,
+    HealthResponse,
+    ReadyResponse,
+    StatsResponse,
+    StylesResponse,
+)
 
 router = APIRouter()
 
@@ -69,9 +75,19 @@ async def example_route(name: str, service: Service) -> Response:
     return Response(example.data, media_type=example.media_type, headers=headers)
 
 
-@router.get("/healthz", summary="200 once the app can serve", responses=error_statuses(500))
+# Probes carry no key: /healthz and /readyz are public and say nothing about the work.
+@router.get("/healthz", summary="200 while the process lives", responses=error_statuses(500))
 async def healthz() -> HealthResponse:
     return HealthResponse(status="ok")
+
+
+@router.get(
+    "/readyz",
+    summary="200 once a model replica has answered and the examples are warm; 503 before",
+    responses=error_statuses(500, 503),
+)
+async def readyz(service: Service) -> ReadyResponse:
+    return service.ready()
 
 
 @router.get("/", include_in_schema=False)

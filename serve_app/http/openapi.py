@@ -30,8 +30,8 @@ ERROR_DESCRIPTIONS = {
     422: "a bad parameter, or no picture in the multipart body (a refused webhook, a reused "
     "Idempotency-Key)",
     500: "a bug; the server log has the traceback",
-    503: "at capacity, the model could not answer, or the job store is unavailable; retry "
-    "after Retry-After seconds",
+    503: "at capacity, the model could not answer, the job store is unavailable, or (/readyz) "
+    "not ready yet; retry after Retry-After seconds",
     504: "not ready within the request's deadline",
     507: "the job store is full; retry later",
 }

@@ -7,7 +7,6 @@ to cost little more than the framework itself).
 from __future__ import annotations
 
 import functools
-import json
 import logging
 import time
 import uuid
@@ -53,22 +52,36 @@ def log_fields(scope: Scope) -> dict:
     return scope.setdefault("state", {}).setdefault("log", {})
 
 
+# Probes and assets would drown the log; they are counted in the metrics all the same.
+UNLOGGED_ROUTES = frozenset({"/healthz", "/readyz", "/static"})
+
+
 class RequestContextMiddleware:
+    """Counts and times every HTTP request and WebSocket session by route and status, and
+    logs one line for each (a WebSocket's status: 101 once accepted, else the refusal's)."""
+
     def __init__(self, app: ASGIApp):
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        if scope["type"] not in ("http", "websocket"):
             await self.app(scope, receive, send)
             return
         request_id = request_id_from(scope)
         started = time.perf_counter()
-        status = 500
+        # An HTTP request that ends without an answer is the server's fault; a WebSocket
+        # closed before its accept was refused (the ASGI server answers 403).
+        status = 500 if scope["type"] == "http" else 403
 
         async def send_and_note_status(message: Message) -> None:
             nonlocal status
-            if message["type"] == "http.response.start":
+            kind = message["type"]
+            if kind in ("http.response.start", "websocket.http.response.start"):
                 status = message["status"]
+            elif kind == "websocket.accept":
+                status = 101
+            elif kind == "websocket.close" and status == 101:
+                log_fields(scope)["close_code"] = message.get("code", 1000)
             await send(message)
 
         try:
@@ -82,14 +95,25 @@ class RequestContextMiddleware:
         metrics = ingress_metrics()
         metrics.requests.inc(tags={"route": route, "status": str(status)})
         metrics.request_ms.observe(elapsed_ms, tags={"route": route})
-        if route in ("/healthz", "/static"):
-            return  # probes and assets would drown the log
-        line = {
+        if route in UNLOGGED_ROUTES:
+            return
+        method = scope.get("method", "WEBSOCKET")
+        fields = {
             "request_id": request_id,
-            "method": scope.get("method"),
+            "method": method,
             "route": route,
             "status": status,
             "ms": round(elapsed_ms, 1),
             **log_fields(scope),
         }
-        logger.info(json.dumps(line, separators=(",", ":")))
+        # With Serve's `logging_config: encoding: JSON` each field is a key of the line's
+        # JSON object (beside Serve's own: replica, request_id, ...); the message is the
+        # line a person reads in the text encoding.
+        logger.info(
+            "%s %s %s %.1f ms",
+            method,
+            route,
+            status,
+            elapsed_ms,
+            extra={"ray_serve_extra_fields": fields},
+        )

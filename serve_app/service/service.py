@@ -16,7 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol
 
 from serve_app.config import MIN_SIDE, OUTPUT_FORMATS, AppConfig, example_path
-from serve_app.errors import NotFound, ServiceError
+from serve_app.errors import NotFound, NotReady, ServiceError
 from serve_app.jobs.records import ANONYMOUS, JobRecord, WebhookInfo
 from serve_app.jobs.service import JobService, Submission
 from serve_app.media.service import MediaService
@@ -29,6 +29,7 @@ from serve_app.service.examples import Example, load_examples, read_example
 from serve_app.service.wire import (
     ExampleInfo,
     ExamplesResponse,
+    ReadyResponse,
     StatsResponse,
     StyleInfo,
     StylesResponse,
@@ -37,6 +38,7 @@ from serve_app.service.wire import (
 logger = logging.getLogger(__name__)
 
 CACHE_GAUGES_EVERY_S = 10.0
+MODEL_RETRY_S = 1.0  # between asks while no model replica answers (each waits up to 30 s)
 
 
 class CacheWithStats(ResultStore, Protocol):
@@ -92,6 +94,7 @@ class AnimeService:
         self.examples: dict[str, Example] = load_examples(config)
         self._warm: dict[tuple[str, str], bool] = {}  # (example, style) -> warmed at start
         self.warming = bool(self.examples)
+        self._model_answered = False
         self._gauges_at = 0.0
         self._background: set[asyncio.Task] = set()
 
@@ -99,7 +102,7 @@ class AnimeService:
         """Connect the cache, learn what the model runs, warm the examples (background
         work: visitors are served meanwhile)."""
         self.jobs.start()
-        await asyncio.gather(self._connect_cache(), self.learn_model_identity())
+        await asyncio.gather(self._connect_cache(), self._wait_for_model())
         try:
             await self._warm_examples()
         finally:
@@ -118,8 +121,29 @@ class AnimeService:
     async def learn_model_identity(self) -> None:
         """Ask a model replica what it runs, so lookups hit results computed before this
         replica started (a redeploy keeps the shared cache)."""
-        for style, identity in (await self._model.identities()).items():
+        identities = await self._model.identities()
+        self._model_answered = self._model_answered or bool(identities)
+        for style, identity in identities.items():
             self.pipeline.learn(style, identity)
+
+    async def _wait_for_model(self) -> None:
+        """Until a model replica answers (it may wait for a node, or load its weights):
+        the examples are warmed once it can make them."""
+        while True:
+            await self.learn_model_identity()
+            if self._model_answered:
+                return
+            await asyncio.sleep(MODEL_RETRY_S)
+
+    def ready(self) -> ReadyResponse:
+        """Ready to serve: a model replica has answered (once is enough: a busy model is
+        not an unready one) and the examples are warm; raises NotReady before."""
+        if not self._model_answered:
+            raise NotReady("no model replica has answered yet")
+        if self.warming:
+            wanted = len(self.examples) * len(self.config.styles)
+            raise NotReady(f"the examples are warming ({len(self._warm)} of {wanted} ready)")
+        return ReadyResponse(status="ready", examples_warm=len(self._warm))
 
     # --- options -----------------------------------------------------------------------
 

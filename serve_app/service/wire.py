@@ -106,6 +106,11 @@ class HealthResponse(BaseModel):
     status: Literal["ok"]
 
 
+class ReadyResponse(BaseModel):
+    status: Literal["ready"]
+    examples_warm: int = Field(description="(example, style) results warmed at start")
+
+
 class ExampleInfo(BaseModel):
     name: str = Field(description="the file name, e.g. `4.jpg`")
     url: str = Field(description="where the photo's bytes are (public, like the page)")

@@ -23,6 +23,7 @@ from urllib.parse import urlsplit
 import httpx
 import pytest
 
+from tests.support.metrics import wait_for_routes
 from tests.support.nginx_edge import (
     Edge,
     new_id,
@@ -32,7 +33,7 @@ from tests.support.nginx_edge import (
     with_rate,
 )
 from tests.support.pictures import synthetic_jpeg
-from tests.support.serve import app_args, deploy, ingress_deployment, make_config, wait_healthy
+from tests.support.serve import app_args, deploy, ingress_deployment, make_config, wait_ready
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -67,7 +68,7 @@ def keyed_app(default_app) -> str:
     """Keys required, one CORS origin, one example photo (so /examples/{name} has one)."""
     env = {"env_vars": {"ANIMEGAN_API_KEYS": KEYS}}
     deploy(ARGS, ingress=ingress_deployment(ray_actor_options={"num_cpus": 0, "runtime_env": env}))
-    wait_healthy(default_app)
+    wait_ready(default_app)  # /readyz is walked too
     return default_app
 
 
@@ -291,3 +292,23 @@ def test_every_operation_answers_through_the_edge_with_a_key(edge, client):
         except AssertionError as failure:
             failures.append(str(failure))
     assert not failures, "\n".join(failures)
+
+
+def test_every_operation_is_counted_under_its_route_in_the_request_metrics(
+    edge, client, metrics_url
+):
+    """Each operation of the document, and the events WebSocket, called through the edge
+    (without a key: a 401 is counted like any answer), shows up in the request counter
+    under its path template, never under "other" or a URL of its own."""
+    values = path_values(client, job_id="0" * 32)
+    paths = set()
+    for operation in operations(client):
+        client.request(**request_for(operation, values))
+        paths.add(operation.path)
+    socket_path = "/v1/jobs/{job_id}/events"
+    url = f"ws://{edge.host}:{edge.port}{socket_path.format(**values)}"
+    websocket_messages(url, open_socket(edge), subprotocols=[EVENTS_PROTOCOL])
+    routes = wait_for_routes(metrics_url, paths | {socket_path})
+    assert paths | {socket_path} <= routes, sorted(paths - routes)
+    job_urls = {route for route in routes if "0" * 32 in route}
+    assert not job_urls, job_urls

@@ -19,9 +19,11 @@ from tests.support.serve import (
     ingress_deployment,
     kill_replica,
     replica_names,
+    running_replicas,
     stylizer_deployment,
     stylizer_stats,
     wait_healthy,
+    wait_ready,
 )
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -148,3 +150,32 @@ def test_memory_stays_flat_over_a_soak(default_app):
     growth = {pid: after[pid] - before[pid] for pid in before if pid in after}
     print(f"soak: RSS before {before}, growth MB {growth}")
     assert growth and max(growth.values()) < 150, growth
+
+
+def test_readyz_is_503_until_a_model_replica_answers(default_app):
+    """A Stylizer replica that waits for its CPU, as one waits for a node on a cluster:
+    the ingress lives (`/healthz`) but is not ready (`/readyz` 503) until the replica has
+    started and the example photo is warm for both styles."""
+    import ray
+    from ray import serve
+    from ray.util.placement_group import placement_group, remove_placement_group
+
+    serve.delete("animegan")
+    both_cpus = placement_group([{"CPU": 2}])
+    ray.get(both_cpus.ready(), timeout=60)
+    try:
+        deploy(app_args(warm_examples=["4.jpg"]), blocking=False)
+        wait_healthy(default_app, timeout_s=120)
+        waiting = httpx.get(f"{default_app}/readyz", timeout=30)
+        assert running_replicas("Stylizer") == 0  # after the answer: no replica before it
+    finally:
+        remove_placement_group(both_cpus)
+    assert waiting.status_code == 503, waiting.text
+    assert waiting.json()["error"]["code"] == "not_ready"
+    assert "no model replica" in waiting.json()["error"]["message"]
+    assert waiting.headers["retry-after"] == "5"
+    wait_ready(default_app)
+    ready = httpx.get(f"{default_app}/readyz", timeout=30).json()
+    assert ready == {"status": "ready", "examples_warm": 2}
+    examples = httpx.get(f"{default_app}/v1/examples", timeout=30).json()["examples"]
+    assert [example["warm"] for example in examples] == [{"alpha": True, "beta": True}]

@@ -30,13 +30,16 @@ def test_request_id_is_returned_and_kept(client):
 
 
 def _log_lines(request_id: str) -> list[dict]:
-    """Lines in the Ingress replicas' Serve log files (Serve also mirrors them to stderr)."""
+    """The request lines in the Ingress replicas' Serve log files: every line of them is
+    one JSON object (`logging_config: encoding: JSON`, as serve_config.yaml has it)."""
     logs = Path(ray._private.worker._global_node.get_logs_dir_path()) / "serve"
     lines = []
     for path in logs.glob("replica_animegan_Ingress_*.log"):
         for line in path.read_text(errors="replace").splitlines():
-            if request_id in line and '"route"' in line:
-                lines.append(json.loads(line[line.index("{") : line.rindex("}") + 1]))
+            if request_id in line:
+                fields = json.loads(line)
+                if "status" in fields:
+                    lines.append(fields)
     return lines
 
 
@@ -48,9 +51,12 @@ def test_one_structured_log_line_per_request(client):
         time.sleep(0.5)
     assert len(lines) == 1, lines
     line = lines[0]
+    assert line["request_id"] == request_id and line["levelname"] == "INFO"
     assert line["route"] == "/v1/stylize" and line["status"] == 200
+    assert line["method"] == "POST" and line["message"].startswith("POST /v1/stylize 200 ")
     assert line["cache"] == "miss" and line["size"] == 64
     assert set(line["timings_ms"]) == {"decode", "queue", "inference", "encode"}
+    assert line["deployment"].endswith("Ingress") and line["replica"]  # Serve's own fields
 
 
 def _scrape(metrics_url: str) -> dict[str, float]:

@@ -9,8 +9,10 @@ import tempfile
 import time
 
 import httpx
+import yaml
 
 from serve_app.config import AppConfig
+from tests.support.paths import REPO
 
 STYLE_A = "alpha"  # random weights, face-model upsampling
 STYLE_B = "beta"  # random weights, paprika upsampling
@@ -19,6 +21,12 @@ TEST_SIZE = 96  # small pictures keep inference cheap on a 2-core machine
 # of replicas that timed differently on a CPU with bf16 would be cached under other keys.
 # Tests of the runtime choice itself deploy `auto` explicitly.
 TEST_RUNTIME = "eager-fp32"
+
+
+def shipped_logging_config() -> dict:
+    """serve_config.yaml's `logging_config` (one JSON object per log line)."""
+    shipped = yaml.safe_load((REPO / "serve_config.yaml").read_text())
+    return shipped["applications"][0]["logging_config"]
 
 
 def free_port() -> int:
@@ -80,9 +88,15 @@ def keyed_ingress(keys: list[str], env: dict[str, str] | None = None) -> dict:
     )
 
 
-def deploy(args: dict | None = None, stylizer: dict | None = None, ingress: dict | None = None):
+def deploy(
+    args: dict | None = None,
+    stylizer: dict | None = None,
+    ingress: dict | None = None,
+    blocking: bool = True,
+):
     """Deploy as `serve run`/`serve deploy` do with a config file, so that a changed
-    `user_config` is applied in place (reconfigure) rather than by new replicas."""
+    `user_config` is applied in place (reconfigure) rather than by new replicas;
+    ``blocking``: return once the app runs (else at once)."""
     from ray.serve.context import _get_global_client
     from ray.serve.schema import ServeDeploySchema
 
@@ -90,6 +104,7 @@ def deploy(args: dict | None = None, stylizer: dict | None = None, ingress: dict
         "name": "animegan",
         "route_prefix": "/",
         "import_path": "serve_app.app:build_app",
+        "logging_config": shipped_logging_config(),
         "args": args or app_args(),
         "deployments": [
             stylizer or stylizer_deployment(),
@@ -97,19 +112,29 @@ def deploy(args: dict | None = None, stylizer: dict | None = None, ingress: dict
         ],
     }
     schema = ServeDeploySchema.model_validate({"applications": [application]})
-    _get_global_client().deploy_apps(schema, _blocking=True)
+    _get_global_client().deploy_apps(schema, _blocking=blocking)
 
 
 def wait_healthy(base_url: str, timeout_s: float = 60) -> None:
+    """Until the ingress answers (`/healthz`: the process lives)."""
+    wait_ok(f"{base_url}/healthz", timeout_s)
+
+
+def wait_ready(base_url: str, timeout_s: float = 120) -> None:
+    """Until the app can serve (`/readyz`: a model replica answered, the examples warm)."""
+    wait_ok(f"{base_url}/readyz", timeout_s)
+
+
+def wait_ok(url: str, timeout_s: float) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         try:
-            if httpx.get(f"{base_url}/healthz", timeout=2).status_code == 200:
+            if httpx.get(url, timeout=2).status_code == 200:
                 return
         except httpx.HTTPError:
             pass
         time.sleep(0.2)
-    raise TimeoutError(f"{base_url}/healthz did not answer 200 within {timeout_s} s")
+    raise TimeoutError(f"{url} did not answer 200 within {timeout_s} s")
 
 
 def replica_names(deployment: str) -> list[str]:
@@ -134,3 +159,10 @@ def stylizer_stats() -> dict:
     from ray import serve
 
     return serve.get_deployment_handle("Stylizer", "animegan").stats.remote().result()
+
+
+def running_replicas(deployment: str) -> int:
+    from ray import serve
+
+    status = serve.status().applications["animegan"].deployments[deployment]
+    return status.replica_states.get("RUNNING", 0)

@@ -111,7 +111,7 @@ def test_openapi_declares_the_bearer_key_on_the_routes_that_check_it():
     schemes, operations = security_by_operation((b"one",))
     assert list(schemes) == ["bearerAuth"]
     assert (schemes["bearerAuth"]["type"], schemes["bearerAuth"]["scheme"]) == ("http", "bearer")
-    public = {"GET /healthz", "GET /examples/{name}"}
+    public = {"GET /healthz", "GET /readyz", "GET /examples/{name}"}
     for operation, security in operations.items():
         expected = None if operation in public else [{"bearerAuth": []}]
         assert security == expected, operation

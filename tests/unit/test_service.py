@@ -13,6 +13,7 @@ import pytest
 from PIL import Image
 
 from serve_app.config import AppConfig
+from serve_app.errors import NotReady
 from serve_app.service.service import AnimeService
 from tests.support.fakes import RANDOM_WEIGHTS, InvertingModel, LocalCache
 from tests.support.media import make_video
@@ -114,3 +115,61 @@ def test_the_service_layers_import_without_ray(layer):
 
     code = f"import sys, {layer}.service; assert 'ray' not in sys.modules, 'ray imported'"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+class StartingModel(InvertingModel):
+    """A model whose replica is still starting: no answer until ``started`` is set."""
+
+    def __init__(self, styles: list[str]) -> None:
+        super().__init__(styles)
+        self.started = asyncio.Event()
+        self.asked = 0
+
+    async def identities(self):
+        self.asked += 1
+        return await super().identities() if self.started.is_set() else {}
+
+
+def test_the_service_is_ready_once_the_model_answered_and_the_examples_are_warm(
+    tmp_path, monkeypatch
+):
+    monkeypatch.setattr("serve_app.service.service.MODEL_RETRY_S", 0.01)
+
+    async def main():
+        config = AppConfig.model_validate(
+            {
+                "styles": [{"name": "alpha", "weights": "random"}],
+                "default_size": 64,
+                "warm_examples": ["4.jpg", "2.jpg"],
+                "jobs": {"store_url": str(tmp_path / "jobs")},
+            }
+        )
+        model = StartingModel(["alpha"])
+        service = AnimeService(config, model, LocalCache(), {"alpha": RANDOM_WEIGHTS})
+        start = asyncio.ensure_future(service.start())
+        try:
+            while model.asked < 3:  # asked, and asked again: the model is still starting
+                await asyncio.sleep(0.01)
+            with pytest.raises(NotReady, match="no model replica has answered"):
+                service.ready()
+            assert model.pictures == 0
+            model.started.set()
+            await asyncio.wait_for(start, 30)
+            answer = service.ready()
+            assert (answer.status, answer.examples_warm) == ("ready", 2)
+            assert all(e.warm["alpha"] for e in service.examples_info().examples)
+        finally:
+            await service.close()
+
+    asyncio.run(main())
+
+
+def test_the_service_is_not_ready_while_the_examples_warm(tmp_path):
+    async def main():
+        service, _ = make_service(tmp_path, warm_examples=["4.jpg"])
+        await service.learn_model_identity()
+        with pytest.raises(NotReady, match=r"examples are warming \(0 of 1 ready\)"):
+            service.ready()
+        await service.close()
+
+    asyncio.run(main())
