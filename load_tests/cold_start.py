@@ -154,11 +154,20 @@ def server(
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
+            preexec_fn=take_sigint,
         )
     try:
         yield popen
     finally:
         _stop(popen, naming)
+
+
+def take_sigint() -> None:
+    """In a server's process, before it starts: SIGINT back to its default action. Run in
+    the background by a shell (as CI runs things), this process ignores SIGINT, and an
+    ignored signal stays ignored across exec: `serve run` would not stop on it, and every
+    stop would wait out its grace before killing."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def _stop(popen: subprocess.Popen, naming: str | None) -> None:

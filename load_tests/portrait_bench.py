@@ -70,9 +70,9 @@ def _measure(repeats: int, names: list[str], queue) -> None:
 
 
 def run(quick: bool) -> dict:
-    """The figures (quick: two repetitions and two pictures; else five and three)."""
-    repeats = 2 if quick else 5
-    names = ["512x512", "1280x853"] if quick else list(PICTURES)
+    """The figures (quick: one repetition of one picture, a smoke run; else five of three)."""
+    repeats = 1 if quick else 5
+    names = ["512x512"] if quick else list(PICTURES)
     context = multiprocessing.get_context("spawn")  # thread settings stay in the child
     queue = context.Queue()
     child = context.Process(target=_measure, args=(repeats, names, queue))

@@ -2,10 +2,13 @@
 // POST /v1/stylize and, for videos and for sizes above the service's max_sync_size,
 // POST /v1/jobs and the job's routes, with an API key when the service asks for one (401).
 // At load it lists the user's recent jobs: GET /v1/jobs with a key, else the ids of the
-// jobs this browser sent (localStorage).
+// jobs this browser sent (localStorage). The helpers it uses, loaded before it (index.html),
+// are in window.animeganPage: retrying (retry.js), animated (animated.js), compare
+// (compare.js), share (share.js), history (history.js, which uses zip.js).
 "use strict";
 
 (() => {
+  const page = window.animeganPage;
   const $ = (selector, root = document) => root.querySelector(selector);
   const ui = {
     styleList: $("#style-list"),
@@ -64,6 +67,7 @@
   const previews = new WeakMap(); // example file -> its thumbnail's URL, decoded already
   const queue = [];
   const running = new Set();
+  const finished = new Set(); // jobs whose card shows a result (job.result)
   let ticker = null;
   let pasted = 0;
 
@@ -110,12 +114,14 @@
 
   // send(key) makes one call (a fetch Response or a finished XMLHttpRequest). On 401 the
   // page asks for a key, waits for it, and makes the call again; onWait tells the caller.
-  async function withKey(send, onWait) {
+  // A 503 or 429 with Retry-After is sent again after its wait (retry.js), counted down by
+  // onBusy(line, first), on the status line unless the caller shows it elsewhere.
+  async function withKey(send, onWait, onBusy = showBusy) {
     for (;;) {
       const used = apiKey;
       let result;
       try {
-        result = await send(used);
+        result = await page.retrying(() => send(used), onBusy);
       } catch (error) {
         if (!ui.keyForm.hidden && used === apiKey && !error.cancelled) {
           ui.keyMessage.textContent = `Could not check the key: ${error.message}`;
@@ -140,6 +146,12 @@
       }
       await keyWait.promise;
     }
+  }
+
+  let busyLine = null;
+  function showBusy(line) {
+    if (line) announce(busyLine = line);
+    else if (ui.status.textContent === busyLine) announce(""); // retried: the line is over
   }
 
   function showKeyPrompt(message, refused) {
@@ -445,6 +457,10 @@
       enqueue(job);
     });
     $(".cancel", card).addEventListener("click", () => cancelJob(job));
+    page.compare.attach(card, {
+      frame: $(".pair", card), before: $("img.before", card), after: $("img.after", card),
+      range: $(".split", card), label: `Compare the original and the result: ${file.name}`,
+    });
     ui.results.prepend(card);
     return job;
   }
@@ -476,6 +492,9 @@
       if (after instanceof HTMLVideoElement) after.load(); // lets go of the old result
     }
     $(".download", card).hidden = true;
+    $(".share", card).hidden = true;
+    job.result = null;
+    page.compare.reset(card);
     $(".error", card).hidden = true;
     $(".meta", card).replaceChildren();
     $(".progress", card).value = 0;
@@ -528,7 +547,7 @@
 
   async function run(job) {
     const { file, card } = job;
-    job.animated = !job.video && await animated(file);
+    job.animated = !job.video && await page.animated(file);
     const moving = job.video || job.animated;
     const limit = moving ? Math.max(mediaLimit(), config.max_bytes) : config.max_bytes;
     if (file.size > limit) {
@@ -605,11 +624,16 @@
         progress.value = job.percent;
       }, onUploaded);
     };
+    const busy = (line, first) => {
+      if (!line || job.cancelled) return; // cancelled meanwhile: the card says so already
+      setState(job, "waiting", line); // like a wait for the key: Cancel stops a job's
+      if (first) announce(`${job.file.name}: ${line}`);
+    };
     try {
       return await withKey(attempt, () => {
         progress.value = 0;
         setState(job, "waiting", "Waiting for the API key");
-      });
+      }, busy);
     } catch (error) {
       if (!job.cancelled) fail(job, error.message);
       else if (job.state !== "cancelled") showCancelled(job);
@@ -653,73 +677,6 @@
     return (await errorOf(blob, status)).message;
   }
 
-  // --- animated pictures -------------------------------------------------------------
-  // Read from the file's first bytes: an animation keeps its own format (see prepare),
-  // and only an animation may be sent on to a job when /v1/stylize answers use_jobs.
-
-  const GIF_SNIFF_BYTES = 4 * 2 ** 20; // a GIF's second frame starts well within this
-  const PNG_SNIFF_BYTES = 2 ** 20; // APNG's acTL comes before the first IDAT
-
-  async function animated(file) {
-    try {
-      const head = new Uint8Array(await file.slice(0, 32).arrayBuffer());
-      const text = (from, to) => String.fromCharCode(...head.subarray(from, to));
-      if (text(0, 4) === "GIF8") {
-        const bytes = new Uint8Array(await file.slice(0, GIF_SNIFF_BYTES).arrayBuffer());
-        return gifFrames(bytes, 2) > 1;
-      }
-      if (text(0, 4) === "RIFF" && text(8, 16) === "WEBPVP8X") {
-        return Boolean(head[20] & 0x02); // the extended header's animation flag
-      }
-      if (text(1, 4) === "PNG") {
-        return apng(new Uint8Array(await file.slice(0, PNG_SNIFF_BYTES).arrayBuffer()));
-      }
-    } catch {
-      // unreadable here: the service judges it as a picture
-    }
-    return false;
-  }
-
-  // Counts a GIF's image descriptors (up to `enough`), skipping colour tables and the
-  // data sub-blocks of images and extensions.
-  function gifFrames(bytes, enough) {
-    if (bytes.length < 13) return 0;
-    let pos = 13;
-    if (bytes[10] & 0x80) pos += 3 * 2 ** ((bytes[10] & 7) + 1); // the global colour table
-    const skipSubBlocks = () => {
-      while (pos < bytes.length && bytes[pos]) pos += bytes[pos] + 1;
-      pos += 1; // the terminator
-    };
-    let frames = 0;
-    while (pos < bytes.length && frames < enough) {
-      if (bytes[pos] === 0x21) { // an extension: its label, then sub-blocks
-        pos += 2;
-        skipSubBlocks();
-      } else if (bytes[pos] === 0x2c) { // an image: descriptor, local table, LZW data
-        frames += 1;
-        const packed = bytes[pos + 9];
-        pos += 10;
-        if (packed & 0x80) pos += 3 * 2 ** ((packed & 7) + 1);
-        pos += 1; // the LZW minimum code size
-        skipSubBlocks();
-      } else {
-        break; // the trailer, or bytes that are no GIF block
-      }
-    }
-    return frames;
-  }
-
-  function apng(bytes) {
-    const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
-    for (let pos = 8; pos + 8 <= bytes.length;) {
-      const type = String.fromCharCode(...bytes.subarray(pos + 4, pos + 8));
-      if (type === "acTL") return true;
-      if (type === "IDAT" || type === "IEND") return false;
-      pos += 12 + view.getUint32(pos); // length, type, data, CRC
-    }
-    return false;
-  }
-
   // --- results -----------------------------------------------------------------------
 
   const mediaType = (type) => (type || "").split(";")[0].trim().toLowerCase();
@@ -753,6 +710,7 @@
       if (answer.header("X-Weights") === "random") meta.append(badge(RANDOM_BADGE, "badge warn"));
       const etag = answer.header("ETag");
       if (etag) meta.title = `ETag ${etag}`;
+      if (!moving) page.compare.update(card);
     }, { once: true });
     after.src = url;
     after.hidden = false;
@@ -762,10 +720,31 @@
     download.download = `${stem}-${style}.${extension}`;
     download.textContent = `Download .${extension}`;
     download.hidden = false;
+    keepResult(job, { blob, type, style, name: download.download });
     $(".progress", card).value = 100;
     setState(job, "done", `Done · ${elapsed} ms`);
     announce(`${file.name}: done in ${elapsed} ms (cache ${cache}).`);
   }
+
+  // Offered for sharing, zipped by "Download all", and kept in the history (history.js).
+  function keepResult(job, { blob, type, style, name }) {
+    const result = { name, blob, historyId: null };
+    job.result = result;
+    finished.delete(job); // made again: now the newest
+    finished.add(job);
+    page.share.offer($(".share", job.card), new File([blob], name, { type: blob.type || type }));
+    page.history.keep({
+      name: job.file.name, style, options: job.options, type, blob, downloadName: name,
+      original: job.video ? null : job.file, jobId: job.remote?.id,
+      onKept: (id) => { result.historyId = id; },
+    });
+  }
+
+  // What "Download all" zips besides the history: this page's results, newest first.
+  page.shownResults = () => [
+    ...[...finished].reverse().map((job) => job.result),
+    ...[...recent.items.values()].map((item) => item.result),
+  ].filter(Boolean);
 
   function fail(job, message) {
     const error = $(".error", job.card);
@@ -1137,7 +1116,7 @@
 
   function addItem(record) {
     const li = ui.recentTemplate.content.firstElementChild.cloneNode(true);
-    const item = { id: record.id, li, record: null, recordAt: 0, stop: null, url: null };
+    const item = { id: record.id, li, record: null, recordAt: 0, stop: null, url: null, result: null };
     const label = jobLabel(record);
     li.dataset.job = record.id;
     const name = $(".recent-name", li);
@@ -1276,6 +1255,8 @@
       const kind = (KIND_NAMES[record.kind] || "job").toLowerCase();
       download.href = item.url;
       download.download = `${kind}-${item.id.slice(0, 8)}-${record.options?.style ?? "result"}.${extension}`;
+      item.result = { name: download.download, blob };
+      page.history.sync(); // "Download all" takes it too
       download.textContent = `Download .${extension}`;
       download.setAttribute("aria-describedby", `job-${item.id}`);
       download.hidden = false;

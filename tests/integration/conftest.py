@@ -55,12 +55,32 @@ def base_url(ray_serve) -> str:
     return ray_serve
 
 
+# Whether the default application is what runs now. A module that deploys its own leaves
+# its app running; the next test that needs the default puts it back, so two such modules
+# in a row cost no deploy of the default between them.
+_running = {"default": True}
+
+
 @pytest.fixture(scope="module")
 def default_app(base_url):
-    """For modules that redeploy: put the default application back afterwards."""
+    """For modules that deploy their own application: the default is put back before the
+    next test that needs it (`default_deployed`), not at once."""
     yield base_url
-    deploy()
-    wait_healthy(base_url)
+    _running["default"] = False
+
+
+@pytest.fixture(scope="module", autouse=True)
+def default_deployed(request):
+    """A module on the session's app (its tests take ``base_url``, none ``default_app``)
+    finds the default application running, before its own fixtures start."""
+    tests = [item for item in request.session.items if item.module is request.module]
+    if any("default_app" in item.fixturenames for item in tests):
+        return
+    if any("base_url" in item.fixturenames for item in tests) and not _running["default"]:
+        base_url = request.getfixturevalue("base_url")
+        deploy()
+        wait_healthy(base_url)
+        _running["default"] = True
 
 
 @pytest.fixture

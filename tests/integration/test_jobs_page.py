@@ -21,11 +21,13 @@ from tests.support.pages import (
     MAX_SIZE,
     SYNC_SIZE,
     TIMEOUT_MS,
+    history_items,
     is_jobs_deploy,
     jobs_args,
     open_page,
     record_card_changes,
     slow_batches,
+    src_bytes,
     wait_styles,
 )
 from tests.support.paths import ARTIFACTS
@@ -312,6 +314,16 @@ def test_a_reload_lists_the_jobs_this_browser_sent(browser, jobs_app, tmp_path):
         assert order == [cancelled_id, followed_id, finished_id]
         assert stored_ids(page) == [cancelled_id, followed_id, finished_id]  # the rest let go
         assert "GET /v1/jobs" not in asked  # an open service lists nobody's jobs
+        # The history kept the pictures the page showed: both jobs' very bytes, no request.
+        kept = history_items(page)
+        expect(kept).to_have_count(2)
+        for path, job_id in ((paths[0], finished_id), (paths[1], followed_id)):
+            heading = page.get_by_role("heading", name=path.name, exact=True)
+            item = kept.filter(has=heading)
+            expect(item.locator(".history-meta")).to_contain_text("made as a job")
+            result = httpx.get(f"{jobs_app}/v1/jobs/{job_id}/result", timeout=30)
+            assert src_bytes(item.locator("img.history-after")) == result.content
+            assert f"GET /v1/jobs/{job_id}/result" not in asked
 
         entry = listed(page, finished_id)
         expect(entry.get_by_role("heading")).to_have_text(f"Picture · {STYLE_A} · 192 px")

@@ -3,6 +3,7 @@ application the pages that make jobs run against."""
 
 from __future__ import annotations
 
+import base64
 import time
 
 import httpx
@@ -99,3 +100,22 @@ def record_card_changes(page) -> None:
                                  attributes: true});
         }"""
     )
+
+
+def src_bytes(element) -> bytes:
+    """The bytes behind an <img>/<video>'s src (an object URL), as the page holds them."""
+    encoded = element.evaluate(
+        """async (el) => {
+            const bytes = new Uint8Array(await (await fetch(el.src)).arrayBuffer());
+            let text = '';
+            for (let i = 0; i < bytes.length; i += 0x8000)
+                text += String.fromCharCode(...bytes.subarray(i, i + 0x8000));
+            return btoa(text);
+        }"""
+    )
+    return base64.b64decode(encoded)
+
+
+def history_items(page):
+    """The items of the page's history (history.js), newest first."""
+    return page.get_by_role("region", name="History").get_by_role("listitem")
