@@ -4,7 +4,7 @@
 // data-max-items and data-max-bytes (index.html): the oldest go first. Videos are not
 // kept (a video job stays listed under "Recent jobs" until it expires).
 // "Download all (.zip)" zips the history and the results the page shows besides
-// (animeganPage.shownResults, from app.js). Sets animeganPage.history.
+// (animeganPage.shownResults, from cards.js). Sets animeganPage.history.
 "use strict";
 
 (() => {

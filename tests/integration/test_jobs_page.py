@@ -44,7 +44,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 JOB_SIZE = 384  # above SYNC_SIZE: a job
 KEY = "jobs-page-key"
 LIST_KEY = "jobs-page-list-key"  # only the listing test makes jobs with this key
-JOBS_ITEM = "animegan-serve.jobs"  # where app.js keeps the ids of the jobs it sent
+JOBS_ITEM = "animegan-serve.jobs"  # where recent.js keeps the ids of the jobs it sent
 LEFT = r"(\d+ min )?\d+ s"  # the time left, as the page words it
 
 

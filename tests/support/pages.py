@@ -21,7 +21,7 @@ CHROMIUM_ARGS = [
     "--disable-sync",
 ]
 TIMEOUT_MS = 90_000  # one stylize on a busy 2-core machine, Ray's first call included
-KEY_ITEM = "animegan-serve.api-key"  # where app.js keeps the key in sessionStorage
+KEY_ITEM = "animegan-serve.api-key"  # where api.js keeps the key in sessionStorage
 
 # The application of the pages that make jobs: sizes above SYNC_SIZE are jobs.
 MAX_SIZE, SYNC_SIZE = 512, 128
