@@ -16,7 +16,7 @@ import httpx
 import pytest
 from PIL import Image
 
-from tests.support.pages import KEY_ITEM, TIMEOUT_MS
+from tests.support.pages import KEY_ITEM, TIMEOUT_MS, page_opener
 from tests.support.paths import ARTIFACTS
 from tests.support.pictures import synthetic_jpeg
 from tests.support.serve import (
@@ -38,24 +38,8 @@ RIGHT_KEY = "page-key-two"  # not the first: every configured key is accepted
 @pytest.fixture
 def open_page(browser, base_url):
     """open_page(width, height) -> a loaded page whose style picker is filled."""
-    from playwright.sync_api import expect
-
-    contexts, errors = [], []
-
-    def opener(width: int = 1100, height: int = 900):
-        context = browser.new_context(viewport={"width": width, "height": height})
-        contexts.append(context)
-        page = context.new_page()
-        page.set_default_timeout(TIMEOUT_MS)
-        page.on("pageerror", lambda error: errors.append(str(error)))
-        page.goto(f"{base_url}/")
-        expect(page.locator('input[name="style"]')).to_have_count(2)
-        return page
-
-    yield opener
-    for context in contexts:
-        context.close()
-    assert not errors, f"uncaught errors in the page: {errors}"
+    with page_opener(browser, base_url) as opener:
+        yield lambda width=1100, height=900: opener(width=width, height=height)
 
 
 @pytest.fixture

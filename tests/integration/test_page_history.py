@@ -20,8 +20,8 @@ import pytest
 from PIL import Image
 
 from tests.support.pages import (
-    TIMEOUT_MS,
     history_items,
+    page_opener,
     record_card_changes,
     src_bytes,
 )
@@ -86,28 +86,10 @@ Object.defineProperty(Navigator.prototype, "share", {configurable: true,
 def open_page(browser, base_url):
     """open_page(init_script=None, width=1100, prepare=None) -> a loaded page whose style
     picker is filled; prepare(page) runs before it loads (routes)."""
-    from playwright.sync_api import expect
-
-    contexts, errors = [], []
-
-    def opener(init_script: str | None = None, width: int = 1100, prepare=None):
-        context = browser.new_context(viewport={"width": width, "height": 900})
-        contexts.append(context)
-        if init_script:
-            context.add_init_script(init_script)
-        page = context.new_page()
-        page.set_default_timeout(TIMEOUT_MS)
-        page.on("pageerror", lambda error: errors.append(str(error)))
-        if prepare:
-            prepare(page)
-        page.goto(f"{base_url}/")
-        expect(page.locator('input[name="style"]')).to_have_count(2)
-        return page
-
-    yield opener
-    for context in contexts:
-        context.close()
-    assert not errors, f"uncaught errors in the page: {errors}"
+    with page_opener(browser, base_url) as opener:
+        yield lambda init_script=None, width=1100, prepare=None: opener(
+            init_script=init_script, width=width, prepare=prepare
+        )
 
 
 def picture(tmp_path: Path, name: str, seed: int, size=(200, 150), quality: int = 90) -> Path:

@@ -8,7 +8,6 @@ because Debian's Chromium may lack H.264.
 
 from __future__ import annotations
 
-import base64
 import io
 import re
 
@@ -25,6 +24,7 @@ from tests.support.pages import (
     open_page,
     record_card_changes,
     slow_batches,
+    src_bytes,
     wait_styles,
 )
 from tests.support.serve import STYLE_A, deploy, wait_healthy
@@ -76,20 +76,6 @@ def wait_state(card, state: str, timeout_ms: int = TIMEOUT_MS) -> None:
     expect(card).to_have_attribute("data-state", final, timeout=timeout_ms)
     reached = card.get_attribute("data-state")
     assert reached == state, f"{reached}: {card.locator('.error').text_content()}"
-
-
-def shown_bytes(element) -> bytes:
-    """The bytes behind an <img>/<video>'s object URL, as the page holds them."""
-    encoded = element.evaluate(
-        """async (el) => {
-            const bytes = new Uint8Array(await (await fetch(el.src)).arrayBuffer());
-            let text = '';
-            for (let i = 0; i < bytes.length; i += 0x8000)
-                text += String.fromCharCode(...bytes.subarray(i, i + 0x8000));
-            return btoa(text);
-        }"""
-    )
-    return base64.b64decode(encoded)
 
 
 def source_duration(path) -> float:
@@ -187,7 +173,7 @@ def test_a_small_animated_gif_comes_back_animated(browser, video_app, tmp_path):
 
         after = card.locator("img.after")
         expect(after).to_be_visible()
-        shown = Image.open(io.BytesIO(shown_bytes(after)))
+        shown = Image.open(io.BytesIO(src_bytes(after)))
         assert (shown.format, shown.n_frames) == ("GIF", SMALL_GIF_FRAMES)
         assert max(shown.size) == SIZE
         expect(card.get_by_role("link", name=re.compile("Download"))).to_have_attribute(
@@ -218,7 +204,7 @@ def test_a_long_animation_answered_use_jobs_is_sent_on_as_a_job(browser, video_a
         assert len({str(httpx.URL(r.url).params) for r in sent}) == 1
         wait_state(card, "done", VIDEO_TIMEOUT_MS)
 
-        shown = Image.open(io.BytesIO(shown_bytes(card.locator("img.after"))))
+        shown = Image.open(io.BytesIO(src_bytes(card.locator("img.after"))))
         assert (shown.format, shown.n_frames) == ("GIF", LARGE_GIF_FRAMES)
         result = httpx.get(f"{video_app}/v1/jobs/{job['id']}/result", timeout=60)
         assert result.headers["content-type"].startswith("image/gif")

@@ -4,6 +4,7 @@ application the pages that make jobs run against."""
 from __future__ import annotations
 
 import base64
+import contextlib
 import time
 
 import httpx
@@ -66,21 +67,52 @@ def is_jobs_deploy(answer: httpx.Response) -> bool:
     return (body["max_size"], body.get("max_sync_size")) == (MAX_SIZE, SYNC_SIZE)
 
 
-def open_page(browser, base_url, key: str | None = None):
+def open_page(
+    browser,
+    base_url,
+    key: str | None = None,
+    *,
+    width: int = 1100,
+    height: int = 900,
+    init_script: str | None = None,
+    prepare=None,
+):
     """A loaded page whose style picker is filled: (its context, the page, the page's
-    uncaught errors)."""
+    uncaught errors). ``init_script`` runs in the page before its own scripts,
+    ``prepare(page)`` before it loads (routes)."""
     from playwright.sync_api import expect
 
-    context = browser.new_context(viewport={"width": 1100, "height": 900})
+    context = browser.new_context(viewport={"width": width, "height": height})
     if key:  # as if given in this tab before: the page sends it from its first call
         context.add_init_script(f"sessionStorage.setItem({KEY_ITEM!r}, {key!r})")
+    if init_script:
+        context.add_init_script(init_script)
     page = context.new_page()
     page.set_default_timeout(TIMEOUT_MS)
     errors: list[str] = []
     page.on("pageerror", lambda error: errors.append(str(error)))
+    if prepare:
+        prepare(page)
     page.goto(f"{base_url}/")
     expect(page.locator('input[name="style"]')).to_have_count(2)
     return context, page, errors
+
+
+@contextlib.contextmanager
+def page_opener(browser, base_url):
+    """A function opening pages as ``open_page`` does (its keywords); on the way out their
+    contexts are closed and no page may have thrown an uncaught error."""
+    opened = []
+
+    def opener(**options):
+        opened.append(open_page(browser, base_url, **options))
+        return opened[-1][1]
+
+    yield opener
+    for context, _, _ in opened:
+        context.close()
+    errors = [error for _, _, page_errors in opened for error in page_errors]
+    assert not errors, f"uncaught errors in the page: {errors}"
 
 
 def record_card_changes(page) -> None:
