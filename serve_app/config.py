@@ -376,6 +376,49 @@ class MediaConfig(_Strict):
     )
 
 
+class LiveConfig(_Strict):
+    """The live camera (`/v1/live`): streams of small frames where the latest one wins."""
+
+    default_size: int = Field(
+        default=256, ge=MIN_SIDE, description="a live frame's output longer side unless asked, px"
+    )
+    max_size: int = Field(
+        default=512, ge=MIN_SIDE, description="the largest `size` a live stream may ask for, px"
+    )
+    max_frame_bytes: int = Field(
+        default=2 * 2**20,
+        gt=0,
+        description="largest frame message, bytes; a larger one is answered with an error "
+        "message (`payload_too_large`) and the stream goes on",
+    )
+    max_streams: int = Field(
+        default=32,
+        ge=0,
+        description="live streams one ingress replica holds open; past it a new one is "
+        "closed with 4503 (`live_full`)",
+    )
+    max_streams_per_key: int = Field(
+        default=4,
+        ge=1,
+        description="live streams one API key holds open on one ingress replica; past it "
+        "4429 (`too_many_streams`); an open service has no per-key bound",
+    )
+    idle_timeout_s: float = Field(
+        default=30, gt=0, description="a stream that sends nothing this long is closed (4408)"
+    )
+    send_timeout_s: float = Field(
+        default=10,
+        gt=0,
+        description="a stream whose client reads no answer this long is closed as stalled (4408)",
+    )
+
+    @model_validator(mode="after")
+    def _check_sizes(self) -> LiveConfig:
+        if self.default_size > self.max_size:
+            raise ValueError(f"live.default_size {self.default_size} exceeds live.max_size")
+        return self
+
+
 class AppConfig(_Strict):
     """The application arguments (`args:` of the serve config)."""
 
@@ -433,6 +476,7 @@ class AppConfig(_Strict):
     portrait: PortraitConfig = PortraitConfig()
     jobs: JobsConfig = JobsConfig()
     media: MediaConfig = MediaConfig()
+    live: LiveConfig = LiveConfig()
     api_key_env: str | None = Field(
         default="ANIMEGAN_API_KEYS",
         description="environment variable with the API keys (comma-separated) that /v1 "

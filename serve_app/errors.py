@@ -243,6 +243,37 @@ class UseJobs(ServiceError):
     status, code = 422, "use_jobs"
 
 
+# --- live streams: answered as a WebSocket close code, 4000 + the status -----------------
+
+
+class UpgradeRequired(ServiceError):
+    """A plain HTTP request to a WebSocket route (``/v1/live``)."""
+
+    status, code = 426, "upgrade_required"
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Upgrade": "websocket"}
+
+
+class TooManyStreams(ServiceError):
+    """The API key holds ``live.max_streams_per_key`` live streams on this replica."""
+
+    status, code = 429, "too_many_streams"
+
+
+class StreamIdle(ServiceError):
+    """A live stream sent nothing for ``live.idle_timeout_s``."""
+
+    status, code = 408, "stream_idle"
+
+
+class StreamStalled(ServiceError):
+    """A live stream's client read no answer for ``live.send_timeout_s``."""
+
+    status, code = 408, "stream_stalled"
+
+
 # --- 5xx: the service, not the request -------------------------------------------------
 
 
@@ -260,6 +291,12 @@ class Unavailable(ServiceError):
     """The model could not answer (a replica failed twice)."""
 
     status, code, retry_after_s = 503, "unavailable", 1
+
+
+class LiveFull(ServiceError):
+    """This ingress replica holds ``live.max_streams`` live streams."""
+
+    status, code, retry_after_s = 503, "live_full", 5
 
 
 class NotReady(ServiceError):

@@ -19,7 +19,7 @@ from serve_app.http.app import create_app
 from serve_app.http.request_log import ingress_metrics
 from serve_app.jobs.records import JobList, JobView, owner_of
 from serve_app.jobs.service import JobOutput
-from serve_app.metrics import JobMetrics
+from serve_app.metrics import JobMetrics, LiveMetrics
 from serve_app.model_client import ModelClient
 from serve_app.pipeline.cache_client import CacheClient
 from serve_app.pipeline.results import StylizeResult
@@ -40,6 +40,7 @@ class Ingress:
             weights,
             metrics=ingress_metrics(),
             job_metrics=JobMetrics(),
+            live_metrics=LiveMetrics(),
         )
         self._service.in_background(self._service.start())
 

@@ -125,3 +125,32 @@ class JobMetrics:
     def set_active(self, queued: int, running: int) -> None:
         self.jobs_active.set(queued, tags={"state": "queued"})
         self.jobs_active.set(running, tags={"state": "running"})
+
+
+class LiveMetrics:
+    """Live camera streams on an ingress replica: open streams, frames, frame latency."""
+
+    def __init__(self) -> None:
+        self.streams_open = Gauge(
+            "animegan_live_streams", description="live streams open on this ingress replica"
+        )
+        self.frames = Counter(
+            "animegan_live_frames",
+            description="live frames by outcome: received, processed, skipped (a newer frame "
+            "replaced it while it waited), failed (answered with an error)",
+            tag_keys=("outcome",),
+        )
+        self.frame_ms = Histogram(
+            "animegan_live_frame_ms",
+            description="a live frame's arrival to its stylized answer being sent, ms",
+            boundaries=MS_BOUNDARIES,
+        )
+
+    def streams(self, open_streams: int) -> None:
+        self.streams_open.set(open_streams)
+
+    def frame(self, outcome: str) -> None:
+        self.frames.inc(tags={"outcome": outcome})
+
+    def latency(self, ms: float) -> None:
+        self.frame_ms.observe(ms)

@@ -12,7 +12,7 @@ from pathlib import Path
 from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
 
-from serve_app.http import jobs, meta, stylize
+from serve_app.http import jobs, live, meta, stylize
 from serve_app.http.errors import install_error_handlers
 from serve_app.http.openapi import openapi_document
 from serve_app.http.request_log import RequestContextMiddleware
@@ -37,7 +37,7 @@ def create_app(service: AnimeService) -> FastAPI:
     install_error_handlers(app)
     app.add_middleware(RequestContextMiddleware)
     app.mount("/static", StaticFiles(directory=WEB_DIR, check_dir=False), name="static")
-    for router in (stylize.router, jobs.router, meta.router):
+    for router in (stylize.router, jobs.router, live.router, meta.router):
         app.include_router(router)
     enable_cors(app, config.cors_origins)  # over the routes' methods and headers
 

@@ -28,12 +28,12 @@ from serve_app.http.params import (
     Owner,
     Service,
     StylizeQuery,
-    api_key_of,
+    accept_socket,
     owner_of_request,
+    ws_close_code,
 )
 from serve_app.http.ranges import content_range, parse_range
 from serve_app.http.request_log import log_fields
-from serve_app.http.security import key_is_valid
 from serve_app.http.uploads import read_single_upload
 from serve_app.jobs.records import ANONYMOUS, CURSOR, JobList, JobState, JobView
 from serve_app.jobs.webhooks import WEBHOOK_EVENTS
@@ -51,8 +51,6 @@ _PREFER_WAIT = re.compile(r"(?:^|[,;\s])wait\s*=\s*(\d{1,6})(?:$|[,;\s])", re.IG
 # The subprotocol a WebSocket follower speaks (offered beside ``bearer.<key>``).
 EVENTS_PROTOCOL = "animegan.jobs.v1"
 WEBHOOK_EVENTS_PATTERN = r"^{e}(,{e})*$".format(e=f"({'|'.join(WEBHOOK_EVENTS)})")
-# WebSocket close codes: 4000 + the HTTP status the same request would get.
-WS_CLOSE_UNAUTHORIZED = 4401
 
 
 def _prefer_wait_s(prefer: str | None, most_s: float) -> float:
@@ -194,14 +192,9 @@ async def job_events_socket(websocket: WebSocket, job_id: str) -> None:
 
     Browsers cannot set headers on a WebSocket: they offer the API key as the
     subprotocol ``bearer.<key>`` beside ``animegan.jobs.v1`` (the one the server picks)."""
-    protocols = [p.strip() for p in websocket.headers.get("sec-websocket-protocol", "").split(",")]
-    await websocket.accept(subprotocol=EVENTS_PROTOCOL if EVENTS_PROTOCOL in protocols else None)
-    service = websocket.app.state.service
-    keys = getattr(websocket.app.state, "api_keys", ())
-    offered = api_key_of(websocket.headers)
-    if keys and not (offered and key_is_valid(f"Bearer {offered}", keys)):
-        await websocket.close(WS_CLOSE_UNAUTHORIZED, "this service requires an API key")
+    if not await accept_socket(websocket, EVENTS_PROTOCOL):
         return
+    service = websocket.app.state.service
     events = service.jobs.events(job_id, owner_of_request(websocket))
     try:
         async for record in events:
@@ -211,7 +204,7 @@ async def job_events_socket(websocket: WebSocket, job_id: str) -> None:
             await websocket.send_json({"event": record.state, "data": view})
         await websocket.close(1000, "the job ended")
     except ServiceError as error:
-        await websocket.close(4000 + error.status, error.message[:120])
+        await websocket.close(ws_close_code(error), error.message[:120])
     except WebSocketDisconnect:
         pass
     finally:

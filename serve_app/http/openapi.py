@@ -29,6 +29,7 @@ ERROR_DESCRIPTIONS = {
     416: "a Range past the end of the result",
     422: "a bad parameter, or no picture in the multipart body (a refused webhook, a reused "
     "Idempotency-Key)",
+    426: "a WebSocket route asked for with plain HTTP",
     500: "a bug; the server log has the traceback",
     503: "at capacity, the model could not answer, the job store is unavailable, or (/readyz) "
     "not ready yet; retry after Retry-After seconds",
@@ -37,6 +38,7 @@ ERROR_DESCRIPTIONS = {
 }
 ERROR_HEADERS = {
     401: {"WWW-Authenticate": {"schema": {"type": "string"}, "description": "Bearer"}},
+    426: {"Upgrade": {"schema": {"type": "string"}, "description": "websocket"}},
     503: {"Retry-After": {"schema": {"type": "integer"}, "description": "seconds"}},
 }
 
@@ -129,6 +131,7 @@ def openapi_document(app: FastAPI, config: AppConfig) -> dict:
             f"each picture at most {limits.max_bytes} bytes and {limits.max_pixels} pixels"
         )
     _constrain_webhook(schema["paths"]["/v1/jobs"]["post"], config)
+    _constrain_live(schema["paths"]["/v1/live"]["get"], config)
     _own_validation_errors(schema)
     _declare_api_key(schema, app)
     batch = schema["paths"]["/v1/stylize/batch"]["post"]["requestBody"]
@@ -195,6 +198,15 @@ def _own_validation_errors(schema: dict) -> None:
     components = schema.get("components", {}).get("schemas", {})
     for name in ("HTTPValidationError", "ValidationError"):
         components.pop(name, None)
+
+
+def _constrain_live(operation: dict, config: AppConfig) -> None:
+    """A live stream's options, with its own default and largest size."""
+    _constrain_options(operation, config, synchronous=True)
+    for parameter in operation.get("parameters", []):
+        if parameter["name"] == "size":
+            parameter["schema"]["maximum"] = min(config.live.max_size, config.limits.max_sync_size)
+            parameter["schema"]["default"] = config.live.default_size
 
 
 def _constrain_options(operation: dict, config: AppConfig, synchronous: bool) -> None:

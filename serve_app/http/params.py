@@ -7,10 +7,11 @@ import inspect
 from collections.abc import Callable, Mapping
 from typing import Annotated, Any
 
-from fastapi import Depends, Query, Request
+from fastapi import Depends, Query, Request, WebSocket
 from starlette.requests import HTTPConnection
 
-from serve_app.http.security import require_api_key
+from serve_app.errors import ServiceError, Unauthorized
+from serve_app.http.security import key_is_valid, require_api_key
 from serve_app.jobs.records import ANONYMOUS, owner_of
 from serve_app.options import option_fields
 from serve_app.service.service import AnimeService
@@ -18,11 +19,12 @@ from serve_app.service.service import AnimeService
 API_KEY = [Depends(require_api_key)]
 
 
-def make_stylize_query() -> Callable[..., dict[str, Any]]:
+def make_stylize_query(names: tuple[str, ...] | None = None) -> Callable[..., dict[str, Any]]:
     """One FastAPI dependency taking every option of ``StylizeOptions`` as a query
     parameter: its name, its type (a wrong type answers 422 ``invalid_parameters``) and its
     description, each optional. Its values are checked by ``resolve_options`` (the service's
-    ``options``), so a refused value gets the option's own error."""
+    ``options``), so a refused value gets the option's own error. ``names``: only these
+    options (default: all)."""
 
     def stylize_query(**sent: Any) -> dict[str, Any]:
         """The options as sent (None: not sent), for the service to resolve."""
@@ -39,6 +41,7 @@ def make_stylize_query() -> Callable[..., dict[str, Any]]:
                 ],
             )
             for option in option_fields()
+            if names is None or option.name in names
         ]
     )
     return stylize_query
@@ -81,3 +84,28 @@ def owner_of_request(request: HTTPConnection) -> str:
 
 
 Owner = Annotated[str, Depends(owner_of_request)]
+
+
+# WebSocket close codes: 4000 + the HTTP status the same request would get.
+WS_CLOSE_OFFSET = 4000
+
+
+def ws_close_code(error: ServiceError) -> int:
+    return WS_CLOSE_OFFSET + error.status
+
+
+async def accept_socket(websocket: WebSocket, protocol: str) -> bool:
+    """Accept a WebSocket (speaking ``protocol`` when the client offers it) and check its
+    API key; False once it is closed with 4401 for a missing or wrong key.
+
+    Browsers cannot set headers on a WebSocket: they offer the key as the subprotocol
+    ``bearer.<key>`` beside the route's own, which the server picks."""
+    offered = [p.strip() for p in websocket.headers.get("sec-websocket-protocol", "").split(",")]
+    await websocket.accept(subprotocol=protocol if protocol in offered else None)
+    keys = getattr(websocket.app.state, "api_keys", ())
+    key = api_key_of(websocket.headers)
+    if keys and not (key and key_is_valid(f"Bearer {key}", keys)):
+        error = Unauthorized("this service requires an API key")
+        await websocket.close(ws_close_code(error), error.message)
+        return False
+    return True

@@ -121,7 +121,7 @@ class StylizePipeline:
         # lookups use it, so results computed elsewhere on another runtime never match.
         self._runtimes: dict[str, str] = {}
         self._in_flight: dict[str, _SharedWork] = {}
-        self._decode_memory = MemoryBudget(config.decode_memory_bytes)
+        self.decode_memory = MemoryBudget(config.decode_memory_bytes)
         self._background: set[asyncio.Task] = set()
         self.requests: Counter[CacheStatus] = Counter()
 
@@ -254,7 +254,7 @@ class StylizePipeline:
             return await self._compute_portrait(digest, data, options, work)
         started = time.perf_counter()
         pixels = decode.header_pixels(data)
-        async with self._decode_memory.reserve(decode.decode_peak_bytes(pixels)):
+        async with self.decode_memory.reserve(decode.decode_peak_bytes(pixels)):
             decoded = await in_thread(self._executor, self._decode, data, pixels, options.size)
         decoded_at = time.perf_counter()
         work.progress = PROGRESS_DECODED
@@ -293,7 +293,7 @@ class StylizePipeline:
         started = time.perf_counter()
         pixels = decode.header_pixels(data)
         peak = decode.decode_peak_bytes(pixels) + PORTRAIT_DECODE_BYTES_PER_PIXEL * pixels
-        async with self._decode_memory.reserve(peak):
+        async with self.decode_memory.reserve(peak):
             ready = await in_thread(self._executor, self._prepare_portrait, data, pixels, options)
         prepared_at = time.perf_counter()
         work.progress = PROGRESS_DECODED

@@ -19,6 +19,7 @@ from serve_app.config import MIN_SIDE, OUTPUT_FORMATS, AppConfig, example_path
 from serve_app.errors import NotFound, NotReady, ServiceError
 from serve_app.jobs.records import ANONYMOUS, JobRecord, WebhookInfo
 from serve_app.jobs.service import JobService, Submission
+from serve_app.live.service import LiveMetrics, LiveService
 from serve_app.media.service import MediaService
 from serve_app.options import StylizeOptions, resolve_options
 from serve_app.pipeline.lru import CachedImage
@@ -65,6 +66,7 @@ class AnimeService:
         *,
         metrics: ServiceMetrics | None = None,
         job_metrics: Any = None,
+        live_metrics: LiveMetrics | None = None,
     ) -> None:
         """``weights``: style -> the digest of its configured weights."""
         self.config = config
@@ -90,6 +92,14 @@ class AnimeService:
             progress_of=self.pipeline.progress,
             run_media=self.media.run_job,
             metrics=job_metrics,
+        )
+        self.live = LiveService(
+            config,
+            model.stylize,
+            executor=self._photos,
+            decode_memory=self.pipeline.decode_memory,
+            on_frame=self.media.gate.interactive,
+            metrics=live_metrics,
         )
         self.examples: dict[str, Example] = load_examples(config)
         self._warm: dict[tuple[str, str], bool] = {}  # (example, style) -> warmed at start
@@ -268,6 +278,7 @@ class AnimeService:
             model=await self._model.stats(),
             jobs=self.jobs.figures(),
             job_records=self.jobs.record_calls,
+            live_streams=self.live.open_streams,
         )
 
     # --- the cache, warmed ---------------------------------------------------------------

@@ -100,6 +100,7 @@ class StatsResponse(BaseModel):
         description="this ingress replica's calls to the job record store since it started, "
         "by operation",
     )
+    live_streams: int = Field(description="live streams open on this ingress replica")
 
 
 class HealthResponse(BaseModel):

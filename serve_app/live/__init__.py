@@ -1,0 +1,1 @@
+"""Live camera streams: frames in over a WebSocket, stylized frames out, the latest wins."""

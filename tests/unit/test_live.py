@@ -1,0 +1,434 @@
+"""Live streams without Ray: the latest frame wins, errors keep the stream, bounds, and the
+WebSocket route over the service with a fake model."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import time
+
+import numpy as np
+import pytest
+from PIL import Image
+from starlette.testclient import TestClient
+from starlette.websockets import WebSocketDisconnect
+
+from serve_app.config import AppConfig, LiveConfig
+from serve_app.errors import (
+    ImageTooLarge,
+    InvalidParameters,
+    InvalidSize,
+    LiveFull,
+    ReplicaFailed,
+    StreamIdle,
+    StreamStalled,
+    TooManyStreams,
+    Unavailable,
+    UndecodableImage,
+    UnsupportedFormat,
+)
+from serve_app.http.app import create_app
+from serve_app.live.service import LiveService, frame_format
+from serve_app.live.stream import ClientLeft, FrameAnswer, LiveStream
+from serve_app.service.service import AnimeService
+from tests.support.fakes import RANDOM_WEIGHTS, InvertingModel, LocalCache
+from tests.support.pictures import synthetic_jpeg
+
+STYLES = [{"name": "alpha", "weights": "random"}, {"name": "beta", "weights": "random"}]
+
+
+def make_config(**overrides) -> AppConfig:
+    return AppConfig.model_validate({"styles": STYLES, **overrides})
+
+
+def webp(width: int = 96, height: int = 64) -> bytes:
+    out = io.BytesIO()
+    Image.new("RGB", (width, height), (200, 30, 90)).save(out, "WEBP")
+    return out.getvalue()
+
+
+class Transport:
+    """A client's side of the socket: messages in through a queue, what the stream sends
+    kept in order (text parsed)."""
+
+    def __init__(self) -> None:
+        self.incoming: asyncio.Queue = asyncio.Queue()
+        self.sent: list = []
+        self.arrived = asyncio.Event()
+        self.stall_sends = False
+        self.gone = False
+
+    async def receive(self):
+        return await self.incoming.get()
+
+    async def send_text(self, text: str) -> None:
+        await self._send(json.loads(text))
+
+    async def send_bytes(self, data: bytes) -> None:
+        await self._send(data)
+
+    async def _send(self, message) -> None:
+        if self.gone:
+            raise ClientLeft("the peer closed")
+        if self.stall_sends:
+            await asyncio.Event().wait()
+        self.sent.append(message)
+        self.arrived.set()
+
+    async def wait_for(self, predicate) -> None:
+        while not any(predicate(m) for m in self.sent):
+            self.arrived.clear()
+            await asyncio.wait_for(self.arrived.wait(), 5)
+
+    def headers(self) -> list[dict]:
+        return [m for m in self.sent if isinstance(m, dict)]
+
+
+class GatedFrames:
+    """A frame stylizer that holds each frame until the test lets it through."""
+
+    def __init__(self) -> None:
+        self.started: asyncio.Queue = asyncio.Queue()
+        self.release: asyncio.Queue = asyncio.Queue()
+        self.seen: list[bytes] = []
+
+    async def __call__(self, data: bytes, options) -> FrameAnswer:
+        self.seen.append(data)
+        await self.started.put(data)
+        outcome = await self.release.get()
+        if isinstance(outcome, Exception):
+            raise outcome
+        return FrameAnswer(b"out-" + data, 8, 8, {"inference": 1.0})
+
+
+class Counted:
+    def __init__(self) -> None:
+        self.frames: dict[str, int] = {}
+        self.latencies: list[float] = []
+        self.open: list[int] = []
+
+    def frame(self, outcome: str) -> None:
+        self.frames[outcome] = self.frames.get(outcome, 0) + 1
+
+    def latency(self, ms: float) -> None:
+        self.latencies.append(ms)
+
+    def streams(self, open_streams: int) -> None:
+        self.open.append(open_streams)
+
+
+def make_stream(transport, frames, live: LiveConfig | None = None, metrics=None) -> LiveStream:
+    service = LiveService(make_config(), InvertingModel(["alpha", "beta"]).stylize)
+    return LiveStream(
+        transport,
+        service.options({}),
+        live or LiveConfig(),
+        frames,
+        service.change_options,
+        metrics or Counted(),
+    )
+
+
+def test_the_latest_frame_wins_and_skipped_frames_are_counted():
+    async def scenario():
+        transport, frames, metrics = Transport(), GatedFrames(), Counted()
+        stream = make_stream(transport, frames, metrics=metrics)
+        running = asyncio.ensure_future(stream.run())
+        await transport.incoming.put(b"f0")
+        assert await frames.started.get() == b"f0"  # frame 0 is at the model
+        for name in (b"f1", b"f2", b"f3", b"f4"):  # each replaces the one waiting
+            await transport.incoming.put(name)
+        while stream.received < 5:
+            await asyncio.sleep(0)
+        await frames.release.put(None)
+        assert await frames.started.get() == b"f4"
+        await frames.release.put(None)
+        await transport.wait_for(lambda m: m == b"out-f4")
+        await transport.incoming.put(None)  # the client leaves
+        assert await running is None
+        return transport, frames, stream, metrics
+
+    transport, frames, stream, metrics = asyncio.run(scenario())
+    assert frames.seen == [b"f0", b"f4"]
+    headers = transport.headers()
+    # "skipped so far" when each answer goes out: frame 0 was answered after the skips
+    assert [(h["seq"], h["skipped"]) for h in headers] == [(0, 3), (4, 3)]
+    assert transport.sent[1] == b"out-f0" and transport.sent[3] == b"out-f4"
+    assert headers[0]["style"] == "alpha" and "wait" in headers[0]["timings_ms"]
+    assert (stream.received, stream.processed, stream.skipped) == (5, 2, 3)
+    assert metrics.frames == {"received": 5, "processed": 2, "skipped": 3}
+    assert len(metrics.latencies) == 2
+
+
+def test_a_bad_frame_is_reported_and_the_stream_goes_on():
+    async def scenario():
+        transport, frames = Transport(), GatedFrames()
+        stream = make_stream(transport, frames, LiveConfig(max_frame_bytes=10))
+        running = asyncio.ensure_future(stream.run())
+        await transport.incoming.put(b"x" * 11)  # over max_frame_bytes: refused on arrival
+        await transport.wait_for(lambda m: isinstance(m, dict) and m.get("seq") == 0)
+        await transport.incoming.put(b"bad")
+        await frames.started.get()
+        await frames.release.put(UndecodableImage("not a picture"))
+        await transport.wait_for(lambda m: isinstance(m, dict) and m.get("seq") == 1)
+        await transport.incoming.put(b"good")
+        await frames.started.get()
+        await frames.release.put(None)
+        await transport.wait_for(lambda m: m == b"out-good")
+        await transport.incoming.put(None)
+        await running
+        return transport, stream
+
+    transport, stream = asyncio.run(scenario())
+    headers = transport.headers()
+    assert headers[0]["error"]["code"] == "payload_too_large"
+    assert headers[1] == {
+        "seq": 1,
+        "skipped": 0,
+        "error": {"code": "undecodable_image", "message": "not a picture"},
+    }
+    assert headers[2]["seq"] == 2 and "error" not in headers[2]
+    assert (stream.failed, stream.processed) == (2, 1)
+
+
+def test_control_messages_change_the_options_for_the_next_frames():
+    async def scenario():
+        transport, frames = Transport(), GatedFrames()
+        stream = make_stream(transport, frames)
+        running = asyncio.ensure_future(stream.run())
+        for text in ('{"style": "beta", "strength": 0.5}', "[1]", '{"portrait": "crop"}'):
+            await transport.incoming.put(text)
+        await transport.incoming.put('{"style": "nope"}')
+        await transport.wait_for(lambda m: isinstance(m, dict) and len(transport.sent) >= 4)
+        await transport.incoming.put(b"f0")
+        await frames.started.get()
+        await frames.release.put(None)
+        await transport.wait_for(lambda m: m == b"out-f0")
+        await transport.incoming.put(None)
+        await running
+        return transport
+
+    transport = asyncio.run(scenario())
+    acknowledged, not_an_object, unknown, bad_style, frame = transport.headers()
+    assert acknowledged["options"]["style"] == "beta"
+    assert acknowledged["options"]["strength"] == 0.5
+    assert acknowledged["options"]["size"] == LiveConfig().default_size
+    assert not_an_object["error"]["code"] == "invalid_parameters"
+    assert unknown["error"]["code"] == "invalid_parameters"
+    assert bad_style["error"]["code"] == "unknown_style"
+    assert frame["style"] == "beta"  # the last good options
+
+
+def test_an_idle_stream_is_closed():
+    async def scenario():
+        stream = make_stream(Transport(), GatedFrames(), LiveConfig(idle_timeout_s=0.05))
+        return await stream.run()
+
+    assert isinstance(asyncio.run(scenario()), StreamIdle)
+
+
+def test_a_client_that_reads_nothing_stalls_its_stream_closed():
+    async def scenario():
+        transport, frames = Transport(), GatedFrames()
+        transport.stall_sends = True
+        stream = make_stream(transport, frames, LiveConfig(send_timeout_s=0.05))
+        await transport.incoming.put(b"f0")
+        running = asyncio.ensure_future(stream.run())
+        await frames.started.get()
+        await frames.release.put(None)
+        return await running
+
+    assert isinstance(asyncio.run(scenario()), StreamStalled)
+
+
+def test_a_client_gone_mid_answer_ends_the_stream_quietly():
+    async def scenario():
+        transport, frames = Transport(), GatedFrames()
+        transport.gone = True
+        stream = make_stream(transport, frames)
+        await transport.incoming.put(b"f0")
+        running = asyncio.ensure_future(stream.run())
+        await frames.started.get()
+        await frames.release.put(None)
+        return await running, stream
+
+    ended, stream = asyncio.run(scenario())
+    assert ended is None and stream.processed == 0  # stylized, never delivered
+
+
+# --- the service: options, admission, one frame -----------------------------------------
+
+
+def test_live_options_take_the_live_defaults_and_bounds():
+    service = LiveService(make_config(), InvertingModel(["alpha"]).stylize)
+    options = service.options({})
+    assert (options.size, options.style) == (LiveConfig().default_size, "alpha")
+    assert service.options({"size": "128", "style": "beta"}).size == 128
+    with pytest.raises(InvalidSize):
+        service.options({"size": str(LiveConfig().max_size + 4)})
+    with pytest.raises(InvalidParameters):
+        service.options({"portrait": "crop"})
+
+
+def test_admission_bounds_streams_per_replica_and_per_key():
+    metrics = Counted()
+    service = LiveService(
+        make_config(live={"max_streams": 3, "max_streams_per_key": 2}),
+        InvertingModel(["alpha"]).stylize,
+        metrics=metrics,
+    )
+    with service.admit("key-a"), service.admit("key-a"):
+        with pytest.raises(TooManyStreams), service.admit("key-a"):
+            pass
+        with service.admit("key-b"):
+            assert service.open_streams == 3
+            with pytest.raises(LiveFull), service.admit(None):
+                pass
+    assert service.open_streams == 0
+    with service.admit("key-a"), service.admit("key-a"):  # places come back
+        pass
+    assert metrics.open[-1] == 0 and max(metrics.open) == 3
+
+
+def test_a_frame_comes_back_stylized_in_its_own_format():
+    model = InvertingModel(["alpha"])
+    service = LiveService(make_config(), model.stylize)
+    options = service.options({"size": "64"})
+
+    async def both():
+        return (
+            await service.stylize_frame(synthetic_jpeg(160, 120), options),
+            await service.stylize_frame(webp(96, 64), options),
+        )
+
+    jpeg_answer, webp_answer = asyncio.run(both())
+    assert frame_format(jpeg_answer.data) == "jpeg" and frame_format(webp_answer.data) == "webp"
+    assert (jpeg_answer.width, jpeg_answer.height) == (64, 48)
+    with Image.open(io.BytesIO(webp_answer.data)) as picture:
+        assert max(picture.size) == 64
+    assert set(jpeg_answer.timings_ms) == {"decode", "queue", "inference", "encode"}
+    assert model.pictures == 2
+
+
+@pytest.mark.parametrize(
+    ("data", "error"),
+    [
+        (b"\x89PNG\r\n\x1a\n" + b"0" * 32, UnsupportedFormat),
+        (b"\xff\xd8\xff" + b"0" * 32, UndecodableImage),
+        ("huge", ImageTooLarge),
+    ],
+)
+def test_a_bad_frame_gets_the_photo_error(data, error):
+    config = make_config(limits={"max_pixels": 100 * 100})
+    service = LiveService(config, InvertingModel(["alpha"]).stylize)
+    data = synthetic_jpeg(200, 200) if data == "huge" else data
+    with pytest.raises(error):
+        asyncio.run(service.stylize_frame(data, service.options({})))
+
+
+def test_a_dying_model_replica_is_retried_once():
+    calls = []
+
+    async def flaky(rgb: np.ndarray, style: str):
+        calls.append(style)
+        if len(calls) in (1, 3, 4):
+            raise ReplicaFailed("replica died")
+        return await InvertingModel(["alpha"]).stylize(rgb, style)
+
+    service = LiveService(make_config(), flaky)
+    options = service.options({"size": "32"})
+    assert asyncio.run(service.stylize_frame(synthetic_jpeg(), options)).width == 32
+    with pytest.raises(Unavailable):
+        asyncio.run(service.stylize_frame(synthetic_jpeg(), options))
+    assert len(calls) == 4
+
+
+# --- the WebSocket route ----------------------------------------------------------------
+
+
+@pytest.fixture
+def live_client(monkeypatch, tmp_path):
+    monkeypatch.setenv("LIVE_TEST_KEYS", "secret-key")
+    config = make_config(
+        api_key_env="LIVE_TEST_KEYS",
+        jobs={"store_url": str(tmp_path / "jobs")},
+        live={"max_streams_per_key": 1},
+    )
+    model = InvertingModel(["alpha", "beta"])
+    service = AnimeService(
+        config, model, LocalCache(), {"alpha": RANDOM_WEIGHTS, "beta": RANDOM_WEIGHTS}
+    )
+    with TestClient(create_app(service)) as client:
+        yield client
+
+
+BEARER = ["animegan.live.v1", "bearer.secret-key"]
+
+
+def leave(client: TestClient, ws) -> None:
+    """Close from the client and wait for the stream's end on the server: the test
+    client cancels whatever still runs when its session exits."""
+    ws.close(1000)
+    deadline = time.monotonic() + 10
+    while client.app.state.service.live.open_streams and time.monotonic() < deadline:
+        time.sleep(0.01)
+
+
+def test_the_route_answers_frames_over_a_websocket(live_client):
+    with live_client.websocket_connect("/v1/live?style=beta&size=64", subprotocols=BEARER) as ws:
+        assert ws.accepted_subprotocol == "animegan.live.v1"
+        ws.send_bytes(synthetic_jpeg(160, 120))
+        header = json.loads(ws.receive_text())
+        frame = ws.receive_bytes()
+        ws.send_text('{"style": "alpha"}')
+        assert json.loads(ws.receive_text())["options"]["style"] == "alpha"
+        leave(live_client, ws)
+    assert (header["seq"], header["skipped"], header["style"]) == (0, 0, "beta")
+    assert (header["width"], header["height"]) == (64, 48)
+    assert frame_format(frame) == "jpeg"
+
+
+@pytest.mark.parametrize(
+    ("url", "protocols", "code"),
+    [
+        ("/v1/live", ["animegan.live.v1"], 4401),
+        ("/v1/live", ["animegan.live.v1", "bearer.wrong"], 4401),
+        ("/v1/live?size=4096", BEARER, 4422),
+        ("/v1/live?style=nope", BEARER, 4422),
+        ("/v1/live?portrait=crop", BEARER, 4422),
+    ],
+)
+def test_refused_streams_close_with_the_documented_code(live_client, url, protocols, code):
+    with (
+        live_client.websocket_connect(url, subprotocols=protocols) as ws,
+        pytest.raises(WebSocketDisconnect) as closed,
+    ):
+        ws.receive_text()
+    assert closed.value.code == code and closed.value.reason
+
+
+def test_a_second_stream_of_one_key_past_its_bound_closes_4429(live_client):
+    with live_client.websocket_connect("/v1/live", subprotocols=BEARER) as first:
+        first.send_text("{}")
+        first.receive_text()  # the first stream is open and admitted
+        with (
+            live_client.websocket_connect("/v1/live", subprotocols=BEARER) as second,
+            pytest.raises(WebSocketDisconnect) as closed,
+        ):
+            second.receive_text()
+        leave(live_client, first)
+    assert closed.value.code == 4429
+
+
+def test_plain_http_on_the_live_route_answers_426(live_client):
+    headers = {"Authorization": "Bearer secret-key"}
+    response = live_client.get("/v1/live", headers=headers)
+    assert response.status_code == 426
+    assert response.headers["upgrade"] == "websocket"
+    assert response.json()["error"]["code"] == "upgrade_required"
+    assert live_client.get("/v1/live").status_code == 401
+    operation = live_client.get("/openapi.json", headers=headers).json()["paths"]["/v1/live"]
+    assert "WebSocket" in operation["get"]["description"]
+    size = next(p for p in operation["get"]["parameters"] if p["name"] == "size")
+    assert size["schema"]["maximum"] == LiveConfig().max_size
