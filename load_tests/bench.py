@@ -3,6 +3,7 @@ baseline, side by side in one run on one machine.
 
     python -m load_tests.bench            # the full run (about 16 min on 2 cores)
     python -m load_tests.bench --quick    # a smoke run: a few requests per point
+    python -m load_tests.bench --only live   # some parts alone (PARTS below; see --help)
 
 In order, each part alone on the machine:
 
@@ -15,7 +16,9 @@ In order, each part alone on the machine:
 2. ``serve run`` of a temporary copy of ``serve_config.yaml`` (random weights, Stylizer
    replicas pinned to that process count, a free 127.0.0.1 port, the framework floor as a
    second application) with RAY_ADDRESS=local: the time to its first 200, then unique
-   photos, a mixed workload, and cache hits each next to the floor; then it is stopped;
+   photos, a mixed workload, and cache hits each next to the floor, videos as jobs
+   (``load_tests/job_bench.py``), live camera streams over the WebSocket at 1, 4 and 8
+   streams with photos beside them (``load_tests/live_bench.py``); then it is stopped;
 3. the Flask baseline (``load_tests/flask_reference.py``) on the mixed workload;
 4. the job store at scale (``load_tests/store_bench.py``): per repetition a `serve run`
    with an empty job store, filled to 10,000 jobs (submit and read p50s, start against
@@ -24,10 +27,11 @@ In order, each part alone on the machine:
 
 Every figure is measured ``--repeats`` times; each target ratio is taken within one
 repetition, then reported as the median over them with the range. Writes
-``docs/benchmarks.md`` and ``load_tests/results/bench.json``.
+``docs/benchmarks.md`` and ``load_tests/results/bench.json``; a run of some parts alone
+(``--only``, with the model limits they are measured against) writes
+``bench-<parts>.json`` and ``benchmarks-<parts>.md`` into the results folder instead.
 
-Longer than most modules, on purpose: it is the benchmark's one script, each part a step of
-one run whose order and isolation (each part alone on the machine) the figures depend on.
+What is measured and how it is reported: ``load_tests/bench_report.py``.
 """
 
 from __future__ import annotations
@@ -35,19 +39,17 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime
-import importlib.metadata
 import json
 import logging
 import multiprocessing
 import os
-import platform
 import shlex
 import signal
 import subprocess
 import sys
 import time
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import httpx
@@ -57,14 +59,29 @@ from load_tests import (
     cold_start,
     cpu_profile,
     job_bench,
+    live_bench,
     portrait_bench,
     store_bench,
     tiling_bench,
 )
+from load_tests.bench_report import (
+    FLOOR_PREFIX,
+    HOT_RATIO,
+    HOT_SET,
+    MIXED_CLIENTS,
+    MIXED_SIZE,
+    PARTS,
+    PIPELINE_UPLOADS,
+    SIZES,
+    figures_table,
+    machine,
+    markdown,
+    partial_run,
+    targets,
+    targets_list,
+)
 from load_tests.cold_start import free_port, server, stylizer_cpus
-from load_tests.loadgen import MIN_ANSWERS, run_point
-from load_tests.report import spread, table, target
-from load_tests.report import targets_table as report_targets_table
+from load_tests.loadgen import run_point
 from load_tests.workloads import (
     CANVAS,
     CONTENT_TYPE,
@@ -75,83 +92,12 @@ from load_tests.workloads import (
     multipart,
     repeated,
 )
-from serve_app.config import MediaConfig
+from serve_app.config import BatchConfig, MediaConfig
 from serve_app.imaging.pixels import target_dimensions
 
 logger = logging.getLogger("load_tests.bench")
 
 REPO = Path(__file__).resolve().parents[1]
-SIZES = (256, 512)
-MIXED_SIZE = 256
-MIXED_CLIENTS = 8
-HOT_SET, HOT_RATIO = 4, 0.5
-FLOOR_PREFIX = "/floor"
-PIPELINE_UPLOADS = 4  # unique uploads each in-process pipeline cycles through
-
-# (target, numerator (point, field), denominator (point, field), wanted, higher is better)
-TARGETS = (
-    (
-        "unique photos / in-process pipeline, 256 px",
-        ("misses 256", "rps"),
-        ("pipeline 256", "rps"),
-        0.9,
-        True,
-    ),
-    (
-        "unique photos / in-process pipeline, 512 px",
-        ("misses 512", "rps"),
-        ("pipeline 512", "rps"),
-        0.9,
-        True,
-    ),
-    ("cache hits / floor, c8 req/s", ("hits c8", "rps"), ("floor c8", "rps"), 0.9, True),
-    ("cache hits / floor, c1 p50", ("hits c1", "p50_ms"), ("floor c1", "p50_ms"), 1 / 0.9, False),
-    ("mixed / Flask, c8 req/s", ("mixed", "rps"), ("flask mixed", "rps"), 3.0, True),
-    ("mixed / Flask, c8 mean ms", ("mixed", "mean_ms"), ("flask mixed", "mean_ms"), 0.33, False),
-    (
-        "job frames/s / model limit, 256 px frames",
-        ("job", "frames_per_s"),
-        ("model frames", "rps"),
-        0.9,
-        True,
-    ),
-    (
-        "half-still clip: model passes / frames",
-        ("job", "still_model_passes"),
-        ("job", "still_frames"),
-        0.55,
-        False,
-    ),
-    ("resubmitted clip: answer, s", ("job", "resubmit_s"), None, 1.0, False),
-    ("cold start / bare Serve app", ("cold start", "app_s"), ("cold start", "hello_s"), 1.5, False),
-    (
-        "photo p50 during a job / idle",
-        ("job", "photo_during_job_p50_ms"),
-        ("job", "photo_idle_p50_ms"),
-        2.0,
-        False,
-    ),
-)
-# point: (what, workload, px)
-POINTS = {
-    "model 256": ("model, in-process", "generator on a ready tensor (img/s)", "256"),
-    "model 512": ("model, in-process", "generator on a ready tensor (img/s)", "512"),
-    "pipeline 256": ("pipeline, in-process", "decode + resize + model + PNG encode", "256"),
-    "pipeline 512": ("pipeline, in-process", "decode + resize + model + PNG encode", "512"),
-    "misses 256": ("service", "unique photos (all misses)", "256"),
-    "misses 512": ("service", "unique photos (all misses)", "512"),
-    "mixed": ("service", f"mixed: {HOT_RATIO:.0%} from {HOT_SET} hot photos", "256"),
-    "hits c1": ("service", "one photo again (cache hits)", "256"),
-    "floor c1": ("framework floor", "bare route, one actor call", "–"),
-    "hits c8": ("service", "one photo again (cache hits)", "256"),
-    "floor c8": ("framework floor", "bare route, one actor call", "–"),
-    "flask mixed": ("Flask baseline", f"mixed: {HOT_RATIO:.0%} from {HOT_SET} hot photos", "256"),
-    "model frames": (
-        "model, in-process",
-        "generator, best of batch 1 and the jobs' batch",
-        "256×144",
-    ),
-}
 
 
 @dataclass(frozen=True)
@@ -302,6 +248,18 @@ def bench_config(base: dict, port: int, floor_body: Path) -> dict:
     return config
 
 
+def stylizer_batch(config: dict) -> int:
+    """The largest batch the service's Stylizer forms (its user_config; with ``auto``, the
+    largest it may pick)."""
+    for deployment in config["applications"][0].get("deployments", []):
+        if deployment["name"] == "Stylizer":
+            batching = BatchConfig.model_validate(deployment.get("user_config", {}))
+            if batching.max_batch_size == "auto":
+                return batching.auto_max_batch_size
+            return batching.max_batch_size
+    return BatchConfig().max_batch_size
+
+
 # --------------------------------------------------------------------------- the run
 
 
@@ -321,17 +279,31 @@ class Bench:
         media = self.base["applications"][0]["args"].get("media", {})
         self.frame_batch = media.get("frame_batch", MediaConfig().frame_batch)
         self.replicas = max(1, len(os.sched_getaffinity(0)) // self.threads)
+        self.stylizer_batch = stylizer_batch(self.base)
+        self.parts = set(args.only or PARTS)
+        live = live_bench.QUICK if args.quick else live_bench.FULL
+        given = {
+            "streams": tuple(args.live_streams) if args.live_streams else None,
+            "warmup_s": args.live_warmup_s,
+            "measure_s": args.live_measure_s,
+        }
+        self.live_plan = replace(
+            live, **{key: value for key, value in given.items() if value is not None}
+        )
 
     def point(self, name: str, url: str, source: UploadSource, clients: int, phase: str) -> None:
         figures = run_point(url, source, clients, *self.plan.phases[phase])
         self.points.setdefault(name, []).append(figures)
         logger.info("%s c%d: %s", name, clients, json.dumps(figures))
 
-    def model_limit(self) -> str:
+    def model_limit(self) -> str | None:
+        """The model limits the selected parts are measured against (None: none is)."""
+        if not self.parts & {"service", "jobs", "live", "flask"}:
+            return None
         workers = ModelWorkers(self.replicas, self.threads)
         try:
             for _ in range(self.args.repeats):
-                for size in SIZES:
+                for size in SIZES if "service" in self.parts else ():
                     rate = workers.images_per_s(size, self.plan.model_s)
                     self.points.setdefault(f"model {size}", []).append({"rps": rate})
                     logger.info("model %d px: %.2f img/s", size, rate)
@@ -339,21 +311,54 @@ class Bench:
                     rate = workers.pipeline_per_s(uploads, size, self.plan.model_s)
                     self.points.setdefault(f"pipeline {size}", []).append({"rps": rate})
                     logger.info("pipeline %d px: %.2f img/s", size, rate)
-                rates = {
-                    batch: workers.images_per_s(
-                        job_bench.FRAME_SIZE, self.plan.model_s, job_bench.SOURCE, batch
+                if "jobs" in self.parts:
+                    rates = {
+                        batch: workers.images_per_s(
+                            job_bench.FRAME_SIZE, self.plan.model_s, job_bench.SOURCE, batch
+                        )
+                        for batch in (1, self.frame_batch)
+                    }
+                    by_batch = {f"batch_{batch}": rate for batch, rate in rates.items()}
+                    self.points.setdefault("model frames", []).append(
+                        {"rps": max(rates.values()), **by_batch}
                     )
-                    for batch in (1, self.frame_batch)
-                }
-                by_batch = {f"batch_{batch}": rate for batch, rate in rates.items()}
-                self.points.setdefault("model frames", []).append(
-                    {"rps": max(rates.values()), **by_batch}
-                )
-                logger.info("model, jobs' frames: %s img/s by batch size", rates)
-            workers.trace(self.dir / "flask_generator.pt")
+                    logger.info("model, jobs' frames: %s img/s by batch size", rates)
+                if "live" in self.parts:
+                    self.live_model_limit(workers)
+            if "flask" in self.parts:
+                workers.trace(self.dir / "flask_generator.pt")
             return workers.precision
         finally:
             workers.close()
+
+    def live_model_limit(self, workers: ModelWorkers) -> None:
+        """The model at the live frames' shape, batch 1 (one frame of a stream at a time)
+        and the Stylizer's batch (frames of many streams); one pass's time at batch 1."""
+        size, frame = live_bench.SIZE, live_bench.FRAME
+        rates = {
+            batch: workers.images_per_s(size, self.plan.model_s, frame, batch)
+            for batch in sorted({1, self.stylizer_batch})
+        }
+        figures = {f"batch_{batch}": rate for batch, rate in rates.items()}
+        figures |= {"rps": max(rates.values()), "pass_ms": 1e3 * self.replicas / rates[1]}
+        self.points.setdefault("model live", []).append(figures)
+        logger.info("model, live frames: %s", json.dumps(figures))
+
+    def live(self, root: str, photo_url: str) -> None:
+        url = "ws" + root.removeprefix("http") + f"/v1/live?size={live_bench.SIZE}"
+        frames = live_bench.make_frames(load_samples(self.args.photos))
+        points = live_bench.run(
+            url,
+            photo_url,
+            self.uploads.unique,
+            frames,
+            self.live_plan,
+            self.args.repeats,
+            lambda name, figures: logger.info("%s: %s", name, json.dumps(figures)),
+        )
+        for name, runs in points.items():
+            self.points.setdefault(name, []).extend(runs)
+        live_bench.add_bounds(self.points)
 
     def service(self) -> tuple[float, dict]:
         port, body = free_port(), self.dir / "floor_body.png"
@@ -379,31 +384,40 @@ class Bench:
             body.write_bytes(first_200(url[MIXED_SIZE], hit, popen, log, 300))
             first_200_s = time.monotonic() - started
             logger.info("serve run: first 200 after %.1f s", first_200_s)
-            first_200(floor, hit, popen, log, 120)
-            for rep in range(self.args.repeats):
-                for size in SIZES:
-                    name, clients = f"misses {size}", 2 * self.replicas
-                    before = cpu_profile.snapshot(popen.pid)
-                    self.point(name, url[size], self.uploads.unique, clients, name)
-                    answered = self.points[name][-1]["ok"]
-                    after = cpu_profile.snapshot(popen.pid)
-                    profile = cpu_profile.ms_per_picture(before, after, answered)
-                    self.points[name][-1]["cpu_ms_per_picture"] = profile
-                mixed = self.uploads.mixed(self.hot_sets[rep], HOT_RATIO, seed=rep)
-                self.point("mixed", url[MIXED_SIZE], mixed, MIXED_CLIENTS, "mixed")
-                for clients in (1, 8):  # each next to the floor, so that both see the same load
-                    self.point(f"hits c{clients}", url[MIXED_SIZE], repeated(hit), clients, "hits")
-                    self.point(f"floor c{clients}", floor, repeated(hit), clients, "hits")
-            logger.info("jobs: videos next to single photos")
-            jobs = job_bench.run(
-                root, url[256], self.uploads.unique, self.args.repeats, self.args.quick
-            )
-            for figures in jobs["runs"]:
-                figures["resubmit_s"] = figures["resubmit_ms"] / 1e3
-                self.points.setdefault("job", []).append(figures)
-                logger.info("jobs: %s", json.dumps(figures))
+            if "service" in self.parts:
+                first_200(floor, hit, popen, log, 120)
+                self.photos(popen.pid, url, floor, hit)
+            if "jobs" in self.parts:
+                logger.info("jobs: videos next to single photos")
+                jobs = job_bench.run(
+                    root, url[256], self.uploads.unique, self.args.repeats, self.args.quick
+                )
+                for figures in jobs["runs"]:
+                    figures["resubmit_s"] = figures["resubmit_ms"] / 1e3
+                    self.points.setdefault("job", []).append(figures)
+                    logger.info("jobs: %s", json.dumps(figures))
+            if "live" in self.parts:
+                logger.info("live: camera streams over the WebSocket, photos beside them")
+                self.live(root, url[256])
             stats = httpx.get(f"{root}/v1/stats", timeout=30).json()
         return first_200_s, stats
+
+    def photos(self, pid: int, url: dict[int, str], floor: str, hit: bytes) -> None:
+        """The service's photo points, each repetition in turn."""
+        for rep in range(self.args.repeats):
+            for size in SIZES:
+                name, clients = f"misses {size}", 2 * self.replicas
+                before = cpu_profile.snapshot(pid)
+                self.point(name, url[size], self.uploads.unique, clients, name)
+                answered = self.points[name][-1]["ok"]
+                after = cpu_profile.snapshot(pid)
+                profile = cpu_profile.ms_per_picture(before, after, answered)
+                self.points[name][-1]["cpu_ms_per_picture"] = profile
+            mixed = self.uploads.mixed(self.hot_sets[rep], HOT_RATIO, seed=rep)
+            self.point("mixed", url[MIXED_SIZE], mixed, MIXED_CLIENTS, "mixed")
+            for clients in (1, 8):  # each next to the floor, so that both see the same load
+                self.point(f"hits c{clients}", url[MIXED_SIZE], repeated(hit), clients, "hits")
+                self.point(f"floor c{clients}", floor, repeated(hit), clients, "hits")
 
     def flask(self) -> None:
         port, log = free_port(), self.dir / "flask.log"
@@ -420,25 +434,29 @@ class Bench:
         started, load_start = time.monotonic(), os.getloadavg()[0]
         logger.info("model limit: %d process(es) × %d thread(s)", self.replicas, self.threads)
         precision = self.model_limit()
-        logger.info("portrait mode: the face search against the model")
-        portrait = portrait_bench.run(self.args.quick)
-        logger.info("large prints: tiled against whole")
-        tiling = tiling_bench.run(self.args.quick)
-        cold_start_s, stats = self.service()
-        self.flask()
-        logger.info("the job store at scale: filled, then a job followed")
+        results: dict = {}  # the parts' own results, beside the points
+        if "portrait" in self.parts:
+            logger.info("portrait mode: the face search against the model")
+            results["portrait"] = portrait_bench.run(self.args.quick)
+        if "tiling" in self.parts:
+            logger.info("large prints: tiled against whole")
+            results["tiling"] = tiling_bench.run(self.args.quick)
+        if self.parts & {"service", "jobs", "live"}:
+            results["cold_start_s"], results["service_stats"] = self.service()
+        if "flask" in self.parts:
+            self.flask()
         command = shlex.join(["python", "-m", "load_tests.bench", *argv])
-        store = store_bench.run(self.base, self.args.repeats, self.args.quick, self.dir, command)
-        logger.info("cold start: this app against a bare Serve app, taking turns")
-        starts = cold_start.measure_cold_starts(self.args.config, self.args.repeats)
-        for app_s, hello_s in zip(
-            starts["animegan"]["runs_s"], starts["hello"]["runs_s"], strict=True
-        ):
-            self.points.setdefault("cold start", []).append({"app_s": app_s, "hello_s": hello_s})
+        if "store" in self.parts:
+            logger.info("the job store at scale: filled, then a job followed")
+            store = store_bench.run(
+                self.base, self.args.repeats, self.args.quick, self.dir, command
+            )
+            results["store"] = store
+        if "cold-start" in self.parts:
+            logger.info("cold start: this app against a bare Serve app, taking turns")
+            results["cold_starts"] = self.cold_starts()
         return {
-            "portrait": portrait,
-            "tiling": tiling,
-            "store": store,
+            **results,
             "meta": {
                 "command": command,
                 "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M"),
@@ -452,201 +470,20 @@ class Bench:
                 "precision": precision,
                 "frame_batch": self.frame_batch,
                 "plan": {"model_s": self.plan.model_s, "phases": self.plan.phases},
+                "live_plan": live_bench.plan_figures(self.live_plan),
+                "parts": [part for part in PARTS if part in self.parts],
             },
-            "cold_start_s": cold_start_s,
-            "cold_starts": starts,
             "points": self.points,
             "targets": targets(self.points, self.args.repeats),
-            "service_stats": stats,
         }
 
-
-def machine() -> dict:
-    cpu = next(
-        (
-            line.split(":", 1)[1].strip()
-            for line in Path("/proc/cpuinfo").read_text().splitlines()
-            if line.startswith("model name")
-        ),
-        platform.processor(),
-    )
-    versions = {name: importlib.metadata.version(name) for name in ("torch", "ray")}
-    return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(), **versions}
-
-
-def targets(points: dict[str, list[dict]], repeats: int) -> list[dict]:
-    """Each target's ratio within each repetition; the median and range over them."""
-    out = []
-    for name, (top, top_field), denominator, wanted, higher in TARGETS:
-        bottom, bottom_field = denominator or (None, None)
-        values = []
-        for rep in range(repeats):
-            a = points[top][rep][top_field]
-            b = 1.0 if bottom is None else points[bottom][rep][bottom_field]
-            values.append(a / b if a is not None and b else None)
-        out.append(target(name, values, wanted, higher))
-    return out
-
-
-# --------------------------------------------------------------------------- the report
-
-
-def targets_table(results: dict) -> str:
-    return report_targets_table(results["targets"])
-
-
-def figures_table(results: dict) -> str:
-    rows = []
-    for name, (what, workload, px) in POINTS.items():
-        runs = results["points"].get(name, [])
-        clients = str(runs[0]["concurrency"]) if runs and "concurrency" in runs[0] else "–"
-        cells = [spread([run.get(key) for run in runs]) for key in ("rps", "p50_ms", "mean_ms")]
-        errors = sum(run.get("errors", 0) for run in runs)
-        rows.append([what, workload, px, clients, *cells, str(errors)])
-    headers = ["what", "workload", "px", "clients", "req/s", "p50 ms", "mean ms", "errors"]
-    return table(headers, rows)
-
-
-JOB_FIGURES = (
-    ("frames_per_s", "unique-frame clip: frames/s (job start to finish)"),
-    ("frames", "its frames"),
-    ("still_model_passes", "half-still clip: model passes"),
-    ("still_frames", "its frames"),
-    ("resubmit_ms", "the first clip again: answer, ms"),
-    ("photo_idle_p50_ms", "single photos one by one, idle: p50 ms"),
-    ("photo_during_job_p50_ms", "the same while a clip runs: p50 ms"),
-)
-
-
-def frame_rate(results: dict, batch: int) -> str:
-    """The model limit at the jobs' frame shape for one batch size, median (min–max)."""
-    return spread([run.get(f"batch_{batch}") for run in results["points"]["model frames"]])
-
-
-def cpu_table(results: dict) -> str:
-    """CPU ms per unique photo by component of the service, next to the in-process pipeline's
-    whole CPU time per picture (each of its processes is one busy thread)."""
-    processes = results["meta"]["layout"]["processes"]
-    headers = ["component", *(f"{size} px (ms CPU / picture)" for size in SIZES)]
-    names = sorted(
-        {
-            name
-            for size in SIZES
-            for run in results["points"][f"misses {size}"]
-            for name in run.get("cpu_ms_per_picture", {})
-        }
-    )
-    rows = []
-    for name in [*names, "all of the service"]:
-        cells = []
-        for size in SIZES:
-            runs = results["points"][f"misses {size}"]
-            if name == "all of the service":
-                values = [sum(run.get("cpu_ms_per_picture", {}).values()) or None for run in runs]
-            else:
-                values = [run.get("cpu_ms_per_picture", {}).get(name) for run in runs]
-            cells.append(spread(values))
-        rows.append([name, *cells])
-    pipeline = [
-        spread([1e3 * processes / run["rps"] for run in results["points"][f"pipeline {size}"]])
-        for size in SIZES
-    ]
-    rows.append(["in-process pipeline (decode, resize, model, encode)", *pipeline])
-    return table(headers, rows)
-
-
-def jobs_table(results: dict) -> str:
-    runs = results["points"].get("job", [])
-    rows = [[what, spread([run.get(key) for run in runs])] for key, what in JOB_FIGURES]
-    return table(["figure", "median (min–max)"], rows)
-
-
-def markdown(results: dict) -> str:
-    meta, layout, m = results["meta"], results["meta"]["layout"], results["meta"]["machine"]
-    width, height = CANVAS
-    phases = ", ".join(f"{k} {w:g}+{s:g} s" for k, (w, s) in meta["plan"]["phases"].items())
-    shapes = ", ".join("{} px → {}×{}".format(s, *target_dimensions(*CANVAS, s)) for s in SIZES)
-    smoke = "\n\n**A smoke run (`--quick`): a few requests per point, not a measurement.**"
-    return f"""# Benchmarks
-
-Generated by `{meta["command"]}` on {meta["date"]} UTC in {meta["elapsed_s"] / 60:.0f} min;
-run it again to regenerate this page.{smoke if meta["quick"] else ""}
-
-Every figure is measured {meta["repeats"]} times in the run: a cell is the median (min–max).
-Each target is a ratio of two figures of the same repetition, its median over them and its
-range. This machine is shared and noisy: the ratios are what count, not absolute figures.
-
-- CPU: {m["cpu"]}, {m["cores"]} cores; Python {m["python"]}, torch {m["torch"]}, Ray {m["ray"]}
-- load average (1 min) at start {meta["loadavg"][0]:.2f}, at end {meta["loadavg"][1]:.2f}
-
-## Targets
-
-{targets_table(results)}
-
-## Figures
-
-{figures_table(results)}
-
-Cold start: `serve run` to the first 200, each a fresh local Ray, the two apps taking
-turns ({meta["repeats"]} each): this app (`/v1/stylize`, 256 px)
-{spread([run["app_s"] for run in results["points"]["cold start"]])} s, a bare Serve app
-answering "hello" (`load_tests/hello_app.py`)
-{spread([run["hello_s"] for run in results["points"]["cold start"]])} s. The benchmark's
-own service came up in {results["cold_start_s"]:.1f} s.
-
-## Where a miss's CPU goes
-
-{cpu_table(results)}
-
-CPU seconds of every process of the service (`serve run`'s process tree, grouped by Ray's
-process titles) over each unique-photo window, per picture answered; the load generator
-runs outside it on the same cores. The in-process pipeline's figure is its wall time per
-picture times its processes (each one busy thread).
-
-## Jobs: videos
-
-{jobs_table(results)}
-
-Clips: {job_bench.SOURCE[0]}×{job_bench.SOURCE[1]} H.264 + AAC at {job_bench.FPS} fps, made
-per repetition with frames that all differ (the half-still one losslessly, its second half
-one frame), submitted as jobs at size {job_bench.FRAME_SIZE} (frames of
-{"×".join(map(str, target_dimensions(*job_bench.SOURCE, job_bench.FRAME_SIZE)))}); the
-model limit for them is the best of batch 1 ({frame_rate(results, 1)} img/s) and the
-jobs' batch of {meta["frame_batch"]} ({frame_rate(results, meta["frame_batch"])} img/s) in the
-same process layout.
-
-{chr(10).join(portrait_bench.markdown(results["portrait"]))}
-
-{chr(10).join(tiling_bench.markdown(results["tiling"]))}
-
-{chr(10).join(store_bench.markdown(results["store"]))}
-
-## How it measures
-
-- Model limit: the bare generator (random weights, {meta["precision"]}, channels_last,
-  batch 1) in {layout["processes"]} process(es) × {layout["threads"]} thread(s) at once, the
-  layout of the service's Stylizer replicas; ≥ {meta["plan"]["model_s"]:g} s per figure
-  after a warm-up pass, on the shapes the service feeds it ({shapes}).
-- In-process pipeline: the same processes, each cycling through {PIPELINE_UPLOADS} unique
-  uploads: decode, resize, the model, PNG encode, one picture at a time: what a miss costs
-  without HTTP, Ray, the cache or a second process (the service's target is ≥ 0.9× it).
-- Service: `serve run` of a copy of `{meta["config"]}` with random weights and the
-  Stylizer pinned at {layout["processes"]} replica(s) × {layout["threads"]} CPU, on a free
-  127.0.0.1 port with RAY_ADDRESS=local; unique photos at {2 * layout["processes"]} clients.
-- Framework floor: `load_tests/floor_app.py` (read the body, one actor call, the service's
-  own answer bytes) as a second application at `{FLOOR_PREFIX}` of the same `serve run`,
-  measured right after the cache hits at the same concurrency.
-- Flask baseline: `load_tests/flask_reference.py` as given (a fixed 256×256 resize, 1.5×
-  the pixels of the service's 256×172; fp32 TorchScript of the same random generator;
-  batches of up to 4; results as hex in JSON), after the service has stopped.
-- Uploads: {width}×{height} JPEG crops of `serve_app/samples/`, each made byte-unique by a
-  JPEG comment (the cache keys on bytes). Mixed: {HOT_RATIO:.0%} of the uploads from
-  {HOT_SET} hot photos (a new hot set each repetition, the same for the service and Flask),
-  {MIXED_CLIENTS} clients, PNG output.
-- Clients: closed loop at a fixed concurrency (httpx, multipart field `image`) on the same
-  machine; each point a discarded warm-up then a measured window ({phases}; kept open
-  until it holds {MIN_ANSWERS} answers); req/s counts 200s, latencies count errors too.
-"""
+    def cold_starts(self) -> dict:
+        starts = cold_start.measure_cold_starts(self.args.config, self.args.repeats)
+        for app_s, hello_s in zip(
+            starts["animegan"]["runs_s"], starts["hello"]["runs_s"], strict=True
+        ):
+            self.points.setdefault("cold start", []).append({"app_s": app_s, "hello_s": hello_s})
+        return starts
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -657,21 +494,44 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=3, help="repetitions of every figure")
     parser.add_argument("--config", type=Path, default=REPO / "serve_config.yaml")
     parser.add_argument("--photos", type=Path, default=SAMPLES, help="1.jpg, 2.jpg, 3.jpg")
-    parser.add_argument("--out", type=Path, default=REPO / "docs", help="benchmarks.md goes here")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        help="benchmarks.md goes here (default: docs/; with --only, the results folder)",
+    )
     parser.add_argument("--results-dir", type=Path, default=REPO / "load_tests" / "results")
+    parser.add_argument(
+        "--only",
+        nargs="+",
+        choices=PARTS,
+        metavar="PART",
+        help=f"run these parts alone ({', '.join(PARTS)}), with the model limits they are "
+        "measured against; writes bench-<parts>.json and benchmarks-<parts>.md",
+    )
+    live = parser.add_argument_group("the live workload (default: the run's plan)")
+    live.add_argument("--live-streams", type=int, nargs="+", metavar="N", help="stream counts")
+    live.add_argument("--live-warmup-s", type=float, help="each point's warm-up, s")
+    live.add_argument("--live-measure-s", type=float, help="each point's measured window, s")
     args = parser.parse_args(argv)
     if args.repeats < 1:
         parser.error("--repeats must be at least 1")
+    if any(n < 1 for n in args.live_streams or ()) or (args.live_measure_s or 1) <= 0:
+        parser.error("--live-streams and --live-measure-s must be positive")
+    if (args.live_warmup_s or 0) < 0:
+        parser.error("--live-warmup-s must be 0 or more")
     args.results_dir = args.results_dir.resolve()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s bench: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # a line per request otherwise
     # SIGTERM unwinds like Ctrl-C, so that the servers started are stopped on the way out.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     results = Bench(args).run(argv)
-    (args.results_dir / "bench.json").write_text(json.dumps(results, indent=2) + "\n")
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "benchmarks.md").write_text(markdown(results))
-    print(targets_table(results), figures_table(results), sep="\n\n")
+    # A run of some parts never replaces the full run's files.
+    suffix = "-" + "-".join(results["meta"]["parts"]) if partial_run(results) else ""
+    out = args.out or (args.results_dir if suffix else REPO / "docs")
+    (args.results_dir / f"bench{suffix}.json").write_text(json.dumps(results, indent=2) + "\n")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"benchmarks{suffix}.md").write_text(markdown(results))
+    print(targets_list(results), figures_table(results), sep="\n\n")
     return 0
 
 

@@ -9,7 +9,7 @@ import asyncio
 import contextlib
 import contextvars
 import ctypes
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from concurrent.futures import Executor
 from typing import Any, TypeVar
 
@@ -83,3 +83,22 @@ async def run_in_to_completion(executor: Executor, function: Callable[..., T], *
 async def in_thread(executor: Executor | None, function: Callable[..., T], *args: Any) -> T:
     """``function(*args)`` on ``executor`` (None: the loop's default threads)."""
     return await asyncio.get_running_loop().run_in_executor(executor, function, *args)
+
+
+async def within(awaitable: Awaitable[T], timeout_s: float) -> T:
+    """``awaitable``'s result, or ``asyncio.TimeoutError`` after ``timeout_s`` (and the
+    awaitable cancelled). Unlike ``asyncio.wait_for`` before Python 3.12, a cancellation of
+    the caller that arrives just as the awaitable finishes is never lost: wait_for then
+    returns the result, and a loop around it carries on as if nobody had cancelled it."""
+    task = asyncio.ensure_future(awaitable)
+    try:
+        done, _ = await asyncio.wait({task}, timeout=timeout_s)
+    except asyncio.CancelledError:
+        task.cancel()
+        raise
+    if not done:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        raise asyncio.TimeoutError
+    return task.result()

@@ -443,9 +443,11 @@ class AppConfig(_Strict):
     )
     runtime: RuntimeName = Field(
         default="auto",
-        description="how the model runs; auto: at replica start, the fastest runtime of this "
-        "node (within `precision`) whose output is within 40 dB PSNR of eager-fp32, "
-        "measured on the replica's weights; eager-fp32 is the fallback",
+        description="how the model runs; auto: the fastest runtime (within `precision`) whose "
+        "output is within 40 dB PSNR of eager-fp32, measured with the styles' weights by the "
+        "first replica of each node class (device, GPU model or CPU's bf16/AVX flags, torch, "
+        "threads) and adopted by the deployment's other replicas of that class; eager-fp32 is "
+        "the fallback",
     )
     seed: int = Field(default=0, description="seed of `random` weights")
     request_timeout_s: float = Field(default=30.0, gt=0, description="past it: 504")
@@ -520,6 +522,12 @@ class AppConfig(_Strict):
                 f"default_size {self.default_size} exceeds limits.max_size {self.limits.max_size}"
             )
         return self
+
+    @property
+    def largest_live_size(self) -> int:
+        """The largest ``size`` a live stream may ask for: ``live.max_size``, within the
+        photos' own bounds."""
+        return min(self.live.max_size, self.limits.max_sync_size, self.limits.max_size)
 
     @property
     def default_style_name(self) -> str:

@@ -1,9 +1,10 @@
 """`python -m load_tests.bench --quick` runs end to end: the model limit, `serve run` with
-the floor, the Flask baseline, the ratios and the report; and it stops what it started.
-No timing checks: quick figures are a few requests each."""
+the floor, jobs and live streams, the Flask baseline, the ratios and the report; and it
+stops what it started. No timing checks: quick figures are a few requests each."""
 
 from __future__ import annotations
 
+import io
 import json
 import statistics
 import subprocess
@@ -13,9 +14,12 @@ from pathlib import Path
 import psutil
 import pytest
 import yaml
+from PIL import Image
 
-from load_tests.bench import POINTS, TARGETS, targets
+from load_tests import live_bench
+from load_tests.bench_report import POINTS, TARGETS, targets
 from load_tests.store_bench import TARGETS as STORE_TARGETS
+from load_tests.workloads import load_samples
 from tests.support.paths import REPO
 from tests.support.serve import TEST_RUNTIME
 
@@ -64,12 +68,13 @@ def results(bench_run) -> dict:
 
 def test_every_point_measured_in_every_repetition(results):
     points = results["points"]
-    assert set(points) == {*POINTS, "job", "cold start"}
+    live = {f"live {n}" for n in live_bench.QUICK.streams} | {"live photos"}
+    assert set(points) == {*POINTS, "job", "cold start", *live}
     assert all(len(runs) == REPEATS for runs in points.values())
     for size in (256, 512):
         assert all(run["rps"] > 0 for run in points[f"model {size}"] + points[f"pipeline {size}"])
     for name, runs in points.items():
-        if not name.startswith(("model", "pipeline", "job", "cold start")):
+        if not name.startswith(("model", "pipeline", "job", "cold start", "live photos")):
             assert sum(run["ok"] for run in runs) > 0, name
     for name in ("misses 256", "misses 512", "mixed", "hits c1", "hits c8", "floor c8"):
         assert all(run["errors"] == 0 for run in points[name]), name
@@ -127,6 +132,7 @@ def test_report_is_written(results, bench_run):
     assert "## Portrait mode" in markdown and "## Large prints" in markdown
     assert "## Jobs: videos" in markdown
     assert "## Job store at scale" in markdown
+    assert "## Live: camera streams" in markdown
 
 
 def test_a_misss_cpu_is_profiled_by_component(results, bench_run):
@@ -174,3 +180,68 @@ def test_the_servers_it_started_are_gone(bench_run):
         cmdline = " ".join(process.info["cmdline"] or [])
         assert config not in cmdline and "load_tests/flask_reference.py" not in cmdline
         assert store_configs not in cmdline
+
+
+def test_live_streams_are_answered_next_to_photos(results):
+    points = results["points"]
+    for run in points["model live"]:
+        assert run["rps"] > 0 and run["pass_ms"] > 0
+    for count in live_bench.QUICK.streams:
+        for run in points[f"live {count}"]:
+            assert run["streams"] == count == len(run["per_stream"])
+            assert run["ok"] > 0 and run["errors"] == 0
+            assert run["p50_ms"] > 0 and run["p95_ms"] >= run["p50_ms"]
+            assert run["sent_fps"] > 0 and 0 < run["bound_fps"] <= run["sent_fps"]
+            assert all(stream["closed_by_server"] is None for stream in run["per_stream"])
+    for run in points["live photos"]:
+        assert run["streams"] == live_bench.QUICK.photo_streams and run["errors"] == 0
+        assert run["photo_idle_p50_ms"] > 0 and run["photo_during_p50_ms"] > 0
+
+
+def test_live_figures_count_the_window_and_match_answers_by_seq():
+    """Made-up stream logs: answers inside the window only, each latency from its own
+    frame's send, the service's skipped count over the frames sent meanwhile (its count
+    runs ahead of the answer's seq: frames skipped while that answer was being made)."""
+    Answer = live_bench.Answer
+    log = live_bench.StreamLog(sent=[0.1 * n for n in range(20)])  # 0.0 .. 1.9 s
+    log.answers = [
+        Answer(at=0.45, latency_s=0.45, seq=0, skipped=2),  # before the window
+        Answer(at=1.2, latency_s=1.2 - 0.3, seq=3, skipped=7),
+        Answer(at=1.85, latency_s=1.85 - 0.75, seq=7, skipped=12),
+        Answer(at=2.5, latency_s=9.0, seq=8, skipped=15),  # after it
+    ]
+    log.errors = [1.5]
+    point = live_bench._point([log, live_bench.StreamLog()], opens=1.0, closes=2.0)
+    stream, idle = point["per_stream"]
+    assert stream["answered"] == 2 and stream["fps"] == 2.0
+    assert stream["p50_ms"] == pytest.approx(1000.0) and stream["p95_ms"] == pytest.approx(1100)
+    # sent by 0.45 s: 5 frames; by 1.85 s: 19
+    assert (stream["skipped"], stream["received"]) == (12 - 2, 19 - 5)
+    assert stream["errors"] == 1 and idle["answered"] == 0 and idle["skipped"] == 0
+    assert point["ok"] == 2 and point["slowest_stream_fps"] == 0.0
+    assert point["skipped_share"] == 10 / 14 and point["errors"] == 1
+
+    # the bound: the model's limit, or the frames sent where fewer
+    points = {"model live": [{"rps": 4.0}, {"rps": 9.0}]}
+    points["live 4"] = [{"sent_fps": 60.0}, {"sent_fps": 6.0}]
+    live_bench.add_bounds(points)
+    assert [run["bound_fps"] for run in points["live 4"]] == [4.0, 6.0]
+    assert live_bench.stream_counts({**points, "live photos": [], "job": []}) == [4]
+
+
+def test_live_frames_are_distinct_camera_frames():
+    frames = live_bench.make_frames(load_samples())
+    assert len(set(frames)) == len(frames) == live_bench.FRAMES
+    for frame in frames:
+        with Image.open(io.BytesIO(frame)) as picture:
+            assert picture.format == "JPEG" and picture.size == live_bench.FRAME
+
+
+def test_a_quick_run_leaves_the_live_targets_it_does_not_measure_open():
+    """A target whose point the run did not measure (8 streams in a quick run) is n/a,
+    not an error."""
+    points = {"live 1": [{"p95_ms": 300.0}], "model live": [{"pass_ms": 200.0}]}
+    by_name = {t["target"]: t for t in targets(points, 1)}
+    assert by_name["live, 1 stream: frame p95 / one model pass"]["values"] == [1.5]
+    eight = by_name["live, 8 streams: answered frames/s / min(model limit, frames sent)"]
+    assert eight["values"] == [None] and eight["passed"] is None

@@ -13,6 +13,7 @@ Errors are the service's own classes (``serve_app.errors``); no answer at all is
 """
 
 from serve_app.client.aio import AsyncClient
+from serve_app.client.live import LiveFrame
 from serve_app.client.sync import Client
 from serve_app.client.wire import BatchOutcome, Download, Picture
 from serve_app.errors import NoAnswer, ServiceError
@@ -22,6 +23,7 @@ __all__ = [
     "BatchOutcome",
     "Client",
     "Download",
+    "LiveFrame",
     "NoAnswer",
     "Picture",
     "ServiceError",

@@ -18,6 +18,7 @@ from typing import Any
 import httpx
 
 from serve_app.client import wire
+from serve_app.client.live import AsyncLiveSession, open_live_async
 from serve_app.client.wire import (
     Call,
     Deadline,
@@ -66,6 +67,10 @@ class AsyncClient:
         await self.aclose()
 
     # --- pictures -----------------------------------------------------------------------
+
+    async def live(self, **options: Any) -> AsyncLiveSession:
+        """``/v1/live``: a live camera stream (``Client.live``'s twin); ``async with``."""
+        return await open_live_async(self._settings, options)
 
     async def stylize(
         self, image: Upload, *, media_type: str | None = None, **options: Any

@@ -19,6 +19,7 @@ from typing import Any
 import httpx
 
 from serve_app.client import wire
+from serve_app.client.live import LiveSession, open_live
 from serve_app.client.wire import (
     Call,
     Deadline,
@@ -67,6 +68,11 @@ class Client:
         self.close()
 
     # --- pictures -----------------------------------------------------------------------
+
+    def live(self, **options: Any) -> LiveSession:
+        """``/v1/live``: a live camera stream (a WebSocket) with the live options (``style``,
+        ``size``, ``strength``, ``preserve_color``, ``quality``); a context manager."""
+        return open_live(self._settings, options)
 
     def stylize(self, image: Upload, *, media_type: str | None = None, **options: Any) -> Picture:
         """``POST /v1/stylize``: one picture (or a small animation) made while you wait.

@@ -29,8 +29,8 @@ from serve_app.http.params import (
     Service,
     StylizeQuery,
     accept_socket,
+    close_socket,
     owner_of_request,
-    ws_close_code,
 )
 from serve_app.http.ranges import content_range, parse_range
 from serve_app.http.request_log import log_fields
@@ -204,7 +204,7 @@ async def job_events_socket(websocket: WebSocket, job_id: str) -> None:
             await websocket.send_json({"event": record.state, "data": view})
         await websocket.close(1000, "the job ended")
     except ServiceError as error:
-        await websocket.close(ws_close_code(error), error.message[:120])
+        await close_socket(websocket, error)
     except WebSocketDisconnect:
         pass
     finally:

@@ -16,19 +16,17 @@ from serve_app.http.openapi import error_statuses
 from serve_app.http.params import (
     API_KEY,
     accept_socket,
+    close_socket,
     make_stylize_query,
     owner_of_request,
-    ws_close_code,
 )
 from serve_app.jobs.records import ANONYMOUS
-from serve_app.live.stream import LIVE_OPTIONS, ClientLeft
+from serve_app.live.stream import LIVE_OPTIONS, LIVE_PROTOCOL, ClientLeft
 
 logger = logging.getLogger(__name__)
 
 router = APIRouter()
 
-# The subprotocol a live client speaks (offered beside ``bearer.<key>``).
-LIVE_PROTOCOL = "animegan.live.v1"
 LiveQuery = Annotated[dict, Depends(make_stylize_query(LIVE_OPTIONS))]
 
 PROTOCOL = f"""Open this path as a **WebSocket** (`ws://` or `wss://`), with the options as
@@ -47,7 +45,8 @@ browser, as the subprotocol `bearer.<key>` beside `{LIVE_PROTOCOL}`.
   `{{"seq", "skipped", "error": {{"code", "message"}}}}` and the stream goes on.
 - **Controls**: a text message with a JSON object of options (`{{"style": "hayao"}}`)
   changes them for the next frames, answered with `{{"options": {{...}}}}` (or an error).
-- **Closing**: 4000 + the HTTP status the same request would get, with a reason: 4401 (no
+- **Closing**: 4000 + the HTTP status the same request would get, with the reason
+  `"<error code>: <message>"`: 4401 (no
   or a wrong API key), 4422 (a bad option), 4429 (the key's streams on this replica are at
   `live.max_streams_per_key`), 4503 (the replica's at `live.max_streams`), 4408 (idle for
   `live.idle_timeout_s`, or not reading answers for `live.send_timeout_s`).
@@ -111,4 +110,4 @@ async def live_socket(websocket: WebSocket) -> None:
     except WebSocketDisconnect:
         return
     if ended is not None:
-        await websocket.close(ws_close_code(ended), ended.message[:120])
+        await close_socket(websocket, ended)

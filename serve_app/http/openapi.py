@@ -205,7 +205,7 @@ def _constrain_live(operation: dict, config: AppConfig) -> None:
     _constrain_options(operation, config, synchronous=True)
     for parameter in operation.get("parameters", []):
         if parameter["name"] == "size":
-            parameter["schema"]["maximum"] = min(config.live.max_size, config.limits.max_sync_size)
+            parameter["schema"]["maximum"] = config.largest_live_size
             parameter["schema"]["default"] = config.live.default_size
 
 

@@ -90,8 +90,15 @@ Owner = Annotated[str, Depends(owner_of_request)]
 WS_CLOSE_OFFSET = 4000
 
 
-def ws_close_code(error: ServiceError) -> int:
-    return WS_CLOSE_OFFSET + error.status
+# A close frame's reason is at most 123 bytes of UTF-8.
+WS_MAX_REASON_BYTES = 123
+
+
+async def close_socket(websocket: WebSocket, error: ServiceError) -> None:
+    """Close with 4000 + the error's status and the reason ``"<code>: <message>"`` (cut to
+    fit a close frame), so a client can tell the error class as from a JSON answer."""
+    reason = f"{error.code}: {error.message}".encode()[:WS_MAX_REASON_BYTES]
+    await websocket.close(WS_CLOSE_OFFSET + error.status, reason.decode(errors="ignore"))
 
 
 async def accept_socket(websocket: WebSocket, protocol: str) -> bool:
@@ -105,7 +112,6 @@ async def accept_socket(websocket: WebSocket, protocol: str) -> bool:
     keys = getattr(websocket.app.state, "api_keys", ())
     key = api_key_of(websocket.headers)
     if keys and not (key and key_is_valid(f"Bearer {key}", keys)):
-        error = Unauthorized("this service requires an API key")
-        await websocket.close(ws_close_code(error), error.message)
+        await close_socket(websocket, Unauthorized("this service requires an API key"))
         return False
     return True

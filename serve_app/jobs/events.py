@@ -19,6 +19,7 @@ from collections import defaultdict
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Protocol
 
+from serve_app.concurrency import within
 from serve_app.jobs.records import JobFields, JobRecord
 
 logger = logging.getLogger(__name__)
@@ -148,7 +149,7 @@ class JobEvents:
                 if not follower.pending:
                     follower.arrived.clear()
                     try:
-                        await asyncio.wait_for(follower.arrived.wait(), idle_s)
+                        await within(follower.arrived.wait(), idle_s)
                     except asyncio.TimeoutError:
                         yield None
                         continue

@@ -32,6 +32,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from serve_app.concurrency import within
 from serve_app.config import JobsConfig
 from serve_app.errors import (
     IdempotencyKeyReused,
@@ -306,7 +307,7 @@ class JobService:
                 if left <= 0:
                     return latest
                 try:
-                    record = await asyncio.wait_for(anext(follow), left)
+                    record = await within(anext(follow), left)
                 except (asyncio.TimeoutError, StopAsyncIteration):
                     return latest
                 if record is not None:

@@ -116,10 +116,9 @@ class LiveService:
         if given["size"] in (None, ""):
             given["size"] = self._live.default_size
         options = resolve_options(self._config, given, format="jpeg")
-        if options.size > self._live.max_size:
-            raise InvalidSize(
-                f"size {options.size} is over the live streams' largest, {self._live.max_size}"
-            )
+        largest = self._config.largest_live_size
+        if options.size > largest:
+            raise InvalidSize(f"size {options.size} is over the live streams' largest, {largest}")
         return options
 
     def change_options(self, current: StylizeOptions, changes: Mapping[str, Any]) -> StylizeOptions:

@@ -21,6 +21,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from serve_app.concurrency import within
 from serve_app.config import LiveConfig
 from serve_app.errors import (
     InvalidParameters,
@@ -127,9 +128,7 @@ class LiveStream:
     async def _read(self) -> ServiceError | None:
         while True:
             try:
-                message = await asyncio.wait_for(
-                    self._transport.receive(), self._config.idle_timeout_s
-                )
+                message = await within(self._transport.receive(), self._config.idle_timeout_s)
             except asyncio.TimeoutError:
                 return StreamIdle(f"nothing received for {self._config.idle_timeout_s:g} s")
             if message is None:
@@ -243,7 +242,7 @@ class LiveStream:
     async def _bounded(self, sending: Awaitable[None]) -> None:
         """A send the client does not take within ``send_timeout_s`` ends the stream."""
         try:
-            await asyncio.wait_for(sending, self._config.send_timeout_s)
+            await within(sending, self._config.send_timeout_s)
         except asyncio.TimeoutError:
             raise StreamStalled(
                 f"the client read nothing for {self._config.send_timeout_s:g} s"
@@ -254,6 +253,9 @@ def options_view(options: StylizeOptions) -> dict[str, Any]:
     """The options a live stream's client may set, as it sees them."""
     return {name: getattr(options, name) for name in LIVE_OPTIONS}
 
+
+# The subprotocol a live client speaks (offered beside ``bearer.<key>``).
+LIVE_PROTOCOL = "animegan.live.v1"
 
 # What a live stream may set (at the start as query parameters, later by control message):
 # the picture's look and size. Its format follows each frame's, and there are no faces.

@@ -7,6 +7,8 @@ import contextlib
 import time
 from collections.abc import AsyncIterator
 
+from serve_app.concurrency import within
+
 
 class ModelGate:
     """Model calls of every job on one ingress replica: ``idle`` at once while no single
@@ -37,7 +39,7 @@ class ModelGate:
             self._released.clear()
             # The limit also rises by itself once photos stop: look again now and then.
             with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._released.wait(), self._quiet_s / 4)
+                await within(self._released.wait(), self._quiet_s / 4)
         self._in_use += 1
         try:
             yield

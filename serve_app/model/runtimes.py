@@ -1,11 +1,12 @@
-"""Which runtime a model replica uses: measured at start on this node, with its own weights.
+"""Which runtime a model replica uses: measured on a node, with the replica's own weights.
 
 Pure torch: the caller hands over the generators it loaded. ``runtime: auto`` times every
 runtime this hardware can run on a small fixed picture and takes the fastest whose output
 stays within ``MIN_PSNR_DB`` of fp32 eager (the reference, and always the fallback): a
 bf16 runtime that is not faster here, or that a style's trained weights push below the
 bound, is refused. ``choose_runtime`` holds the rules and takes the measurement as a
-function, so tests can drive it with made-up figures.
+function, so tests can drive it with made-up figures. One replica of a deployment measures
+per node class and the others adopt its choice (``runtime_sharing``).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from serve_app.config import TilingConfig
 from serve_app.model.generator import Runtime, StyleModel, resolve_device, runtime_for_kind
 
 logger = logging.getLogger(__name__)
@@ -65,6 +67,31 @@ class RuntimeChoice:
 
 def _json_db(value: float) -> float | None:
     return None if math.isinf(value) else round(value, 1)
+
+
+def choice_from_summary(summary: Mapping, runtime: Runtime) -> RuntimeChoice:
+    """The choice another replica made (its ``summary()``), run here as ``runtime``."""
+    measured = {
+        kind: Measurement(
+            float(figures["images_per_s"]),
+            math.inf if figures["psnr_db"] is None else float(figures["psnr_db"]),
+        )
+        for kind, figures in summary.get("measured", {}).items()
+    }
+    return RuntimeChoice(runtime, summary["reason"], measured, dict(summary.get("refused", {})))
+
+
+def runtime_identity(runtime: Runtime, tiling: TilingConfig | None = None) -> str:
+    """Everything about how the model runs that can change its output's bits (tiling
+    changes a large picture's): part of every cache key."""
+    layout = "nhwc" if runtime.channels_last else "nchw"
+    identity = f"{runtime.device}/{runtime.kind}/{layout}/torch-{torch.__version__}"
+    if tiling is not None:
+        identity += (
+            f"/tiles-{tiling.max_whole_pixels}-{tiling.tile_size}-{tiling.overlap}"
+            f"-{tiling.stats_pixels}"
+        )
+    return identity
 
 
 # --- the rules -------------------------------------------------------------------------------
@@ -183,11 +210,14 @@ def make_measure(
 
 
 def candidate_runtimes(
-    device: str = "auto", precision: str = "auto"
+    device: str = "auto",
+    precision: str = "auto",
+    build: Callable[[str, str], Runtime] = runtime_for_kind,
 ) -> tuple[list[Runtime], dict[str, str]]:
     """The runtimes ``runtime: auto`` may pick on this hardware (fp32 eager first), and
     those it cannot run here with why. A set ``precision`` keeps that precision's runtimes
-    (fp32 eager stays as the fallback) and must have one available."""
+    (fp32 eager stays as the fallback) and must have one available. ``build``: a kind and
+    a device -> its runtime, ValueError where it cannot run here."""
     device = resolve_device(device)
     on_cuda = device.startswith("cuda")
     kinds = [
@@ -199,7 +229,7 @@ def candidate_runtimes(
     unavailable: dict[str, str] = {}
     for kind in kinds:
         try:
-            runtimes.append(runtime_for_kind(kind, device))
+            runtimes.append(build(kind, device))
         except ValueError as error:
             unavailable[kind] = f"unavailable: {error}"
     if precision not in ("auto", "fp32") and len(runtimes) == 1:

@@ -36,9 +36,11 @@ from serve_app.config import (
 from serve_app.imaging import pixels
 from serve_app.metrics import ModelMetrics
 from serve_app.model import tensors
-from serve_app.model.generator import Runtime, StyleModel
+from serve_app.model.choice_board import replica_choice_board
+from serve_app.model.generator import StyleModel
 from serve_app.model.identity import ModelIdentity, StylizedArray
-from serve_app.model.runtimes import resolve_runtime
+from serve_app.model.runtime_sharing import RuntimeSettings, decide_runtime
+from serve_app.model.runtimes import runtime_identity
 from serve_app.model.tiling import TiledGenerator, TileSettings, step_count
 from serve_app.model.weights import ResolvedWeights, load_generator_for, resolve_weights
 
@@ -61,19 +63,6 @@ def weights_identity(weights: ResolvedWeights, align_corners: bool | None) -> st
     if align_corners is None:
         align_corners = True if weights.align_corners is None else weights.align_corners
     return f"{weights.digest}:align_corners={align_corners}"
-
-
-def runtime_identity(runtime: Runtime, tiling: TilingConfig | None = None) -> str:
-    """Everything about how the model runs that can change its output's bits (tiling
-    changes a large picture's)."""
-    layout = "nhwc" if runtime.channels_last else "nchw"
-    identity = f"{runtime.device}/{runtime.kind}/{layout}/torch-{torch.__version__}"
-    if tiling is not None:
-        identity += (
-            f"/tiles-{tiling.max_whole_pixels}-{tiling.tile_size}-{tiling.overlap}"
-            f"-{tiling.stats_pixels}"
-        )
-    return identity
 
 
 def tile_settings(tiling: TilingConfig) -> TileSettings:
@@ -138,21 +127,22 @@ class Stylizer:
     def __init__(self, config: AppConfig):
         self._threads = replica_cpu_count()
         torch.set_num_threads(self._threads)
-        # Measured on this node with the styles' own weights (`runtime: auto`).
-        self._runtime_choice = resolve_runtime(
-            config.runtime,
-            config.device,
-            config.precision,
-            lambda: [
-                load_generator_for(
-                    resolve_weights(style.weights, seed=config.seed, progress=False),
-                    align_corners=style.align_corners,
-                )
-                for style in config.styles
-            ],
+        self._replica = self._replica_name()
+        weights = {
+            s.name: resolve_weights(s.weights, seed=config.seed, progress=False)
+            for s in config.styles
+        }
+        identities = [weights_identity(weights[s.name], s.align_corners) for s in config.styles]
+        # `runtime: auto`: the deployment's choice for this node class, measured with the
+        # styles' own weights by the first replica of the class (runtime_sharing.py).
+        self._runtime_choice = decide_runtime(
+            RuntimeSettings.of(config, identities),
+            self._threads,
+            lambda: [load_generator_for(weights[s.name], s.align_corners) for s in config.styles],
+            replica_choice_board(),
+            self._replica,
         )
         self._runtime = self._runtime_choice.runtime
-        self._replica = self._replica_name()
         self._metrics = ModelMetrics()
         self._default_size = config.default_size
         self._tiling = config.tiling
@@ -160,7 +150,7 @@ class Stylizer:
         self._loads = 0
         self._identities: dict[str, ModelIdentity] = {}
         self._tiled: dict[str, tuple[TiledGenerator, StyleModel]] = {}
-        self._models = {style.name: self._load(style, config.seed) for style in config.styles}
+        self._models = {s.name: self._load(s, weights[s.name]) for s in config.styles}
         # One forward pass at a time on this replica (batches and tiles take turns), and
         # one tiled picture at a time (its tiles share the norms' picture-wide state).
         self._model_lock = asyncio.Lock()
@@ -181,10 +171,11 @@ class Stylizer:
         # Only now: the start itself (imports, measurements, warm-up) runs at full priority.
         lower_cpu_priority(MODEL_NICENESS)
         logger.info(
-            "Stylizer %s ready: styles=%s runtime=%s threads=%d",
+            "Stylizer %s ready: styles=%s runtime=%s (%s) threads=%d",
             self._replica,
             sorted(self._models),
             self._runtime,
+            self._runtime_choice.describe(),
             self._threads,
         )
 
@@ -195,8 +186,7 @@ class Stylizer:
         except Exception:  # outside Serve (unit tests)
             return f"local-{os.getpid()}"
 
-    def _load(self, style: StyleConfig, seed: int) -> StyleModel:
-        weights = resolve_weights(style.weights, seed=seed, progress=False)
+    def _load(self, style: StyleConfig, weights: ResolvedWeights) -> StyleModel:
         generator = load_generator_for(weights, align_corners=style.align_corners)
         self._identities[style.name] = ModelIdentity(
             weights_identity(weights, style.align_corners),
@@ -453,6 +443,7 @@ class Stylizer:
                 "precision": self._runtime.precision,
                 "channels_last": self._runtime.channels_last,
                 "kind": self._runtime.kind,
+                "identity": runtime_identity(self._runtime, self._tiling),  # in the cache keys
                 **self._runtime_choice.summary(),
             },
             "max_batch_size": self._max_batch_size,

@@ -30,6 +30,7 @@ from serve_app.service.examples import Example, load_examples, read_example
 from serve_app.service.wire import (
     ExampleInfo,
     ExamplesResponse,
+    LiveLimits,
     ReadyResponse,
     StatsResponse,
     StyleInfo,
@@ -258,6 +259,11 @@ class AnimeService:
             max_pixels=config.limits.max_pixels,
             max_media_bytes=config.media.max_bytes,
             max_batch_images=config.max_batch_images,
+            live=LiveLimits(
+                default_size=config.live.default_size,
+                max_size=config.largest_live_size,
+                max_frame_bytes=config.live.max_frame_bytes,
+            ),
             styles=[
                 StyleInfo(
                     name=style.name,

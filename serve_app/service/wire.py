@@ -17,6 +17,12 @@ class StyleInfo(BaseModel):
     random_weights: bool = Field(description="untrained weights: meaningless pictures")
 
 
+class LiveLimits(BaseModel):
+    default_size: int = Field(description="a live stream's frame size unless it asks")
+    max_size: int = Field(description="the largest `size` a live stream may ask for")
+    max_frame_bytes: int = Field(description="the largest frame message")
+
+
 class StylesResponse(BaseModel):
     default_style: str
     default_size: int
@@ -31,6 +37,7 @@ class StylesResponse(BaseModel):
     max_pixels: int
     max_media_bytes: int = Field(description="largest video or animation a job takes")
     max_batch_images: int
+    live: LiveLimits = Field(description="the live camera's sizes (`/v1/live`)")
     styles: list[StyleInfo]
 
 

@@ -6,7 +6,8 @@
 // call carries the API key when the service asks for one (api.js). The helpers, loaded
 // before it (index.html), are in window.animeganPage: util (util.js), api, options, jobs,
 // recent, cards, retrying (retry.js), animated (animated.js), compare (compare.js), share
-// (share.js), history (history.js, which uses zip.js).
+// (share.js), history (history.js, which uses zip.js). The Camera mode is camera.js's; its
+// snapshots come here as uploads (page.upload).
 "use strict";
 
 (() => {
@@ -366,6 +367,7 @@
   });
 
   options.onPick(addFiles); // an example's photo, clicked
+  page.upload = addFiles; // a camera snapshot (camera.js), sent as an upload
 
   options.load().then(() => {
     if (options.config) page.recent.load();

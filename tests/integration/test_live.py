@@ -4,6 +4,7 @@ killed under a running stream."""
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import re
@@ -15,6 +16,8 @@ from PIL import Image
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
+from serve_app.client import AsyncClient, Client
+from serve_app.errors import InvalidSize, UnsupportedFormat
 from tests.support.pictures import synthetic_jpeg
 from tests.support.serve import (
     STYLE_A,
@@ -175,3 +178,30 @@ def test_a_killed_stylizer_replica_costs_a_stream_at_most_its_frame_in_flight(li
     deadline = time.monotonic() + 120
     while running_replicas("Stylizer") < 2 and time.monotonic() < deadline:
         time.sleep(1)  # leave the deployment whole for what runs next
+
+
+def test_the_python_clients_stream_and_raise_a_close_as_its_error(live_url, default_app):
+    first, second = frames(2, seed=600)
+    with Client(default_app) as client:
+        with client.live(style=STYLE_B) as live:
+            live.send(first)
+            answered = live.receive(timeout_s=ANSWER_TIMEOUT_S)
+            live.change(style=STYLE_A)
+            live.send(second)
+            restyled = live.receive(timeout_s=ANSWER_TIMEOUT_S)
+            live.send(b"not a frame")
+            refused = live.receive(timeout_s=ANSWER_TIMEOUT_S)
+            acknowledged = live.options
+        with client.live(size=MAX_SIZE * 2) as too_large, pytest.raises(InvalidSize):
+            too_large.receive(timeout_s=ANSWER_TIMEOUT_S)
+    assert (answered.seq, answered.style, answered.width) == (0, STYLE_B, SIZE)
+    assert answered.data[:3] == b"\xff\xd8\xff" and answered.error is None
+    assert (restyled.seq, restyled.style, acknowledged["style"]) == (1, STYLE_A, STYLE_A)
+    assert refused.seq == 2 and isinstance(refused.error, UnsupportedFormat)
+
+    async def one_frame():
+        async with AsyncClient(default_app) as client, await client.live() as live:
+            await live.send(first)
+            return await asyncio.wait_for(live.receive(), ANSWER_TIMEOUT_S)
+
+    assert asyncio.run(one_frame()).width == SIZE

@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import shutil
 import time
+from pathlib import Path
 
 import httpx
+import pytest
 
 from tests.support.serve import app_args, stylizer_deployment
 
@@ -23,6 +26,40 @@ CHROMIUM_ARGS = [
 ]
 TIMEOUT_MS = 90_000  # one stylize on a busy 2-core machine, Ray's first call included
 KEY_ITEM = "animegan-serve.api-key"  # where api.js keeps the key in sessionStorage
+
+
+def fake_camera_args(video, allowed: bool = True) -> list[str]:
+    """Chromium's flags for a camera that plays ``video`` (a .y4m file, looped), its
+    permission granted (or, not ``allowed``, denied) without a prompt."""
+    return [
+        "--use-fake-ui-for-media-stream" + ("" if allowed else "=deny"),
+        "--use-fake-device-for-media-stream",
+        f"--use-file-for-fake-video-capture={video}",
+    ]
+
+
+@contextlib.contextmanager
+def chromium_launcher():
+    """``launch(extra_args)``: the system Chromium as the ``browser`` fixture launches it,
+    with ``extra_args`` (one Playwright for them all); every one is closed on the way out."""
+    sync_api = pytest.importorskip("playwright.sync_api")
+    executable = shutil.which("chromium") or "/usr/bin/chromium"
+    if not Path(executable).exists():
+        pytest.fail("the system Chromium is missing: apt-get install -y chromium")
+    with sync_api.sync_playwright() as playwright:
+        launched = []
+
+        def launch(extra_args: list[str]):
+            args = [*CHROMIUM_ARGS, *extra_args]
+            launched.append(playwright.chromium.launch(executable_path=executable, args=args))
+            return launched[-1]
+
+        try:
+            yield launch
+        finally:
+            for chromium in launched:
+                chromium.close()
+
 
 # The application of the pages that make jobs: sizes above SYNC_SIZE are jobs.
 MAX_SIZE, SYNC_SIZE = 512, 128

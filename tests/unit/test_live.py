@@ -257,6 +257,44 @@ def test_a_client_gone_mid_answer_ends_the_stream_quietly():
     assert ended is None and stream.processed == 0  # stylized, never delivered
 
 
+def test_a_fast_sender_takes_no_more_of_the_model_than_a_slow_one():
+    """Two streams over one model that serves calls one at a time, in arrival order: one
+    client sends a frame at every turn of the loop, the other only after each answer.
+    The model alternates between them."""
+    served: list[bytes] = []
+
+    async def scenario():
+        model = asyncio.Lock()
+
+        async def one_at_a_time(data: bytes, options) -> FrameAnswer:
+            async with model:
+                for _ in range(5):  # a pass takes a few turns of the loop
+                    await asyncio.sleep(0)
+                served.append(data[:1])
+                return FrameAnswer(data, 8, 8, {})
+
+        fast, slow = Transport(), Transport()
+        streams = [make_stream(t, one_at_a_time) for t in (fast, slow)]
+        running = [asyncio.ensure_future(stream.run()) for stream in streams]
+        await slow.incoming.put(b"s")
+        while len(served) < 20:
+            await fast.incoming.put(b"f")
+            if slow.sent and slow.sent[-1] == b"s":  # answered: the slow one sends again
+                slow.sent.append("sent")
+                await slow.incoming.put(b"s")
+            await asyncio.sleep(0)
+        first = served[:20]
+        for transport in (fast, slow):
+            await transport.incoming.put(None)
+        await asyncio.gather(*running)  # both end (a cancellation is never lost)
+        return streams, first
+
+    (fast_stream, _), first = asyncio.run(scenario())
+    counts = {name: first.count(name) for name in (b"f", b"s")}
+    assert abs(counts[b"f"] - counts[b"s"]) <= 2, first
+    assert fast_stream.skipped > fast_stream.processed  # its extra frames were skipped
+
+
 # --- the service: options, admission, one frame -----------------------------------------
 
 

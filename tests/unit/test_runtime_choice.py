@@ -21,6 +21,7 @@ from serve_app.model.runtimes import (
     probe_picture,
     psnr_db,
     resolve_runtime,
+    runtime_identity,
     to_pixels,
 )
 from serve_app.model.tiling import TiledGenerator, TileSettings
@@ -211,8 +212,6 @@ def test_real_choice_on_a_bf16_cpu(parity_state):
 
 
 def test_runtime_identity_names_the_kind():
-    from serve_app.model.stylizer import runtime_identity
-
     identities = {runtime_identity(r) for r in (FP32, BF16, BF16_AUTOCAST)}
     assert len(identities) == 3  # cast and autocast bf16 round differently: other cache keys
     assert runtime_identity(BF16).startswith("cpu/eager-bf16/nhwc/")
