@@ -108,7 +108,8 @@ class JobMetrics:
         )
         self.job_frames = Counter(
             "animegan_job_frames",
-            description="frames written to job outputs by source: model, job (repeat), cache",
+            description="frames written to job outputs by source: model, job (repeat), cache, "
+            "similar (alike the last computed frame)",
             tag_keys=("source",),
         )
         self.job_queue_wait_ms = Histogram(

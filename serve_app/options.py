@@ -203,6 +203,13 @@ class StylizeOptions(BaseModel):
         description="videos: at most this many frames a second (the first frame at or "
         "after each 1/max_fps step is kept, the rest dropped); default: every frame",
     )
+    exact_frames: Annotated[bool, Control(InvalidParameters)] = Field(
+        default=False,
+        description="videos and animations: every frame its own model pass (only identical "
+        "frames share one); default false: a frame all but identical to the last one the "
+        "model made (a still shot's codec and sensor noise) reuses its picture, measured to "
+        "stay within 40 dB PSNR of its own: fewer passes, steadier still shots",
+    )
 
     def to_dict(self) -> dict[str, Any]:
         """The stable form a job record keeps (``from_dict`` reads it back): every field

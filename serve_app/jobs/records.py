@@ -90,6 +90,11 @@ class JobFields(BaseModel):
     frames_model: int = Field(default=0, description="frames the model computed")
     frames_repeated: int = Field(default=0, description="frames repeating one earlier in the job")
     frames_cached: int = Field(default=0, description="frames found in the result cache")
+    frames_similar: int = Field(
+        default=0,
+        description="frames all but identical to the last one computed, which reuse its "
+        "picture (option `exact_frames`)",
+    )
     progress: float = Field(default=0.0, description="0..1, from the model's own progress")
     upload_bytes: int = 0
     error: ErrorDetail | None = None

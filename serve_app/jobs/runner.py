@@ -393,6 +393,7 @@ class JobRun:
             "model": counts.model,
             "job": counts.job,
             "cache": counts.cache,
+            "similar": counts.similar,
         }.items():
             if frames:  # Ray's counters take positive increments only
                 metrics.job_frames.inc(frames, tags={"source": source})
@@ -405,6 +406,7 @@ def _frame_fields(counts: FrameCounts) -> dict[str, Any]:
         "frames_model": counts.model,
         "frames_repeated": counts.job,
         "frames_cached": counts.cache,
+        "frames_similar": counts.similar,
         "progress": min(counts.progress, 0.99),  # 1 once the result is stored
     }
 

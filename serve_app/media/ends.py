@@ -23,6 +23,7 @@ from serve_app.config import MediaConfig
 from serve_app.imaging.pixels import DecodedImage, apply_controls, resize_long_side
 from serve_app.media import probe, writers
 from serve_app.media.boundary import media_errors
+from serve_app.media.likeness import Anchor
 from serve_app.media.reader import Frame, MediaReader
 from serve_app.options import StylizeOptions
 
@@ -54,6 +55,9 @@ class Decoded:
     photo: np.ndarray  # resized to the job's size (the controls blend with it)
     alpha: np.ndarray | None
     digest: str  # of ``photo``
+    # Within the likeness bound of the last frame not so marked: reuses its picture
+    # (``likeness``; always False with ``exact_frames``).
+    alike: bool = False
 
 
 def frame_digest(rgb: np.ndarray) -> str:
@@ -66,8 +70,9 @@ Stylized = tuple[Decoded, np.ndarray]
 
 
 class FrameSource:
-    """The decoder's side: frames resized, ``max_fps`` applied, audio packets handed
-    straight to the sink (the muxer interleaves them)."""
+    """The decoder's side: frames resized, ``max_fps`` applied, each hashed and compared
+    with the last frame computed for itself (``likeness``), audio packets handed straight
+    to the sink (the muxer interleaves them)."""
 
     def __init__(
         self,
@@ -82,6 +87,7 @@ class FrameSource:
         self._video = reader.info.kind == "video"
         self._first_time: Fraction | None = None
         self._next_time: Fraction | None = None
+        self._anchor = None if options.exact_frames else Anchor()
 
     def pull(self, most: int) -> tuple[list[Decoded], bool]:
         """Up to ``most`` frames; True once the input is exhausted."""
@@ -97,7 +103,9 @@ class FrameSource:
                 continue
             decoded = DecodedImage(np.ascontiguousarray(item.rgb), item.alpha, "frame")
             resized = resize_long_side(decoded, self._size)
-            pulled.append(Decoded(item, resized.rgb, resized.alpha, frame_digest(resized.rgb)))
+            rgb = resized.rgb
+            alike = self._anchor is not None and self._anchor.alike(rgb)
+            pulled.append(Decoded(item, rgb, resized.alpha, frame_digest(rgb), alike))
         return pulled, False
 
     def close(self) -> None:

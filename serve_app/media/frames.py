@@ -2,6 +2,8 @@
 
     probe -> frames, decoded as a stream -> resized to the job's size -> content digest
           -> the same frame earlier in this job? its picture again
+          -> all but the same as the last frame computed for itself (``likeness``:
+             codec and sensor noise on a still shot)? that frame's picture
           -> in the result cache (any job, any replica)? that picture
           -> else to the model, ``frame_batch`` frames of one shape a call
           -> the user's controls -> encoded in order, audio packets copied -> the output
@@ -99,6 +101,7 @@ class FrameCounts:
     model: int = 0  # computed by the model
     job: int = 0  # the same frame earlier in this job
     cache: int = 0  # found in the result cache
+    similar: int = 0  # all but the same as the last frame computed for itself
 
     @property
     def progress(self) -> float:
@@ -137,6 +140,9 @@ class MediaJob:
         self._on_progress = on_progress
         self.counts = FrameCounts(total=expected_frames(info, options.max_fps))
         self._recent: OrderedDict[str, asyncio.Future] = OrderedDict()
+        # The picture of the last frame the source did not mark ``alike``: the one the
+        # frames marked so reuse (the source compared them with that frame).
+        self._anchor: asyncio.Future | None = None
         self._waiting: list[tuple[str, _Pending]] = []  # (digest, frame) for the model
         self._calls: set[asyncio.Task] = set()
         self._at_model: set[asyncio.Task] = set()  # calls the model is running now
@@ -213,24 +219,31 @@ class MediaJob:
                 await asyncio.wait([window[0].picture])
 
     async def _route(self, pulled: list[Decoded]) -> list[_Pending]:
-        """Each new frame: a repeat of a recent one, a cache hit, or work for the model."""
+        """Each new frame: a repeat of a recent one, alike the last one computed, a cache
+        hit, or work for the model."""
         loop = asyncio.get_running_loop()
         routed: list[_Pending] = []
         lookups: list[tuple[str, str, _Pending]] = []
         for decoded in pulled:
             earlier = self._recent.get(decoded.digest)
+            alike = decoded.alike and self._anchor is not None
             if earlier is not None:
                 self._recent.move_to_end(decoded.digest)
-                routed.append(_Pending(decoded, _chained(earlier)))
+                pending = _Pending(decoded, _chained(earlier))
                 self.counts.job += 1
-                continue
-            pending = _Pending(decoded, loop.create_future())
+            elif alike:
+                # Not remembered by digest: only pictures computed for their own frame are.
+                pending = _Pending(decoded, _chained(self._anchor))
+                self.counts.similar += 1
+            else:
+                pending = _Pending(decoded, loop.create_future())
+                self._remember(decoded.digest, pending.picture)
+                identity = self._identity(self._options.style)
+                key = frame_key(decoded.digest, self._options.style, identity)
+                lookups.append((decoded.digest, key, pending))
+            if not alike:
+                self._anchor = pending.picture
             routed.append(pending)
-            self._remember(decoded.digest, pending.picture)
-            identity = self._identity(self._options.style)
-            lookups.append(
-                (decoded.digest, frame_key(decoded.digest, self._options.style, identity), pending)
-            )
         found = await asyncio.gather(*(self._cache.get(key) for _, key, _ in lookups))
         for (digest, _, pending), cached in zip(lookups, found, strict=True):
             picture = _cached_frame(cached, pending.decoded.photo.shape)

@@ -190,12 +190,13 @@ class MediaService:
         except asyncio.TimeoutError:
             raise Timeout(f"not ready within {timeout_s:g} s") from None
         logger.info(
-            "animation of %d frames in %.2f s (%d computed, %d repeated, %d cached)",
+            "animation of %d frames in %.2f s (%d computed, %d repeated, %d cached, %d alike)",
             output.frames,
             time.monotonic() - started,
             job.counts.model,
             job.counts.job,
             job.counts.cache,
+            job.counts.similar,
         )
         return output
 

@@ -608,8 +608,10 @@ class FakeMedia:
         delay: float = 0.02,
         hang: bool = False,
         cleanup_s: float = 0.0,
+        similar: int = 0,
     ):
         self.tmp_path, self.frames, self.delay, self.hang = tmp_path, frames, delay, hang
+        self.similar = similar  # the last frames reuse the picture of the one before them
         self.cleanup_s = cleanup_s  # a cancelled job's wait for the model pass it sent
         self.cleaned = False
         self.sources: list = []
@@ -619,10 +621,13 @@ class FakeMedia:
 
         self.sources.append(source.read_bytes())
         counts = FrameCounts(total=self.frames)
-        for _ in range(self.frames):
+        for index in range(self.frames):
             await asyncio.sleep(self.delay)
             counts.done += 1
-            counts.model += 1
+            if index >= self.frames - self.similar:
+                counts.similar += 1
+            else:
+                counts.model += 1
             on_progress(counts)
         if self.hang:
             try:
@@ -660,6 +665,20 @@ def test_a_video_job_reports_frames_and_stores_its_file(tmp_path):
     assert done.state == "done" and done.frames_done == 6 and done.frames_model == 6
     assert output.data == b"video:movie" and media.sources == [b"movie"]
     assert not (tmp_path / "made.mp4").exists()  # the temporary output went to the store
+
+
+def test_a_video_job_tells_the_frames_that_reused_a_picture_alike(tmp_path):
+    async def scenario():
+        jobs = JobService(
+            fast_config(tmp_path), FakeStylize(), run_media=FakeMedia(tmp_path, similar=4)
+        )
+        jobs.start()
+        record, _ = await jobs.submit(submission(b"movie", media=FakeInfo()))
+        return await jobs.wait(record.id, ALICE, 10)
+
+    done = run(scenario)
+    assert done.state == "done" and done.frames_done == 6
+    assert (done.frames_model, done.frames_similar) == (2, 4)
 
 
 def test_a_cancelled_video_job_is_running_until_its_cleanup_has_ended(tmp_path):
