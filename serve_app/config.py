@@ -403,6 +403,15 @@ class LiveConfig(_Strict):
         description="live streams one API key holds open on one ingress replica; past it "
         "4429 (`too_many_streams`); an open service has no per-key bound",
     )
+    frames_at_model: int = Field(
+        default=2,
+        ge=0,
+        description="live frames of all streams of one ingress replica being made at once; "
+        "the others wait (their newer frames replacing them) for a place. About the Stylizer "
+        "replicas' count (times their batch on GPUs): each then makes one frame at a time, so "
+        "a frame takes about one model pass however many streams run, and a photo waits for "
+        "one frame at most. 0: no bound (each stream's frame goes to the model at once)",
+    )
     idle_timeout_s: float = Field(
         default=30, gt=0, description="a stream that sends nothing this long is closed (4408)"
     )

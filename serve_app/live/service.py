@@ -10,11 +10,12 @@ job gate that interactive work is asking, so jobs step back while streams run.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from concurrent.futures import Executor
 from typing import Any, Protocol
 
@@ -100,6 +101,10 @@ class LiveService:
         self._metrics: LiveMetrics = metrics or _Uncounted()
         self._by_owner: Counter[str] = Counter()
         self.open_streams = 0
+        # Places at the model, taken in turn by the streams' frames (a waiter queue: no
+        # stream passes another twice).
+        frames = self._live.frames_at_model
+        self._at_model = asyncio.Semaphore(frames) if frames else None
 
     # --- opening a stream --------------------------------------------------------------
 
@@ -165,6 +170,7 @@ class LiveService:
             self.stylize_frame,
             self.change_options,
             self._metrics,
+            self._at_model_slot,
         )
         ended = await stream.run()
         logger.info(
@@ -176,6 +182,14 @@ class LiveService:
             stream.failed,
         )
         return ended
+
+    @contextlib.asynccontextmanager
+    async def _at_model_slot(self) -> AsyncIterator[None]:
+        if self._at_model is None:
+            yield
+            return
+        async with self._at_model:
+            yield
 
     # --- one frame ---------------------------------------------------------------------
 

@@ -14,10 +14,12 @@ tests hand in a fake).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -79,6 +81,7 @@ class StreamMetrics(Protocol):
 
 StylizeFrame = Callable[[bytes, StylizeOptions], Awaitable[FrameAnswer]]
 ChangeOptions = Callable[[StylizeOptions, dict[str, Any]], StylizeOptions]
+Slot = Callable[[], AbstractAsyncContextManager[None]]
 
 
 class LiveStream:
@@ -92,15 +95,18 @@ class LiveStream:
         stylize_frame: StylizeFrame,
         change_options: ChangeOptions,
         metrics: StreamMetrics,
+        slot: Slot | None = None,
     ) -> None:
         """``stylize_frame``: a frame's bytes -> its answer (raises ServiceError for a bad
-        frame). ``change_options``: the options after a control message (raises 422)."""
+        frame). ``change_options``: the options after a control message (raises 422).
+        ``slot``: a place at the model, shared by the streams (held while a frame is made)."""
         self._transport = transport
         self._options = options
         self._config = config
         self._stylize_frame = stylize_frame
         self._change_options = change_options
         self._metrics = metrics
+        self._slot = slot or _no_bound
         self._waiting: Frame | None = None
         self._frame_arrived = asyncio.Event()
         self._send_lock = asyncio.Lock()
@@ -187,39 +193,47 @@ class LiveStream:
     async def _work(self) -> ServiceError | None:
         while True:
             await self._frame_arrived.wait()
-            self._frame_arrived.clear()
-            frame, self._waiting = self._waiting, None
-            if frame is None:
-                continue
+            # The frame is taken only once a place at the model is free: meanwhile newer
+            # frames replace the waiting one, so the frame made is the newest there is. The
+            # place is given back before the answer goes out, for the next stream's frame.
+            async with self._slot():
+                self._frame_arrived.clear()
+                frame, self._waiting = self._waiting, None
+                if frame is None:
+                    continue
+                started = time.monotonic()
+                try:
+                    made: FrameAnswer | ServiceError = await self._stylize_frame(
+                        frame.data, frame.options
+                    )
+                except ServiceError as error:
+                    made = error
             try:
-                await self._answer(frame)
+                await self._answer(frame, made, started)
             except StreamStalled as stalled:
                 return stalled
             except ClientLeft:
                 return None
 
-    async def _answer(self, frame: Frame) -> None:
-        started = time.monotonic()
-        try:
-            answer = await self._stylize_frame(frame.data, frame.options)
-        except ServiceError as error:
+    async def _answer(self, frame: Frame, made: FrameAnswer | ServiceError, started: float):
+        if isinstance(made, ServiceError):
             self._failed()
-            await self._send_error(error, frame.seq)
+            await self._send_error(made, frame.seq)
             return
         header = {
             "seq": frame.seq,
             "skipped": self.skipped,
             "style": frame.options.style,
-            "width": answer.width,
-            "height": answer.height,
+            "width": made.width,
+            "height": made.height,
             "timings_ms": {
                 "wait": round((started - frame.received_at) * 1e3, 1),
-                **{stage: round(ms, 1) for stage, ms in answer.timings_ms.items()},
+                **{stage: round(ms, 1) for stage, ms in made.timings_ms.items()},
             },
         }
         async with self._send_lock:
             await self._bounded(self._transport.send_text(json.dumps(header)))
-            await self._bounded(self._transport.send_bytes(answer.data))
+            await self._bounded(self._transport.send_bytes(made.data))
         self.processed += 1
         self._metrics.frame("processed")
         self._metrics.latency((time.monotonic() - frame.received_at) * 1e3)
@@ -247,6 +261,11 @@ class LiveStream:
             raise StreamStalled(
                 f"the client read nothing for {self._config.send_timeout_s:g} s"
             ) from None
+
+
+@contextlib.asynccontextmanager
+async def _no_bound() -> AsyncIterator[None]:
+    yield
 
 
 def options_view(options: StylizeOptions) -> dict[str, Any]:

@@ -1,13 +1,14 @@
 // The Camera mode: the camera (getUserMedia, video only) beside its live stylized view,
 // through the live WebSocket (/v1/live; its protocol: serve_app/http/live.py). A frame is
 // captured as a JPEG at the live size at each new camera frame (and as soon as an answer
-// comes), but never while the socket still holds more than MAX_BUFFERED bytes unsent: the
-// service keeps only the newest waiting frame, so nothing is gained by queueing, here or
-// there. Each answer (a JSON header, then the stylized frame) is drawn on a canvas, counted
+// comes), but never while MAX_AHEAD frames await their answer or the socket holds more than
+// MAX_BUFFERED bytes unsent: the service keeps only the newest waiting frame, so nothing is
+// gained by queueing, here or there. Each answer (a JSON header, then the stylized frame) is drawn on a canvas, counted
 // for the fps and timed from its frame's sending. The page's style, strength and colour
 // controls change the stream by control messages, without reconnecting. Snapshot sends the
 // camera's picture at its full size as an upload (page.upload: app.js), so its card, API
-// key and retries are an upload's. Sets animeganPage.camera.
+// key and retries are an upload's. Sets animeganPage.camera. A little over the page's other
+// files: the camera, the stream and their messages are one state machine, kept together.
 "use strict";
 
 (() => {

@@ -295,6 +295,50 @@ def test_a_fast_sender_takes_no_more_of_the_model_than_a_slow_one():
     assert fast_stream.skipped > fast_stream.processed  # its extra frames were skipped
 
 
+def test_frames_wait_for_a_place_at_the_model_and_the_newest_goes():
+    """One place at the model for two streams: while one stream's frame is being made, the
+    other's waits, newer frames replacing it; once the place is free, its newest frame
+    goes."""
+
+    async def scenario():
+        frames = GatedFrames()
+        service = LiveService(make_config(live={"frames_at_model": 1}), frames)
+        a, b = Transport(), Transport()
+        streams = [
+            LiveStream(
+                t,
+                service.options({}),
+                LiveConfig(),
+                frames,
+                service.change_options,
+                Counted(),
+                service._at_model_slot,
+            )
+            for t in (a, b)
+        ]
+        running = [asyncio.ensure_future(stream.run()) for stream in streams]
+        await a.incoming.put(b"a0")
+        assert await frames.started.get() == b"a0"
+        for name in (b"b0", b"b1", b"b2"):
+            await b.incoming.put(name)
+        while streams[1].received < 3:
+            await asyncio.sleep(0)
+        for _ in range(10):  # b's frame would have started by now, were there a place
+            await asyncio.sleep(0)
+        assert frames.started.empty()
+        await frames.release.put(None)
+        assert await frames.started.get() == b"b2"
+        await frames.release.put(None)
+        await b.wait_for(lambda m: m == b"out-b2")
+        for t in (a, b):
+            await t.incoming.put(None)
+        await asyncio.gather(*running)
+        return streams[1]
+
+    waited = asyncio.run(scenario())
+    assert (waited.processed, waited.skipped) == (1, 2)
+
+
 # --- the service: options, admission, one frame -----------------------------------------
 
 
