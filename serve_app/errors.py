@@ -21,6 +21,10 @@ class ErrorBody(BaseModel):
     error: ErrorDetail
 
 
+WS_CLOSE_OFFSET = 4000
+"""A WebSocket the service closes for an error closes with 4000 + the error's status."""
+
+
 class ServiceError(Exception):
     """Base of every error the service reports to a caller."""
 

@@ -28,14 +28,13 @@ from websockets.sync.client import ClientConnection, connect
 from serve_app.client import wire
 from serve_app.client.wire import Settings, base_headers
 from serve_app.errors import (
+    WS_CLOSE_OFFSET,
     NoAnswer,
     ServiceError,
     error_classes,
     error_from_answer,
 )
 from serve_app.live.stream import LIVE_OPTIONS, LIVE_PROTOCOL
-
-WS_CLOSE_OFFSET = 4000  # the server closes with 4000 + the HTTP status of its error
 
 
 @dataclass

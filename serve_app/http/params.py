@@ -10,7 +10,7 @@ from typing import Annotated, Any
 from fastapi import Depends, Query, Request, WebSocket
 from starlette.requests import HTTPConnection
 
-from serve_app.errors import ServiceError, Unauthorized
+from serve_app.errors import WS_CLOSE_OFFSET, ServiceError, Unauthorized
 from serve_app.http.security import key_is_valid, require_api_key
 from serve_app.jobs.records import ANONYMOUS, owner_of
 from serve_app.options import option_fields
@@ -84,10 +84,6 @@ def owner_of_request(request: HTTPConnection) -> str:
 
 
 Owner = Annotated[str, Depends(owner_of_request)]
-
-
-# WebSocket close codes: 4000 + the HTTP status the same request would get.
-WS_CLOSE_OFFSET = 4000
 
 
 # A close frame's reason is at most 123 bytes of UTF-8.

@@ -111,7 +111,7 @@ class LiveService:
     def options(self, values: Mapping[str, Any]) -> StylizeOptions:
         """A stream's options from its query parameters (or a control message): the live
         ones only (422 ``invalid_parameters`` for any other), ``size`` by default
-        ``live.default_size`` and at most ``live.max_size``."""
+        ``live.default_size`` and at most ``largest_live_size``."""
         unknown = sorted(set(values) - set(LIVE_OPTIONS))
         if unknown:
             raise InvalidParameters(
@@ -127,12 +127,8 @@ class LiveService:
         return options
 
     def change_options(self, current: StylizeOptions, changes: Mapping[str, Any]) -> StylizeOptions:
-        """The options after a control message: ``changes`` over ``current``."""
-        unknown = sorted(set(changes) - set(LIVE_OPTIONS))
-        if unknown:
-            raise InvalidParameters(
-                f"unknown live option(s) {unknown}; a live stream takes {list(LIVE_OPTIONS)}"
-            )
+        """The options after a control message: ``changes`` over ``current`` (checked as
+        at the start)."""
         return self.options({name: getattr(current, name) for name in LIVE_OPTIONS} | changes)
 
     @contextlib.contextmanager

@@ -8,18 +8,16 @@ import io
 import os
 import time
 
-import numpy as np
 import pytest
 from PIL import Image
 
 from serve_app.config import MediaConfig
-from serve_app.errors import ReplicaFailed, Unavailable
+from serve_app.errors import Unavailable
 from serve_app.media import probe
 from serve_app.media.frames import MediaJob, frame_key, sync_animation_budget_error
 from serve_app.media.gate import ModelGate
 from serve_app.media.reader import MediaReader
-from serve_app.model.identity import ModelIdentity, StylizedArray
-from serve_app.options import StylizeOptions
+from serve_app.model.identity import ModelIdentity
 from tests.support.media import (
     audio_packets,
     decoded_frames,
@@ -32,76 +30,14 @@ from tests.support.media import (
     make_vp9_opus_webm,
     video_timestamps,
 )
-
-IDENTITY = ModelIdentity("weights", "runtime")
-CONFIG = MediaConfig(frames_in_flight=8, frame_batch=4)
-
-
-class FakeModel:
-    """Inverts each frame; counts calls, frames and the most calls at once."""
-
-    def __init__(self, failures: int = 0, delay_s: float = 0.0, detached: bool = False) -> None:
-        self.calls = 0
-        self.frames = 0
-        self.running = 0
-        self.most_running = 0
-        self.batch_sizes: list[int] = []
-        self._failures = failures
-        self._delay_s = delay_s
-        # Like a Serve replica: a cancelled caller stops waiting, the pass goes on.
-        self._detached = detached
-
-    async def __call__(self, frames: list[np.ndarray], style: str) -> list[StylizedArray]:
-        if self._detached:
-            return await asyncio.shield(self._pass(frames))
-        return await self._pass(frames)
-
-    async def _pass(self, frames: list[np.ndarray]) -> list[StylizedArray]:
-        self.calls += 1
-        self.running += 1
-        self.most_running = max(self.most_running, self.running)
-        try:
-            await asyncio.sleep(self._delay_s)
-            if self._failures:
-                self._failures -= 1
-                raise ReplicaFailed("replica died")
-            assert len({frame.shape for frame in frames}) == 1
-            self.frames += len(frames)
-            self.batch_sizes.append(len(frames))
-            return [StylizedArray(255 - frame, IDENTITY, 0.0, 1.0, len(frames)) for frame in frames]
-        finally:
-            self.running -= 1
-
-
-class DictCache:
-    def __init__(self) -> None:
-        self.entries: dict = {}
-
-    async def get(self, key):
-        return self.entries.get(key)
-
-    async def put(self, key, value):
-        self.entries[key] = value
-
-
-def options(**changes) -> StylizeOptions:
-    base = {"style": "s", "size": 96, "format": "png", "quality": None}
-    return StylizeOptions(**{**base, **changes})
-
-
-def run_job(path, dest, model, cache=None, config=CONFIG, gate=None, **option_changes):
-    info = probe.probe(path, config)
-    job = MediaJob(
-        info,
-        options(**option_changes),
-        config,
-        model,
-        cache if cache is not None else DictCache(),
-        lambda style: IDENTITY,
-        gate or ModelGate(3, 1, 1.0),
-    )
-    output = asyncio.run(job.run(path, dest))
-    return job, output
+from tests.support.media_jobs import (
+    CONFIG,
+    IDENTITY,
+    DictCache,
+    FakeModel,
+    options,
+    run_job,
+)
 
 
 def test_a_video_keeps_frames_timestamps_and_audio(tmp_path):

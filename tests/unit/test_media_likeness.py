@@ -20,8 +20,8 @@ from serve_app.model import tensors
 from serve_app.model.generator import StyleModel, random_generator, select_runtime
 from serve_app.model.identity import StylizedArray
 from tests.support.media import make_photo_video
+from tests.support.media_jobs import CONFIG, IDENTITY, DictCache, FakeModel, options, run_job
 from tests.support.pictures import sample_photos
-from tests.unit.test_media_jobs import CONFIG, IDENTITY, DictCache, FakeModel, options, run_job
 
 REUSED_MIN_PSNR_DB = 40.0
 SOURCE = (192, 128)  # the test videos' frames, px
