@@ -15,6 +15,7 @@ from serve_app.errors import ServiceError, UpgradeRequired
 from serve_app.http.openapi import error_statuses
 from serve_app.http.params import (
     API_KEY,
+    Service,
     accept_socket,
     close_socket,
     make_stylize_query,
@@ -91,7 +92,8 @@ class _Socket:
     description=PROTOCOL,
     responses=error_statuses(401, 422, 426),
 )
-async def live_route(query: LiveQuery) -> None:
+async def live_route(query: LiveQuery, service: Service) -> None:
+    service.live.options({name: value for name, value in query.items() if value is not None})
     raise UpgradeRequired("/v1/live is a WebSocket: open it with a WebSocket client")
 
 

@@ -84,7 +84,7 @@ def quick_numbers(text: str) -> str:
             ("client_body_timeout 15s;", f"client_body_timeout {BODY_TIMEOUT_S}s;", 1),
             ("client_header_timeout 10s;", f"client_header_timeout {HEADER_TIMEOUT_S}s;", 1),
             ("rate=10r/s", f"rate={RATE_PER_S}r/s", 1),
-            ("burst=20 ", f"burst={BURST} ", 5),
+            ("burst=20 ", f"burst={BURST} ", 6),
         ],
     )
 
