@@ -32,6 +32,9 @@ repetition, then reported as the median over them with the range. Writes
 ``bench-<parts>.json`` and ``benchmarks-<parts>.md`` into the results folder instead.
 
 What is measured and how it is reported: ``load_tests/bench_report.py``.
+
+Longer than most modules, on purpose: it is the benchmark's one run, each part a step
+whose order and isolation (each part alone on the machine) the figures depend on.
 """
 
 from __future__ import annotations
