@@ -23,6 +23,7 @@ from serve_app.metrics import JobMetrics, LiveMetrics
 from serve_app.model_client import ModelClient
 from serve_app.pipeline.cache_client import CacheClient
 from serve_app.pipeline.results import StylizeResult
+from serve_app.replica_logging import log_through_serve
 from serve_app.service.service import AnimeService
 
 
@@ -33,6 +34,7 @@ from serve_app.service.service import AnimeService
 class Ingress:
     def __init__(self, stylizer: DeploymentHandle, config: AppConfig, weights: dict[str, str]):
         """``weights``: style name -> the digest of its configured weights."""
+        log_through_serve()
         self._service = AnimeService(
             config,
             ModelClient(stylizer, config.tiling.max_whole_pixels),

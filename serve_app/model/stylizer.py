@@ -43,6 +43,7 @@ from serve_app.model.runtime_sharing import RuntimeSettings, decide_runtime
 from serve_app.model.runtimes import runtime_identity
 from serve_app.model.tiling import TiledGenerator, TileSettings, step_count
 from serve_app.model.weights import ResolvedWeights, load_generator_for, resolve_weights
+from serve_app.replica_logging import log_through_serve
 
 logger = logging.getLogger(__name__)
 
@@ -125,6 +126,7 @@ def pick_batch_size(curve: dict[int, float]) -> int:
 @serve.deployment(max_ongoing_requests=16)
 class Stylizer:
     def __init__(self, config: AppConfig):
+        log_through_serve()
         self._threads = replica_cpu_count()
         torch.set_num_threads(self._threads)
         self._replica = self._replica_name()

@@ -171,7 +171,7 @@ def wait_ended(client: httpx.Client, job_id: str, timeout_s: float = 240) -> dic
         body = job(client, job_id)
         if body["state"] in ENDED:
             return body
-        assert time.monotonic() < deadline, body
+        assert time.monotonic() < deadline, json.dumps(body)  # whole: pytest cuts a dict
         time.sleep(0.2)
 
 
@@ -323,7 +323,11 @@ def test_a_job_on_a_killed_node_is_finished_on_the_other(jobs_cluster, tmp_path)
     assert before["state"] == "running" and before["frames_done"] < before["frames_total"]
 
     follower = Follower(jc.cluster.base_url, video["id"])
-    done = wait_ended(jc.head, video["id"], timeout_s=300)
+    try:
+        done = wait_ended(jc.head, video["id"], timeout_s=300)
+    except AssertionError as error:  # what the head's replica holds says where it stuck
+        jobs = jc.head.get("/v1/stats").json().get("jobs")
+        raise AssertionError(f"{error}\nthe head replica's jobs: {jobs}") from None
     seconds = time.monotonic() - killed_at
     assert done["state"] == "done", done
     assert done["attempts"] == 2, (

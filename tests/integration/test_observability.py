@@ -59,6 +59,32 @@ def test_one_structured_log_line_per_request(client):
     assert line["deployment"].endswith("Ingress") and line["replica"]  # Serve's own fields
 
 
+def _package_lines(message: str) -> list[dict]:
+    """The Ingress replicas' JSON log lines whose message is ``message``."""
+    logs = Path(ray._private.worker._global_node.get_logs_dir_path()) / "serve"
+    return [
+        fields
+        for path in logs.glob("replica_animegan_Ingress_*.log")
+        for line in path.read_text(errors="replace").splitlines()
+        if message in line and (fields := json.loads(line))["message"] == message
+    ]
+
+
+def test_the_package_s_own_lines_are_in_the_replica_s_json_log(client):
+    """A module's INFO line (a job's end, logged by the job runner) is in the replica's log
+    file as Serve writes its own: JSON, with the replica's fields."""
+    files = {"image": ("a.jpg", synthetic_jpeg(seed=7003), "image/jpeg")}
+    job = client.post("/v1/jobs", files=files, params={"size": 64}, headers={"Prefer": "wait=60"})
+    assert job.status_code == 200 and job.json()["state"] == "done", job.text
+    message = f"job {job.json()['id']} done"
+    deadline = time.monotonic() + 10
+    while not (lines := _package_lines(message)) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert len(lines) == 1, lines
+    assert lines[0]["levelname"] == "INFO" and lines[0]["deployment"].endswith("Ingress")
+    assert lines[0]["replica"]
+
+
 def _scrape(metrics_url: str) -> dict[str, float]:
     """Sum each metric name over its label sets."""
     totals: dict[str, float] = {}
