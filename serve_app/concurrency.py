@@ -85,6 +85,17 @@ async def in_thread(executor: Executor | None, function: Callable[..., T], *args
     return await asyncio.get_running_loop().run_in_executor(executor, function, *args)
 
 
+def raise_if_cancelling() -> None:
+    """Raise CancelledError if this task was asked to stop. A loop that awaits the redis
+    client calls it each time round: the client's reads can swallow a cancellation that
+    races their own timeout (they return or raise something else), while the task still
+    counts the request; without this the loop would run on forever, and whoever waits
+    for the task with it."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
+
+
 async def within(awaitable: Awaitable[T], timeout_s: float) -> T:
     """``awaitable``'s result, or ``asyncio.TimeoutError`` after ``timeout_s`` (and the
     awaitable cancelled). Unlike ``asyncio.wait_for`` before Python 3.12, a cancellation of

@@ -32,6 +32,7 @@ from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError, WatchError
 
+from serve_app.concurrency import raise_if_cancelling
 from serve_app.errors import StoreError, StoreFull
 from serve_app.jobs.events import Deliver
 from serve_app.jobs.record_store import EXPIRED_MEMORY_S
@@ -412,7 +413,7 @@ class RedisChanges:
         away = False
         try:
             while True:
-                _raise_if_cancelled()
+                raise_if_cancelling()
                 try:
                     subscribed = await self._resync(pubsub, subscribed, wanted())
                     if not subscribed:
@@ -456,11 +457,3 @@ class RedisChanges:
         if removed:
             await pubsub.unsubscribe(*(_channel(i) for i in removed))
         return set(wanted)
-
-
-def _raise_if_cancelled() -> None:
-    """The redis client's reads can swallow a cancellation that races their own timeout;
-    the task still counts it, so the loop ends here instead of running on forever."""
-    task = asyncio.current_task()
-    if task is not None and task.cancelling():
-        raise asyncio.CancelledError

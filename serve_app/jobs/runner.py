@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from serve_app.concurrency import run_in_to_completion
+from serve_app.concurrency import raise_if_cancelling, run_in_to_completion
 from serve_app.config import JobsConfig
 from serve_app.errors import QueueTimeout, ServiceError, StoreError, Timeout
 from serve_app.jobs.blobs import UPLOAD, BlobStore
@@ -342,6 +342,7 @@ class JobRun:
             try:
                 return await write()
             except StoreError as error:
+                raise_if_cancelling()  # a stop that met the client's timeout
                 if not said:
                     said = True
                     logger.warning(
@@ -370,6 +371,9 @@ class JobRun:
                 return
             except Exception as error:  # the store hiccupped: the next change tries again
                 logger.warning("job %s: progress not written: %s", self.job_id, error)
+            # The run waits for this task to end once the job is made: a stop swallowed
+            # by the write above would leave the job "running" for good.
+            raise_if_cancelling()
 
     def _progress(self) -> dict[str, Any]:
         record = self.record

@@ -32,7 +32,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from serve_app.concurrency import within
+from serve_app.concurrency import raise_if_cancelling, within
 from serve_app.config import JobsConfig
 from serve_app.errors import (
     IdempotencyKeyReused,
@@ -180,10 +180,7 @@ class JobService:
             else:
                 if probes:
                     self.records_health.answered()
-            # The redis client can swallow a cancellation that meets its own timeout; the
-            # task still counts it: end here rather than run on after close().
-            if asyncio.current_task().cancelling():
-                raise asyncio.CancelledError
+            raise_if_cancelling()  # rather than run on after close()
 
     async def _call(self, function: Callable, *args: Any) -> Any:
         return await asyncio.get_running_loop().run_in_executor(self._io, function, *args)

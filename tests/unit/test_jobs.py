@@ -4,6 +4,7 @@ server on loopback) and a real folder. Every test runs on both record stores."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import time
 
@@ -679,6 +680,29 @@ def test_a_video_job_tells_the_frames_that_reused_a_picture_alike(tmp_path):
     done = run(scenario)
     assert done.state == "done" and done.frames_done == 6
     assert (done.frames_model, done.frames_similar) == (2, 4)
+
+
+def test_a_run_ends_though_its_progress_write_swallowed_the_stop(tmp_path):
+    """The redis client can swallow a cancellation that races its own timeout: a run's
+    progress task stopped inside such a write still ends, and so does the job (before, the
+    task ran on and the job read "running" for good, its lease renewed)."""
+
+    async def scenario():
+        jobs = JobService(fast_config(tmp_path), FakeStylize(), run_media=FakeMedia(tmp_path))
+        write = jobs.records.update
+
+        async def update(job_id, runner, changes):
+            if "frames_done" in changes and "state" not in changes:  # the progress task's
+                with contextlib.suppress(asyncio.CancelledError):  # swallowed, as there
+                    await asyncio.Event().wait()
+            return await write(job_id, runner, changes)
+
+        jobs.records.update = update
+        jobs.start()
+        record, _ = await jobs.submit(submission(b"movie", media=FakeInfo()))
+        return await jobs.wait(record.id, ALICE, 10)
+
+    assert run(scenario).state == "done"
 
 
 def test_a_cancelled_video_job_is_running_until_its_cleanup_has_ended(tmp_path):
