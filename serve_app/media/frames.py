@@ -56,7 +56,7 @@ from serve_app.media.worker import MediaThread
 from serve_app.model.identity import ModelIdentity, StylizedArray
 from serve_app.options import StylizeOptions
 from serve_app.pipeline.lru import CachedImage
-from serve_app.pipeline.ports import ResultStore
+from serve_app.pipeline.ports import ResultStore, many_at_once
 
 logger = logging.getLogger(__name__)
 
@@ -134,7 +134,7 @@ class MediaJob:
         self._options = options
         self._config = config
         self._model = model
-        self._cache = cache
+        self._cache = many_at_once(cache)
         self._identity = identity
         self._gate = gate
         self._on_progress = on_progress
@@ -244,7 +244,7 @@ class MediaJob:
             if not alike:
                 self._anchor = pending.picture
             routed.append(pending)
-        found = await asyncio.gather(*(self._cache.get(key) for _, key, _ in lookups))
+        found = await self._cache.get_many([key for _, key, _ in lookups]) if lookups else []
         for (digest, _, pending), cached in zip(lookups, found, strict=True):
             picture = _cached_frame(cached, pending.decoded.photo.shape)
             if picture is not None:
@@ -284,9 +284,9 @@ class MediaJob:
                     pending.picture.exception()  # the job raises it once; no "never retrieved"
             return
         self.counts.model += len(batch)
-        for (digest, pending), result in zip(batch, results, strict=True):
+        for (_, pending), result in zip(batch, results, strict=True):
             pending.picture.set_result(result.rgb)
-            self._keep(digest, result)
+        self._keep([(digest, result) for (digest, _), result in zip(batch, results, strict=True)])
 
     async def _call_model(self, frames: list[np.ndarray]) -> list[StylizedArray]:
         wait_s = RETRY_FIRST_WAIT_S
@@ -310,12 +310,15 @@ class MediaJob:
         finally:
             self._at_model.discard(task)
 
-    def _keep(self, digest: str, result: StylizedArray) -> None:
-        """The frame into the shared cache, under the key of what computed it."""
-        rgb = np.ascontiguousarray(result.rgb)
-        value = CachedImage(rgb.tobytes(), FRAME_MEDIA_TYPE, rgb.shape[1], rgb.shape[0])
-        key = frame_key(digest, self._options.style, result.identity)
-        task = run_detached(self._cache.put(key, value))
+    def _keep(self, made: list[tuple[str, StylizedArray]]) -> None:
+        """A batch's frames into the shared cache (one call), each under the key of what
+        computed it."""
+        items = []
+        for digest, result in made:
+            rgb = np.ascontiguousarray(result.rgb)
+            value = CachedImage(rgb.tobytes(), FRAME_MEDIA_TYPE, rgb.shape[1], rgb.shape[0])
+            items.append((frame_key(digest, self._options.style, result.identity), value))
+        task = run_detached(self._cache.put_many(items))
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 

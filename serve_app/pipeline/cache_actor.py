@@ -70,6 +70,13 @@ class ResultCache:
     async def put(self, key: str, value: CachedImage) -> bool:
         return self._lru.put(key, value)
 
+    async def get_many(self, keys: list[str]) -> list[CachedImage | None]:
+        return [self._lru.get(key) for key in keys]
+
+    async def put_many(self, items: list[tuple[str, CachedImage]]) -> int:
+        """How many were kept (one too large for the bound is not)."""
+        return sum(self._lru.put(key, value) for key, value in items)
+
     async def stats(self) -> dict[str, Any]:
         return {**self._lru.stats().to_dict(), "config": await self.config()}
 

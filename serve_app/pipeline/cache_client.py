@@ -18,7 +18,7 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from serve_app.config import CacheConfig
@@ -169,6 +169,33 @@ class CacheClient:
         self._local.put(key, value)
         await self._call(shard_index(key, self.shards), "put", key, value)
 
+    async def get_many(self, keys: Sequence[str]) -> list[CachedImage | None]:
+        """As ``get`` for each key, with one call per shard for the keys not held here."""
+        found: dict[str, CachedImage | None] = {key: self._local.get(key) for key in keys}
+        by_shard = _by_shard([key for key, value in found.items() if value is None], self.shards)
+        replies = await asyncio.gather(
+            *(self._call(index, "get_many", wanted) for index, wanted in by_shard.items())
+        )
+        for wanted, reply in zip(by_shard.values(), replies, strict=True):
+            for key, value in zip(wanted, reply or [None] * len(wanted), strict=True):
+                if isinstance(value, CachedImage):
+                    self._local.put(key, value)
+                    found[key] = value
+        return [found[key] for key in keys]
+
+    async def put_many(self, items: Sequence[tuple[str, CachedImage]]) -> None:
+        """As ``put`` for each item, with one call per shard."""
+        values = dict(items)
+        for key, value in values.items():
+            self._local.put(key, value)
+        by_shard = _by_shard(list(values), self.shards)
+        await asyncio.gather(
+            *(
+                self._call(index, "put_many", [(key, values[key]) for key in keys])
+                for index, keys in by_shard.items()
+            )
+        )
+
     async def stats(self) -> dict[str, Any]:
         indexes = range(self.shards)
         replies = await asyncio.gather(*(self._call(i, "stats") for i in indexes))
@@ -316,6 +343,13 @@ def _budget(deadline: float) -> float:
 
 async def _in_thread(deadline: float, fn: Callable[..., Any], *args: Any) -> Any:
     return await asyncio.wait_for(asyncio.to_thread(fn, *args), _budget(deadline))
+
+
+def _by_shard(keys: list[str], shards: int) -> dict[int, list[str]]:
+    grouped: dict[int, list[str]] = {}
+    for key in keys:
+        grouped.setdefault(shard_index(key, shards), []).append(key)
+    return grouped
 
 
 def _sum_stats(replies: list[dict[str, Any]]) -> dict[str, Any]:

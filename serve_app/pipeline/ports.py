@@ -6,7 +6,8 @@ ingress deployment hands in the Ray-backed ones (``model_client.py``, the cache 
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+import asyncio
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Protocol
 
 import numpy as np
@@ -23,6 +24,42 @@ class ResultStore(Protocol):
     async def get(self, key: str) -> CachedImage | None: ...
 
     async def put(self, key: str, value: CachedImage) -> None: ...
+
+
+class ManyAtOnce(ResultStore, Protocol):
+    """A store that takes many keys in one call (a video's frames: one round trip per
+    batch, not per frame)."""
+
+    async def get_many(self, keys: Sequence[str]) -> list[CachedImage | None]: ...
+
+    async def put_many(self, items: Sequence[tuple[str, CachedImage]]) -> None: ...
+
+
+class _OneByOne:
+    """``ManyAtOnce`` over a store that takes one key at a time."""
+
+    def __init__(self, store: ResultStore) -> None:
+        self._store = store
+
+    async def get(self, key: str) -> CachedImage | None:
+        return await self._store.get(key)
+
+    async def put(self, key: str, value: CachedImage) -> None:
+        await self._store.put(key, value)
+
+    async def get_many(self, keys: Sequence[str]) -> list[CachedImage | None]:
+        return list(await asyncio.gather(*(self._store.get(key) for key in keys)))
+
+    async def put_many(self, items: Sequence[tuple[str, CachedImage]]) -> None:
+        await asyncio.gather(*(self._store.put(key, value) for key, value in items))
+
+
+def many_at_once(store: ResultStore) -> ManyAtOnce:
+    """``store`` itself where it takes many keys at once, else an adapter that sends one
+    call per key."""
+    if hasattr(store, "get_many") and hasattr(store, "put_many"):
+        return store  # type: ignore[return-value]
+    return _OneByOne(store)
 
 
 class Model(Protocol):

@@ -325,9 +325,15 @@ def test_a_job_on_a_killed_node_is_finished_on_the_other(jobs_cluster, tmp_path)
     follower = Follower(jc.cluster.base_url, video["id"])
     try:
         done = wait_ended(jc.head, video["id"], timeout_s=300)
-    except AssertionError as error:  # what the head's replica holds says where it stuck
+    except AssertionError as error:  # where it stuck: the head's runs, and its model
         jobs = jc.head.get("/v1/stats").json().get("jobs")
-        raise AssertionError(f"{error}\nthe head replica's jobs: {jobs}") from None
+        files = {"image": ("p.jpg", synthetic_jpeg(seed=71_099), "image/jpeg")}
+        try:
+            photo = jc.head.post("/v1/stylize", files=files).status_code
+        except httpx.HTTPError as failed:
+            photo = repr(failed)
+        where = f"the head replica's jobs: {jobs}; a photo through it: {photo}"
+        raise AssertionError(f"{error}\n{where}") from None
     seconds = time.monotonic() - killed_at
     assert done["state"] == "done", done
     assert done["attempts"] == 2, (

@@ -66,6 +66,23 @@ class DictCache:
         self.entries[key] = value
 
 
+class BatchingCache(DictCache):
+    """A cache that takes many keys at once, as the cache client does; counts its calls."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.get_calls: list[int] = []  # keys per get_many call
+        self.put_calls: list[int] = []
+
+    async def get_many(self, keys):
+        self.get_calls.append(len(keys))
+        return [self.entries.get(key) for key in keys]
+
+    async def put_many(self, items):
+        self.put_calls.append(len(items))
+        self.entries.update(items)
+
+
 def options(**changes) -> StylizeOptions:
     base = {"style": "s", "size": 96, "format": "png", "quality": None}
     return StylizeOptions(**{**base, **changes})

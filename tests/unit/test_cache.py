@@ -344,6 +344,8 @@ def test_result_cache_actor_body() -> None:
             "generation": 0.0,
             "layout": "",
         }
+        assert await rc.get_many(["k", "missing"]) == [img(10), None]
+        assert await rc.put_many([("a", img(1)), ("big", img(cost(10) * 2))]) == 1
         await rc.clear()
         assert (await rc.stats())["entries"] == 0
 
@@ -412,7 +414,7 @@ class FakeShard:
         self.args = (max_bytes, ttl_s)
         self.body = ResultCache(max_bytes, ttl_s)
         self.mode = "ok"  # "ok" | "hang" | "raise" | "unavailable" | "dead"
-        for method in ("get", "put", "stats", "configure", "config"):
+        for method in ("get", "put", "get_many", "put_many", "stats", "configure", "config"):
             setattr(self, method, FakeMethod(self._wrap(method)))
 
     def restart(self) -> None:
@@ -751,6 +753,41 @@ def test_client_put_failure_is_swallowed_but_l1_still_filled() -> None:
         await client.put(KEY, img(50))  # must not raise
         assert await client.get(KEY) == img(50)  # from L1
         assert (await client.stats())["errors"] == 2  # put + stats
+
+    asyncio.run(scenario())
+
+
+def test_many_keys_cost_one_call_per_shard_and_fill_l1() -> None:
+    async def scenario() -> None:
+        client, directory = make_client(shards=2)
+        await client.connect()
+        keys = [key_on(shard, 2, tag) for shard in (0, 1) for tag in ("a", "b", "c")]
+        await client.put_many([(key, img(n + 1)) for n, key in enumerate(keys)])
+        shards = [directory.live["rc-0"], directory.live["rc-1"]]
+        assert [shard.put_many.calls for shard in shards] == [1, 1]
+        assert [shard.put.calls for shard in shards] == [0, 0]
+
+        fresh, _ = make_client(shards=2, directory=directory)  # another replica: empty L1
+        wanted = [*keys, key_on(0, 2, "absent")]
+        found = await fresh.get_many(wanted)
+        assert found == [img(n + 1) for n in range(len(keys))] + [None]
+        assert [shard.get_many.calls for shard in shards] == [1, 1]
+        assert await fresh.get_many(keys) == found[:-1]  # from L1 now: no call
+        assert [shard.get_many.calls for shard in shards] == [1, 1]
+
+    asyncio.run(scenario())
+
+
+def test_many_keys_on_a_failing_shard_are_misses_the_others_answer() -> None:
+    async def scenario() -> None:
+        client, directory = make_client(shards=2, local_max_bytes=0)
+        await client.connect()
+        good, bad = key_on(0, 2), key_on(1, 2)
+        await client.put_many([(good, img(5)), (bad, img(6))])
+        directory.live["rc-1"].mode = "raise"
+        assert await client.get_many([bad, good]) == [None, img(5)]
+        await client.put_many([(bad, img(7))])  # must not raise
+        assert (await client.stats())["errors"] >= 2
 
     asyncio.run(scenario())
 

@@ -33,6 +33,7 @@ from tests.support.media import (
 from tests.support.media_jobs import (
     CONFIG,
     IDENTITY,
+    BatchingCache,
     DictCache,
     FakeModel,
     options,
@@ -88,6 +89,22 @@ def test_a_second_job_finds_every_frame_in_the_cache(tmp_path):
     job, output = run_job(source, tmp_path / "two.mp4", model, cache, strength=0.5)
     assert model.frames == 0
     assert job.counts.cache == output.frames == 10
+
+
+def test_a_job_reaches_the_cache_once_per_batch_not_once_per_frame(tmp_path):
+    source = make_h264_aac_mp4(tmp_path / "in.mp4", seconds=2.0)  # 20 distinct frames
+    cache = BatchingCache()
+    model = FakeModel()
+    _, output = run_job(source, tmp_path / "one.mp4", model, cache)
+    assert model.frames == output.frames == 20
+    assert cache.put_calls == model.batch_sizes  # one put per model pass, its whole batch
+    assert sum(cache.get_calls) == 20 and len(cache.get_calls) < 20
+
+    again = BatchingCache()
+    again.entries = dict(cache.entries)
+    job, output = run_job(source, tmp_path / "two.mp4", FakeModel(), again)
+    assert job.counts.cache == output.frames == 20 and again.put_calls == []
+    assert len(again.get_calls) <= 20 // CONFIG.frame_batch + 2
 
 
 def test_frame_keys_depend_on_what_computes_them():
