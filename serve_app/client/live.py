@@ -151,7 +151,10 @@ class AsyncLiveSession:
 
 def open_live(settings: Settings, options: Mapping[str, Any]) -> LiveSession:
     with _closed_as_error():
-        return LiveSession(connect(live_url(settings, options), **connect_args(settings)))
+        connection = connect(live_url(settings, options), **connect_args(settings))
+    # Entered here, left by the session's close: websockets 17.1 deprecates a sync
+    # connection used outside its context.
+    return LiveSession(connection.__enter__())
 
 
 async def open_live_async(settings: Settings, options: Mapping[str, Any]) -> AsyncLiveSession:
