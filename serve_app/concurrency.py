@@ -90,7 +90,8 @@ def raise_if_cancelling() -> None:
     client calls it each time round: the client's reads can swallow a cancellation that
     races their own timeout (they return or raise something else), while the task still
     counts the request; without this the loop would run on forever, and whoever waits
-    for the task with it."""
+    for the task with it. Checked by the loops, not inside the store's calls: a cancelled
+    job run's cleanup still reads and writes the store while its task is cancelling."""
     task = asyncio.current_task()
     if task is not None and task.cancelling():
         raise asyncio.CancelledError

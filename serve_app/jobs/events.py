@@ -19,7 +19,7 @@ from collections import defaultdict
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Protocol
 
-from serve_app.concurrency import raise_if_cancelling, within
+from serve_app.concurrency import within
 from serve_app.jobs.records import JobFields, JobRecord
 
 logger = logging.getLogger(__name__)
@@ -57,8 +57,6 @@ class PolledChanges:
             except Exception as error:  # the next look tries again
                 logger.warning("job change feed: %s", error)
                 continue
-            finally:
-                raise_if_cancelling()
             ids = wanted()
             for record in records:
                 if record.id in ids:
