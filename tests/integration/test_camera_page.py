@@ -114,8 +114,23 @@ def open_page(browser, base_url):
 
 
 def console_errors(page) -> list[str]:
+    """The page's console errors, each with the address it came from (a failed load's line
+    names none in its text), and each answer of 400 or more."""
     errors: list[str] = []
-    page.on("console", lambda message: message.type == "error" and errors.append(message.text))
+    page.on(
+        "console",
+        lambda message: (
+            message.type == "error"
+            and errors.append(f"{message.text} ({message.location.get('url')})")
+        ),
+    )
+    page.on(
+        "response",
+        lambda response: (
+            response.status >= 400
+            and errors.append(f"{response.request.method} {response.url}: {response.status}")
+        ),
+    )
     return errors
 
 

@@ -90,6 +90,13 @@ def test_page_stylizes_a_photo_and_shows_errors(open_page, photo_file, photo_byt
     # No keys configured: the page never shows the key prompt nor the "forget" button.
     expect(page.get_by_label("API key", exact=True)).to_be_hidden()
     expect(page.get_by_role("button", name="Forget the key")).to_be_hidden()
+    # The page names its icon (else browsers ask for /favicon.ico, which is a 404), and it loads.
+    icon = page.evaluate(
+        """async () => {
+            const response = await fetch(document.querySelector('link[rel=icon]').href);
+            return [response.status, response.headers.get('content-type')]; }"""
+    )
+    assert icon == [200, "image/svg+xml"]
 
     # The download button saves the result under the right extension.
     with page.expect_download() as download_info:
