@@ -256,11 +256,8 @@ def stylizer_batch(config: dict) -> int:
     largest it may pick)."""
     for deployment in config["applications"][0].get("deployments", []):
         if deployment["name"] == "Stylizer":
-            batching = BatchConfig.model_validate(deployment.get("user_config", {}))
-            if batching.max_batch_size == "auto":
-                return batching.auto_max_batch_size
-            return batching.max_batch_size
-    return BatchConfig().max_batch_size
+            return BatchConfig.model_validate(deployment.get("user_config", {})).largest_batch
+    return BatchConfig().largest_batch
 
 
 # --------------------------------------------------------------------------- the run
@@ -308,7 +305,11 @@ class Bench:
             for _ in range(self.args.repeats):
                 for size in SIZES if "service" in self.parts else ():
                     rate = workers.images_per_s(size, self.plan.model_s)
-                    self.points.setdefault(f"model {size}", []).append({"rps": rate})
+                    # Each of its processes is one busy thread: their CPU time per picture.
+                    cpu_ms = 1e3 * self.replicas * self.threads / rate
+                    self.points.setdefault(f"model {size}", []).append(
+                        {"rps": rate, "cpu_ms": cpu_ms}
+                    )
                     logger.info("model %d px: %.2f img/s", size, rate)
                     uploads = [self.uploads.unique() for _ in range(PIPELINE_UPLOADS)]
                     rate = workers.pipeline_per_s(uploads, size, self.plan.model_s)
@@ -412,10 +413,12 @@ class Bench:
                 name, clients = f"misses {size}", 2 * self.replicas
                 before = cpu_profile.snapshot(pid)
                 self.point(name, url[size], self.uploads.unique, clients, name)
-                answered = self.points[name][-1]["ok"]
                 after = cpu_profile.snapshot(pid)
-                profile = cpu_profile.ms_per_picture(before, after, answered)
-                self.points[name][-1]["cpu_ms_per_picture"] = profile
+                # The snapshots span the whole point, its warm-up too: so do the pictures.
+                point = self.points[name][-1]
+                profile = cpu_profile.ms_per_picture(before, after, point["ok_all"])
+                point["cpu_ms_per_picture"] = profile
+                point["model_replicas_cpu_ms"] = profile.get(cpu_profile.MODEL_REPLICAS)
             mixed = self.uploads.mixed(self.hot_sets[rep], HOT_RATIO, seed=rep)
             self.point("mixed", url[MIXED_SIZE], mixed, MIXED_CLIENTS, "mixed")
             for clients in (1, 8):  # each next to the floor, so that both see the same load

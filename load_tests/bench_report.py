@@ -42,6 +42,16 @@ TARGETS = (
         0.9,
         True,
     ),
+    *(
+        (
+            f"model replicas' CPU / the model alone, {size} px",
+            (f"misses {size}", "model_replicas_cpu_ms"),
+            (f"model {size}", "cpu_ms"),
+            1.1,
+            False,
+        )
+        for size in SIZES
+    ),
     ("cache hits / floor, c8 req/s", ("hits c8", "rps"), ("floor c8", "rps"), 0.9, True),
     ("cache hits / floor, c1 p50", ("hits c1", "p50_ms"), ("floor c1", "p50_ms"), 1 / 0.9, False),
     ("mixed / Flask, c8 req/s", ("mixed", "rps"), ("flask mixed", "rps"), 3.0, True),
@@ -189,11 +199,15 @@ def cpu_table(results: dict) -> str:
                 values = [run.get("cpu_ms_per_picture", {}).get(name) for run in runs]
             cells.append(spread(values))
         rows.append([name, *cells])
-    pipeline = [
-        spread([1e3 * processes / run["rps"] for run in results["points"][f"pipeline {size}"]])
-        for size in SIZES
-    ]
-    rows.append(["in-process pipeline (decode, resize, model, encode)", *pipeline])
+    for what, point in (
+        ("pipeline", "in-process pipeline (decode, resize, model, encode)"),
+        ("model", "the model alone, in-process (a ready tensor)"),
+    ):
+        cells = [
+            spread([1e3 * processes / run["rps"] for run in results["points"][f"{what} {size}"]])
+            for size in SIZES
+        ]
+        rows.append([point, *cells])
     return table(headers, rows)
 
 
@@ -281,9 +295,9 @@ def _cpu_section(results: dict) -> str:
 {cpu_table(results)}
 
 CPU seconds of every process of the service (`serve run`'s process tree, grouped by Ray's
-process titles) over each unique-photo window, per picture answered; the load generator
-runs outside it on the same cores. The in-process pipeline's figure is its wall time per
-picture times its processes (each one busy thread)."""
+process titles) over each unique-photo point, its warm-up included, per picture answered
+in it; the load generator runs outside it on the same cores. The in-process figures are
+wall time per picture times the processes (each one busy thread)."""
 
 
 def _jobs_section(results: dict) -> str:

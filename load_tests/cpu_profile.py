@@ -13,9 +13,10 @@ from collections import defaultdict
 
 import psutil
 
+MODEL_REPLICAS = "model replicas"
 # (what the command line contains, the component it is counted in), first match wins
 COMPONENTS = (
-    ("Stylizer", "model replicas"),
+    ("Stylizer", MODEL_REPLICAS),
     ("Ingress", "ingress replica"),
     ("ProxyActor", "HTTP proxy"),
     ("ResultCache", "result cache"),

@@ -83,6 +83,7 @@ def run_point(
         "p95_ms": ms[min(len(ms) - 1, int(0.95 * len(ms)))] if ms else None,
         "mean_ms": statistics.fmean(ms) if ms else None,
         "ok": ok,
+        "ok_all": sum(status == 200 for _, _, status, _ in samples),  # warm-up included
         "errors": len(inside) - ok,
         "cache": dict(Counter(s[3] for s in inside if s[2] == 200 and s[3])),
     }
