@@ -556,7 +556,6 @@ def example_path(entry: str) -> Path:
     return SAMPLES_DIR / entry if entry == path.name else path
 
 
-DEFAULT_MAX_BATCH_SIZE = 4
 DEFAULT_BATCH_WAIT_S = 0.005
 
 
@@ -564,17 +563,27 @@ class BatchConfig(_Strict):
     """The Stylizer's `user_config`: changed live through `reconfigure`."""
 
     max_batch_size: int | Literal["auto"] = Field(
-        default=DEFAULT_MAX_BATCH_SIZE,
-        description="requests per forward pass; `auto` measures each size at start-up "
-        "and takes the fastest (keep max_ongoing_requests >= it)",
+        default="auto",
+        description="requests per batch, each shape in one forward pass; `auto`: batches of "
+        "up to auto_max_batch_size, each shape in passes of the size its own timed passes "
+        "found fastest (keep max_ongoing_requests >= the batch)",
     )
-    auto_max_batch_size: int = Field(default=8, ge=1, le=256, description="`auto` tries up to it")
+    auto_max_batch_size: int = Field(
+        default=8, ge=1, le=256, description="`auto`'s batch, and the largest pass it tries"
+    )
     batch_wait_timeout_s: float = Field(
         default=DEFAULT_BATCH_WAIT_S,
         ge=0,
         le=10,
         description="seconds a batch waits to fill before it runs with what it has",
     )
+
+    @property
+    def largest_batch(self) -> int:
+        """The most requests the batcher collects into one batch."""
+        if self.max_batch_size == "auto":
+            return self.auto_max_batch_size
+        return self.max_batch_size
 
     @field_validator("max_batch_size")
     @classmethod

@@ -70,7 +70,7 @@ class ModelMetrics:
         self.loads = Counter("animegan_model_loads", description="style models loaded")
         self.batch_size = Histogram(
             "animegan_batch_size",
-            description="requests per dynamic batch",
+            description="pictures per forward pass (a batch runs one pass per shape, or several)",
             boundaries=BATCH_BOUNDARIES,
         )
         self.queue_ms = Histogram(

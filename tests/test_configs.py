@@ -69,7 +69,7 @@ def check_serve_config(config: dict) -> None:
                 batch = BatchConfig.model_validate(user_config)
                 # Ray admits at most max_ongoing_requests per replica: a smaller value caps
                 # every batch below max_batch_size.
-                assert deployment["max_ongoing_requests"] >= batch.max_batch_size, name
+                assert deployment["max_ongoing_requests"] >= batch.largest_batch, name
 
 
 def test_there_are_serve_configs():
@@ -87,13 +87,14 @@ def test_gpu_config_runs_fp16_batches_on_one_gpu_per_replica():
     assert app["args"]["device"] == "cuda" and app["args"]["precision"] == "fp16"
     [stylizer] = [d for d in app["deployments"] if d["name"] == "Stylizer"]
     assert stylizer["ray_actor_options"]["num_gpus"] == 1
-    assert stylizer["user_config"]["max_batch_size"] >= 16
+    assert BatchConfig.model_validate(stylizer["user_config"]).largest_batch >= 16
 
 
 def test_check_catches_a_batch_capped_by_max_ongoing_requests():
     config = load(REPO / "serve_config.yaml")
     [stylizer] = [d for d in config["applications"][0]["deployments"] if d["name"] == "Stylizer"]
-    stylizer["max_ongoing_requests"] = stylizer["user_config"]["max_batch_size"] - 1
+    batch = BatchConfig.model_validate(stylizer["user_config"]).largest_batch
+    stylizer["max_ongoing_requests"] = batch - 1
     with pytest.raises(AssertionError):
         check_serve_config(config)
 

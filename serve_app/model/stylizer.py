@@ -15,7 +15,8 @@ import logging
 import os
 import time
 from collections import Counter, defaultdict
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
+from typing import NamedTuple
 
 import numpy as np
 import ray
@@ -25,7 +26,6 @@ from ray import serve
 from serve_app.concurrency import run_to_completion
 from serve_app.config import (
     DEFAULT_BATCH_WAIT_S,
-    DEFAULT_MAX_BATCH_SIZE,
     MIN_SIDE,
     SIDE_MULTIPLE,
     AppConfig,
@@ -33,12 +33,12 @@ from serve_app.config import (
     StyleConfig,
     TilingConfig,
 )
-from serve_app.imaging import pixels
 from serve_app.metrics import ModelMetrics
 from serve_app.model import tensors
 from serve_app.model.choice_board import replica_choice_board
 from serve_app.model.generator import StyleModel
 from serve_app.model.identity import ModelIdentity, StylizedArray
+from serve_app.model.pass_sizes import PassSizes
 from serve_app.model.runtime_sharing import RuntimeSettings, decide_runtime
 from serve_app.model.runtimes import runtime_identity
 from serve_app.model.tiling import TiledGenerator, TileSettings, step_count
@@ -52,11 +52,15 @@ WARM_UP_SIDE = 64
 # hits, 503s and health checks stay fast while the model soaks up the cores (it still gets
 # every cycle nobody else wants).
 MODEL_NICENESS = 5
-# `max_batch_size: auto` times batches at this longer side at most, to keep start-up short.
-AUTO_BATCH_MAX_SIDE = 256
-# A larger batch must beat a smaller one by this factor to be chosen.
-AUTO_BATCH_MIN_GAIN = 1.05
 _DONE = object()  # what a finished tiled run's next step returns
+
+
+class PassOutcome(NamedTuple):
+    """One picture's share of a forward pass: its result (or why it failed alone)."""
+
+    result: np.ndarray | Exception
+    seconds: float  # the whole pass's
+    pass_size: int  # pictures in that pass
 
 
 def weights_identity(weights: ResolvedWeights, align_corners: bool | None) -> str:
@@ -108,21 +112,6 @@ def check_model_input(rgb: object, style: str, models: dict[str, StyleModel]) ->
         )
 
 
-def batch_sizes_up_to(largest: int) -> list[int]:
-    """1, 2, 4, ... and largest itself."""
-    sizes = [1 << i for i in range(largest.bit_length()) if 1 << i <= largest]
-    return sizes if sizes[-1] == largest else [*sizes, largest]
-
-
-def pick_batch_size(curve: dict[int, float]) -> int:
-    """The smallest batch size whose throughput no larger one beats by AUTO_BATCH_MIN_GAIN."""
-    best = min(curve)
-    for size in sorted(curve):
-        if curve[size] > curve[best] * AUTO_BATCH_MIN_GAIN:
-            best = size
-    return best
-
-
 @serve.deployment(max_ongoing_requests=16)
 class Stylizer:
     def __init__(self, config: AppConfig):
@@ -146,7 +135,6 @@ class Stylizer:
         )
         self._runtime = self._runtime_choice.runtime
         self._metrics = ModelMetrics()
-        self._default_size = config.default_size
         self._tiling = config.tiling
         self._tile_settings = tile_settings(config.tiling)
         self._loads = 0
@@ -159,15 +147,17 @@ class Stylizer:
         self._tiled_lock = asyncio.Lock()
         self._tiled_images = 0
         self._tiles_run = 0
-        self._batch_config = BatchConfig()
-        self._max_batch_size = DEFAULT_MAX_BATCH_SIZE  # until reconfigure
-        self._batch_curve: dict[int, float] = {}
-        self._batch_sizes: Counter[int] = Counter()
+        # `max_batch_size: auto`: each shape's pass size, learned from the passes' timings;
+        # None: a fixed max_batch_size, one pass per (style, shape) group.
+        self._pass_sizes: PassSizes | None = None
+        self.reconfigure({})  # the defaults, until Serve applies the user_config
+        self._batch_sizes: Counter[int] = Counter()  # pictures per forward pass
         self._images = 0
         self._inference_s: defaultdict[str, float] = defaultdict(float)
-        # On CPU a batch computes no faster than its frames one by one (docs/benchmarks.md:
-        # the jobs' frames at batch 1 and 4), so a job's frames take the model one at a time
-        # and a photo in between waits for one frame; on a GPU a call is one batched pass.
+        # With a fixed max_batch_size: on CPU a batch computes no faster than its frames one
+        # by one (docs/benchmarks.md: the jobs' frames at batch 1 and 4), so a job's frames
+        # take the model one at a time and a photo in between waits for one frame; on a GPU
+        # a call is one batched pass.
         self._frames_per_pass = 1 if self._runtime.device == "cpu" else None
         self._warm_up()
         # Only now: the start itself (imports, measurements, warm-up) runs at full priority.
@@ -210,12 +200,11 @@ class Stylizer:
 
     def reconfigure(self, user_config: dict) -> None:
         config = BatchConfig.model_validate(user_config or {})
-        if config.max_batch_size == "auto":
-            if max(self._batch_curve, default=0) != config.auto_max_batch_size:
-                self._batch_curve = self._measure_batch_curve(config.auto_max_batch_size)
-            self._max_batch_size = pick_batch_size(self._batch_curve)
-        else:
-            self._max_batch_size = config.max_batch_size
+        self._max_batch_size = config.largest_batch
+        if config.max_batch_size != "auto":
+            self._pass_sizes = None
+        elif self._pass_sizes is None or max(self._pass_sizes.sizes) != self._max_batch_size:
+            self._pass_sizes = PassSizes(self._max_batch_size)  # else: what it learned stays
         self._batch_config = config
         self._run_batch.set_max_batch_size(self._max_batch_size)
         self._run_batch.set_batch_wait_timeout_s(config.batch_wait_timeout_s)
@@ -226,24 +215,6 @@ class Stylizer:
             config.max_batch_size,
             config.batch_wait_timeout_s,
         )
-
-    def _measure_batch_curve(self, largest: int) -> dict[int, float]:
-        """Images per second of the first style for batch sizes 1, 2, 4, ... up to largest."""
-        side = min(self._default_size, AUTO_BATCH_MAX_SIDE)
-        height, width = pixels.target_dimensions(4 * side, 3 * side, side)[::-1]
-        model = next(iter(self._models.values()))
-        curve = {}
-        for size in batch_sizes_up_to(largest):
-            batch = tensors.to_model_batch([np.zeros((height, width, 3), np.uint8)] * size)
-            model(batch)  # builds this shape's kernels
-            start = time.perf_counter()
-            model(batch)
-            model(batch)
-            curve[size] = round(2 * size / (time.perf_counter() - start), 2)
-        logger.info(
-            "Stylizer %s batch curve at %dx%d (img/s): %s", self._replica, width, height, curve
-        )
-        return curve
 
     async def stylize(self, rgb: np.ndarray, style: str) -> StylizedArray:
         """One (H, W, 3) uint8 array -> its stylized twin. Raises ValueError for a bad item."""
@@ -260,98 +231,118 @@ class Stylizer:
         model between two of the frames' passes. Raises ValueError for a bad frame."""
         arrival = time.perf_counter()
         started, outcomes = None, []
-        step = self._frames_per_pass or len(frames)
-        for first in range(0, len(frames), step):
+        while len(outcomes) < len(frames):
             # The lock is taken again for each pass: a photo waiting for the model waits
             # for one pass of a job's frames, not for all of them.
             async with self._model_lock:
                 started = started or time.perf_counter()
-                chunk = frames[first : first + step]
-                outcomes += await run_to_completion(self._infer_batch, chunk, [style] * len(chunk))
-            self._batch_sizes[len(chunk)] += 1
-            self._metrics.batch_size.observe(len(chunk))
+                left = frames[len(outcomes) :]
+                chunk = left[: self._frames_pass_size(left)]
+                outcomes += await run_to_completion(
+                    self._infer_batch, chunk, [style] * len(chunk), False
+                )
         queue_ms = (started - arrival) * 1e3
         results = []
-        for outcome, inference_s in outcomes:
-            if isinstance(outcome, Exception):
-                raise outcome
-            results.append(
-                self._stylized(outcome, style, queue_ms, inference_s, min(step, len(frames)))
-            )
+        for outcome in outcomes:
+            if isinstance(outcome.result, Exception):
+                raise outcome.result
+            results.append(self._stylized(outcome, style, queue_ms))
         return results
 
-    @serve.batch(max_batch_size=DEFAULT_MAX_BATCH_SIZE, batch_wait_timeout_s=DEFAULT_BATCH_WAIT_S)
+    def _frames_pass_size(self, frames: list[np.ndarray]) -> int:
+        if self._pass_sizes is not None and isinstance(frames[0], np.ndarray):
+            return self._pass_sizes.next_pass(frames[0].shape, len(frames))
+        return self._frames_per_pass or len(frames)
+
+    # Only the batcher's first bounds: reconfigure sets them (the user_config's, or defaults).
+    @serve.batch(
+        max_batch_size=BatchConfig().largest_batch, batch_wait_timeout_s=DEFAULT_BATCH_WAIT_S
+    )
     async def _run_batch(
         self, images: list[np.ndarray], styles: list[str], arrivals: list[float]
     ) -> list[StylizedArray | Exception]:
         started = time.perf_counter()
-        self._batch_sizes[len(images)] += 1
-        self._metrics.batch_size.observe(len(images))
         # A worker thread runs the forward passes so this replica's event loop stays free.
         async with self._model_lock:
             outcomes = await run_to_completion(self._infer_batch, images, styles)
         results: list[StylizedArray | Exception] = []
-        for (outcome, inference_s), arrival, style in zip(outcomes, arrivals, styles, strict=True):
-            if isinstance(outcome, Exception):
-                results.append(outcome)
+        for outcome, arrival, style in zip(outcomes, arrivals, styles, strict=True):
+            if isinstance(outcome.result, Exception):
+                results.append(outcome.result)
                 continue
             queue_ms = (started - arrival) * 1e3
             self._metrics.queue_ms.observe(queue_ms, tags={"style": style})
-            results.append(self._stylized(outcome, style, queue_ms, inference_s, len(images)))
+            results.append(self._stylized(outcome, style, queue_ms))
         return results
 
-    def _stylized(
-        self, rgb: np.ndarray, style: str, queue_ms: float, inference_s: float, batch_size: int
-    ) -> StylizedArray:
+    def _stylized(self, outcome: PassOutcome, style: str, queue_ms: float) -> StylizedArray:
         return StylizedArray(
-            rgb=rgb,
+            rgb=outcome.result,
             identity=self._identities[style],
             queue_ms=queue_ms,
-            inference_ms=inference_s * 1e3,
-            batch_size=batch_size,
+            inference_ms=outcome.seconds * 1e3,
+            batch_size=outcome.pass_size,
         )
 
     def _infer_batch(
-        self, images: list[np.ndarray], styles: list[str]
-    ) -> list[tuple[np.ndarray | Exception, float]]:
-        """Group by (style, shape), one forward pass per group; a bad item fails alone."""
-        outcomes: list[tuple[np.ndarray | Exception, float]] = [None] * len(images)  # type: ignore[list-item]
+        self, images: list[np.ndarray], styles: list[str], split: bool = True
+    ) -> list[PassOutcome]:
+        """Group by (style, shape), each group in one pass, or (``split``, with `auto`) in
+        passes of the size learned for its shape; a bad item fails alone."""
+        outcomes: list[PassOutcome] = [None] * len(images)  # type: ignore[list-item]
         groups: defaultdict[tuple[str, tuple[int, ...]], list[int]] = defaultdict(list)
         for index, (rgb, style) in enumerate(zip(images, styles, strict=True)):
             try:
                 check_model_input(rgb, style, self._models)
             except ValueError as error:
-                outcomes[index] = (error, 0.0)
+                outcomes[index] = PassOutcome(error, 0.0, 1)
                 continue
             groups[(style, rgb.shape)].append(index)
-        for (style, _), indices in groups.items():
-            group = self._infer_group(style, [images[i] for i in indices])
-            for index, outcome in zip(indices, group, strict=True):
-                outcomes[index] = outcome
+        for (style, shape), indices in groups.items():
+            for chunk in self._passes(shape, indices) if split else [indices]:
+                group = self._infer_group(style, [images[i] for i in chunk])
+                for index, outcome in zip(chunk, group, strict=True):
+                    outcomes[index] = outcome
         return outcomes
 
-    def _infer_group(
-        self, style: str, images: list[np.ndarray]
-    ) -> list[tuple[np.ndarray | Exception, float]]:
+    def _passes(self, shape: tuple[int, ...], items: list[int]) -> Iterator[list[int]]:
+        """``items`` (of one shape) cut into the passes that run them."""
+        first = 0
+        while first < len(items):
+            left = len(items) - first
+            step = self._pass_sizes.next_pass(shape, left) if self._pass_sizes else left
+            yield items[first : first + step]
+            first += step
+
+    def _infer_group(self, style: str, images: list[np.ndarray]) -> list[PassOutcome]:
         """One forward pass; if it fails (e.g. out of memory), one pass per item."""
         try:
             return self._forward(style, images)
         except Exception as error:
             if len(images) == 1:
                 logger.exception("inference failed for one %s item", style)
-                return [(RuntimeError(f"inference failed: {error}"), 0.0)]
+                return [PassOutcome(RuntimeError(f"inference failed: {error}"), 0.0, 1)]
             logger.warning("batch of %d failed for %s; retrying one by one", len(images), style)
             return [self._infer_group(style, [rgb])[0] for rgb in images]
 
-    def _forward(self, style: str, images: list[np.ndarray]) -> list[tuple[np.ndarray, float]]:
-        start = time.perf_counter()
+    def _forward(self, style: str, images: list[np.ndarray]) -> list[PassOutcome]:
+        start, cpu_start = time.perf_counter(), time.process_time()
         outputs = tensors.from_model_batch(self._models[style](tensors.to_model_batch(images)))
         seconds = time.perf_counter() - start
+        if self._pass_sizes is not None:
+            # On a CPU, what a pass costs is this process's CPU time: its wall time also
+            # counts every other process's turns on the cores (the model runs niced), which
+            # made a noisy moment pick batches that are slower per picture. On a GPU the
+            # wall time is the device's (the copy back waits for it).
+            cost = time.process_time() - cpu_start if self._runtime.device == "cpu" else seconds
+            self._pass_sizes.record(images[0].shape, len(images), cost)
         self._images += len(images)
         self._inference_s[style] += seconds
+        self._batch_sizes[len(images)] += 1
+        self._metrics.batch_size.observe(len(images))
         self._metrics.images.inc(len(images), tags={"style": style})
         self._metrics.inference_ms.observe(seconds * 1e3, tags={"style": style})
-        return [(rgb, seconds) for rgb in outputs]
+        return [PassOutcome(rgb, seconds, len(images)) for rgb in outputs]
 
     def is_tiled(self, rgb: object) -> bool:
         """Whether a picture goes through the model in tiles (more than max_whole_pixels)."""
@@ -432,12 +423,13 @@ class Stylizer:
 
     def stats(self) -> dict:
         """This replica's figures (the ingress reports what it saw across replicas)."""
+        passes = dict(self._batch_sizes)  # a copy at once: passes count in worker threads
         return {
             "replica": self._replica,
             "loads": self._loads,
             "images": self._images,
-            "batches": sum(self._batch_sizes.values()),
-            "batch_sizes": dict(sorted(self._batch_sizes.items())),
+            "batches": sum(passes.values()),
+            "batch_sizes": dict(sorted(passes.items())),
             "inference_s": dict(self._inference_s),
             "threads": self._threads,
             "runtime": {
@@ -450,7 +442,7 @@ class Stylizer:
             },
             "max_batch_size": self._max_batch_size,
             "batch_config": self._batch_config.model_dump(),
-            "batch_curve": self._batch_curve,
+            "pass_sizes": self._pass_sizes.figures() if self._pass_sizes else {},
             "tiled_images": self._tiled_images,
             "tiled_steps": self._tiles_run,
             "tiling": self._tiling.model_dump(),

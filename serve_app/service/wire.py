@@ -84,8 +84,8 @@ class ModelReport(BaseModel, extra="allow"):
     replica: str
     loads: int
     images: int
-    batches: int
-    batch_sizes: dict[int, int] = Field(description="batch size -> batches of that size")
+    batches: int = Field(description="forward passes")
+    batch_sizes: dict[int, int] = Field(description="pictures per pass -> passes of that size")
     inference_s: dict[str, float] = Field(description="style -> seconds of forward passes")
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import socket
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
@@ -183,15 +184,41 @@ def test_reconfigure_changes_batch_size_live(client):
     assert stylizer_stats()["max_batch_size"] == 8
 
 
-def test_auto_batch_size_measures_and_chooses(client):
+def test_auto_batch_size_times_each_shape_s_passes_and_chooses(client):
     auto = {"max_batch_size": "auto", "auto_max_batch_size": 4, "batch_wait_timeout_s": 0.25}
     deploy(stylizer=stylizer_deployment(user_config=auto))
     try:
-        replica = client.get("/v1/stats").json()["model"]
-        assert set(replica["batch_curve"]) == {"1", "2", "4"}
-        assert all(rate > 0 for rate in replica["batch_curve"].values())
-        assert str(replica["max_batch_size"]) in replica["batch_curve"]
+        before = Counter(stylizer_stats()["batch_sizes"])
+        handle = serve.get_deployment_handle("Stylizer", "animegan")
+        for round_ in range(4):  # batches of 4 pictures of one shape
+            rgbs = [np.full((64, 96, 3), 10 * round_ + i, np.uint8) for i in range(4)]
+            calls = [handle.stylize.remote(rgb, STYLE_A) for rgb in rgbs]
+            results = [call.result(timeout_s=60) for call in calls]
+            assert all(result.rgb.shape == (64, 96, 3) for result in results)
+            assert all(result.batch_size in (1, 2, 4) for result in results)
+        # A job's frames take the same passes (one per turn on the model), in order.
+        noise = [np.random.default_rng(i) for i in range(4)]
+        frames = [rng.integers(0, 256, (64, 96, 3), np.uint8) for rng in noise]
+        made = handle.stylize_frames.remote(frames, STYLE_A).result(timeout_s=60)
+        assert [result.rgb.shape for result in made] == [(64, 96, 3)] * 4
+        assert all(result.batch_size in (1, 2, 4) for result in made)
+        alone = [handle.stylize.remote(frame, STYLE_A).result(timeout_s=60) for frame in frames]
+        for index, result in enumerate(made):  # each closest to its own frame's (bf16 may
+            # round a pass of 2 apart from a pass of 1 by a level or so)
+            distance = [np.abs(result.rgb.astype(int) - a.rgb).mean() for a in alone]
+            assert int(np.argmin(distance)) == index and min(distance) < 2, distance
+        replica = stylizer_stats()
         assert replica["batch_config"]["max_batch_size"] == "auto"
+        assert replica["max_batch_size"] == 4  # the batch; each shape's passes within it
+        learned = replica["pass_sizes"]["96x64"]
+        assert {1, 2} <= set(learned["rates"])  # tried upward from 1
+        assert all(rate > 0 for rate in learned["rates"].values())
+        assert learned["chosen"] in learned["rates"]
+        passes = Counter(replica["batch_sizes"]) - before
+        assert set(passes) <= {1, 2, 4} and passes[1] > 0  # only the sizes tried
+        # The same figures in /v1/stats, as JSON.
+        reported = client.get("/v1/stats").json()["model"]["pass_sizes"]["96x64"]
+        assert reported["chosen"] == learned["chosen"]
         assert post(client, fresh_jpeg()).status_code == 200
     finally:
         deploy()

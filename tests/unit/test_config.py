@@ -35,8 +35,12 @@ def test_bad_arguments_are_refused_with_a_message(args, message):
 
 
 def test_batch_config_accepts_auto_and_bounds_integers():
-    assert BatchConfig.model_validate({"max_batch_size": "auto"}).max_batch_size == "auto"
-    assert BatchConfig().max_batch_size == 4
+    assert BatchConfig().max_batch_size == "auto"  # each shape's passes timed
+    # The batch the batcher collects: auto's bound, or the fixed size.
+    assert BatchConfig().largest_batch == BatchConfig().auto_max_batch_size
+    auto = {"max_batch_size": "auto", "auto_max_batch_size": 16}
+    assert BatchConfig.model_validate(auto).largest_batch == 16
+    assert BatchConfig.model_validate({"max_batch_size": 4}).largest_batch == 4
     for bad in (0, 257, "big"):
         with pytest.raises(ValidationError):
             BatchConfig.model_validate({"max_batch_size": bad})

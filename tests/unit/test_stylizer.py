@@ -1,30 +1,11 @@
-"""The Stylizer's pure parts: input checks and the self-tuning batch size choice."""
+"""The Stylizer's pure parts: input checks (its pass sizes: test_pass_sizes.py)."""
 
 import numpy as np
 import pytest
 
-from serve_app.model.stylizer import batch_sizes_up_to, check_model_input, pick_batch_size
+from serve_app.model.stylizer import check_model_input
 
 MODELS = {"a": object()}
-
-
-def test_batch_sizes_up_to():
-    assert batch_sizes_up_to(1) == [1]
-    assert batch_sizes_up_to(8) == [1, 2, 4, 8]
-    assert batch_sizes_up_to(6) == [1, 2, 4, 6]
-
-
-@pytest.mark.parametrize(
-    ("curve", "chosen"),
-    [
-        ({1: 2.4, 2: 2.3, 4: 1.9}, 1),  # CPU: batching does not pay
-        ({1: 10.0, 2: 19.0, 4: 30.0, 8: 31.0}, 4),  # 8 is not 5% better than 4
-        ({1: 10.0, 2: 10.4}, 1),
-        ({1: 10.0, 2: 10.6}, 2),
-    ],
-)
-def test_pick_batch_size_prefers_small_unless_clearly_faster(curve, chosen):
-    assert pick_batch_size(curve) == chosen
 
 
 def test_good_input_passes():
