@@ -97,7 +97,7 @@ class PassSizes:
             if size not in timings.warmed:
                 timings.warmed.add(size)  # this pass built the kernels: not a fair timing
                 return
-            per_picture = seconds / size
+            per_picture = max(seconds, 1e-9) / size  # a clock's tick is never free
             before = timings.seconds_per_picture.get(size)
             timings.seconds_per_picture[size] = (
                 per_picture if before is None else before + NEW_WEIGHT * (per_picture - before)
@@ -105,13 +105,12 @@ class PassSizes:
 
     def figures(self) -> dict[str, dict]:
         """Per shape ("WxH"): pictures per second of each timed size, and the choice."""
-        with self._lock:
-            shapes = list(self._shapes.items())
+        with self._lock:  # passes record meanwhile, from worker threads
+            rates = {shape: t.rates() for shape, t in self._shapes.items() if t.seconds_per_picture}
         return {
             f"{shape[1]}x{shape[0]}": {
-                "rates": {size: round(rate, 2) for size, rate in sorted(timings.rates().items())},
-                "chosen": pick_pass_size(timings.rates()),
+                "rates": {size: round(rate, 2) for size, rate in sorted(timed.items())},
+                "chosen": pick_pass_size(timed),
             }
-            for shape, timings in shapes
-            if timings.seconds_per_picture
+            for shape, timed in rates.items()
         }
