@@ -305,15 +305,11 @@ class Bench:
             for _ in range(self.args.repeats):
                 for size in SIZES if "service" in self.parts else ():
                     rate = workers.images_per_s(size, self.plan.model_s)
-                    # Each of its processes is one busy thread: their CPU time per picture.
-                    cpu_ms = 1e3 * self.replicas * self.threads / rate
-                    self.points.setdefault(f"model {size}", []).append(
-                        {"rps": rate, "cpu_ms": cpu_ms}
-                    )
+                    self.points.setdefault(f"model {size}", []).append(self.in_process(rate))
                     logger.info("model %d px: %.2f img/s", size, rate)
                     uploads = [self.uploads.unique() for _ in range(PIPELINE_UPLOADS)]
                     rate = workers.pipeline_per_s(uploads, size, self.plan.model_s)
-                    self.points.setdefault(f"pipeline {size}", []).append({"rps": rate})
+                    self.points.setdefault(f"pipeline {size}", []).append(self.in_process(rate))
                     logger.info("pipeline %d px: %.2f img/s", size, rate)
                 if "jobs" in self.parts:
                     rates = {
@@ -334,6 +330,11 @@ class Bench:
             return workers.precision
         finally:
             workers.close()
+
+    def in_process(self, rate: float) -> dict:
+        """An in-process figure: its rate, and its CPU ms per picture (each of its
+        processes is one busy thread)."""
+        return {"rps": rate, "cpu_ms": 1e3 * self.replicas * self.threads / rate}
 
     def live_model_limit(self, workers: ModelWorkers) -> None:
         """The model at the live frames' shape, batch 1 (one frame of a stream at a time)

@@ -176,9 +176,8 @@ def frame_rate(results: dict, batch: int) -> str:
 
 
 def cpu_table(results: dict) -> str:
-    """CPU ms per unique photo by component of the service, next to the in-process pipeline's
-    whole CPU time per picture (each of its processes is one busy thread)."""
-    processes = results["meta"]["layout"]["processes"]
+    """CPU ms per unique photo by component of the service, next to the in-process
+    pipeline's and the model alone's (their points' ``cpu_ms``)."""
     headers = ["component", *(f"{size} px (ms CPU / picture)" for size in SIZES)]
     names = sorted(
         {
@@ -204,8 +203,7 @@ def cpu_table(results: dict) -> str:
         ("model", "the model alone, in-process (a ready tensor)"),
     ):
         cells = [
-            spread([1e3 * processes / run["rps"] for run in results["points"][f"{what} {size}"]])
-            for size in SIZES
+            spread([run["cpu_ms"] for run in results["points"][f"{what} {size}"]]) for size in SIZES
         ]
         rows.append([point, *cells])
     return table(headers, rows)
