@@ -11,6 +11,7 @@ import pytest
 from PIL import Image
 from ray import serve
 
+from serve_app.errors import UnknownJob
 from tests.support.http import sse_states
 from tests.support.jobs import wait_done
 from tests.support.pictures import synthetic_jpeg
@@ -163,6 +164,21 @@ def test_the_handle_api_submits_follows_and_fetches(jobs_app):
     result = handle.job_result.remote(job.id).result()
     assert result.media_type == "image/webp"
     assert max(Image.open(io.BytesIO(result.data)).size) == JOB_SIZE
+
+    # A key's jobs, as over HTTP: its own, newest first; another key's list is its own.
+    key, other = "handle-key-a", "handle-key-b"
+    owned = [
+        handle.submit_job.remote(synthetic_jpeg(seed=seed), api_key=key, size=JOB_SIZE).result()
+        for seed in (61_010, 61_011)
+    ]
+    assert handle.job.remote(owned[0].id, api_key=key).result().id == owned[0].id
+    listed = handle.list_jobs.remote(key, limit=1).result()
+    assert [j.id for j in listed.jobs] == [owned[1].id] and listed.next_cursor
+    rest = handle.list_jobs.remote(key, cursor=listed.next_cursor).result()
+    assert [j.id for j in rest.jobs] == [owned[0].id] and rest.next_cursor is None
+    assert handle.list_jobs.remote(other).result().jobs == []
+    with pytest.raises(UnknownJob):
+        handle.job.remote(owned[0].id, api_key=other).result()
 
 
 def test_jobs_outlive_the_ingress_that_ran_them(jobs_app, client):
