@@ -9,18 +9,30 @@ Each repetition serves the benchmark's config (``cold_start.app_config``: random
 the Stylizers pinned; one ingress replica) with a job store of its own, a fresh folder with
 its SQLite records, so that each repetition fills an empty store:
 
+- probes, with the store empty and again with it full: one client alone submits PROBES
+  tiny jobs one at a time (each submission timed, then its read, then followed to its end
+  before the next), so that each meets the same idle service and only the store differs.
+  The targets: the full store's p50s over the empty store's.
 - fill: JOBS tiny still pictures (a 32 px JPEG, each byte-unique) submitted as jobs at
   32 px by CLIENTS threads; each submission timed, then ``GET /v1/jobs/{id}`` of it timed.
   Each client keeps at most WINDOW of its jobs unfinished (it follows its oldest's events
   until that ends), so the queue holds the same few jobs from the first submission to the
   last, far below ``jobs.max_queued`` (a 503 would be retried after its Retry-After and
   counted apart). The p50s of the first 10% of submissions (after WARMUP more) and of the
-  last 10%, and their ratio.
+  last 10%, and their ratio: figures, not targets (they also move with the whole machine's
+  load over a fill of many minutes; ``GET /healthz`` alongside shows by how much).
 - events: the store full, a short video job followed by LISTENERS Server-Sent Event
-  streams. An event's delay is its arrival at a listener less its ``updated_at`` (when
-  the runner's write was stored; same machine, same clock). The ingress replica's calls to
+  streams that ask at once. A change's delay to a listener is the arrival of its event
+  (or of a later one, where the follower was sent only a state's latest progress) less
+  its ``updated_at`` (when the runner's write was stored; same machine, same clock). Each
+  listener's HTTP client is made before any listener asks: made while other listeners
+  already streamed, their making (TLS contexts, under this process's GIL) kept the
+  streaming threads from reading what had arrived, by up to 1.5 s. The ingress replica's calls to
   its record store over the run (``/v1/stats`` ``job_records``) show what the listeners
   cost it: one read as each joins, nothing per event.
+
+One module past 450 lines on purpose: the three phases, the figures they produce and the
+report that names them are one workload, and each report line names a phase's constants.
 """
 
 from __future__ import annotations
@@ -62,9 +74,11 @@ WINDOW = 4  # unfinished jobs per client
 # filled twice over, the service's code paths warm.
 WARMUP = 2 * CLIENTS * WINDOW
 EDGE = 0.1  # the first and the last tenth of the submissions
+PROBES, QUICK_PROBES = 100, 10  # one client's submissions with the store empty, then full
+PROBE_WARMUP = 10  # a probe's first submissions, not counted
 PICTURE_PX = 32  # the uploads' side and the jobs' size
 LISTENERS, QUICK_LISTENERS = 20, 4
-CLIP_S, QUICK_CLIP_S = 6.0, 1.0  # the followed video (10 fps: a progress event a frame)
+CLIP_S, QUICK_CLIP_S = 12.0, 2.0  # the followed video (10 fps: a progress event a frame)
 TERMINAL = ("done", "failed", "cancelled")
 # Timed after each job's read: the same proxy and ingress, no job store. Its own end/start
 # ratio is the machine's drift over the fill (a shared machine's load comes and goes).
@@ -84,12 +98,24 @@ READS = (
 SECTION = "## Job store at scale"
 # (target, field of a repetition, wanted, higher is better)
 TARGETS = (
-    ("submit p50, last 10% / first 10%", "submit_ratio", 1.2, False),
-    ("`GET /v1/jobs/{id}` p50, last 10% / first 10%", "read_ratio", 1.2, False),
-    ("event delay (runner's write to a listener), max ms", "event_delay_max_ms", 100.0, False),
+    ("submit p50, store full / empty (one client)", "probe_submit_ratio", 1.2, False),
+    ("`GET /v1/jobs/{id}` p50, store full / empty (one client)", "probe_read_ratio", 1.2, False),
+    (
+        "a change's delay to each listener (runner's write to its event), max ms",
+        "event_delay_max_ms",
+        100.0,
+        False,
+    ),
     ("store reads per listener after joining", "reads_per_listener_after_join", 0.0, False),
 )
 FIGURES = (
+    ("probe_submit_empty_p50_ms", "one client: submit p50, store empty, ms"),
+    ("probe_submit_full_p50_ms", "one client: submit p50, store full, ms"),
+    ("probe_read_empty_p50_ms", "one client: `GET /v1/jobs/{id}` p50, store empty, ms"),
+    ("probe_read_full_p50_ms", "one client: `GET /v1/jobs/{id}` p50, store full, ms"),
+    ("probe_control_ratio", f"one client: `GET {CONTROL}` p50, store full / empty"),
+    ("submit_ratio", "during the fill: submit p50, last 10% / first 10%"),
+    ("read_ratio", "during the fill: `GET /v1/jobs/{id}` p50, last 10% / first 10%"),
     ("submit_start_p50_ms", "submit p50, first 10%, ms"),
     ("submit_end_p50_ms", "submit p50, last 10%, ms"),
     ("read_start_p50_ms", "`GET /v1/jobs/{id}` p50, first 10%, ms"),
@@ -103,11 +129,14 @@ FIGURES = (
     ("done", "jobs done"),
     ("failed", "jobs not done"),
     ("refused", "submissions refused (503, retried)"),
-    ("event_delay_p50_ms", "event delay p50, ms"),
-    ("event_delay_p95_ms", "event delay p95, ms"),
-    ("event_delay_max_ms", "event delay max, ms"),
+    ("event_delay_p50_ms", "a change's delay to each listener, p50 ms"),
+    ("event_delay_p95_ms", "a change's delay to each listener, p95 ms"),
+    ("event_delay_max_ms", "a change's delay to each listener, max ms"),
+    ("changes_heard", "changes heard (by any listener) after the listeners joined"),
     ("events_per_listener", "events per listener (after its first)"),
     ("arrival_spread_max_ms", "one event's arrival, first to last listener, max ms"),
+    ("first_event_p50_ms", "a listener's request to its first event, p50 ms"),
+    ("first_event_max_ms", "a listener's request to its first event, max ms"),
     ("record_gets", "record-store `get` calls during the event run"),
     ("record_changes", "record-store `changes` calls (the replica's change feed)"),
     ("record_reads", "record-store reads of every kind during the event run"),
@@ -129,6 +158,33 @@ def tiny_pictures(tag: str) -> Callable[[], bytes]:
 
 
 # --------------------------------------------------------------------------- the fill
+
+
+def alone(root: str, count: int, picture: Callable[[], bytes], store: str) -> dict:
+    """One client alone, ``count`` jobs one at a time (submitted, read, followed to their
+    end): the p50s of submit, read and control, named for the ``store`` (empty, full)."""
+    rows = []
+    with httpx.Client(base_url=root, timeout=120) as client:
+        for _ in range(PROBE_WARMUP + count):
+            job_id, submit_ms, _ = _submit(client, picture())
+            read_ms = _timed_get(client, f"/v1/jobs/{job_id}")
+            rows.append((submit_ms, read_ms, _timed_get(client, CONTROL)))
+            if _ended(client, job_id) != "done":
+                raise RuntimeError(f"probe job {job_id} did not end done")
+    counted = rows[PROBE_WARMUP:]
+    return {
+        f"probe_{name}_{store}_p50_ms": statistics.median(row[column] for row in counted)
+        for column, name in enumerate(("submit", "read", "control"))
+    }
+
+
+def probe_ratios(figures: dict) -> dict:
+    """Each probe p50 with the store full over the same with it empty."""
+    return {
+        f"probe_{name}_ratio": figures[f"probe_{name}_full_p50_ms"]
+        / figures[f"probe_{name}_empty_p50_ms"]
+        for name in ("submit", "read", "control")
+    }
 
 
 def _submit(client: httpx.Client, data: bytes) -> tuple[str, float, int]:
@@ -234,35 +290,58 @@ def _percentile(values: list[float], percent: int) -> float:
     return statistics.quantiles(values, n=100, method="inclusive")[percent - 1]
 
 
-def _listener(root: str, job_id: str) -> list[tuple[float, float, str]]:
+def _listener(root: str, job_id: str, ready: threading.Barrier) -> tuple[float, list]:
+    """The time the listener asked, and each event of its stream (``_listen``). Every
+    listener's client is made before any asks (``ready``), so that they ask together."""
     with httpx.Client(base_url=root, timeout=120) as client:
-        return _listen(client, job_id)
+        ready.wait()
+        return time.time(), _listen(client, job_id)
+
+
+def _news_delays(heard: list[list[tuple[float, float, str]]]) -> list[float]:
+    """For every change any listener heard (by its write time), how long each listener
+    took to hear it or a later change, ms, sorted. A follower that falls behind gets only
+    a state's latest progress (the older is superseded, not sent): what counts is how long
+    a listener's view stays older than the store's."""
+    writes = sorted({written for events in heard for _, written, _ in events[1:]})
+    delays = []
+    for events in heard:
+        joined = events[0][1]  # the job as read when it joined: what it already knows
+        for write in writes:
+            if write > joined:  # streams deliver in write order and end with the last
+                arrival = next(a for a, written, _ in events if written >= write)
+                delays.append((arrival - write) * 1e3)
+    return sorted(delays)
 
 
 def follow(root: str, listeners: int, clip: Path) -> dict:
-    """A video job followed by ``listeners`` streams: each event's delay from the write it
-    reports, and the record store's calls meanwhile."""
+    """A video job followed by ``listeners`` streams that ask at once: each event's delay
+    from the write it reports, each listener's wait for its first event, and the record
+    store's calls meanwhile."""
     with httpx.Client(base_url=root, timeout=120) as client:
         before = client.get("/v1/stats").json()["job_records"]
         started = time.monotonic()
         response = job_bench.submit(client, clip)
         response.raise_for_status()
         job_id = response.json()["id"]
+        ready = threading.Barrier(listeners)
         with concurrent.futures.ThreadPoolExecutor(listeners) as pool:
-            streams = [pool.submit(_listener, root, job_id) for _ in range(listeners)]
-            heard = [stream.result() for stream in streams]
+            streams = [pool.submit(_listener, root, job_id, ready) for _ in range(listeners)]
+            asked_heard = [stream.result() for stream in streams]
         seconds = time.monotonic() - started
         after = client.get("/v1/stats").json()["job_records"]
+    heard = [events for _, events in asked_heard]
     if any(events[-1][2] != "done" for events in heard):
         raise RuntimeError(f"the followed job {job_id} did not end done: {heard[0][-1]}")
     # A listener's first event is the job as read when it joined; every later one pushed.
     pushed = [events[1:] for events in heard]
     if not all(pushed):
         raise RuntimeError("a listener joined after the job ended: make the clip longer")
+    delays = _news_delays(heard)
     arrivals: dict[float, list[float]] = collections.defaultdict(list)
     for arrival, written, _ in itertools.chain.from_iterable(pushed):
         arrivals[written].append(arrival)
-    delays = sorted((a - written) * 1e3 for written, times in arrivals.items() for a in times)
+    first_ms = sorted((events[0][0] - asked) * 1e3 for asked, events in asked_heard)
     calls = {op: after.get(op, 0) - before.get(op, 0) for op in {*before, *after}}
     reads = sum(calls.get(op, 0) for op in READS)
     joins = calls.get("get", 0) + calls.get("expired_at", 0) + calls.get("list", 0)
@@ -270,8 +349,11 @@ def follow(root: str, listeners: int, clip: Path) -> dict:
         "event_delay_p50_ms": statistics.median(delays),
         "event_delay_p95_ms": _percentile(delays, 95),
         "event_delay_max_ms": delays[-1],
+        "changes_heard": len({written for events in pushed for _, written, _ in events}),
         "events_per_listener": statistics.median(len(events) for events in pushed),
         "arrival_spread_max_ms": max((max(a) - min(a)) * 1e3 for a in arrivals.values()),
+        "first_event_p50_ms": statistics.median(first_ms),
+        "first_event_max_ms": first_ms[-1],
         "record_calls": {op: n for op, n in sorted(calls.items()) if n},
         "record_gets": calls.get("get", 0),
         "record_changes": calls.get("changes", 0),
@@ -321,8 +403,12 @@ def run_once(base: dict, quick: bool, rep: int, results_dir: Path) -> dict:
         with cold_start.serve_run(config_path, ray_tmp, log) as popen:
             cold_start.first_200(f"{root}{probe.path}", probe, popen, log)
             logger.info("job store, run %d: filling it with %d jobs", rep + 1, total)
-            figures = {"jobs": total, "listeners": listeners, "clip_s": clip_s}
+            probes = QUICK_PROBES if quick else PROBES
+            figures = {"jobs": total, "probes": probes, "listeners": listeners, "clip_s": clip_s}
+            figures.update(alone(root, probes, picture, "empty"))
             figures.update(fill(root, total, picture))
+            figures.update(alone(root, probes, picture, "full"))
+            figures.update(probe_ratios(figures))
             logger.info("job store, run %d: %d listeners follow a video job", rep + 1, listeners)
             figures.update(follow(root, listeners, clip))
         logger.info("job store, run %d: %s", rep + 1, json.dumps(figures))
@@ -369,6 +455,12 @@ def markdown(results: dict) -> list[str]:
         "",
         table(["figure", "median (min–max)"], rows),
         "",
+        f"Probes: one client alone, with the store empty and again once the fill has ended "
+        f"(full), submits {PICTURE_PX} px jobs one at a time ({PROBE_WARMUP} not counted, "
+        f"then {first['probes']}), each timed, then `GET /v1/jobs/{{id}}` of it, then "
+        f"`GET {CONTROL}`, then the job followed to its end before the next: the same idle "
+        "service each time, only the store's size differs.",
+        "",
         f"Fill: {first['jobs']:,} {PICTURE_PX} px JPEGs (each byte-unique) submitted as "
         f"jobs at {PICTURE_PX} px by {CLIENTS} client threads, each keeping at most {WINDOW} "
         "of its jobs unfinished (it follows its oldest's events until it ends), so the queue "
@@ -382,11 +474,14 @@ def markdown(results: dict) -> list[str]:
         f"Events: the store full, a {first['clip_s']:g} s "
         f"{job_bench.SOURCE[0]}×{job_bench.SOURCE[1]} video at {job_bench.FPS} fps "
         f"(size {job_bench.FRAME_SIZE}) followed by {first['listeners']} "
-        "`GET /v1/jobs/{id}/events` streams; an event's delay is its arrival at a listener "
-        "less its `updated_at`, the time the runner's write was stored (same machine, same "
-        "clock), over every event after a listener's first (the job as read when it "
-        "joined). The ingress replica's record-store calls over that run (`/v1/stats` "
-        f"`job_records`; mean per run: {by_op}): one `get` as each listener joins, the "
+        "`GET /v1/jobs/{id}/events` streams, their clients made first so that all ask at "
+        "once. Every change any listener heard after its first event (the job as read "
+        "when it joined) is timed at each listener: the arrival of its event, or of a "
+        "later one where the listener was sent only the latest progress of a state (a "
+        "follower behind gets that), less the change's `updated_at`, the time the "
+        "runner's write was stored (same machine, same clock). The ingress replica's "
+        f"record-store calls over that run (`/v1/stats` `job_records`; mean per run: "
+        f"{by_op}): one `get` as each listener joins, the "
         "replica's change feed (`changes`, one look per interval for all its followers and "
         "runs), the runner's own; reads per listener after joining = (`get` + `list` + "
         f"`expired_at` − listeners) / listeners. Largest event delay per run: "

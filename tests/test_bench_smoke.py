@@ -166,7 +166,11 @@ def test_the_job_store_is_filled_then_a_job_followed(results):
     for run in store["runs"]:
         assert run["done"] == run["jobs"] and run["failed"] == 0
         assert run["submit_start_p50_ms"] > 0 and run["read_end_p50_ms"] > 0
-        assert run["events_per_listener"] > 0
+        for store in ("empty", "full"):  # one client alone, before and after the fill
+            assert run[f"probe_submit_{store}_p50_ms"] > 0 and run[f"probe_read_{store}_p50_ms"] > 0
+        assert run["probe_submit_ratio"] > 0 and run["probe_read_ratio"] > 0
+        assert run["events_per_listener"] > 0 and run["changes_heard"] > 0
+        assert 0 < run["first_event_p50_ms"] <= run["first_event_max_ms"]
         # One record read as each listener joins; every change after it is pushed.
         assert run["record_gets"] == run["listeners"]
         assert run["reads_per_listener_after_join"] == 0
