@@ -27,9 +27,9 @@ its SQLite records, so that each repetition fills an empty store:
   its ``updated_at`` (when the runner's write was stored; same machine, same clock). Each
   listener's HTTP client is made before any listener asks: made while other listeners
   already streamed, their making (TLS contexts, under this process's GIL) kept the
-  streaming threads from reading what had arrived, by up to 1.5 s. The ingress replica's calls to
-  its record store over the run (``/v1/stats`` ``job_records``) show what the listeners
-  cost it: one read as each joins, nothing per event.
+  streaming threads from reading what had arrived, by up to 1.5 s. The ingress replica's
+  calls to its record store over the run (``/v1/stats`` ``job_records``) show what the
+  listeners cost it: one read as each joins, nothing per event.
 
 One module past 450 lines on purpose: the three phases, the figures they produce and the
 report that names them are one workload, and each report line names a phase's constants.
@@ -100,12 +100,7 @@ SECTION = "## Job store at scale"
 TARGETS = (
     ("submit p50, store full / empty (one client)", "probe_submit_ratio", 1.2, False),
     ("`GET /v1/jobs/{id}` p50, store full / empty (one client)", "probe_read_ratio", 1.2, False),
-    (
-        "a change's delay to each listener (runner's write to its event), max ms",
-        "event_delay_max_ms",
-        100.0,
-        False,
-    ),
+    ("a change's delay to each listener, max ms", "event_delay_max_ms", 100.0, False),
     ("store reads per listener after joining", "reads_per_listener_after_join", 0.0, False),
 )
 FIGURES = (
