@@ -289,7 +289,7 @@ def _listener(root: str, job_id: str, ready: threading.Barrier) -> tuple[float, 
     """The time the listener asked, and each event of its stream (``_listen``). Every
     listener's client is made before any asks (``ready``), so that they ask together."""
     with httpx.Client(base_url=root, timeout=120) as client:
-        ready.wait()
+        ready.wait(timeout=120)  # a listener that failed to start breaks it for all
         return time.time(), _listen(client, job_id)
 
 
