@@ -237,7 +237,8 @@ class Stylizer:
             async with self._model_lock:
                 started = started or time.perf_counter()
                 left = frames[len(outcomes) :]
-                chunk = left[: self._frames_pass_size(left)]
+                shape = getattr(left[0], "shape", None)  # a bad frame fails in the pass
+                chunk = left[: self._pass_size(shape, len(left), self._frames_per_pass)]
                 outcomes += await run_to_completion(
                     self._infer_batch, chunk, [style] * len(chunk), False
                 )
@@ -249,10 +250,12 @@ class Stylizer:
             results.append(self._stylized(outcome, style, queue_ms))
         return results
 
-    def _frames_pass_size(self, frames: list[np.ndarray]) -> int:
-        if self._pass_sizes is not None and isinstance(frames[0], np.ndarray):
-            return self._pass_sizes.next_pass(frames[0].shape, len(frames))
-        return self._frames_per_pass or len(frames)
+    def _pass_size(self, shape: tuple[int, ...] | None, waiting: int, fixed: int | None) -> int:
+        """How many of ``waiting`` pictures of ``shape`` the next pass takes: the size
+        learned for the shape with `auto`, else ``fixed``, else all of them."""
+        if self._pass_sizes is not None and shape is not None:
+            return self._pass_sizes.next_pass(shape, waiting)
+        return min(fixed or waiting, waiting)
 
     # Only the batcher's first bounds: reconfigure sets them (the user_config's, or defaults).
     @serve.batch(
@@ -309,8 +312,7 @@ class Stylizer:
         """``items`` (of one shape) cut into the passes that run them."""
         first = 0
         while first < len(items):
-            left = len(items) - first
-            step = self._pass_sizes.next_pass(shape, left) if self._pass_sizes else left
+            step = self._pass_size(shape, len(items) - first, None)
             yield items[first : first + step]
             first += step
 
