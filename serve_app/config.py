@@ -494,7 +494,10 @@ class AppConfig(_Strict):
         "routes require as `Authorization: Bearer <key>`; unset or empty: no key needed",
     )
     cors_origins: list[str] = Field(
-        default_factory=list, description="origins allowed by CORS; empty: CORS off"
+        default_factory=list,
+        description="origins allowed by CORS, and whose pages may open the WebSockets beside "
+        "the service's own host; empty: CORS off, WebSockets from the service's own pages "
+        "and non-browser clients only",
     )
     warm_examples: list[str] = Field(
         default_factory=list,

@@ -76,7 +76,7 @@ class UndecodableMedia(ServiceError):
     status, code = 400, "undecodable_media"
 
 
-# --- 401, 404, 405 -------------------------------------------------------------------
+# --- 401, 403, 404, 405 --------------------------------------------------------------
 
 
 class Unauthorized(ServiceError):
@@ -111,6 +111,13 @@ class OwnerRequired(ServiceError):
     """Listing jobs needs an API key: on an open service a job is reached by its id only."""
 
     status, code = 403, "owner_required"
+
+
+class OriginRefused(ServiceError):
+    """A WebSocket opened by a web page of another site: browsers send its ``Origin``, and
+    CORS does not apply to WebSockets, so the service refuses it itself."""
+
+    status, code = 403, "origin_refused"
 
 
 class JobNotDone(ServiceError):

@@ -188,7 +188,7 @@ async def job_events_route(job_id: str, service: Service, owner: Owner) -> Strea
 async def job_events_socket(websocket: WebSocket, job_id: str) -> None:
     """The job's events as JSON text messages ``{"event": state, "data": job}``; the
     socket closes with 1000 after the final state, or with 4000 + the HTTP status the
-    same request would get (4401, 4404) and a reason.
+    same request would get (4401, 4403 for a web page of another site, 4404) and a reason.
 
     Browsers cannot set headers on a WebSocket: they offer the API key as the
     subprotocol ``bearer.<key>`` beside ``animegan.jobs.v1`` (the one the server picks)."""

@@ -10,8 +10,8 @@ from typing import Annotated, Any
 from fastapi import Depends, Query, Request, WebSocket
 from starlette.requests import HTTPConnection
 
-from serve_app.errors import WS_CLOSE_OFFSET, ServiceError, Unauthorized
-from serve_app.http.security import key_is_valid, require_api_key
+from serve_app.errors import WS_CLOSE_OFFSET, OriginRefused, ServiceError, Unauthorized
+from serve_app.http.security import key_is_valid, origin_allowed, require_api_key
 from serve_app.jobs.records import ANONYMOUS, owner_of
 from serve_app.options import option_fields
 from serve_app.service.service import AnimeService
@@ -99,12 +99,21 @@ async def close_socket(websocket: WebSocket, error: ServiceError) -> None:
 
 async def accept_socket(websocket: WebSocket, protocol: str) -> bool:
     """Accept a WebSocket (speaking ``protocol`` when the client offers it) and check its
-    API key; False once it is closed with 4401 for a missing or wrong key.
+    origin and API key; False once it is closed, with 4403 for a web page of another site
+    (``origin_allowed``) or 4401 for a missing or wrong key.
 
     Browsers cannot set headers on a WebSocket: they offer the key as the subprotocol
-    ``bearer.<key>`` beside the route's own, which the server picks."""
+    ``bearer.<key>`` beside the route's own, which the server picks. Refusals come after
+    the handshake: a browser sees a refused handshake only as a failed connection, and a
+    close code and reason say why."""
     offered = [p.strip() for p in websocket.headers.get("sec-websocket-protocol", "").split(",")]
     await websocket.accept(subprotocol=protocol if protocol in offered else None)
+    origin = websocket.headers.get("origin")
+    allowed = getattr(websocket.app.state, "cors_origins", ())
+    if not origin_allowed(origin, websocket.headers.get("host"), allowed):
+        message = f"a page of {origin} may not open this WebSocket; see cors_origins"
+        await close_socket(websocket, OriginRefused(message))
+        return False
     keys = getattr(websocket.app.state, "api_keys", ())
     key = api_key_of(websocket.headers)
     if keys and not (key and key_is_valid(f"Bearer {key}", keys)):

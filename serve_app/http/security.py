@@ -1,11 +1,13 @@
-"""Optional API keys for the /v1 routes, and CORS (off unless configured)."""
+"""Optional API keys for the /v1 routes, CORS (off unless configured), and the origins
+that may open a WebSocket."""
 
 from __future__ import annotations
 
 import hmac
 import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from urllib.parse import urlsplit
 
 from fastapi import FastAPI, Request
 from fastapi.dependencies.models import Dependant
@@ -68,6 +70,25 @@ def checks_api_key(dependant: Dependant) -> bool:
     return dependant.call is require_api_key or any(
         checks_api_key(dependency) for dependency in dependant.dependencies
     )
+
+
+def origin_allowed(origin: str | None, host: str | None, allowed: Sequence[str]) -> bool:
+    """Whether a WebSocket's ``Origin`` may open it: none sent (not a browser), one of
+    ``allowed`` (the CORS origins; ``*``: any), or a page of the service's own host (the
+    host name of the ``Host`` it was asked under; ports aside, since a reverse proxy may
+    pass the host without its port).
+
+    Browsers send Origin on every WebSocket and apply no CORS to them: without this check
+    any site a visitor opens could stream their camera through, or follow jobs on, an open
+    service."""
+    if origin is None or "*" in allowed or origin in allowed:
+        return True
+    try:
+        origin_host = urlsplit(origin).hostname
+        own_host = urlsplit(f"//{host or ''}").hostname
+    except ValueError:  # a malformed Origin or Host
+        return False
+    return origin_host is not None and origin_host == own_host
 
 
 def enable_cors(app: FastAPI, origins: list[str]) -> None:

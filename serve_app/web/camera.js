@@ -51,6 +51,8 @@
   const CLOSED = {
     4401: ["The service needs an API key for the camera",
       "Enter it above: the camera starts again once it is accepted."],
+    4403: ["The service does not take live streams from this page's site",
+      "Its operator lists the sites it serves in cors_origins."],
     4422: ["The service refused the camera's options", "Choose others and start again."],
     4429: ["This API key has as many live streams open as the service allows",
       "Stop one (in another tab?) and start again."],

@@ -281,21 +281,28 @@ def test_the_events_websocket_takes_the_key_through_the_edge(edge, client):
     assert events and events[-1]["event"] == "done", events
     refused, code = websocket_messages(url, open_socket(edge), subprotocols=[EVENTS_PROTOCOL])
     assert (refused, code) == ([], 4401)
+    # A page of another site, key or not: browsers apply no CORS to WebSockets.
+    foreign = {"subprotocols": protocols, "origin": "https://elsewhere.test"}
+    assert websocket_messages(url, open_socket(edge), **foreign) == ([], 4403)
 
 
 def test_the_live_websocket_streams_through_the_edge(edge):
     """Frames in and stylized frames out through the edge, the key offered as a
-    subprotocol; no key gets the 4401 close."""
+    subprotocol, from a page of a CORS origin and of the edge's own host (nginx passes
+    the host without its port); no key gets the 4401 close, another site's page 4403."""
     url = f"ws://{edge.host}:{edge.port}/v1/live?size=64"
     protocols = [LIVE_PROTOCOL, f"bearer.{KEY}"]
-    with connect(url, sock=open_socket(edge), open_timeout=30, subprotocols=protocols) as ws:
-        for seed in (424_273, 424_274):
+    for seed, origin in ((424_273, ORIGIN), (424_274, f"http://{edge.host}:{edge.port}")):
+        options = {"open_timeout": 30, "subprotocols": protocols, "origin": origin}
+        with connect(url, sock=open_socket(edge), **options) as ws:
             ws.send(synthetic_jpeg(96, 72, seed=seed))
             header = json.loads(ws.recv(timeout=120))
             frame = ws.recv(timeout=120)
             assert (header["width"], header["height"], frame[:3]) == (64, 48, b"\xff\xd8\xff")
     refused, code = websocket_messages(url, open_socket(edge), subprotocols=[LIVE_PROTOCOL])
     assert (refused, code) == ([], 4401)
+    foreign = {"subprotocols": protocols, "origin": "https://elsewhere.test"}
+    assert websocket_messages(url, open_socket(edge), **foreign) == ([], 4403)
 
 
 def test_every_operation_answers_through_the_edge_with_a_key(edge, client):

@@ -118,6 +118,17 @@ def closed_with(ws) -> ConnectionClosed:
     return closed.value
 
 
+def test_a_page_of_another_site_is_refused_and_the_service_s_own_page_streams(live_url):
+    """Browsers send Origin on a WebSocket and apply no CORS to it: the service checks."""
+    with connect(live_url, origin="https://elsewhere.test") as ws:
+        refused = closed_with(ws)
+    assert refused.rcvd.code == 4403 and refused.rcvd.reason.startswith("origin_refused:")
+    own = live_url.replace("ws://", "http://").removesuffix("/v1/live")
+    with connect(live_url, origin=own) as ws:
+        ws.send(frames(1, seed=400)[0])
+        assert answer(ws)[1] is not None
+
+
 def test_the_bounds_close_with_their_codes_and_a_bad_frame_keeps_the_stream(live_url):
     with connect(f"{live_url}?size={MAX_SIZE * 2}") as ws:
         refused = closed_with(ws)

@@ -286,11 +286,13 @@ def wait_for_close(sock: socket.socket, timeout_s: float) -> tuple[float, bytes]
 
 
 def websocket_messages(
-    url: str, sock: socket.socket, subprotocols: list[str] | None = None
+    url: str, sock: socket.socket, subprotocols: list[str] | None = None, origin: str | None = None
 ) -> tuple[list[dict], int | None]:
-    """Every JSON message of a WebSocket until the server closes it, and its close code."""
+    """Every JSON message of a WebSocket until the server closes it, and its close code
+    (``origin``: the Origin a browser's page would send)."""
     messages = []
-    with connect(url, sock=sock, open_timeout=30, subprotocols=subprotocols) as websocket:
+    options = {"open_timeout": 30, "subprotocols": subprotocols, "origin": origin}
+    with connect(url, sock=sock, **options) as websocket:
         try:
             while True:
                 messages.append(json.loads(websocket.recv(timeout=60)))

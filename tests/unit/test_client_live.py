@@ -13,6 +13,7 @@ from serve_app.errors import (
     ImageTooLarge,
     LiveFull,
     NoAnswer,
+    OriginRefused,
     StreamIdle,
     TooManyStreams,
     Unauthorized,
@@ -39,6 +40,7 @@ def test_the_stream_address_carries_the_live_options_only():
         (4429, "too_many_streams: this API key holds 4 live streams already", TooManyStreams),
         (4408, "stream_idle: nothing received for 30 s", StreamIdle),
         (4401, "unauthorized: this service requires an API key", Unauthorized),
+        (4403, "origin_refused: a page of https://elsewhere.test may not", OriginRefused),
     ],
 )
 def test_a_close_is_raised_as_its_error(code, reason, error):

@@ -1,5 +1,6 @@
 """API keys: parsing, constant-time checks, their place in the OpenAPI document; CORS stays
-off unless configured, and then covers every method and header of the routes."""
+off unless configured, and then covers every method and header of the routes; the origins
+that may open a WebSocket."""
 
 from typing import Annotated
 
@@ -10,7 +11,7 @@ from fastapi.openapi.utils import get_openapi
 from serve_app.http import jobs, meta, stylize
 from serve_app.http.openapi import _declare_api_key
 from serve_app.http.params import API_KEY
-from serve_app.http.security import enable_cors, key_is_valid, load_api_keys
+from serve_app.http.security import enable_cors, key_is_valid, load_api_keys, origin_allowed
 
 ORIGIN = "https://a.test"
 
@@ -45,6 +46,26 @@ def test_key_checks():
     assert key_is_valid("Bearer one", keys) and key_is_valid("bearer two", keys)
     for header in (None, "", "one", "Bearer", "Bearer three", "Basic one", "Bearer one1"):
         assert not key_is_valid(header, keys)
+
+
+def test_a_websocket_opens_from_no_page_its_own_host_s_pages_or_the_cors_origins():
+    assert origin_allowed(None, "anime.test", [])  # not a browser
+    assert origin_allowed("http://anime.test:8000", "anime.test:8000", [])
+    assert origin_allowed("https://anime.test", "anime.test", [])
+    assert origin_allowed("https://Anime.Test", "anime.test", [])  # host names' case
+    # A reverse proxy may pass the host without its port (nginx's $host).
+    assert origin_allowed("http://anime.test:8080", "anime.test", [])
+    assert origin_allowed(ORIGIN, "anime.test", [ORIGIN])
+    assert origin_allowed("https://any.test", "anime.test", ["*"])
+
+
+def test_a_websocket_from_another_site_s_page_is_refused():
+    assert not origin_allowed("https://evil.test", "anime.test", [])
+    assert not origin_allowed("https://evil.test", "anime.test", [ORIGIN])
+    assert not origin_allowed("https://anime.test.evil.test", "anime.test", [])
+    assert not origin_allowed("null", "anime.test", [])  # a sandboxed frame, a file
+    assert not origin_allowed("https://anime.test", None, [])  # no Host to compare
+    assert not origin_allowed("http://[::1", "anime.test", [])  # malformed
 
 
 def test_cors_is_added_only_with_origins():
