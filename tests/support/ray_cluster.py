@@ -193,6 +193,9 @@ class LocalCluster:
             RAY_AUTH_TOKEN_PATH=str(self.token_path),
             RAY_USAGE_STATS_ENABLED="0",
             PYTHONPATH=os.pathsep.join(python_path),  # workers import tests.cluster.registry_app
+            # The scripts a test runs find this Python's `ray` and `serve` first, whether
+            # or not its environment is activated.
+            PATH=os.pathsep.join(filter(None, [str(BIN), env.get("PATH")])),
         )
         env.update(extra or {})
         return env
