@@ -79,8 +79,8 @@ def origin_allowed(origin: str | None, host: str | None, allowed: Sequence[str])
     pass the host without its port).
 
     Browsers send Origin on every WebSocket and apply no CORS to them: without this check
-    any site a visitor opens could stream their camera through, or follow jobs on, an open
-    service."""
+    any site could run its visitors' cameras through an open service's model, which CORS
+    keeps it from doing over the HTTP routes."""
     if origin is None or "*" in allowed or origin in allowed:
         return True
     try:
