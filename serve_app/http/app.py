@@ -34,7 +34,6 @@ def create_app(service: AnimeService) -> FastAPI:
     )
     app.state.service = service
     app.state.api_keys = load_api_keys(config.api_key_env)
-    app.state.cors_origins = tuple(config.cors_origins)  # also the origins of WebSockets
     install_error_handlers(app)
     app.add_middleware(RequestContextMiddleware)
     app.mount("/static", StaticFiles(directory=WEB_DIR, check_dir=False), name="static")

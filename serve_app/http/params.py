@@ -109,7 +109,7 @@ async def accept_socket(websocket: WebSocket, protocol: str) -> bool:
     offered = [p.strip() for p in websocket.headers.get("sec-websocket-protocol", "").split(",")]
     await websocket.accept(subprotocol=protocol if protocol in offered else None)
     origin = websocket.headers.get("origin")
-    allowed = getattr(websocket.app.state, "cors_origins", ())
+    allowed = websocket.app.state.service.config.cors_origins
     if not origin_allowed(origin, websocket.headers.get("host"), allowed):
         message = f"a page of {origin} may not open this WebSocket; see cors_origins"
         await close_socket(websocket, OriginRefused(message))
