@@ -2,10 +2,28 @@
 
 from __future__ import annotations
 
+import os
+import tempfile
+from pathlib import Path
+
 import pytest
 
+from serve_app.model.kept_choices import KEPT_CHOICES_ENV
 from tests.support.paths import REPO
 from tests.support.pictures import sample_photos
+
+# The runtime choices the tests' replicas keep on disk: this session's own file, never the
+# user's, so that no run adopts what an earlier one measured. Set before any Ray starts
+# (every Ray, `serve run` and node of the session inherits it).
+KEPT_CHOICES = Path(tempfile.gettempdir()) / f"animegan-test-runtime-choices-{os.getpid()}.json"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    os.environ[KEPT_CHOICES_ENV] = str(KEPT_CHOICES)
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    KEPT_CHOICES.unlink(missing_ok=True)
 
 
 @pytest.fixture(scope="session")

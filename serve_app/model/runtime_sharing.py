@@ -11,9 +11,11 @@ the candidates depend on, torch, threads), together with the settings that bear 
 choice (device, precision, the styles' weights).
 
 A replica asks the board for its node class's choice. If there is one it adopts it,
-without measuring (after checking it can run that runtime); if not, it measures and
-publishes, set-if-absent: the first publisher wins and a later one adopts the winner's
-choice. A board that cannot be reached means measuring alone, with a warning.
+without measuring (after checking it can run that runtime); if not, it adopts and
+publishes the choice kept on its node's disk by an earlier Ray instance
+(``kept_choices.py``), or else measures and publishes, set-if-absent: the first publisher
+wins and a later one adopts the winner's choice. A board that cannot be reached means
+deciding alone, with a warning.
 
 No Ray here: the board comes in as a ``ChoiceBoard``; unit tests hand a fake.
 """
@@ -33,6 +35,7 @@ from torch import nn
 
 from serve_app.config import AppConfig
 from serve_app.model.generator import Runtime, resolve_device
+from serve_app.model.kept_choices import KeptChoices
 from serve_app.model.runtime_simulation import simulation_from_env
 from serve_app.model.runtimes import (
     RuntimeChoice,
@@ -179,9 +182,11 @@ def decide_runtime(
     generators: Callable[[], Sequence[nn.Module]],
     board: ChoiceBoard | None,
     replica: str,
+    kept: KeptChoices | None = None,
 ) -> RuntimeDecision:
     """This replica's runtime (see the module doc). ``generators`` loads the styles; it is
-    called only if this replica measures. ``board``: None outside a deployment."""
+    called only if this replica measures. ``board``: None outside a deployment; ``kept``:
+    the node's choices on disk (None: none kept)."""
     node = node_class(settings.device, threads)
     if settings.runtime != "auto":
         choice = resolve_runtime(settings.runtime, settings.device, settings.precision, generators)
@@ -195,10 +200,12 @@ def decide_runtime(
     key = decision_key(node, settings)
     board = _Guarded(board)
     published = board.call("lookup", key)
+    if published is None and kept is not None:
+        published = _from_kept(board, kept, key)
     if published is not None:
         adopted = _adopt(published, candidates, node)
         if adopted is not None:
-            return adopted
+            return adopted if board.reachable else replace(adopted, shared=False)
         board = _Guarded(None)  # this node class's choice cannot run here: decide alone
     start = time.perf_counter()
     measure = simulation.measure(candidates) if simulation else make_measure(generators())
@@ -212,6 +219,8 @@ def decide_runtime(
     )
     mine = RuntimeDecision(choice, node, "measured", replica, shared=True)
     standing = board.call("publish", key, mine.summary())
+    if kept is not None and (standing is None or standing.get("decided_by") == replica):
+        kept.keep(key, mine.summary())
     if standing is None:
         return replace(mine, shared=False)
     if standing.get("decided_by") == replica:
@@ -224,12 +233,26 @@ def decide_runtime(
     return _adopt(standing, candidates, node) or replace(mine, shared=False)
 
 
+def _from_kept(board: _Guarded, kept: KeptChoices, key: str) -> Mapping[str, Any] | None:
+    """The node's kept choice, published so that the deployment's other replicas adopt it
+    too (a choice published meanwhile stands instead); None if none is kept."""
+    record = kept.lookup(key)
+    if record is None:
+        return None
+    logger.info("runtime %s for %s kept on this node (%s)", record.get("chosen"), key, kept.path)
+    return board.call("publish", key, record) or record
+
+
 class _Guarded:
     """A board's calls; after one fails (unreachable, timed out, anything) a warning, and
     no more calls: this replica decides alone."""
 
     def __init__(self, board: ChoiceBoard | None) -> None:
         self._board = board
+
+    @property
+    def reachable(self) -> bool:
+        return self._board is not None
 
     def call(self, method: str, *args: Any) -> Mapping[str, Any] | None:
         if self._board is None:

@@ -38,6 +38,7 @@ from serve_app.model import tensors
 from serve_app.model.choice_board import replica_choice_board
 from serve_app.model.generator import StyleModel
 from serve_app.model.identity import ModelIdentity, StylizedArray
+from serve_app.model.kept_choices import KeptChoices, kept_choices_path
 from serve_app.model.pass_sizes import PassSizes
 from serve_app.model.runtime_sharing import RuntimeSettings, decide_runtime
 from serve_app.model.runtimes import runtime_identity
@@ -132,6 +133,7 @@ class Stylizer:
             lambda: [load_generator_for(weights[s.name], s.align_corners) for s in config.styles],
             replica_choice_board(),
             self._replica,
+            KeptChoices(kept_choices_path()),
         )
         self._runtime = self._runtime_choice.runtime
         self._metrics = ModelMetrics()

@@ -105,9 +105,15 @@ def weights_dir() -> Path:
     override = os.environ.get(WEIGHTS_DIR_ENV)
     if override:
         return Path(override).expanduser()
+    return cache_home() / "weights"
+
+
+def cache_home() -> Path:
+    """What the service keeps on a node: ``$XDG_CACHE_HOME/animegan-serve``, else
+    ``~/.cache/animegan-serve`` (not created here)."""
     xdg = os.environ.get("XDG_CACHE_HOME")
     base = Path(xdg).expanduser() if xdg else Path.home() / ".cache"
-    return base / "animegan-serve" / "weights"
+    return base / "animegan-serve"
 
 
 def weights_base_url() -> str:

@@ -1,6 +1,7 @@
 """serve_app.model.runtime_sharing: one runtime per deployment and node class (measured
-once, published set-if-absent, adopted), with an in-memory board and the simulated
-candidates of serve_app.model.runtime_simulation (made-up figures, nothing timed)."""
+once, published set-if-absent, adopted, kept on the node for the next Ray instance), with
+an in-memory board and the simulated candidates of serve_app.model.runtime_simulation
+(made-up figures, nothing timed)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import torch
 from serve_app.model import generator as model
 from serve_app.model.choice_board import ChoiceTable
 from serve_app.model.generator import Runtime
+from serve_app.model.kept_choices import KEPT_CHOICES_ENV, KeptChoices, kept_choices_path
 from serve_app.model.runtime_sharing import (
     RuntimeSettings,
     cpu_class,
@@ -81,8 +83,8 @@ def simulated(monkeypatch, tmp_path):
     return tmp_path / "turns"
 
 
-def decide(board, replica: str, settings: RuntimeSettings = AUTO, threads: int = 1):
-    return decide_runtime(settings, threads, no_generators, board, replica)
+def decide(board, replica: str, settings: RuntimeSettings = AUTO, threads: int = 1, kept=None):
+    return decide_runtime(settings, threads, no_generators, board, replica, kept)
 
 
 # --- the node class ------------------------------------------------------------------------
@@ -277,3 +279,73 @@ def test_the_log_line_says_how_the_runtime_was_decided(simulated):
     board = Board()
     assert decide(board, "r1").describe().startswith("measured here, shared, node class cpu:")
     assert decide(board, "r2").describe().startswith("adopted from replica r1, shared, ")
+
+
+# --- kept on the node across Ray instances ------------------------------------------------
+
+
+def test_a_measured_choice_is_kept_and_a_new_ray_instance_adopts_it(simulated, tmp_path):
+    kept = KeptChoices(tmp_path / "cache" / "runtime-choices.json")  # no folder yet
+    first = decide(Board(), "r1", kept=kept)
+    assert first.source == "measured"
+    key = decision_key(first.node_class, AUTO)
+    assert kept.lookup(key)["chosen"] == first.runtime.kind
+
+    fresh = Board()  # another Ray instance: its board starts empty
+    again = decide(fresh, "r7", kept=kept)  # no_generators: nothing loaded, nothing timed
+    assert (again.runtime, again.source, again.decided_by) == (first.runtime, "adopted", "r1")
+    assert again.shared and fresh.calls == ["lookup", "publish"]  # published for the others
+    assert decide(fresh, "r8", kept=kept).decided_by == "r1"  # from the board now
+    assert len(list(simulated.iterdir())) == 1  # one measurement in all
+
+
+def test_a_choice_on_the_board_stands_over_the_kept_one(simulated, tmp_path):
+    kept = KeptChoices(tmp_path / "runtime-choices.json")
+    decide(Board(), "r1", kept=kept)  # kept: eager-fp32 (the first turn)
+    board = Board()
+    running = decide(board, "r2")  # another node's replica published bf16 (turn 1) first
+    adopted = decide(board, "r3", kept=kept)
+    assert (adopted.runtime.kind, adopted.decided_by) == (running.runtime.kind, "r2")
+
+
+def test_only_what_this_replica_measured_and_published_is_kept(simulated, tmp_path):
+    kept = KeptChoices(tmp_path / "runtime-choices.json")
+    board = Board()
+    decide(board, "r1")  # nothing kept by a replica that keeps nothing
+    decide(board, "r2", kept=kept)  # adopted from the board: nothing measured to keep
+    assert not kept.path.exists()
+    alone = decide(Unreachable(), "r3", kept=kept)  # measured alone: kept for the next start
+    assert kept.lookup(decision_key(alone.node_class, AUTO))["decided_by"] == "r3"
+
+
+def test_a_kept_choice_without_a_board_is_this_replica_s_alone(simulated, tmp_path):
+    kept = KeptChoices(tmp_path / "runtime-choices.json")
+    decide(Board(), "r1", kept=kept)
+    alone = decide(Unreachable(), "r2", kept=kept)
+    assert (alone.source, alone.decided_by, alone.shared) == ("adopted", "r1", False)
+
+
+def test_an_unreadable_file_means_measuring_and_is_replaced(simulated, tmp_path, caplog):
+    path = tmp_path / "runtime-choices.json"
+    path.write_text("{ not json")
+    with caplog.at_level(logging.WARNING, "serve_app.model.kept_choices"):
+        decided = decide(Board(), "r1", kept=KeptChoices(path))
+    assert decided.source == "measured" and "unreadable" in caplog.text
+    assert KeptChoices(path).lookup(decision_key(decided.node_class, AUTO)) is not None
+
+
+def test_a_file_that_cannot_be_written_warns_and_decides_all_the_same(simulated, tmp_path, caplog):
+    blocked = tmp_path / "a-file"
+    blocked.write_text("")
+    kept = KeptChoices(blocked / "runtime-choices.json")  # its folder is a file
+    with caplog.at_level(logging.WARNING, "serve_app.model.kept_choices"):
+        decided = decide(Board(), "r1", kept=kept)
+    assert decided.source == "measured" and "not kept" in caplog.text
+
+
+def test_the_kept_choices_live_in_the_service_s_cache_unless_named(monkeypatch, tmp_path):
+    monkeypatch.delenv(KEPT_CHOICES_ENV, raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    assert kept_choices_path() == tmp_path / "animegan-serve" / "runtime-choices.json"
+    monkeypatch.setenv(KEPT_CHOICES_ENV, str(tmp_path / "elsewhere.json"))
+    assert kept_choices_path() == tmp_path / "elsewhere.json"
