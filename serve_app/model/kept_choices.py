@@ -10,11 +10,13 @@ and publishes what it finds.
 
 A JSON object {decision key: the published choice} in one file per node: best effort, a
 file that cannot be read or written means measuring, with a warning. Deleting the file
-makes the next start measure again.
+makes the next start measure again. Two replicas keeping choices of different keys at the
+same moment: the later file stands, and the other key is measured again at a later start.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -56,6 +58,8 @@ class KeptChoices:
             partial.write_text(json.dumps(choices, indent=1, sort_keys=True))
             os.replace(partial, self.path)
         except OSError as error:
+            with contextlib.suppress(OSError):  # what a full disk left half written
+                partial.unlink(missing_ok=True)
             logger.warning("runtime choice not kept in %s: %s", self.path, error)
 
     def _read(self) -> dict[str, Any]:
