@@ -87,6 +87,8 @@ class Control:
     config_maximum: str | None = None  # an AppConfig attribute (dotted) bounding it
     sync_maximum: str | None = None  # past it a caller who waits gets UseJobs
     refusal: str | None = None  # the message, with {name} {value} {choices}
+    # Read only for videos and animations: a still picture's cache key leaves it out.
+    motion_only: bool = False
     cli: CliFlag = CliFlag()
 
 
@@ -184,6 +186,7 @@ class StylizeOptions(BaseModel):
         Control(
             InvalidVideoOptions,
             case_insensitive=True,
+            motion_only=True,
             cli=CliFlag(
                 help="videos: the output container, `same` (the input's family), `mp4`, "
                 "`webm`, `matroska` or `mov` (default: the one OUT's suffix names; several "
@@ -197,13 +200,15 @@ class StylizeOptions(BaseModel):
     )
     max_fps: Annotated[
         float | None,
-        Control(InvalidVideoOptions, minimum=0, above_minimum=True, maximum=MAX_FPS),
+        Control(
+            InvalidVideoOptions, minimum=0, above_minimum=True, maximum=MAX_FPS, motion_only=True
+        ),
     ] = Field(
         default=None,
         description="videos: at most this many frames a second (the first frame at or "
         "after each 1/max_fps step is kept, the rest dropped); default: every frame",
     )
-    exact_frames: Annotated[bool, Control(InvalidParameters)] = Field(
+    exact_frames: Annotated[bool, Control(InvalidParameters, motion_only=True)] = Field(
         default=False,
         description="videos and animations: every frame its own model pass (only identical "
         "frames share one); default false: a frame all but identical to the last one the "
@@ -219,6 +224,13 @@ class StylizeOptions(BaseModel):
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> StylizeOptions:
         return cls.model_validate(data)
+
+    def for_still(self) -> StylizeOptions:
+        """These options as a still picture reads them: the ones only videos and
+        animations read at their defaults, so that stills differing only in those share
+        one cache entry."""
+        motion = {o.name: o.fixed_default for o in option_fields() if o.control.motion_only}
+        return self.model_copy(update=motion)
 
 
 # --- the fields, as the places that derive from them see them ---------------------------

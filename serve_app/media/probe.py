@@ -125,6 +125,17 @@ def sniff_foreign_video(head: bytes) -> str | None:
     return next((name for name, test in _FOREIGN_VIDEO_SIGNATURES.items() if test(head)), None)
 
 
+# Formats that hold one picture only (JPEG and MPO, BMP, TIFF), by their first bytes.
+_STILL_ONLY_SIGNATURES = (b"\xff\xd8\xff", b"BM", b"II*\x00", b"MM\x00*")
+
+
+def may_move(head: bytes) -> bool:
+    """False only for an upload that can be neither a video nor an animation: one whose
+    first bytes name a format holding one picture. Anything else may move, a bad upload
+    included (what a still picture's cache key may leave out rests on this)."""
+    return not head.startswith(_STILL_ONLY_SIGNATURES)
+
+
 def is_animated_picture(data_or_source: bytes | Source) -> bool:
     """True for a GIF, WebP or PNG with more than one frame (headers only).
 

@@ -49,7 +49,7 @@ from serve_app.model.weights import is_random_digest
 from serve_app.options import BACKGROUND_PHOTO, StylizeOptions
 from serve_app.pipeline.keys import result_key
 from serve_app.pipeline.lru import CachedImage, image_digest
-from serve_app.pipeline.ports import Animate, ProgressSink, ResultStore, StylizeArray
+from serve_app.pipeline.ports import Animate, MayMove, ProgressSink, ResultStore, StylizeArray
 from serve_app.pipeline.results import CacheStatus, StylizeResult
 
 logger = logging.getLogger(__name__)
@@ -57,6 +57,8 @@ logger = logging.getLogger(__name__)
 # Hashing a large upload takes tens of ms: do it in a thread so hits and health checks
 # on the same event loop are not held up; small ones are cheaper than the thread hop.
 HASH_IN_THREAD_BYTES = 256 * 1024
+# What ``may_move`` reads of an upload: its signature.
+MOTION_SNIFF_BYTES = 16
 
 
 # After decoding a picture this large, hand the freed memory back to the OS: glibc keeps
@@ -107,15 +109,20 @@ class StylizePipeline:
         weights: dict[str, str],
         animate: Animate | None = None,
         executor: Executor | None = None,
+        may_move: MayMove | None = None,
     ) -> None:
         """``weights``: style -> the digest of the weights the config asks for.
         ``animate``: makes animated pictures (without it, an animation's first frame).
-        ``executor``: the threads that decode and encode (default: the loop's)."""
+        ``executor``: the threads that decode and encode (default: the loop's).
+        ``may_move``: whether an upload may be a video or an animation, by its first
+        bytes (without it, any upload may, once ``animate`` is given); a still picture's
+        key leaves out the options only motion reads."""
         self._config = config
         self._executor = executor
         self._cache = cache
         self._stylize_array = stylize_array
         self._animate = animate
+        self._may_move = may_move
         self._weights = weights
         # The runtime the model replicas report per style (device, precision, versions):
         # lookups use it, so results computed elsewhere on another runtime never match.
@@ -160,8 +167,9 @@ class StylizePipeline:
         if not media:
             decode.check_upload_size(data, self._config.limits)  # before hashing it
         digest = await self._digest(data)
-        key = result_key(
+        key = self._key(
             digest,
+            data,
             options,
             self.expected_identity(options.style),
             self._expected_background(options),
@@ -235,6 +243,20 @@ class StylizePipeline:
         if self._in_flight.get(key) is work:
             del self._in_flight[key]
 
+    def _key(
+        self,
+        digest: str,
+        data: bytes,
+        options: StylizeOptions,
+        identity: ModelIdentity,
+        background: ModelIdentity | None = None,
+    ) -> str:
+        """``result_key``, with a still picture's options as a still reads them."""
+        moving = self._animate is not None and (
+            self._may_move is None or self._may_move(data[:MOTION_SNIFF_BYTES])
+        )
+        return result_key(digest, options if moving else options.for_still(), identity, background)
+
     def _expected_background(self, options: StylizeOptions) -> ModelIdentity | None:
         if options.portrait != "paste" or options.background == BACKGROUND_PHOTO:
             return None
@@ -247,7 +269,7 @@ class StylizePipeline:
             animation = await self._animate(data, options)
             if animation is not None:
                 identity = self.expected_identity(options.style)
-                key = result_key(digest, options, identity)
+                key = self._key(digest, data, options, identity)
                 self._store(key, animation, options.style, identity)
                 return _Computed(animation, key)
         if options.portrait != "off":
@@ -275,7 +297,7 @@ class StylizePipeline:
         encoded_at = time.perf_counter()
         height, width = stylized.rgb.shape[:2]
         image = CachedImage(encoded, MEDIA_TYPES[options.format], width, height)
-        key = result_key(digest, options, stylized.identity)
+        key = self._key(digest, data, options, stylized.identity)
         self._store(key, image, options.style, stylized.identity)
         timings = {
             "decode": (decoded_at - started) * 1e3,
@@ -324,7 +346,7 @@ class StylizePipeline:
         image = CachedImage(encoded, MEDIA_TYPES[options.format], width, height)
         identity = faces[0].identity
         scene_identity = self._expected_background(options) if scene is None else scene.identity
-        key = result_key(digest, options, identity, scene_identity)
+        key = self._key(digest, data, options, identity, scene_identity)
         if any(face.identity != identity for face in faces):
             logger.warning(
                 "style %s: model replicas of two runtimes answered one picture; result not cached",

@@ -20,6 +20,7 @@ from serve_app.errors import NotFound, NotReady, ServiceError
 from serve_app.jobs.records import ANONYMOUS, JobRecord, WebhookInfo
 from serve_app.jobs.service import JobService, Submission
 from serve_app.live.service import LiveMetrics, LiveService
+from serve_app.media import probe
 from serve_app.media.service import MediaService
 from serve_app.options import StylizeOptions, resolve_options
 from serve_app.pipeline.lru import CachedImage
@@ -78,7 +79,13 @@ class AnimeService:
         # writes (leases) or a video's decoding.
         self._photos = ThreadPoolExecutor(config.photo_threads, thread_name_prefix="photos")
         self.pipeline = StylizePipeline(
-            config, cache, model.stylize, weights, animate=self._animate, executor=self._photos
+            config,
+            cache,
+            model.stylize,
+            weights,
+            animate=self._animate,
+            executor=self._photos,
+            may_move=probe.may_move,
         )
         self.media = MediaService(
             config,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import io
 from pathlib import Path
 
 import av
@@ -95,6 +96,17 @@ def test_is_animated_picture(files: dict[str, Path], tmp_path: Path) -> None:
     Image.new("RGB", (8, 8)).save(still)
     assert not probe.is_animated_picture(still)
     assert not probe.is_animated_picture(b"not a picture")
+
+
+def test_may_move_is_false_only_for_formats_of_one_picture(files: dict[str, Path]) -> None:
+    for name in ("mp4", "webm", "gif", "webp", "apng"):
+        assert probe.may_move(files[name].read_bytes()[:16]), name
+    for fmt in ("JPEG", "BMP", "TIFF", "PNG"):
+        out = io.BytesIO()
+        Image.new("RGB", (8, 8)).save(out, format=fmt)
+        # A still PNG may be an APNG as far as its first bytes tell.
+        assert probe.may_move(out.getvalue()[:16]) == (fmt == "PNG"), fmt
+    assert probe.may_move(b"") and probe.may_move(b"not a picture")
 
 
 def test_probe_h264_aac_mp4(files: dict[str, Path]) -> None:

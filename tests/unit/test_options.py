@@ -141,6 +141,19 @@ def test_changing_any_field_changes_the_cache_key():
     assert len(keys) == 1 + len(names())
 
 
+def test_a_still_picture_reads_every_option_but_the_motion_only_ones():
+    base = resolve_options(CONFIG)
+    moving = {option.name for option in option_fields() if option.control.motion_only}
+    assert moving == {"container", "max_fps", "exact_frames"}
+    for option in option_fields():
+        changed = StylizeOptions(
+            **{**base.to_dict(), option.name: another_value(option, getattr(base, option.name))}
+        )
+        same_still = changed.for_still() == base.for_still()
+        assert same_still == (option.name in moving), option.name
+    assert base.for_still() == base  # the defaults already read so
+
+
 def test_a_job_record_keeps_the_options_as_a_stable_dict():
     options = resolve_options(CONFIG, format="webp", portrait="paste", background="b", max_fps=12)
     record = json.loads(json.dumps(options.to_dict()))

@@ -16,7 +16,7 @@ from serve_app.config import AppConfig
 from serve_app.errors import NotReady
 from serve_app.service.service import AnimeService
 from tests.support.fakes import RANDOM_WEIGHTS, InvertingModel, LocalCache
-from tests.support.media import make_video
+from tests.support.media import make_animation, make_video
 from tests.support.pictures import synthetic_jpeg
 
 
@@ -60,6 +60,23 @@ def test_pictures_are_made_cached_and_figured(tmp_path):
     assert max(Image.open(io.BytesIO(first.data)).size) == 48
     assert stats.requests == {"miss": 1, "hit": 1} and stats.cache.shared.entries == 1
     assert styles.default_style == "alpha" and styles.styles[0].random_weights
+
+
+def test_stills_share_a_result_whatever_the_options_only_motion_reads(tmp_path):
+    gif = make_animation(tmp_path / "a.gif", "gif", frames=3).read_bytes()
+    motion = [{}, {"exact_frames": "true"}, {"max_fps": "5", "container": "webm"}]
+
+    async def scenario(service, model):
+        photos = [await service.stylize(synthetic_jpeg(seed=3), service.options(o)) for o in motion]
+        animations = [await service.stylize(gif, service.options(o)) for o in motion[:2]]
+        return photos, animations
+
+    photos, animations = run(tmp_path, scenario)
+    assert [photo.cache for photo in photos] == ["miss", "hit", "hit"]
+    assert len({photo.key for photo in photos}) == 1
+    # An animation reads them: each its own result.
+    assert [animation.cache for animation in animations] == ["miss", "miss"]
+    assert animations[0].key != animations[1].key
 
 
 def test_a_still_job_and_a_video_job_run_to_their_results(tmp_path):
