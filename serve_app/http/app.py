@@ -23,6 +23,9 @@ from serve_app.service.service import AnimeService
 WEB_DIR = Path(__file__).resolve().parent.parent / "web"
 
 
+ROUTERS = (stylize.router, jobs.router, live.router, meta.router)
+
+
 def create_app(service: AnimeService) -> FastAPI:
     """The HTTP API of ``service``: its config's API keys, CORS origins and limits (in the
     OpenAPI document) take effect."""
@@ -37,7 +40,7 @@ def create_app(service: AnimeService) -> FastAPI:
     install_error_handlers(app)
     app.add_middleware(RequestContextMiddleware)
     app.mount("/static", StaticFiles(directory=WEB_DIR, check_dir=False), name="static")
-    for router in (stylize.router, jobs.router, live.router, meta.router):
+    for router in ROUTERS:
         app.include_router(router)
     enable_cors(app, config.cors_origins)  # over the routes' methods and headers
 

@@ -20,6 +20,7 @@ from serve_app.http.params import (
     close_socket,
     make_stylize_query,
     owner_of_request,
+    query_values,
 )
 from serve_app.jobs.records import ANONYMOUS
 from serve_app.live.stream import LIVE_OPTIONS, LIVE_PROTOCOL, ClientLeft
@@ -105,7 +106,7 @@ async def live_socket(websocket: WebSocket) -> None:
     live = websocket.app.state.service.live
     owner = owner_of_request(websocket)
     try:
-        options = live.options(dict(websocket.query_params))
+        options = live.options(query_values(websocket.query_params, LIVE_OPTIONS))
         with live.admit(None if owner == ANONYMOUS else owner):
             ended = await live.run(_Socket(websocket), options)
     except ServiceError as error:  # refused: options, admission

@@ -4,19 +4,62 @@ service a route works with, and whose jobs a request may reach."""
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from typing import Annotated, Any
 
 from fastapi import Depends, Query, Request, WebSocket
+from fastapi.dependencies.models import Dependant
+from starlette.datastructures import QueryParams
 from starlette.requests import HTTPConnection
 
-from serve_app.errors import WS_CLOSE_OFFSET, OriginRefused, ServiceError, Unauthorized
+from serve_app.errors import (
+    WS_CLOSE_OFFSET,
+    InvalidParameters,
+    OriginRefused,
+    ServiceError,
+    Unauthorized,
+)
 from serve_app.http.security import key_is_valid, origin_allowed, require_api_key
 from serve_app.jobs.records import ANONYMOUS, owner_of
 from serve_app.options import option_fields
 from serve_app.service.service import AnimeService
 
-API_KEY = [Depends(require_api_key)]
+
+def query_values(query: QueryParams, taken: Collection[str]) -> dict[str, str]:
+    """The query's values by name; 422 ``invalid_parameters`` for a name not in ``taken``
+    or one sent twice: a misspelt option or a second value would otherwise be dropped
+    without a word."""
+    values: dict[str, str] = {}
+    for name, value in query.multi_items():
+        if name not in taken:
+            raise InvalidParameters(
+                f"unknown query parameter {name!r}; this route takes {sorted(taken)}"
+            )
+        if name in values:
+            raise InvalidParameters(f"query parameter {name!r} sent more than once")
+        values[name] = value
+    return values
+
+
+def _query_names(dependant: Dependant) -> set[str]:
+    """The query parameters a route takes, its dependencies' included (a few, walked per
+    request: cheaper than a cache that outlives the app)."""
+    names = {param.alias for param in dependant.query_params}
+    for dependency in dependant.dependencies:
+        names |= _query_names(dependency)
+    return names
+
+
+def exact_query(connection: HTTPConnection) -> None:
+    """A route that takes query parameters refuses any other, and any sent twice; one that
+    takes none ignores a query (a page's own link parameters, a cache buster)."""
+    taken = _query_names(connection.scope["route"].dependant)
+    if taken:
+        query_values(connection.query_params, taken)
+
+
+# What every /v1 route checks before its own work: the API key, then the query's names.
+API_KEY = [Depends(require_api_key), Depends(exact_query)]
 
 
 def make_stylize_query(names: tuple[str, ...] | None = None) -> Callable[..., dict[str, Any]]:
