@@ -12,6 +12,7 @@ from starlette.formparsers import MultiPartException, MultiPartParser
 from serve_app.errors import (
     BadMultipart,
     EmptyUpload,
+    InvalidParameters,
     MissingImage,
     PayloadTooLarge,
     ServiceError,
@@ -77,8 +78,9 @@ def media_type_of(request: Request) -> str:
 async def read_form_files(
     request: Request, field: str | tuple[str, ...], max_files: int, limit: int
 ) -> list[bytes]:
-    """The files of a multipart field (or of several, in the order named), in order;
-    other fields are ignored."""
+    """The files of a multipart field (or of several, in the order named), in order. A
+    field of another name beside them is refused (422): an option sent as a form field
+    would otherwise be ignored without a word."""
     fields = (field,) if isinstance(field, str) else field
     if media_type_of(request) != "multipart/form-data":
         raise UnsupportedMediaType(
@@ -99,6 +101,12 @@ async def read_form_files(
     try:
         items = [item for name in fields for item in form.getlist(name)]
         uploads = [item for item in items if isinstance(item, UploadFile)]
+        others = sorted({name for name, _ in form.multi_items()} - set(fields))
+        if others and uploads:  # with no picture, the missing picture is what to say
+            raise InvalidParameters(
+                f"form field(s) {others} not taken: the options go in the query "
+                f"(?style=...&size=...), the form holds the pictures only ({fields[0]!r})"
+            )
         return [await upload.read() for upload in uploads]
     finally:
         await form.close()

@@ -534,6 +534,21 @@ CASES = [
         "image-as-text-field", multipart(lambda: form(part("image", GOOD()))), 422, "missing_image"
     ),
     Case(
+        "option-as-form-field",
+        multipart(lambda: form(part("style", b"alpha"), part("image", GOOD(), "a.jpg"))),
+        422,
+        "invalid_parameters",
+    ),
+    Case(
+        "option-as-form-field-batch",
+        multipart(
+            lambda: form(part("images", GOOD(), "a.jpg"), part("size", b"64")),
+            route="/v1/stylize/batch",
+        ),
+        422,
+        "invalid_parameters",
+    ),
+    Case(
         "multipart-without-boundary",
         multipart(lambda: form(part("image", GOOD(), "a.jpg")), content_type="multipart/form-data"),
         400,
