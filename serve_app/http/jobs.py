@@ -24,7 +24,7 @@ from serve_app.http.openapi import (
     error_statuses,
 )
 from serve_app.http.params import (
-    API_KEY,
+    API_CHECKS,
     Owner,
     Service,
     StylizeQuery,
@@ -62,7 +62,7 @@ def _prefer_wait_s(prefer: str | None, most_s: float) -> float:
 @router.post(
     "/v1/jobs",
     status_code=202,
-    dependencies=API_KEY,
+    dependencies=API_CHECKS,
     summary="Submit a picture, animation or video as a job; follow it, fetch it",
     responses={
         200: {
@@ -125,7 +125,7 @@ async def submit_job_route(
 
 @router.get(
     "/v1/jobs",
-    dependencies=API_KEY,
+    dependencies=API_CHECKS,
     summary="The caller's jobs, newest first, a page at a time",
     responses=error_statuses(401, 403, 422, 500),
 )
@@ -149,7 +149,7 @@ async def list_jobs_route(
 
 @router.get(
     "/v1/jobs/{job_id}",
-    dependencies=API_KEY,
+    dependencies=API_CHECKS,
     summary="A job's state, progress and result description",
     responses=error_statuses(401, 404, 500),
 )
@@ -160,7 +160,7 @@ async def job_route(job_id: str, service: Service, owner: Owner) -> JobView:
 @router.get(
     "/v1/jobs/{job_id}/events",
     response_class=StreamingResponse,
-    dependencies=API_KEY,
+    dependencies=API_CHECKS,
     summary="Server-Sent Events: the job at each change, ending with its final state "
     "(the same events over a WebSocket at this path)",
     responses={
@@ -214,7 +214,7 @@ async def job_events_socket(websocket: WebSocket, job_id: str) -> None:
 @router.get(
     "/v1/jobs/{job_id}/result",
     response_class=Response,
-    dependencies=API_KEY,
+    dependencies=API_CHECKS,
     summary="A finished job's output; `Range` requests for video players",
     responses={
         200: {
@@ -252,7 +252,7 @@ async def job_result_route(
 
 @router.delete(
     "/v1/jobs/{job_id}",
-    dependencies=API_KEY,
+    dependencies=API_CHECKS,
     summary="Cancel a job and delete its files (its record stays, `cancelled`, until it expires)",
     responses=error_statuses(401, 404, 500),
 )

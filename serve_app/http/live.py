@@ -14,7 +14,7 @@ from fastapi import APIRouter, Depends, WebSocket, WebSocketDisconnect
 from serve_app.errors import ServiceError, UpgradeRequired
 from serve_app.http.openapi import error_statuses
 from serve_app.http.params import (
-    API_KEY,
+    API_CHECKS,
     Service,
     accept_socket,
     close_socket,
@@ -89,7 +89,7 @@ class _Socket:
     "/v1/live",
     status_code=UpgradeRequired.status,  # its one answer: there is no 200 to document
     response_model=None,
-    dependencies=API_KEY,
+    dependencies=API_CHECKS,
     summary="Live camera (a WebSocket): frames in, stylized frames out, the latest wins",
     description=PROTOCOL,
     responses=error_statuses(401, 422, 426),

@@ -9,7 +9,7 @@ from fastapi.responses import FileResponse, Response
 
 from serve_app.errors import ErrorBody, NotFound
 from serve_app.http.openapi import BINARY, error_statuses
-from serve_app.http.params import API_KEY, Service
+from serve_app.http.params import API_CHECKS, Service
 from serve_app.service.wire import (
     ExamplesResponse,
     HealthResponse,
@@ -28,7 +28,7 @@ EXAMPLE_CACHE_CONTROL = "public, max-age=3600"
 
 @router.get(
     "/v1/styles",
-    dependencies=API_KEY,
+    dependencies=API_CHECKS,
     summary="The styles served, the defaults and the limits",
     responses=error_statuses(401, 500),
 )
@@ -38,7 +38,7 @@ async def styles_route(service: Service) -> StylesResponse:
 
 @router.get(
     "/v1/stats",
-    dependencies=API_KEY,
+    dependencies=API_CHECKS,
     summary="Cache figures and one model replica's own report",
     responses=error_statuses(401, 500),
 )
@@ -48,7 +48,7 @@ async def stats_route(service: Service) -> StatsResponse:
 
 @router.get(
     "/v1/examples",
-    dependencies=API_KEY,
+    dependencies=API_CHECKS,
     summary="The example photos, and the styles each is warm for",
     responses=error_statuses(401, 500),
 )

@@ -59,7 +59,7 @@ def exact_query(connection: HTTPConnection) -> None:
 
 
 # What every /v1 route checks before its own work: the API key, then the query's names.
-API_KEY = [Depends(require_api_key), Depends(exact_query)]
+API_CHECKS = [Depends(require_api_key), Depends(exact_query)]
 
 
 def make_stylize_query(names: tuple[str, ...] | None = None) -> Callable[..., dict[str, Any]]:

@@ -17,7 +17,7 @@ from serve_app.http.openapi import (
     STYLIZE_ERRORS,
     multipart_body,
 )
-from serve_app.http.params import API_KEY, Service, StylizeQuery
+from serve_app.http.params import API_CHECKS, Service, StylizeQuery
 from serve_app.http.request_log import log_fields
 from serve_app.http.uploads import MULTIPART_OVERHEAD_BYTES, read_form_files, read_single_upload
 from serve_app.service.wire import BatchResponse
@@ -28,7 +28,7 @@ router = APIRouter()
 @router.post(
     "/v1/stylize",
     response_class=Response,
-    dependencies=API_KEY,
+    dependencies=API_CHECKS,
     summary="Stylize one picture",
     responses={
         200: {
@@ -64,7 +64,7 @@ async def stylize_route(request: Request, service: Service, query: StylizeQuery)
 @router.post(
     "/v1/stylize/batch",
     response_class=Response,
-    dependencies=API_KEY,
+    dependencies=API_CHECKS,
     summary="Stylize several pictures; each succeeds or fails alone",
     responses={200: {"model": BatchResponse}, **STYLIZE_ERRORS},
     openapi_extra={

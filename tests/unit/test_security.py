@@ -10,7 +10,7 @@ from fastapi.openapi.utils import get_openapi
 
 from serve_app.http import jobs, meta, stylize
 from serve_app.http.openapi import _declare_api_key
-from serve_app.http.params import API_KEY
+from serve_app.http.params import API_CHECKS
 from serve_app.http.security import enable_cors, key_is_valid, load_api_keys, origin_allowed
 
 ORIGIN = "https://a.test"
@@ -101,7 +101,7 @@ def test_cors_follows_the_routes_a_later_change_adds():
 
     @extra.put(
         "/v1/things/{name}",
-        dependencies=API_KEY,
+        dependencies=API_CHECKS,
         responses={200: {"headers": {"X-Thing-Version": {"schema": {"type": "string"}}}}},
     )
     async def put_thing(name: str, if_match: Annotated[str | None, Header()] = None) -> None:
