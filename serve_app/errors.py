@@ -267,6 +267,12 @@ class UpgradeRequired(ServiceError):
         return {"Upgrade": "websocket"}
 
 
+class TooManyJobs(ServiceError):
+    """The API key has ``jobs.max_active_per_key`` jobs queued or running on this replica."""
+
+    status, code, retry_after_s = 429, "too_many_jobs", 30
+
+
 class TooManyStreams(ServiceError):
     """The API key holds ``live.max_streams_per_key`` live streams on this replica."""
 

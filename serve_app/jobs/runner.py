@@ -32,6 +32,7 @@ from serve_app.concurrency import raise_if_cancelling, run_in_to_completion
 from serve_app.config import JobsConfig
 from serve_app.errors import QueueTimeout, ServiceError, StoreError, Timeout
 from serve_app.jobs.blobs import UPLOAD, BlobStore
+from serve_app.jobs.fair_slots import FairSlots
 from serve_app.jobs.record_store import RecordStore
 from serve_app.jobs.records import JobRecord, JobResultInfo, failed_changes
 from serve_app.media.frames import FrameCounts, MediaOutput
@@ -67,7 +68,7 @@ class RunContext:
     blobs: BlobStore
     io: Executor  # the store's threads: blob reads and writes
     runner_id: str
-    slots: asyncio.Semaphore
+    slots: FairSlots
     publish: Callable[[JobRecord], None]
     stylize: Stylize
     progress_of: ProgressOf | None
@@ -120,7 +121,7 @@ class JobRun:
                     output = await self._make()
                 finally:
                     self.running = False
-                    self.context.slots.release()
+                    self.context.slots.release(self.record.owner)
             finally:  # the last writes below end the lease: no beat may race them
                 beat.cancel()
                 await asyncio.gather(beat, return_exceptions=True)
@@ -139,7 +140,7 @@ class JobRun:
     async def _wait_for_slot(self) -> None:
         config = self.context.config
         left_s = config.queue_timeout_s - (time.time() - self.record.created_at)
-        if not await acquire_within(self.context.slots, left_s):
+        if not await self.context.slots.acquire_within(self.record.owner, left_s):
             raise QueueTimeout(
                 f"the job waited {config.queue_timeout_s:g} s for a place to run; submit it "
                 "again later"
@@ -413,23 +414,3 @@ def _frame_fields(counts: FrameCounts) -> dict[str, Any]:
         "frames_similar": counts.similar,
         "progress": min(counts.progress, 0.99),  # 1 once the result is stored
     }
-
-
-async def acquire_within(semaphore: asyncio.Semaphore, timeout_s: float) -> bool:
-    """``semaphore`` acquired within ``timeout_s`` (False: not, and nothing held)."""
-    acquiring = asyncio.ensure_future(semaphore.acquire())
-    try:
-        done, _ = await asyncio.wait({acquiring}, timeout=max(timeout_s, 0.0))
-    except asyncio.CancelledError:
-        acquiring.cancel()
-        if acquiring.done() and not acquiring.cancelled():
-            semaphore.release()  # acquired just as we were cancelled
-        raise
-    if done:
-        return True
-    acquiring.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await acquiring
-    if not acquiring.cancelled():
-        semaphore.release()  # acquired between the timeout and the cancel
-    return False

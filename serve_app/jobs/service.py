@@ -41,10 +41,12 @@ from serve_app.errors import (
     Overloaded,
     ServiceError,
     StoreError,
+    TooManyJobs,
     UnknownJob,
 )
 from serve_app.jobs.blobs import UPLOAD, BlobStore
 from serve_app.jobs.events import ChangeFeed, JobEvents
+from serve_app.jobs.fair_slots import FairSlots
 from serve_app.jobs.record_store import RecordStore
 from serve_app.jobs.records import (
     ANONYMOUS,
@@ -125,7 +127,7 @@ class JobService:
             blobs=self.blobs,
             io=self._io,
             runner_id=self.runner_id,
-            slots=asyncio.Semaphore(config.max_running),
+            slots=FairSlots(config.max_running),
             publish=self._events.publish,
             stylize=stylize,
             progress_of=progress_of,
@@ -196,12 +198,26 @@ class JobService:
             return record, False
         if self.runs.full:
             raise Overloaded("too many jobs waiting on this replica; retry shortly")
+        self._check_key_bound(submission)
         # Detached and shielded: a client that hangs up mid-way must not leave a record
         # whose upload was never stored or whose run never started.
         task = asyncio.ensure_future(self._create(submission))
         self._creating[twin] = task
         task.add_done_callback(lambda _: self._creating.pop(twin, None))
         return await asyncio.shield(task)
+
+    def _check_key_bound(self, submission: Submission) -> None:
+        """TooManyJobs (429) for a new job of a key at ``max_active_per_key`` here; a
+        resubmission of one of its jobs still finds that job."""
+        owner, bound = submission.owner, self._config.max_active_per_key
+        if owner == ANONYMOUS or self.runs.active(owner) < bound:
+            return
+        if self.runs.holds(owner, submission.idempotency_key, submission.content_key):
+            return
+        raise TooManyJobs(
+            f"this API key has {bound} jobs queued or running on this replica, the most it "
+            "may; submit more as they finish"
+        )
 
     async def _create(self, submission: Submission) -> tuple[JobRecord, bool]:
         config, now = self._config, time.time()

@@ -82,6 +82,7 @@ def owned_args(store, receiver: Receiver, **jobs) -> dict:
         jobs={
             "store_url": str(store),
             "max_queued": 200,
+            "max_active_per_key": 200,  # the listing test's hundred jobs of one key
             "webhooks": {"allow": [receiver.url], "first_retry_s": 0.2},
             **jobs,
         },
@@ -297,3 +298,32 @@ def test_an_expired_job_answers_404_with_its_own_code(owned, alice, receiver, tm
         time.sleep(0.5)
     assert response.status_code == 404 and response.json()["error"]["code"] == "job_expired"
     assert time.time() >= ended_at + TTL_S
+
+
+def test_api_keys_take_turns_at_the_places_and_each_has_a_bound(
+    owned, alice, bob, receiver, tmp_path
+):
+    jobs = {"max_running": 1, "max_active_per_key": 2}
+    deploy_owned(owned_args(tmp_path, receiver, **jobs), owned)
+    # Alice's first job runs a while (tiled), her second waits behind it.
+    slow = submit(alice, synthetic_jpeg(seed=71_100, width=640, height=480), size=LARGE)
+    assert slow.status_code == 202, slow.text
+    first = slow.json()["id"]
+    while alice.get(f"/v1/jobs/{first}").json()["state"] == "queued":
+        time.sleep(0.1)
+    small = [synthetic_jpeg(seed=71_101 + n, width=32, height=32) for n in range(3)]
+    queued = submit(alice, small[0], size=16)
+    assert queued.status_code == 202, queued.text
+    refused = submit(alice, small[1], size=16)
+    assert refused.status_code == 429 and refused.headers["retry-after"] == "30"
+    assert refused.json()["error"]["code"] == "too_many_jobs"
+    again = submit(alice, small[0], size=16)  # a resubmission finds her job
+    assert again.status_code in (200, 202) and again.json()["id"] == queued.json()["id"]
+    bobs = submit(bob, small[2], size=16)  # another key's bound is its own
+    assert bobs.status_code == 202, bobs.text
+    assert alice.delete(f"/v1/jobs/{first}").status_code == 200
+    hers = wait_done(alice, queued.json()["id"])
+    his = wait_done(bob, bobs.json()["id"])
+    assert hers["state"] == his["state"] == "done"
+    # The freed place went to Bob, whose job came after hers but who had had no turn.
+    assert his["started_at"] < hers["started_at"]

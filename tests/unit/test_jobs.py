@@ -17,12 +17,13 @@ from serve_app.errors import (
     JobNotDone,
     Overloaded,
     StoreFull,
+    TooManyJobs,
     UnknownJob,
     UnsupportedFormat,
 )
 from serve_app.http.jobs import sse_event
 from serve_app.jobs.blobs import UPLOAD
-from serve_app.jobs.records import JOB_ID, JobView
+from serve_app.jobs.records import ANONYMOUS, JOB_ID, JobView
 from serve_app.jobs.service import JobService
 from serve_app.options import StylizeOptions
 from tests.support.job_service import ALICE, BOB, OPTIONS, FakeStylize, submission, until
@@ -292,7 +293,7 @@ def test_a_job_whose_runner_died_is_taken_over_by_one_replica_and_finished(tmp_p
 
 def test_a_job_whose_runners_keep_dying_fails_with_a_code(tmp_path):
     async def scenario():
-        jobs = JobService(fast_config(tmp_path, max_attempts=2), FakeStylize())
+        jobs = JobService(fast_config(tmp_path, max_attempts=2), _held())
         record, _ = await jobs.submit(submission())
         await _die(jobs)
         await jobs.records.update(record.id, jobs.runner_id, {"attempts": 2, "lease_until": 0})
@@ -308,8 +309,18 @@ async def _stale(jobs: JobService, job_id: str) -> bool:
     return job_id in await jobs.records.stale(time.time(), 10)
 
 
+def _held() -> FakeStylize:
+    """A model call that never ends: a run dies at it, not in a record write (the Redis
+    client may swallow a cancellation that meets its reply)."""
+    stylize = FakeStylize()
+    stylize.gate = asyncio.Event()
+    return stylize
+
+
 async def _die(jobs: JobService) -> None:
-    """The replica's runs stop without a word (as when its process is killed)."""
+    """The replica's runs stop without a word (as when its process is killed), once they
+    are at the model."""
+    await jobs._context.stylize.started.wait()
     runs = list(jobs.runs)
     for job_run in runs:
         job_run.task.cancel()
@@ -318,7 +329,7 @@ async def _die(jobs: JobService) -> None:
 
 def test_a_takeover_without_the_upload_fails_clearly(tmp_path):
     async def scenario():
-        jobs = JobService(fast_config(tmp_path), FakeStylize())
+        jobs = JobService(fast_config(tmp_path), _held())
         record, _ = await jobs.submit(submission())
         await _die(jobs)
         jobs.blobs.delete(record.id, UPLOAD)
@@ -369,6 +380,71 @@ def test_a_queue_past_its_bound_answers_overloaded_and_waiting_has_a_deadline(tm
 
     waited = run(scenario)
     assert waited.state == "failed" and waited.error.code == "queue_timeout"
+
+
+class InTurn:
+    """A stylize call that ends when the test lets one through; the uploads in the order
+    their calls began."""
+
+    def __init__(self) -> None:
+        self.began: list[bytes] = []
+        self.go = asyncio.Semaphore(0)
+
+    async def __call__(self, data: bytes, options: StylizeOptions, timeout_s: float):
+        self.began.append(data)
+        await self.go.acquire()
+        return await FakeStylize()(data, options, timeout_s)
+
+
+def test_api_keys_with_backlogs_take_turns_at_the_places_to_run(tmp_path):
+    async def scenario():
+        stylize = InTurn()
+        jobs = service(tmp_path, stylize, max_running=1)
+        for data in (b"a1", b"a2", b"a3"):
+            await jobs.submit(submission(data, owner=ALICE))
+        await until(lambda: _began(stylize, 1))
+        for data in (b"b1", b"b2"):
+            await jobs.submit(submission(data, owner=BOB))
+        for count in range(2, 6):
+            stylize.go.release()
+            await until(lambda count=count: _began(stylize, count))
+        stylize.go.release()
+        return stylize.began
+
+    assert run(scenario) == [b"a1", b"b1", b"a2", b"b2", b"a3"]
+
+
+async def _active_below(jobs: JobService, owner: str, bound: int) -> bool:
+    return jobs.runs.active(owner) < bound
+
+
+async def _began(stylize: InTurn, count: int) -> bool:
+    return len(stylize.began) >= count
+
+
+def test_a_key_past_its_bound_of_active_jobs_answers_too_many_jobs(tmp_path):
+    async def scenario():
+        stylize = FakeStylize()
+        stylize.gate = asyncio.Event()
+        jobs = service(tmp_path, stylize, max_running=1, max_active_per_key=2)
+        first, _ = await jobs.submit(submission(b"one"))
+        await jobs.submit(submission(b"two"))
+        with pytest.raises(TooManyJobs) as refused:
+            await jobs.submit(submission(b"three"))
+        again, made = await jobs.submit(submission(b"one"))  # a resubmission finds its job
+        await jobs.submit(submission(b"three", owner=BOB))  # another key has its own bound
+        for n in range(3):  # so has no key (an open service)
+            await jobs.submit(submission(b"open-%d" % n, owner=ANONYMOUS))
+        stylize.gate.set()
+        await until(state_is(jobs, first.id, "done"))
+        await until(lambda: _active_below(jobs, ALICE, 2))  # the run has counted itself out
+        after, _ = await jobs.submit(submission(b"three"))  # room again
+        return refused.value, (again.id == first.id, made), after.state
+
+    refused, (same, made), after = run(scenario)
+    assert (refused.status, refused.code, refused.retry_after_s) == (429, "too_many_jobs", 30)
+    assert "2 jobs queued or running" in refused.message
+    assert same and not made and after in ("queued", "running", "done")
 
 
 def test_a_full_store_refuses_new_jobs_and_loses_nothing_stored(tmp_path):
