@@ -447,6 +447,22 @@ def test_a_key_past_its_bound_of_active_jobs_answers_too_many_jobs(tmp_path):
     assert same and not made and after in ("queued", "running", "done")
 
 
+def test_a_burst_of_one_key_s_submissions_at_once_stays_within_its_bound(tmp_path):
+    async def scenario():
+        stylize = FakeStylize()
+        stylize.gate = asyncio.Event()
+        jobs = service(tmp_path, stylize, max_running=1, max_active_per_key=3)
+        burst = [jobs.submit(submission(b"burst-%d" % n)) for n in range(8)]
+        outcomes = await asyncio.gather(*burst, return_exceptions=True)
+        stylize.gate.set()
+        return outcomes
+
+    outcomes = run(scenario)
+    made = [outcome for outcome in outcomes if not isinstance(outcome, BaseException)]
+    refused = [outcome for outcome in outcomes if isinstance(outcome, TooManyJobs)]
+    assert len(made) == 3 and len(refused) == 5
+
+
 def test_a_full_store_refuses_new_jobs_and_loses_nothing_stored(tmp_path):
     async def scenario():
         jobs = service(tmp_path, FakeStylize(), max_store_bytes=200_000)
