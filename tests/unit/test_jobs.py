@@ -519,7 +519,14 @@ async def _gone(jobs: JobService, job_id: str) -> bool:
 
 def test_concurrent_submissions_with_expiry_running_all_succeed(tmp_path):
     async def scenario():
-        jobs = service(tmp_path, FakeStylize(), ttl_s=0.05, sweep_interval_s=0.01, max_queued=500)
+        jobs = service(
+            tmp_path,
+            FakeStylize(),
+            ttl_s=0.05,
+            sweep_interval_s=0.01,
+            max_queued=500,
+            max_active_per_key=500,
+        )
         submissions = [jobs.submit(submission(f"p{i}".encode())) for i in range(200)]
         results = await asyncio.gather(*submissions, return_exceptions=True)
         return results
@@ -530,7 +537,7 @@ def test_concurrent_submissions_with_expiry_running_all_succeed(tmp_path):
 
 def test_listing_is_the_owners_newest_first_paginated_and_filtered(tmp_path):
     async def scenario():
-        jobs = service(tmp_path, FakeStylize(), max_queued=200)
+        jobs = service(tmp_path, FakeStylize(), max_queued=200, max_active_per_key=200)
         mine = [(await jobs.submit(submission(f"m{i}".encode())))[0] for i in range(105)]
         await jobs.submit(submission(b"theirs", owner=BOB))
         for record in mine:
