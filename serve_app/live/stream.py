@@ -173,9 +173,12 @@ class LiveStream:
         """A control message: a JSON object of options to change (``{"style": "hayao"}``),
         acknowledged with the options now in force; frames already received keep theirs."""
         try:
-            changes = json.loads(text)
+            changes = json.loads(text, object_pairs_hook=_without_repeats)
             if not isinstance(changes, dict):
                 raise ValueError("not an object")
+        except _Repeated as repeated:
+            await self._send_error(InvalidParameters(f"option {repeated} sent more than once"))
+            return
         except ValueError:
             await self._send_error(
                 InvalidParameters('a text message is a JSON object of options, e.g. {"style": ...}')
@@ -275,6 +278,19 @@ def options_view(options: StylizeOptions) -> dict[str, Any]:
 
 # The subprotocol a live client speaks (offered beside ``bearer.<key>``).
 LIVE_PROTOCOL = "animegan.live.v1"
+
+
+class _Repeated(Exception):
+    """A control message names an option twice (JSON would keep the last silently)."""
+
+
+def _without_repeats(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    names = [name for name, _ in pairs]
+    for name in names:
+        if names.count(name) > 1:
+            raise _Repeated(repr(name))
+    return dict(pairs)
+
 
 # What a live stream may set (at the start as query parameters, later by control message):
 # the picture's look and size. Its format follows each frame's, and there are no faces.

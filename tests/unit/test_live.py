@@ -200,7 +200,8 @@ def test_control_messages_change_the_options_for_the_next_frames():
         for text in ('{"style": "beta", "strength": 0.5}', "[1]", '{"portrait": "crop"}'):
             await transport.incoming.put(text)
         await transport.incoming.put('{"style": "nope"}')
-        await transport.wait_for(lambda m: isinstance(m, dict) and len(transport.sent) >= 4)
+        await transport.incoming.put('{"style": "alpha", "style": "beta"}')
+        await transport.wait_for(lambda m: isinstance(m, dict) and len(transport.sent) >= 5)
         await transport.incoming.put(b"f0")
         await frames.started.get()
         await frames.release.put(None)
@@ -210,13 +211,17 @@ def test_control_messages_change_the_options_for_the_next_frames():
         return transport
 
     transport = asyncio.run(scenario())
-    acknowledged, not_an_object, unknown, bad_style, frame = transport.headers()
+    acknowledged, not_an_object, unknown, bad_style, repeated, frame = transport.headers()
     assert acknowledged["options"]["style"] == "beta"
     assert acknowledged["options"]["strength"] == 0.5
     assert acknowledged["options"]["size"] == LiveConfig().default_size
     assert not_an_object["error"]["code"] == "invalid_parameters"
     assert unknown["error"]["code"] == "invalid_parameters"
     assert bad_style["error"]["code"] == "unknown_style"
+    assert repeated["error"] == {
+        "code": "invalid_parameters",
+        "message": "option 'style' sent more than once",
+    }
     assert frame["style"] == "beta"  # the last good options
 
 
