@@ -49,8 +49,9 @@ browser, as the subprotocol `bearer.<key>` beside `{LIVE_PROTOCOL}`.
   changes them for the next frames, answered with `{{"options": {{...}}}}` (or an error).
 - **Closing**: 4000 + the HTTP status the same request would get, with the reason
   `"<error code>: <message>"`: 4401 (no or a wrong API key), 4403 (a web page of another
-  site than the service's own and `cors_origins`), 4422 (a bad option), 4429 (the key's
-  streams on this replica are at `live.max_streams_per_key`), 4503 (the replica's at
+  site than the service's own and `cors_origins`), 4422 (a bad option, or a query
+  parameter unknown or sent twice), 4429 (the key's streams on this replica are at
+  `live.max_streams_per_key`), 4503 (the replica's at
   `live.max_streams`), 4408 (idle for `live.idle_timeout_s`, or not reading answers for
   `live.send_timeout_s`).
 
