@@ -285,11 +285,12 @@ class _Repeated(Exception):
 
 
 def _without_repeats(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    names = [name for name, _ in pairs]
-    for name in names:
-        if names.count(name) > 1:
+    options: dict[str, Any] = {}
+    for name, value in pairs:  # one pass: a message may hold many names
+        if name in options:
             raise _Repeated(repr(name))
-    return dict(pairs)
+        options[name] = value
+    return options
 
 
 # What a live stream may set (at the start as query parameters, later by control message):

@@ -129,11 +129,12 @@ def sniff_foreign_video(head: bytes) -> str | None:
 _STILL_ONLY_SIGNATURES = (b"\xff\xd8\xff", b"BM", b"II*\x00", b"MM\x00*")
 
 
-def may_move(head: bytes) -> bool:
+def may_move(data: bytes) -> bool:
     """False only for an upload that can be neither a video nor an animation: one whose
-    first bytes name a format holding one picture. Anything else may move, a bad upload
-    included (what a still picture's cache key may leave out rests on this)."""
-    return not head.startswith(_STILL_ONLY_SIGNATURES)
+    first bytes name a format holding one picture (only they are read). Anything else may
+    move, a bad upload included (what a still picture's cache key may leave out rests on
+    this)."""
+    return not data.startswith(_STILL_ONLY_SIGNATURES)
 
 
 def is_animated_picture(data_or_source: bytes | Source) -> bool:

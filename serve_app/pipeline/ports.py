@@ -84,7 +84,7 @@ class Model(Protocol):
 Animate = Callable[[bytes, StylizeOptions], Awaitable["CachedImage | None"]]
 """(upload, options) -> the stylized animation; None when the upload is a still picture."""
 MayMove = Callable[[bytes], bool]
-"""(an upload's first bytes) -> False when it can only be a still picture."""
+"""(an upload) -> False when its signature shows it can only be a still picture."""
 StylizeArray = Callable[..., Awaitable[StylizedArray]]
 """(rgb, style) -> the stylized array; the keyword ``on_progress`` (a ProgressSink), when
 given, hears how far the model is with a large picture."""

@@ -57,8 +57,6 @@ logger = logging.getLogger(__name__)
 # Hashing a large upload takes tens of ms: do it in a thread so hits and health checks
 # on the same event loop are not held up; small ones are cheaper than the thread hop.
 HASH_IN_THREAD_BYTES = 256 * 1024
-# What ``may_move`` reads of an upload: its signature.
-MOTION_SNIFF_BYTES = 16
 
 
 # After decoding a picture this large, hand the freed memory back to the OS: glibc keeps
@@ -114,9 +112,9 @@ class StylizePipeline:
         """``weights``: style -> the digest of the weights the config asks for.
         ``animate``: makes animated pictures (without it, an animation's first frame).
         ``executor``: the threads that decode and encode (default: the loop's).
-        ``may_move``: whether an upload may be a video or an animation, by its first
-        bytes (without it, any upload may, once ``animate`` is given); a still picture's
-        key leaves out the options only motion reads."""
+        ``may_move``: whether an upload may be a video or an animation, by its
+        signature (without it, any upload may, once ``animate`` is given); a still
+        picture's key leaves out the options only motion reads."""
         self._config = config
         self._executor = executor
         self._cache = cache
@@ -252,9 +250,7 @@ class StylizePipeline:
         background: ModelIdentity | None = None,
     ) -> str:
         """``result_key``, with a still picture's options as a still reads them."""
-        moving = self._animate is not None and (
-            self._may_move is None or self._may_move(data[:MOTION_SNIFF_BYTES])
-        )
+        moving = self._animate is not None and (self._may_move is None or self._may_move(data))
         return result_key(digest, options if moving else options.for_still(), identity, background)
 
     def _expected_background(self, options: StylizeOptions) -> ModelIdentity | None:
