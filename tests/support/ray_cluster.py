@@ -54,15 +54,25 @@ APP = "animegan"
 # --- ports ----------------------------------------------------------------------------
 
 
+# Every port handed out in this session: a port picked for one server and not bound yet
+# (a worker node's proxy, started after its node's own ports were picked) must not be
+# picked again for another (the kernel may offer a just-closed port anew).
+_HANDED_OUT: set[int] = set()
+
+
 def free_ports(count: int) -> list[int]:
-    """``count`` distinct ports free on 127.0.0.1 right now (held together while picked)."""
-    sockets = []
+    """``count`` distinct ports free on 127.0.0.1 right now (held together while picked),
+    none handed out before in this session."""
+    sockets, ports = [], []
     try:
-        for _ in range(count):
+        while len(ports) < count:
             sock = socket.socket()
             sock.bind((HOST, 0))
-            sockets.append(sock)
-        return [sock.getsockname()[1] for sock in sockets]
+            sockets.append(sock)  # held, so the kernel offers another port next
+            if sock.getsockname()[1] not in _HANDED_OUT:
+                ports.append(sock.getsockname()[1])
+        _HANDED_OUT.update(ports)
+        return ports
     finally:
         for sock in sockets:
             sock.close()
@@ -83,7 +93,9 @@ def free_port_range(size: int = 48, low: int = 20_000, high: int = 32_000) -> tu
     rng = random.SystemRandom()
     for _ in range(100):
         base = rng.randrange(low, high - size)
-        if all(_bindable(port) for port in range(base, base + size)):
+        run = range(base, base + size)
+        if _HANDED_OUT.isdisjoint(run) and all(_bindable(port) for port in run):
+            _HANDED_OUT.update(run)
             return base, base + size - 1
     raise RuntimeError(f"no {size} consecutive free ports in {low}..{high}")
 
