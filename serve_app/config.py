@@ -268,9 +268,10 @@ class JobsConfig(_Strict):
     max_active_per_key: int = Field(
         default=20,
         ge=1,
-        description="jobs one API key has queued or running on one ingress replica; past it "
-        "429 (`too_many_jobs`). Places to run go to the keys in turn, the key with the "
-        "fewest jobs running first; an open service has no per-key bound",
+        description="jobs one API key has queued or running in the job store (every ingress "
+        "replica that shares its record store together); past it 429 (`too_many_jobs`). "
+        "Places to run go to the keys in turn, the key with the fewest jobs running first; "
+        "an open service has no per-key bound",
     )
     queue_timeout_s: float = Field(
         default=1800, gt=0, description="a job waiting longer to start fails `queue_timeout`"

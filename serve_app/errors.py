@@ -268,7 +268,7 @@ class UpgradeRequired(ServiceError):
 
 
 class TooManyJobs(ServiceError):
-    """The API key has ``jobs.max_active_per_key`` jobs queued or running on this replica."""
+    """The API key has ``jobs.max_active_per_key`` jobs queued or running in the job store."""
 
     status, code, retry_after_s = 429, "too_many_jobs", 30
 

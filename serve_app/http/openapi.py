@@ -30,7 +30,7 @@ ERROR_DESCRIPTIONS = {
     422: "a bad parameter, or no picture in the multipart body (a refused webhook, a reused "
     "Idempotency-Key)",
     426: "a WebSocket route asked for with plain HTTP",
-    429: "the API key has as many jobs queued or running on this replica as it may; retry "
+    429: "the API key has as many jobs queued or running as it may; retry "
     "after Retry-After seconds",
     500: "a bug; the server log has the traceback",
     503: "at capacity, the model could not answer, the job store is unavailable, or (/readyz) "

@@ -32,20 +32,32 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
-from serve_app.errors import StoreFull
+from serve_app.errors import StoreFull, TooManyJobs
 from serve_app.jobs.records import ACTIVE_STATES, JobRecord
 
 T = TypeVar("T")
 
 
+def too_many_jobs(bound: int) -> TooManyJobs:
+    return TooManyJobs(
+        f"this API key has {bound} jobs queued or running, the most it may; submit more as "
+        "they finish"
+    )
+
+
 class RecordStore(Protocol):
     async def create(
-        self, record: JobRecord, find_same_content: bool, max_bytes: int
+        self,
+        record: JobRecord,
+        find_same_content: bool,
+        max_bytes: int,
+        max_active: int | None = None,
     ) -> tuple[JobRecord, bool]:
         """Insert ``record`` (reserving its ``reserved_bytes``), unless its owner already
         has a job for its idempotency key, or (``find_same_content``) a live job for its
-        content key: then that job, and False. Raises StoreFull when the reservation
-        would pass ``max_bytes``."""
+        content key: then that job, and False. Raises TooManyJobs when the owner already
+        has ``max_active`` jobs queued or running (or being made) in the store, and
+        StoreFull when the reservation would pass ``max_bytes``."""
 
     async def get(self, job_id: str) -> JobRecord | None: ...
 
@@ -238,17 +250,28 @@ class SqliteRecords:
     # --- the operations ------------------------------------------------------------------
 
     async def create(
-        self, record: JobRecord, find_same_content: bool, max_bytes: int
+        self,
+        record: JobRecord,
+        find_same_content: bool,
+        max_bytes: int,
+        max_active: int | None = None,
     ) -> tuple[JobRecord, bool]:
-        return await self._run(self._create, record, find_same_content, max_bytes)
+        return await self._run(self._create, record, find_same_content, max_bytes, max_active)
 
     def _create(
-        self, record: JobRecord, find_same_content: bool, max_bytes: int
+        self, record: JobRecord, find_same_content: bool, max_bytes: int, max_active: int | None
     ) -> tuple[JobRecord, bool]:
         with self._transaction() as db:
             existing = self._existing(db, record, find_same_content)
             if existing is not None:
                 return existing, False
+            if max_active is not None:
+                (active,) = db.execute(
+                    "SELECT COUNT(*) FROM jobs WHERE owner = ? AND state IN ('queued', 'running')",
+                    (record.owner,),
+                ).fetchone()
+                if active >= max_active:
+                    raise too_many_jobs(max_active)
             used = db.execute("SELECT value FROM counters WHERE name = 'usage'").fetchone()[0]
             if used + record.reserved_bytes > max_bytes:
                 raise StoreFull(

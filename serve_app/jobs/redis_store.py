@@ -35,7 +35,7 @@ from redis.exceptions import RedisError, WatchError
 from serve_app.concurrency import raise_if_cancelling
 from serve_app.errors import StoreError, StoreFull
 from serve_app.jobs.events import Deliver
-from serve_app.jobs.record_store import EXPIRED_MEMORY_S
+from serve_app.jobs.record_store import EXPIRED_MEMORY_S, too_many_jobs
 from serve_app.jobs.records import ACTIVE_STATES, JobRecord
 from serve_app.jobs.stores import shown_url
 
@@ -70,6 +70,27 @@ for i = 4, #ARGV do
 end
 return lost
 """
+
+
+# Holds a place among an owner's active jobs for one job being made, atomically: counts
+# the owner's queued and running jobs and the places held (a place not given back by its
+# deadline, its maker died, lapses). Returns 1 when the place is held, 0 at the bound.
+_HOLD_ACTIVE_PLACE = """
+local making, now, bound = KEYS[#KEYS], ARGV[1], tonumber(ARGV[2])
+local job_id, deadline = ARGV[3], ARGV[4]
+redis.call('ZREMRANGEBYSCORE', making, '-inf', now)
+local active = redis.call('ZCARD', making)
+for i = 1, #KEYS - 1 do
+  active = active + redis.call('ZCARD', KEYS[i])
+end
+if active >= bound then
+  return 0
+end
+redis.call('ZADD', making, deadline, job_id)
+return 1
+"""
+# How long a held place outlives a maker that never gave it back (its process died).
+MAKING_DEADLINE_S = 60.0
 
 
 def _key(*parts: str) -> str:
@@ -173,13 +194,24 @@ class RedisRecords:
     # --- the operations ------------------------------------------------------------------
 
     async def create(
-        self, record: JobRecord, find_same_content: bool, max_bytes: int
+        self,
+        record: JobRecord,
+        find_same_content: bool,
+        max_bytes: int,
+        max_active: int | None = None,
     ) -> tuple[JobRecord, bool]:
         idem = _key("idem", record.owner, record.idempotency_key or "")
         content = _key("content", record.owner, record.content_key)
         usage = _key("usage")
-        # The space first, atomically (INCRBY), so that concurrent submissions never
-        # queue behind one watched counter; given back unless the job is made.
+        making = _key("making", record.owner)
+        # The owner's place and the space first, each atomic (a script, INCRBY), so that
+        # concurrent submissions never queue behind one watched key; given back unless
+        # the job is made.
+        if max_active is not None and not await self._hold_active_place(record, max_active):
+            existing = await self._call(self._existing, record, idem, content, find_same_content)
+            if existing is None:
+                raise too_many_jobs(max_active)
+            return existing, False
         used = await self._call(self._redis.incrby, usage, record.reserved_bytes)
         made = False
         try:
@@ -190,20 +222,16 @@ class RedisRecords:
                 )
 
             async def body(pipe: Any) -> tuple[JobRecord, bool]:
-                if record.idempotency_key:
-                    existing = await self._pointed(pipe, idem)
-                    if existing is not None:
-                        return existing, False
-                if find_same_content:
-                    existing = await self._pointed(pipe, content)
-                    if existing is not None and existing.state in ("queued", "running", "done"):
-                        return existing, False
+                existing = await self._existing(record, idem, content, find_same_content, pipe)
+                if existing is not None:
+                    return existing, False
                 pipe.multi()
                 stored = record.model_copy()
                 self._queue_write(pipe, stored, None)
                 pipe.set(content, record.id)
                 if record.idempotency_key:
                     pipe.set(idem, record.id)
+                pipe.zrem(making, record.id)
                 return stored, True
 
             stored, made = await self._transaction([idem, content], body)
@@ -211,6 +239,45 @@ class RedisRecords:
         finally:
             if not made:
                 await self._call(self._redis.decrby, usage, record.reserved_bytes)
+                if max_active is not None:
+                    await self._call(self._redis.zrem, making, record.id)
+
+    async def _hold_active_place(self, record: JobRecord, bound: int) -> bool:
+        active = [_key("owner-state", record.owner, state) for state in sorted(ACTIVE_STATES)]
+        now = time.time()
+        keys = [*active, _key("making", record.owner)]
+        held = await self._call(
+            self._redis.eval,
+            _HOLD_ACTIVE_PLACE,
+            len(keys),
+            *keys,
+            now,
+            bound,
+            record.id,
+            now + MAKING_DEADLINE_S,
+        )
+        return bool(held)
+
+    async def _existing(
+        self,
+        record: JobRecord,
+        idem: str,
+        content: str,
+        find_same_content: bool,
+        pipe: Any = None,
+    ) -> JobRecord | None:
+        """The owner's job a submission finds again: by its idempotency key, or (with
+        ``find_same_content``) a live or finished job for its content."""
+        reader = self._redis if pipe is None else pipe
+        if record.idempotency_key:
+            existing = await self._pointed(reader, idem)
+            if existing is not None:
+                return existing
+        if find_same_content:
+            existing = await self._pointed(reader, content)
+            if existing is not None and existing.state in ("queued", "running", "done"):
+                return existing
+        return None
 
     async def _pointed(self, pipe: Any, key: str) -> JobRecord | None:
         job_id = await pipe.get(key)

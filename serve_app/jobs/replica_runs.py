@@ -51,25 +51,6 @@ class ReplicaRuns:
         config = self._context.config
         return len(self._runs) >= config.max_running + config.max_queued
 
-    def active(self, owner: str) -> int:
-        """``owner``'s jobs queued or running here (a finished one's run may still be
-        deleting its upload)."""
-        return sum(
-            run.record.owner == owner and not run.finished_here for run in self._runs.values()
-        )
-
-    def holds(self, owner: str, idempotency_key: str | None, content_key: str) -> bool:
-        """Whether one of ``owner``'s jobs here is one a submission would find again (by
-        its content, or by its idempotency key)."""
-        return any(
-            run.record.owner == owner
-            and (
-                run.record.content_key == content_key
-                or (idempotency_key is not None and run.record.idempotency_key == idempotency_key)
-            )
-            for run in self._runs.values()
-        )
-
     def figures(self) -> dict[str, int]:
         running = sum(run.running for run in self._runs.values())
         return {"running": running, "queued": len(self._runs) - running}

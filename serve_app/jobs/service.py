@@ -41,7 +41,6 @@ from serve_app.errors import (
     Overloaded,
     ServiceError,
     StoreError,
-    TooManyJobs,
     UnknownJob,
 )
 from serve_app.jobs.blobs import UPLOAD, BlobStore
@@ -198,29 +197,12 @@ class JobService:
             return record, False
         if self.runs.full:
             raise Overloaded("too many jobs waiting on this replica; retry shortly")
-        self._check_key_bound(submission)
         # Detached and shielded: a client that hangs up mid-way must not leave a record
         # whose upload was never stored or whose run never started.
         task = asyncio.ensure_future(self._create(submission))
         self._creating[twin] = task
         task.add_done_callback(lambda _: self._creating.pop(twin, None))
         return await asyncio.shield(task)
-
-    def _check_key_bound(self, submission: Submission) -> None:
-        """TooManyJobs (429) for a new job of a key at ``max_active_per_key`` here; a
-        resubmission of one of its jobs still finds that job."""
-        owner, bound = submission.owner, self._config.max_active_per_key
-        if owner == ANONYMOUS:
-            return
-        being_made = sum(maker == owner for maker, _ in self._creating)  # a burst at once
-        if self.runs.active(owner) + being_made < bound:
-            return
-        if self.runs.holds(owner, submission.idempotency_key, submission.content_key):
-            return
-        raise TooManyJobs(
-            f"this API key has {bound} jobs queued or running on this replica, the most it "
-            "may; submit more as they finish"
-        )
 
     async def _create(self, submission: Submission) -> tuple[JobRecord, bool]:
         config, now = self._config, time.time()
@@ -245,7 +227,11 @@ class JobService:
             webhook=submission.webhook,
         )
         stored, created = await self.records.create(
-            record, find_same_content=bool(submission.owner), max_bytes=config.max_store_bytes
+            record,
+            find_same_content=bool(submission.owner),
+            max_bytes=config.max_store_bytes,
+            # An open service has one owner: no per-key bound.
+            max_active=None if submission.owner == ANONYMOUS else config.max_active_per_key,
         )
         if not created:
             if stored.content_key != record.content_key:

@@ -10,6 +10,8 @@ import time
 import pytest
 
 from serve_app.config import JobsConfig
+from serve_app.errors import TooManyJobs
+from serve_app.jobs import redis_store
 from serve_app.jobs.events import JobEvents
 from serve_app.jobs.records import JobRecord, new_job_id
 from serve_app.jobs.stores import open_record_store
@@ -109,3 +111,60 @@ def test_a_write_that_changes_nothing_public_is_no_event():
     first, second = asyncio.run(scenario())
     assert first.updated_at == 1.0
     assert (second.state, second.updated_at) == ("running", 3.0)
+
+
+def _owned_job(owner: str, content_key: str = "") -> JobRecord:
+    record = queued_job()
+    record.owner, record.content_key = owner, content_key or record.id
+    return record
+
+
+def test_an_owner_s_bound_of_active_jobs_holds_across_every_replica_of_the_store(config, tmp_path):
+    """Two replicas (two openings of one store) and a burst at once: never more than the
+    bound active; a resubmission still finds its job; a finished job frees its place."""
+
+    async def scenario():
+        replicas = [open_record_store(config, tmp_path / "jobs")[0] for _ in range(2)]
+        try:
+            create = [store.create for store in replicas]
+            burst = [create[n % 2](_owned_job("alice"), True, ROOMY, 3) for n in range(10)]
+            outcomes = await asyncio.gather(*burst, return_exceptions=True)
+            made = [o[0] for o in outcomes if not isinstance(o, BaseException)]
+            refused = [o for o in outcomes if isinstance(o, TooManyJobs)]
+            again = _owned_job("alice", content_key=made[0].content_key)
+            found, found_made = await create[1](again, True, ROOMY, 3)
+            _, other_made = await create[1](_owned_job("bob"), True, ROOMY, 3)
+            await replicas[0].finish(made[0].id, RUNNER, {"state": "done"})
+            _, after_made = await create[1](_owned_job("alice"), True, ROOMY, 3)
+            same = found.id == made[0].id
+            return len(made), len(refused), same, found_made, other_made, after_made
+        finally:
+            for store in replicas:
+                await store.close()
+
+    made, refused, same, found_made, other_made, after_made = asyncio.run(scenario())
+    assert (made, refused) == (3, 7)
+    assert same and not found_made  # the owner's own job, found at the bound
+    assert other_made and after_made  # another owner's bound; room again after a finish
+
+
+def test_a_place_held_by_a_maker_that_died_lapses(redis_server, tmp_path, monkeypatch):
+    """Redis holds a place for each job being made (SQLite makes a job in one transaction):
+    one never given back, its maker gone, lapses after its deadline."""
+    monkeypatch.setattr(redis_store, "MAKING_DEADLINE_S", 0.2)
+    redis_server.flush()
+    config = JobsConfig(store_url=str(tmp_path / "jobs"), records_url=redis_server.url)
+
+    async def scenario():
+        store, _ = open_record_store(config, tmp_path / "jobs")
+        try:
+            held = await store._hold_active_place(_owned_job("alice"), 1)  # then "dies"
+            with pytest.raises(TooManyJobs):
+                await store.create(_owned_job("alice"), True, ROOMY, max_active=1)
+            await asyncio.sleep(0.3)
+            _, made = await store.create(_owned_job("alice"), True, ROOMY, max_active=1)
+            return held, made
+        finally:
+            await store.close()
+
+    assert asyncio.run(scenario()) == (True, True)
