@@ -14,6 +14,7 @@ from fastapi.staticfiles import StaticFiles
 
 from serve_app.http import jobs, live, meta, stylize
 from serve_app.http.errors import install_error_handlers
+from serve_app.http.head import head_router
 from serve_app.http.openapi import openapi_document
 from serve_app.http.request_log import RequestContextMiddleware
 from serve_app.http.security import enable_cors, load_api_keys
@@ -42,6 +43,8 @@ def create_app(service: AnimeService) -> FastAPI:
     app.mount("/static", StaticFiles(directory=WEB_DIR, check_dir=False), name="static")
     for router in ROUTERS:
         app.include_router(router)
+    # Not the event stream (its answer never ends) nor the live socket's plain-HTTP path.
+    app.include_router(head_router(ROUTERS, without=(jobs.job_events_route, live.live_route)))
     enable_cors(app, config.cors_origins)  # over the routes' methods and headers
 
     def openapi() -> dict:

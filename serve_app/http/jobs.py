@@ -228,7 +228,7 @@ async def job_events_socket(websocket: WebSocket, job_id: str) -> None:
 )
 async def job_result_route(
     job_id: str, request: Request, service: Service, owner: Owner
-) -> StreamingResponse:
+) -> Response:
     jobs = service.jobs
     record = await jobs.finished(job_id, owner)
     size = record.result.bytes
@@ -244,6 +244,8 @@ async def job_result_route(
     if wanted is not None:
         status = 206
         headers["Content-Range"] = content_range(first, last, size)
+    if request.method == "HEAD":  # the headers alone: no bytes read from the store
+        return Response(status_code=status, media_type=record.result.media_type, headers=headers)
     chunks = jobs.result_chunks(record, first, last, RESULT_CHUNK_BYTES)
     return StreamingResponse(
         chunks, status_code=status, media_type=record.result.media_type, headers=headers

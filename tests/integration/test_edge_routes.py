@@ -348,3 +348,35 @@ def test_every_operation_is_counted_under_its_route_in_the_request_metrics(
     assert paths | set(sockets) <= routes, sorted(paths - routes)
     job_urls = {route for route in routes if "0" * 32 in route}
     assert not job_urls, job_urls
+
+
+def test_every_get_operation_answers_head_through_the_edge(edge, client):
+    """HEAD on each GET operation: the GET's status and type, no body, from the service
+    through the edge (Serve's proxy and nginx send no body either: the connection serves
+    the next request); an event stream, whose answer never ends, refuses HEAD (405)."""
+    values = path_values(client, finished_job(client, seed=424_275))
+    walked, failures = [], []
+    for operation in operations(client):
+        documented = operation.spec["responses"]
+        if operation.method != "get" or not any(s.startswith("2") for s in documented):
+            continue  # GET /v1/live: a WebSocket's path
+        url = request_for(operation, values)["url"]
+        request_id = new_id("head")
+        get = client.get(url, headers=keyed({"Accept-Encoding": "identity"}))
+        head = client.head(url, headers=keyed({"X-Request-ID": request_id}))
+        streams = "text/event-stream" in documented["200"].get("content", {})
+        try:
+            answered_by_the_service(edge, operation, request_id, head.status_code)
+            assert head.content == b"", f"{operation}: a body on HEAD"
+            if streams:
+                assert head.status_code == 405, f"{operation}: {head.status_code}"
+                continue
+            assert head.status_code == get.status_code, f"{operation}: {head.status_code}"
+            assert head.headers["content-type"] == get.headers["content-type"], str(operation)
+            if "content-length" in head.headers:
+                assert int(head.headers["content-length"]) == len(get.content), str(operation)
+            walked.append(operation.path)
+        except AssertionError as failure:
+            failures.append(str(failure))
+    assert not failures, "\n".join(failures)
+    assert "/v1/jobs/{job_id}/result" in walked and len(walked) >= 8, walked

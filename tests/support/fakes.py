@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import numpy as np
 
+from serve_app.config import AppConfig
 from serve_app.model.identity import ModelIdentity, StylizedArray
 from serve_app.pipeline.lru import ByteBoundedLRU, CachedImage
+from serve_app.service.service import AnimeService
 
 RANDOM_WEIGHTS = "random-seed-0:align_corners=True"
 FAKE_RUNTIME = "cpu/fake"
@@ -51,3 +53,16 @@ class LocalCache:
     async def stats(self) -> dict:
         figures = self.shared.stats().to_dict()
         return {"shared": figures, "local": figures, "errors": 0, "shards": 1, "shards_answered": 1}
+
+
+def small_service(jobs_dir: str) -> AnimeService:
+    """The whole service over the stand-ins: one style ("alpha"), 64 px by default, its
+    jobs in ``jobs_dir``."""
+    config = AppConfig.model_validate(
+        {
+            "styles": [{"name": "alpha", "weights": "random"}],
+            "default_size": 64,
+            "jobs": {"store_url": jobs_dir},
+        }
+    )
+    return AnimeService(config, InvertingModel(["alpha"]), LocalCache(), {"alpha": RANDOM_WEIGHTS})

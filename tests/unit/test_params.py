@@ -9,10 +9,8 @@ import warnings
 import pytest
 from fastapi.routing import APIRoute
 
-from serve_app.config import AppConfig
 from serve_app.http.app import ROUTERS, create_app
-from serve_app.service.service import AnimeService
-from tests.support.fakes import RANDOM_WEIGHTS, InvertingModel, LocalCache
+from tests.support.fakes import small_service
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")  # starlette's deprecation note about httpx
@@ -21,16 +19,7 @@ with warnings.catch_warnings():
 
 @pytest.fixture(scope="module")
 def client(tmp_path_factory):
-    config = AppConfig.model_validate(
-        {
-            "styles": [{"name": "alpha", "weights": "random"}],
-            "default_size": 64,
-            "jobs": {"store_url": str(tmp_path_factory.mktemp("jobs"))},
-        }
-    )
-    service = AnimeService(
-        config, InvertingModel(["alpha"]), LocalCache(), {"alpha": RANDOM_WEIGHTS}
-    )
+    service = small_service(str(tmp_path_factory.mktemp("jobs")))
     with TestClient(create_app(service)) as client:
         yield client
 
