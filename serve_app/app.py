@@ -12,8 +12,8 @@ from ray.serve import Application
 
 from serve_app.config import AppConfig, StyleConfig
 from serve_app.ingress import Ingress
-from serve_app.model.stylizer import Stylizer, weights_identity
-from serve_app.model.weights import is_random_digest, resolve_weights
+from serve_app.model.deployment import Stylizer
+from serve_app.model.weights import is_random_digest, resolve_weights, weights_identity
 
 logger = logging.getLogger(__name__)
 

@@ -3,28 +3,31 @@ Serve handles.
 
 The routes live in ``serve_app/http`` and the logic in ``serve_app/service``; this class
 only builds the service over the Ray-backed model client and result cache, and offers
-the Python handle API (the same operations as the routes, with the same errors).
+the Python handle API (the same operations as the routes, with the same errors). Like the
+model deployment's module, it imports neither torch nor the media stack until a replica
+starts.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from fastapi import FastAPI
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
 from serve_app.config import AppConfig
-from serve_app.http.app import create_app
 from serve_app.http.request_log import ingress_metrics
 from serve_app.jobs.records import JobList, JobView, owner_of
-from serve_app.jobs.service import JobOutput
 from serve_app.metrics import JobMetrics, LiveMetrics
 from serve_app.model_client import ModelClient
 from serve_app.pipeline.cache_client import CacheClient
-from serve_app.pipeline.results import StylizeResult
 from serve_app.replica_logging import log_through_serve
-from serve_app.service.service import AnimeService
+
+if TYPE_CHECKING:
+    from fastapi import FastAPI
+
+    from serve_app.jobs.service import JobOutput
+    from serve_app.pipeline.results import StylizeResult
 
 
 # An event stream holds a place as long as its job lasts: room for many followers beside
@@ -34,6 +37,10 @@ from serve_app.service.service import AnimeService
 class Ingress:
     def __init__(self, stylizer: DeploymentHandle, config: AppConfig, weights: dict[str, str]):
         """``weights``: style name -> the digest of its configured weights."""
+        # The service's stack (the routes, PyAV, Pillow) is imported here, in the replica:
+        # building the app imports this module on every deploy's way to its first replica.
+        from serve_app.service.service import AnimeService
+
         log_through_serve()
         self._service = AnimeService(
             config,
@@ -48,6 +55,8 @@ class Ingress:
 
     def __serve_build_asgi_app__(self) -> FastAPI:
         """Serve calls it once the service is composed: the routes answer with it."""
+        from serve_app.http.app import create_app
+
         return create_app(self._service)
 
     # --- the Python handle API ---------------------------------------------------------

@@ -1,4 +1,5 @@
-"""The model deployment: every style loaded once per replica, requests batched dynamically.
+"""The model replica: every style loaded once, requests batched dynamically (the Serve
+deployment, ``deployment.py``, builds one per replica).
 
 A request is a validated, resized RGB array (from ``imaging.py``); the answer is the
 stylized array plus figures about the batch that computed it. Encoding, caching and
@@ -43,7 +44,12 @@ from serve_app.model.pass_sizes import PassSizes
 from serve_app.model.runtime_sharing import RuntimeSettings, decide_runtime
 from serve_app.model.runtimes import runtime_identity
 from serve_app.model.tiling import TiledGenerator, TileSettings, step_count
-from serve_app.model.weights import ResolvedWeights, load_generator_for, resolve_weights
+from serve_app.model.weights import (
+    ResolvedWeights,
+    load_generator_for,
+    resolve_weights,
+    weights_identity,
+)
 from serve_app.replica_logging import log_through_serve
 
 logger = logging.getLogger(__name__)
@@ -62,13 +68,6 @@ class PassOutcome(NamedTuple):
     result: np.ndarray | Exception
     seconds: float  # the whole pass's
     pass_size: int  # pictures in that pass
-
-
-def weights_identity(weights: ResolvedWeights, align_corners: bool | None) -> str:
-    """What identifies a style's output function: the weights' bytes and the upsampling mode."""
-    if align_corners is None:
-        align_corners = True if weights.align_corners is None else weights.align_corners
-    return f"{weights.digest}:align_corners={align_corners}"
 
 
 def tile_settings(tiling: TilingConfig) -> TileSettings:
@@ -113,8 +112,10 @@ def check_model_input(rgb: object, style: str, models: dict[str, StyleModel]) ->
         )
 
 
-@serve.deployment(max_ongoing_requests=16)
-class Stylizer:
+class ModelReplica:
+    """What a Stylizer replica runs (``deployment.py`` is the Serve deployment over it):
+    every style loaded once, requests batched dynamically, tiles and frames in turn."""
+
     def __init__(self, config: AppConfig):
         log_through_serve()
         self._threads = replica_cpu_count()
@@ -220,7 +221,7 @@ class Stylizer:
 
     async def stylize(self, rgb: np.ndarray, style: str) -> StylizedArray:
         """One (H, W, 3) uint8 array -> its stylized twin. Raises ValueError for a bad item."""
-        if self.is_tiled(rgb):
+        if self._is_tiled(rgb):
             return await self._run_tiled(rgb, style, time.perf_counter())
         result = await self._run_batch(rgb, style, time.perf_counter())
         if isinstance(result, Exception):
@@ -348,7 +349,7 @@ class Stylizer:
         self._metrics.inference_ms.observe(seconds * 1e3, tags={"style": style})
         return [PassOutcome(rgb, seconds, len(images)) for rgb in outputs]
 
-    def is_tiled(self, rgb: object) -> bool:
+    def _is_tiled(self, rgb: object) -> bool:
         """Whether a picture goes through the model in tiles (more than max_whole_pixels)."""
         shape = getattr(rgb, "shape", ())
         return len(shape) == 3 and shape[0] * shape[1] > self._tiling.max_whole_pixels
@@ -358,7 +359,7 @@ class Stylizer:
     ) -> AsyncIterator[tuple[int, int] | StylizedArray]:
         """``stylize`` as a stream: (steps done, steps in all) after each forward pass of
         a tiled picture, then the stylized array (a small picture: the array alone)."""
-        if not self.is_tiled(rgb):
+        if not self._is_tiled(rgb):
             yield await self.stylize(rgb, style)
             return
         async for item in self._tiled_steps(rgb, style, time.perf_counter()):

@@ -210,6 +210,13 @@ class ResolvedWeights:
         return self.kind == "random"
 
 
+def weights_identity(weights: ResolvedWeights, align_corners: bool | None) -> str:
+    """What identifies a style's output function: the weights' bytes and the upsampling mode."""
+    if align_corners is None:
+        align_corners = True if weights.align_corners is None else weights.align_corners
+    return f"{weights.digest}:align_corners={align_corners}"
+
+
 def is_random_digest(digest: str) -> bool:
     """Whether a weights digest (see ResolvedWeights.digest) names untrained weights."""
     return digest.startswith(RANDOM_DIGEST_PREFIX)

@@ -23,7 +23,7 @@ from serve_app.app import style_digest
 from serve_app.config import AppConfig
 from serve_app.ingress import Ingress
 from serve_app.model import weights
-from serve_app.model.stylizer import Stylizer
+from serve_app.model.deployment import Stylizer
 
 REGISTRY_ARG = "test_registry"
 
