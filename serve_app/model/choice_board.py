@@ -80,6 +80,11 @@ class RayChoiceBoard:
         self.name = name
         self._handle: ActorHandle | None = None
 
+    def open(self) -> None:
+        """Find or create the actor now (without waiting for its process to start)."""
+        if self._handle is None:
+            self._handle = get_or_create_board(self.name)
+
     def lookup(self, key: str) -> Mapping[str, Any] | None:
         return self._call("lookup", key)
 
@@ -87,8 +92,7 @@ class RayChoiceBoard:
         return self._call("publish", key, dict(record))
 
     def _call(self, method: str, *args: Any) -> Any:
-        if self._handle is None:
-            self._handle = get_or_create_board(self.name)
+        self.open()
         return ray.get(getattr(self._handle, method).remote(*args), timeout=BOARD_TIMEOUT_S)
 
 

@@ -16,6 +16,7 @@ import numpy as np
 from ray import serve
 
 from serve_app.config import AppConfig
+from serve_app.model.choice_board import replica_choice_board
 from serve_app.model.identity import ModelIdentity, StylizedArray
 
 if TYPE_CHECKING:
@@ -25,9 +26,12 @@ if TYPE_CHECKING:
 @serve.deployment(max_ongoing_requests=16)
 class Stylizer:
     def __init__(self, config: AppConfig):
+        board = replica_choice_board()
+        if board is not None:
+            board.open()  # on a fresh cluster its actor's process starts during the import
         from serve_app.model.stylizer import ModelReplica  # torch: in the replica only
 
-        self._model: ModelReplica = ModelReplica(config)
+        self._model: ModelReplica = ModelReplica(config, board)
 
     def reconfigure(self, user_config: dict) -> None:
         self._model.reconfigure(user_config)

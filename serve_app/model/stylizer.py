@@ -36,7 +36,7 @@ from serve_app.config import (
 )
 from serve_app.metrics import ModelMetrics
 from serve_app.model import tensors
-from serve_app.model.choice_board import replica_choice_board
+from serve_app.model.choice_board import RayChoiceBoard
 from serve_app.model.generator import StyleModel
 from serve_app.model.identity import ModelIdentity, StylizedArray
 from serve_app.model.kept_choices import KeptChoices, kept_choices_path
@@ -116,7 +116,8 @@ class ModelReplica:
     """What a Stylizer replica runs (``deployment.py`` is the Serve deployment over it):
     every style loaded once, requests batched dynamically, tiles and frames in turn."""
 
-    def __init__(self, config: AppConfig):
+    def __init__(self, config: AppConfig, board: RayChoiceBoard | None = None):
+        """``board``: the deployment's runtime choices (None outside Serve: decide alone)."""
         log_through_serve()
         self._threads = replica_cpu_count()
         torch.set_num_threads(self._threads)
@@ -132,7 +133,7 @@ class ModelReplica:
             RuntimeSettings.of(config, identities),
             self._threads,
             lambda: [load_generator_for(weights[s.name], s.align_corners) for s in config.styles],
-            replica_choice_board(),
+            board,
             self._replica,
             KeptChoices(kept_choices_path()),
         )
