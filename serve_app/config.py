@@ -408,8 +408,9 @@ class LiveConfig(_Strict):
     max_streams_per_key: int = Field(
         default=4,
         ge=1,
-        description="live streams one API key holds open on one ingress replica; past it "
-        "4429 (`too_many_streams`); an open service has no per-key bound",
+        description="live streams one API key holds open on every ingress replica that "
+        "shares the job record store (with Redis: the cluster); past it 4429 "
+        "(`too_many_streams`); an open service has no per-key bound",
     )
     frames_at_model: int = Field(
         default=2,

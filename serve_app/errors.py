@@ -274,7 +274,8 @@ class TooManyJobs(ServiceError):
 
 
 class TooManyStreams(ServiceError):
-    """The API key holds ``live.max_streams_per_key`` live streams on this replica."""
+    """The API key holds ``live.max_streams_per_key`` live streams on the service's
+    replicas (those that share the job record store)."""
 
     status, code = 429, "too_many_streams"
 

@@ -16,6 +16,10 @@ relies on these guarantees, so both give them:
   call lists or reads all records (expiry and takeovers take the due ones, a page at a
   time, in the background).
 
+The store also keeps leased places (``hold_place``): bounded holds that every replica
+sharing it counts, such as an API key's live streams; a place its holder stops renewing
+lapses.
+
 Longer than most modules, on purpose: the protocol and its SQLite implementation, one
 transaction per operation, are read together.
 """
@@ -103,6 +107,16 @@ class RecordStore(Protocol):
     async def usage(self) -> int:
         """Bytes reserved by all records."""
 
+    async def hold_place(self, group: str, holder: str, bound: int, until: float) -> bool:
+        """One of ``bound`` places of ``group`` (an API key's live streams) for ``holder``
+        until ``until`` (epoch seconds); False when all are held. A place its holder stops
+        renewing (its process died) lapses at its time."""
+
+    async def renew_place(self, group: str, holder: str, until: float) -> None:
+        """Keep ``holder``'s place until ``until`` (held again if it had lapsed)."""
+
+    async def release_place(self, group: str, holder: str) -> None: ...
+
     async def changes(self, after: int, limit: int) -> tuple[list[JobRecord], int]:
         """Records written after the change number ``after``, and the newest number.
         (The local store's change feed; a shared store pushes changes instead.)"""
@@ -140,6 +154,9 @@ CREATE INDEX IF NOT EXISTS jobs_by_seq ON jobs (seq);
 CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
 INSERT OR IGNORE INTO counters VALUES ('usage', 0), ('seq', 0);
 CREATE TABLE IF NOT EXISTS expired (id TEXT PRIMARY KEY, at REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS places (
+    grp TEXT NOT NULL, holder TEXT NOT NULL, until REAL NOT NULL, PRIMARY KEY (grp, holder)
+);
 CREATE INDEX IF NOT EXISTS expired_by_time ON expired (at);
 """
 _COLUMNS = (
@@ -471,6 +488,34 @@ class SqliteRecords:
             )
 
         return await self._run(read)
+
+    async def hold_place(self, group: str, holder: str, bound: int, until: float) -> bool:
+        def hold() -> bool:
+            with self._transaction() as db:
+                db.execute("DELETE FROM places WHERE grp = ? AND until < ?", (group, time.time()))
+                (held,) = db.execute(
+                    "SELECT COUNT(*) FROM places WHERE grp = ? AND holder != ?", (group, holder)
+                ).fetchone()
+                if held >= bound:
+                    return False
+                db.execute("INSERT OR REPLACE INTO places VALUES (?, ?, ?)", (group, holder, until))
+                return True
+
+        return await self._run(hold)
+
+    async def renew_place(self, group: str, holder: str, until: float) -> None:
+        def renew() -> None:
+            with self._transaction() as db:
+                db.execute("INSERT OR REPLACE INTO places VALUES (?, ?, ?)", (group, holder, until))
+
+        await self._run(renew)
+
+    async def release_place(self, group: str, holder: str) -> None:
+        def release() -> None:
+            with self._transaction() as db:
+                db.execute("DELETE FROM places WHERE grp = ? AND holder = ?", (group, holder))
+
+        await self._run(release)
 
     async def changes(self, after: int, limit: int) -> tuple[list[JobRecord], int]:
         def read() -> tuple[list[JobRecord], int]:

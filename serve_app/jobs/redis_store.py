@@ -72,21 +72,25 @@ return lost
 """
 
 
-# Holds a place among an owner's active jobs for one job being made, atomically: counts
-# the owner's queued and running jobs and the places held (a place not given back by its
-# deadline, its maker died, lapses). Returns 1 when the place is held, 0 at the bound.
-_HOLD_ACTIVE_PLACE = """
-local making, now, bound = KEYS[#KEYS], ARGV[1], tonumber(ARGV[2])
-local job_id, deadline = ARGV[3], ARGV[4]
-redis.call('ZREMRANGEBYSCORE', making, '-inf', now)
-local active = redis.call('ZCARD', making)
-for i = 1, #KEYS - 1 do
-  active = active + redis.call('ZCARD', KEYS[i])
+# Holds one of ``bound`` places for a holder, atomically: counts the members of the
+# sorted sets KEYS[1..n-1] (an owner's queued and running jobs) and the places of KEYS[n]
+# still held (a place is a member scored by its time; one not renewed by then, its
+# holder's process dead, lapses). Returns 1 when the place is held, 0 at the bound.
+_HOLD_PLACE = """
+local places, now, bound = KEYS[#KEYS], ARGV[1], tonumber(ARGV[2])
+local holder, expires = ARGV[3], ARGV[4]
+redis.call('ZREMRANGEBYSCORE', places, '-inf', '(' .. now)
+local held = redis.call('ZCARD', places)
+if redis.call('ZSCORE', places, holder) then
+  held = held - 1
 end
-if active >= bound then
+for i = 1, #KEYS - 1 do
+  held = held + redis.call('ZCARD', KEYS[i])
+end
+if held >= bound then
   return 0
 end
-redis.call('ZADD', making, deadline, job_id)
+redis.call('ZADD', places, expires, holder)
 return 1
 """
 # How long a held place outlives a maker that never gave it back (its process died).
@@ -244,17 +248,15 @@ class RedisRecords:
 
     async def _hold_active_place(self, record: JobRecord, bound: int) -> bool:
         active = [_key("owner-state", record.owner, state) for state in sorted(ACTIVE_STATES)]
-        now = time.time()
-        keys = [*active, _key("making", record.owner)]
+        until = time.time() + MAKING_DEADLINE_S
+        return await self._hold(active, _key("making", record.owner), record.id, bound, until)
+
+    async def _hold(
+        self, counted: list[str], places: str, holder: str, bound: int, until: float
+    ) -> bool:
+        keys = [*counted, places]
         held = await self._call(
-            self._redis.eval,
-            _HOLD_ACTIVE_PLACE,
-            len(keys),
-            *keys,
-            now,
-            bound,
-            record.id,
-            now + MAKING_DEADLINE_S,
+            self._redis.eval, _HOLD_PLACE, len(keys), *keys, time.time(), bound, holder, until
         )
         return bool(held)
 
@@ -451,6 +453,17 @@ class RedisRecords:
 
     async def usage(self) -> int:
         return int(await self._call(self._redis.get, _key("usage")) or 0)
+
+    # A group's places are one sorted set; one whose last holder died keeps that member
+    # until the group's next hold clears it.
+    async def hold_place(self, group: str, holder: str, bound: int, until: float) -> bool:
+        return await self._hold([], _key("places", group), holder, bound, until)
+
+    async def renew_place(self, group: str, holder: str, until: float) -> None:
+        await self._call(self._redis.zadd, _key("places", group), {holder: until})
+
+    async def release_place(self, group: str, holder: str) -> None:
+        await self._call(self._redis.zrem, _key("places", group), holder)
 
     async def changes(self, after: int, limit: int) -> tuple[list[JobRecord], int]:
         raise NotImplementedError("a Redis store pushes its changes (see feed())")

@@ -14,8 +14,9 @@ import asyncio
 import contextlib
 import logging
 import time
+import uuid
 from collections import Counter
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from concurrent.futures import Executor
 from typing import Any, Protocol
 
@@ -27,6 +28,7 @@ from serve_app.errors import (
     LiveFull,
     ReplicaFailed,
     ServiceError,
+    StoreError,
     TooManyStreams,
     Unavailable,
     UnsupportedFormat,
@@ -44,6 +46,31 @@ from serve_app.pipeline.ports import StylizeArray
 from serve_app.pipeline.stylize import finish
 
 logger = logging.getLogger(__name__)
+
+# A stream's place among its API key's, in the shared store: held this long and renewed
+# every third of it, so a replica that dies frees its streams' places within it.
+PLACE_LEASE_S = 30.0
+
+
+async def _renew(places: Places, group: str, holder: str) -> None:
+    """Keep a stream's place until cancelled (the stream ended)."""
+    while True:
+        await asyncio.sleep(PLACE_LEASE_S / 3)
+        try:
+            await places.renew_place(group, holder, time.time() + PLACE_LEASE_S)
+        except StoreError as error:  # tried again at the next turn, before the lease ends
+            logger.warning("live: renewing a stream's place failed: %s", error)
+
+
+class Places(Protocol):
+    """Bounded places shared by every ingress replica (the job record store: a node's
+    SQLite, or a cluster's Redis)."""
+
+    async def hold_place(self, group: str, holder: str, bound: int, until: float) -> bool: ...
+
+    async def renew_place(self, group: str, holder: str, until: float) -> None: ...
+
+    async def release_place(self, group: str, holder: str) -> None: ...
 
 
 def frame_format(data: bytes) -> str:
@@ -88,10 +115,12 @@ class LiveService:
         decode_memory: MemoryBudget | None = None,
         on_frame: Callable[[], None] = lambda: None,
         metrics: LiveMetrics | None = None,
+        places: Places | None = None,
     ) -> None:
         """``stylize_array``: one array through the model. ``decode_memory``: the budget
         photos decode within (shared with them). ``on_frame``: told before each frame's
-        model pass (jobs step back)."""
+        model pass (jobs step back). ``places``: where an API key's streams are counted
+        across ingress replicas (None: on this replica only)."""
         self._config = config
         self._live = config.live
         self._stylize_array = stylize_array
@@ -99,6 +128,8 @@ class LiveService:
         self._decode_memory = decode_memory or MemoryBudget(config.decode_memory_bytes)
         self._on_frame = on_frame
         self._metrics: LiveMetrics = metrics or _Uncounted()
+        self._places = places
+        self._releasing: set[asyncio.Future] = set()
         self._by_owner: Counter[str] = Counter()
         self.open_streams = 0
         # Places at the model, taken in turn by the streams' frames (a waiter queue: no
@@ -131,24 +162,25 @@ class LiveService:
         at the start)."""
         return self.options({name: getattr(current, name) for name in LIVE_OPTIONS} | changes)
 
-    @contextlib.contextmanager
-    def admit(self, owner: str | None) -> Iterator[None]:
+    @contextlib.asynccontextmanager
+    async def admit(self, owner: str | None) -> AsyncIterator[None]:
         """A place for one stream while the block runs; ``owner``: the API key's digest
-        (None on an open service, which bounds streams per replica only)."""
+        (None on an open service, which bounds streams per replica only). A key's places
+        are counted on every ingress replica that shares the store of ``places``."""
         if self.open_streams >= self._live.max_streams:
             raise LiveFull(
                 f"this replica holds its {self._live.max_streams} live streams; retry shortly"
             )
-        if owner is not None and self._by_owner[owner] >= self._live.max_streams_per_key:
-            raise TooManyStreams(
-                f"this API key holds {self._live.max_streams_per_key} live streams already"
-            )
+        bound = self._live.max_streams_per_key
+        if owner is not None and self._by_owner[owner] >= bound:
+            raise TooManyStreams(f"this API key holds {bound} live streams already")
         self.open_streams += 1
         if owner is not None:
             self._by_owner[owner] += 1
         self._metrics.streams(self.open_streams)
         try:
-            yield
+            async with self._shared_place(owner):
+                yield
         finally:
             self.open_streams -= 1
             if owner is not None:
@@ -156,6 +188,44 @@ class LiveService:
                 if not self._by_owner[owner]:
                     del self._by_owner[owner]
             self._metrics.streams(self.open_streams)
+
+    @contextlib.asynccontextmanager
+    async def _shared_place(self, owner: str | None) -> AsyncIterator[None]:
+        """The stream's place among its key's in the shared store, renewed while the
+        block runs. While the store cannot be reached, streams are admitted by this
+        replica's count alone (live does not fail with the job store)."""
+        if owner is None or self._places is None:
+            yield
+            return
+        places, group, holder = self._places, f"live:{owner}", uuid.uuid4().hex
+        bound = self._live.max_streams_per_key
+        try:
+            held = await places.hold_place(group, holder, bound, time.time() + PLACE_LEASE_S)
+        except StoreError as error:
+            logger.warning("live: %s; admitting by this replica's count of the key", error)
+            held = None
+        if held is False:
+            raise TooManyStreams(
+                f"this API key holds {bound} live streams already (on this service's replicas)"
+            )
+        renewal = asyncio.ensure_future(_renew(places, group, holder)) if held else None
+        try:
+            yield
+        finally:
+            if renewal is not None:
+                renewal.cancel()
+                # Detached: a stream often ends by its client's hang-up, which cancels
+                # this task; the place is given back all the same.
+                release = asyncio.ensure_future(places.release_place(group, holder))
+                self._releasing.add(release)
+                release.add_done_callback(self._released)
+
+    def _released(self, release: asyncio.Future) -> None:
+        self._releasing.discard(release)
+        if not release.cancelled() and release.exception() is not None:
+            logger.warning(
+                "live: a stream's place was not given back (it lapses): %s", release.exception()
+            )
 
     async def run(self, transport: LiveTransport, options: StylizeOptions) -> ServiceError | None:
         """One stream, until its client leaves (None) or it must end (why)."""

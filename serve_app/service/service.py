@@ -108,6 +108,7 @@ class AnimeService:
             decode_memory=self.pipeline.decode_memory,
             on_frame=self.media.gate.interactive,
             metrics=live_metrics,
+            places=self.jobs.records,  # an API key's streams, counted on every replica
         )
         self.examples: dict[str, Example] = load_examples(config)
         self._warm: dict[tuple[str, str], bool] = {}  # (example, style) -> warmed at start

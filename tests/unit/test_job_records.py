@@ -168,3 +168,28 @@ def test_a_place_held_by_a_maker_that_died_lapses(redis_server, tmp_path, monkey
             await store.close()
 
     assert asyncio.run(scenario()) == (True, True)
+
+
+def test_places_are_bounded_per_group_and_come_back_released_or_lapsed(config, tmp_path):
+    async def scenario():
+        replicas = [open_record_store(config, tmp_path / "jobs")[0] for _ in range(2)]
+        a, b = replicas
+        later, past = time.time() + 60, time.time() - 1
+        try:
+            outcomes = [
+                await a.hold_place("live:k", "s1", 2, later),
+                await b.hold_place("live:k", "s2", 2, later),
+                await a.hold_place("live:k", "s3", 2, later),  # the bound
+                await b.hold_place("live:k", "s1", 2, later),  # s1 holds already
+                await b.hold_place("live:other", "s3", 2, later),  # another group
+            ]
+            await a.release_place("live:k", "s1")
+            outcomes.append(await b.hold_place("live:k", "s3", 2, later))  # s1's place
+            await b.renew_place("live:k", "s2", past)  # s2's holder stopped renewing
+            outcomes.append(await a.hold_place("live:k", "s4", 2, later))  # s2's lapsed
+            return outcomes
+        finally:
+            for store in replicas:
+                await store.close()
+
+    assert asyncio.run(scenario()) == [True, True, False, True, True, True, True]

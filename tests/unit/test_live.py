@@ -14,13 +14,14 @@ from PIL import Image
 from starlette.testclient import TestClient
 from starlette.websockets import WebSocketDisconnect
 
-from serve_app.config import AppConfig, LiveConfig
+from serve_app.config import AppConfig, JobsConfig, LiveConfig
 from serve_app.errors import (
     ImageTooLarge,
     InvalidParameters,
     InvalidSize,
     LiveFull,
     ReplicaFailed,
+    StoreError,
     StreamIdle,
     StreamStalled,
     TooManyStreams,
@@ -29,11 +30,15 @@ from serve_app.errors import (
     UnsupportedFormat,
 )
 from serve_app.http.app import create_app
+from serve_app.jobs.stores import open_record_store
+from serve_app.live import service as live_service
 from serve_app.live.service import LiveService, frame_format
 from serve_app.live.stream import ClientLeft, FrameAnswer, LiveStream
 from serve_app.service.service import AnimeService
 from tests.support.fakes import RANDOM_WEIGHTS, InvertingModel, LocalCache
+from tests.support.job_service import until
 from tests.support.pictures import synthetic_jpeg
+from tests.support.redis_server import started_server
 
 STYLES = [{"name": "alpha", "weights": "random"}, {"name": "beta", "weights": "random"}]
 
@@ -365,17 +370,115 @@ def test_admission_bounds_streams_per_replica_and_per_key():
         InvertingModel(["alpha"]).stylize,
         metrics=metrics,
     )
-    with service.admit("key-a"), service.admit("key-a"):
-        with pytest.raises(TooManyStreams), service.admit("key-a"):
+
+    async def scenario():
+        async with service.admit("key-a"), service.admit("key-a"):
+            with pytest.raises(TooManyStreams):
+                async with service.admit("key-a"):
+                    pass
+            async with service.admit("key-b"):
+                assert service.open_streams == 3
+                with pytest.raises(LiveFull):
+                    async with service.admit(None):
+                        pass
+        assert service.open_streams == 0
+        async with service.admit("key-a"), service.admit("key-a"):  # places come back
             pass
-        with service.admit("key-b"):
-            assert service.open_streams == 3
-            with pytest.raises(LiveFull), service.admit(None):
-                pass
-    assert service.open_streams == 0
-    with service.admit("key-a"), service.admit("key-a"):  # places come back
-        pass
+
+    asyncio.run(scenario())
     assert metrics.open[-1] == 0 and max(metrics.open) == 3
+
+
+@pytest.fixture(scope="module")
+def redis_server():
+    yield from started_server()
+
+
+@pytest.fixture(params=["sqlite", "redis"])
+def shared_places(request, tmp_path):
+    """The record store every ingress replica of a node (SQLite) or a cluster (Redis)
+    shares, as two replicas open it."""
+    records_url = None
+    if request.param == "redis":
+        server = request.getfixturevalue("redis_server")
+        server.flush()
+        records_url = server.url
+    config = JobsConfig(store_url=str(tmp_path / "jobs"), records_url=records_url)
+    return lambda: open_record_store(config, tmp_path / "jobs")[0]
+
+
+def test_a_key_s_bound_counts_its_streams_on_every_replica_that_shares_the_store(
+    shared_places,
+):
+    config = make_config(live={"max_streams_per_key": 2})
+
+    async def scenario():
+        stores = [shared_places(), shared_places()]
+        first, second = (
+            LiveService(config, InvertingModel(["alpha"]).stylize, places=store) for store in stores
+        )
+        try:
+            async with first.admit("key-a"), second.admit("key-a"):
+                with pytest.raises(TooManyStreams) as refused:
+                    async with first.admit("key-a"):
+                        pass
+                with pytest.raises(TooManyStreams):
+                    async with second.admit("key-a"):
+                        pass
+                async with second.admit("key-b"):  # another key's bound is its own
+                    pass
+            await until(lambda: _released(first, second))
+            async with first.admit("key-a"), first.admit("key-a"):  # places come back
+                pass
+            return refused.value
+        finally:
+            for store in stores:
+                await store.close()
+
+    refused = asyncio.run(scenario())
+    assert "on this service's replicas" in refused.message
+
+
+async def _released(*services: LiveService) -> bool:
+    return not any(service._releasing for service in services)
+
+
+def test_a_place_whose_replica_died_lapses_and_a_store_away_admits_by_the_replica(
+    shared_places, monkeypatch
+):
+    monkeypatch.setattr(live_service, "PLACE_LEASE_S", 0.3)
+    config = make_config(live={"max_streams_per_key": 1})
+
+    async def scenario():
+        store = shared_places()
+        try:
+            # A replica held a place and died: nothing renews or releases it.
+            assert await store.hold_place("live:key-a", "dead-replica", 1, time.time() + 0.3)
+            service = LiveService(config, InvertingModel(["alpha"]).stylize, places=store)
+            with pytest.raises(TooManyStreams):
+                async with service.admit("key-a"):
+                    pass
+            await asyncio.sleep(0.4)  # past the dead replica's lease
+            async with service.admit("key-a"):
+                pass
+            away = LiveService(config, InvertingModel(["alpha"]).stylize, places=Unreachable())
+            async with away.admit("key-a"):
+                with pytest.raises(TooManyStreams):  # this replica's own count still holds
+                    async with away.admit("key-a"):
+                        pass
+        finally:
+            await store.close()
+
+    asyncio.run(scenario())
+
+
+class Unreachable:
+    """A record store that cannot be reached."""
+
+    async def hold_place(self, *args) -> bool:
+        raise StoreError("the job record server (redis://nowhere) failed")
+
+    renew_place = release_place = hold_place
 
 
 def test_a_frame_comes_back_stylized_in_its_own_format():
