@@ -51,8 +51,8 @@ browser, as the subprotocol `bearer.<key>` beside `{LIVE_PROTOCOL}`.
   `"<error code>: <message>"`: 4401 (no or a wrong API key), 4403 (a web page of another
   site than the service's own and `cors_origins`), 4422 (a bad option, or a query
   parameter unknown or sent twice), 4429 (the key's streams on the service's replicas
-  are at `live.max_streams_per_key`), 4503 (the replica's at `live.max_streams`), 4408 (idle for
-  `live.idle_timeout_s`, or not reading answers for `live.send_timeout_s`).
+  are at `live.max_streams_per_key`), 4503 (the replica's at `live.max_streams`), 4408
+  (idle for `live.idle_timeout_s`, or not reading answers for `live.send_timeout_s`).
 
 A plain HTTP request here answers 426."""
 

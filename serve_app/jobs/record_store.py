@@ -154,10 +154,10 @@ CREATE INDEX IF NOT EXISTS jobs_by_seq ON jobs (seq);
 CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
 INSERT OR IGNORE INTO counters VALUES ('usage', 0), ('seq', 0);
 CREATE TABLE IF NOT EXISTS expired (id TEXT PRIMARY KEY, at REAL NOT NULL);
+CREATE INDEX IF NOT EXISTS expired_by_time ON expired (at);
 CREATE TABLE IF NOT EXISTS places (
     grp TEXT NOT NULL, holder TEXT NOT NULL, until REAL NOT NULL, PRIMARY KEY (grp, holder)
 );
-CREATE INDEX IF NOT EXISTS expired_by_time ON expired (at);
 """
 _COLUMNS = (
     "id",
