@@ -9,12 +9,14 @@ the ``ANIMEGAN_JOBS_RECORDS_URL``/``ANIMEGAN_JOBS_STORE_URL`` environment variab
 
 In order (each test uses what the ones before left; the last one kills the worker):
 Redis down when the app starts, then up; a job submitted through one node's proxy read,
-followed, fetched, listed and cancelled through the other's; a Redis restart mid-job;
-the node running a job killed mid-way.
+followed, fetched, listed and cancelled through the other's; a key's bound of active jobs
+counted on both nodes together, and its live streams; a Redis restart mid-job; the node
+running a job killed mid-way.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
 import time
@@ -25,6 +27,8 @@ from pathlib import Path
 import httpx
 import pytest
 import redis
+from websockets.exceptions import ConnectionClosed
+from websockets.sync.client import ClientConnection, connect
 
 from tests.support.media import frame_count, make_h264_aac_mp4
 from tests.support.pictures import synthetic_jpeg
@@ -45,6 +49,7 @@ KEY = "jobs-on-nodes-key"
 AUTH = {"Authorization": f"Bearer {KEY}"}
 SIZE = 64
 WORKER = "jobs-worker"
+LIVE_PROTOCOLS = ["animegan.live.v1", f"bearer.{KEY}"]
 ENDED = ("done", "failed", "cancelled")
 MEDIA = {
     "max_bytes": 8 * 2**20,
@@ -99,8 +104,10 @@ def jobs_cluster(cluster: LocalCluster, tmp_path_factory) -> Iterator[JobsCluste
         "limits": {"max_size": 256},
         "request_timeout_s": 60,
         "cache": {"name": "cluster-jobs", "local_max_bytes": 0, "timeout_s": 2.0},
-        "jobs": {"heartbeat_s": 0.5, "stale_after_s": 3},
+        # The key's bound, low enough to reach (no test before that one holds 3 at once).
+        "jobs": {"heartbeat_s": 0.5, "stale_after_s": 3, "max_active_per_key": 3},
         "media": MEDIA,
+        "live": {"max_streams_per_key": 2},
     }
     stylizer = {
         "num_replicas": 1,
@@ -283,6 +290,58 @@ def test_a_job_is_read_followed_fetched_and_cancelled_through_the_other_node(job
     assert later["state"] == "cancelled" and later["frames_done"] < later["frames_total"]
     gone = jc.head.get(f"/v1/jobs/{running['id']}/result")
     assert gone.status_code == 409 and gone.json()["error"]["code"] == "job_not_done"
+
+
+def test_a_key_s_bound_of_active_jobs_counts_its_jobs_on_both_nodes(jobs_cluster):
+    """`jobs.max_active_per_key` (3 here) counts in the shared records: two jobs run by the
+    head's ingress and one by the worker's, a fourth is refused through either node
+    (each replica alone holds fewer than 3); a cancel through the other node frees a
+    place."""
+    jc = jobs_cluster
+    sizes = iter(range(SIZE + 12, SIZE + 64, 4))  # other options: other jobs of one clip
+    made = [
+        post_video(client, jc.clip, size=next(sizes)) for client in (jc.head, jc.head, jc.worker)
+    ]
+    try:
+        runners = [jc.record(video["id"])["runner"] for video in made]
+        assert len(set(runners)) == 2, f"each node's ingress runs some: {runners}"
+        for client in (jc.head, jc.worker):
+            refused = client.post(
+                "/v1/jobs",
+                params={"size": next(sizes)},
+                content=jc.clip.read_bytes(),
+                headers={"content-type": "video/mp4"},
+            )
+            assert refused.status_code == 429, refused.text
+            assert refused.json()["error"]["code"] == "too_many_jobs"
+        assert jc.worker.delete(f"/v1/jobs/{made[0]['id']}").status_code == 200
+        made[0] = post_video(jc.worker, jc.clip, size=next(sizes))  # room again
+    finally:
+        for video in made:
+            jc.head.delete(f"/v1/jobs/{video['id']}")
+
+
+def live_stream(base_url: str) -> ClientConnection:
+    url = base_url.replace("http://", "ws://", 1) + f"/v1/live?size={SIZE}"
+    return connect(url, subprotocols=LIVE_PROTOCOLS, open_timeout=30)
+
+
+def test_a_key_s_bound_of_live_streams_counts_its_streams_on_both_nodes(jobs_cluster):
+    """`live.max_streams_per_key` (2 here) counts in the shared records: a stream through
+    each node's proxy (each ingress replica holds one), a third through either node is
+    closed with 4429."""
+    jc = jobs_cluster
+    with contextlib.ExitStack() as streams:
+        for seed, url in enumerate((jc.cluster.base_url, jc.worker_url), start=71_200):
+            ws = streams.enter_context(live_stream(url))
+            ws.send(synthetic_jpeg(96, 72, seed=seed))
+            assert json.loads(ws.recv(timeout=60))["seq"] == 0  # admitted: a frame answered
+            ws.recv(timeout=60)
+        for url in (jc.cluster.base_url, jc.worker_url):
+            with live_stream(url) as third, pytest.raises(ConnectionClosed) as closed:
+                third.recv(timeout=60)
+            assert closed.value.rcvd is not None and closed.value.rcvd.code == 4429
+            assert "too_many_streams" in closed.value.rcvd.reason
 
 
 def test_a_redis_restart_mid_job_loses_no_finished_job(jobs_cluster):
