@@ -283,9 +283,11 @@ class SqliteRecords:
             if existing is not None:
                 return existing, False
             if max_active is not None:
+                states = sorted(ACTIVE_STATES)
                 (active,) = db.execute(
-                    "SELECT COUNT(*) FROM jobs WHERE owner = ? AND state IN ('queued', 'running')",
-                    (record.owner,),
+                    "SELECT COUNT(*) FROM jobs WHERE owner = ? "
+                    f"AND state IN ({', '.join('?' for _ in states)})",
+                    (record.owner, *states),
                 ).fetchone()
                 if active >= max_active:
                     raise too_many_jobs(max_active)

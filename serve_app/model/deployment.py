@@ -9,6 +9,7 @@ method hands its call over.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING
 
@@ -28,7 +29,11 @@ class Stylizer:
     def __init__(self, config: AppConfig):
         board = replica_choice_board()
         if board is not None:
-            board.open()  # on a fresh cluster its actor's process starts during the import
+            # On a fresh cluster the board's process then starts during the import. Best
+            # effort: a board that cannot be reached is met again, and said, at the
+            # replica's first call to it, which then decides its runtime alone.
+            with contextlib.suppress(Exception):
+                board.open()
         from serve_app.model.stylizer import ModelReplica  # torch: in the replica only
 
         self._model: ModelReplica = ModelReplica(config, board)

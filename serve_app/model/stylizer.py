@@ -5,7 +5,7 @@ A request is a validated, resized RGB array (from ``imaging.py``); the answer is
 stylized array plus figures about the batch that computed it. Encoding, caching and
 HTTP live in the ingress.
 
-Longer than most modules, on purpose: the deployment's batching, frames, tiled steps and
+Longer than most modules, on purpose: the replica's batching, frames, tiled steps and
 figures share one lock on the model and one replica's state.
 """
 
