@@ -134,10 +134,13 @@ class StylizePipeline:
     def in_flight(self) -> int:
         return len(self._in_flight)
 
-    def learn(self, style: str, identity: ModelIdentity) -> None:
-        """Record what a model replica runs for ``style`` (if it runs the configured weights)."""
-        if identity.weights == self._weights.get(style):
-            self._runtimes[style] = identity.runtime
+    def learn(self, style: str, identity: ModelIdentity) -> bool:
+        """Record what a model replica runs for ``style`` if it runs the configured weights
+        (False: it does not, e.g. a replica of the deploy before, still stopping)."""
+        if identity.weights != self._weights.get(style):
+            return False
+        self._runtimes[style] = identity.runtime
+        return True
 
     def runs_random_weights(self, style: str) -> bool:
         return is_random_digest(self._weights[style])

@@ -141,9 +141,11 @@ class AnimeService:
         """Ask a model replica what it runs, so lookups hit results computed before this
         replica started (a redeploy keeps the shared cache)."""
         identities = await self._model.identities()
-        self._model_answered = self._model_answered or bool(identities)
-        for style, identity in identities.items():
-            self.pipeline.learn(style, identity)
+        learned = [self.pipeline.learn(style, identity) for style, identity in identities.items()]
+        # Only a replica running this deploy's weights counts: during a redeploy with other
+        # weights, one of the deploy before may answer, and what it runs would key this
+        # replica's first results (and jobs) under a runtime still unknown.
+        self._model_answered = self._model_answered or any(learned)
 
     async def _wait_for_model(self) -> None:
         """Until a model replica answers (it may wait for a node, or load its weights):

@@ -14,8 +14,9 @@ from PIL import Image
 
 from serve_app.config import AppConfig
 from serve_app.errors import NotReady
+from serve_app.model.identity import ModelIdentity
 from serve_app.service.service import AnimeService
-from tests.support.fakes import RANDOM_WEIGHTS, InvertingModel, LocalCache
+from tests.support.fakes import FAKE_RUNTIME, RANDOM_WEIGHTS, InvertingModel, LocalCache
 from tests.support.media import make_animation, make_video
 from tests.support.pictures import synthetic_jpeg
 
@@ -179,6 +180,28 @@ def test_the_service_is_ready_once_the_model_answered_and_the_examples_are_warm(
             await service.close()
 
     asyncio.run(main())
+
+
+def test_a_replica_of_the_deploy_before_is_no_answer_and_teaches_no_runtime(tmp_path):
+    """During a redeploy with other weights a replica of the deploy before may answer
+    first: the service is not ready, and keys no picture under what that replica runs."""
+
+    async def main():
+        service, model = make_service(tmp_path)
+        before = model.identity
+        model.identity = ModelIdentity("weights-of-the-deploy-before", "cpu/other-runtime")
+        await service.learn_model_identity()
+        with pytest.raises(NotReady, match="no model replica has answered"):
+            service.ready()
+        unknown = service.pipeline.expected_identity("alpha")
+        model.identity = before
+        await service.learn_model_identity()
+        service.ready()
+        await service.close()
+        return unknown, service.pipeline.expected_identity("alpha")
+
+    unknown, learned = asyncio.run(main())
+    assert unknown.runtime == "unknown" and learned.runtime == FAKE_RUNTIME
 
 
 def test_the_service_is_not_ready_while_the_examples_warm(tmp_path):
