@@ -72,11 +72,26 @@ return lost
 """
 
 
+# A group of places expires with its last place: the set's time to live is measured
+# from the caller's clock to its latest deadline, so that a group whose holders all died
+# leaves nothing behind (relative, so a Redis server whose clock differs cannot expire it
+# early). A second of margin over the deadline.
+_EXTEND_GROUP = """
+local function extend_group(places, now)
+  local latest = redis.call('ZRANGE', places, -1, -1, 'WITHSCORES')[2]
+  if latest then
+    local ttl = math.ceil((tonumber(latest) - tonumber(now)) * 1000) + 1000
+    redis.call('PEXPIRE', places, math.max(ttl, 1000))
+  end
+end
+"""
 # Holds one of ``bound`` places for a holder, atomically: counts the members of the
 # sorted sets KEYS[1..n-1] (an owner's queued and running jobs) and the places of KEYS[n]
 # still held (a place is a member scored by its time; one not renewed by then, its
 # holder's process dead, lapses). Returns 1 when the place is held, 0 at the bound.
-_HOLD_PLACE = """
+_HOLD_PLACE = (
+    _EXTEND_GROUP
+    + """
 local places, now, bound = KEYS[#KEYS], ARGV[1], tonumber(ARGV[2])
 local holder, expires = ARGV[3], ARGV[4]
 redis.call('ZREMRANGEBYSCORE', places, '-inf', '(' .. now)
@@ -91,8 +106,18 @@ if held >= bound then
   return 0
 end
 redis.call('ZADD', places, expires, holder)
+extend_group(places, now)
 return 1
 """
+)
+# Renews a holder's place (ARGV: now, the new deadline, the holder).
+_RENEW_PLACE = (
+    _EXTEND_GROUP
+    + """
+redis.call('ZADD', KEYS[1], ARGV[2], ARGV[3])
+extend_group(KEYS[1], ARGV[1])
+"""
+)
 # How long a held place outlives a maker that never gave it back (its process died).
 MAKING_DEADLINE_S = 60.0
 
@@ -454,13 +479,13 @@ class RedisRecords:
     async def usage(self) -> int:
         return int(await self._call(self._redis.get, _key("usage")) or 0)
 
-    # A group's places are one sorted set; one whose last holder died keeps that member
-    # until the group's next hold clears it.
+    # A group's places are one sorted set, which expires with its latest place.
     async def hold_place(self, group: str, holder: str, bound: int, until: float) -> bool:
         return await self._hold([], _key("places", group), holder, bound, until)
 
     async def renew_place(self, group: str, holder: str, until: float) -> None:
-        await self._call(self._redis.zadd, _key("places", group), {holder: until})
+        places = _key("places", group)
+        await self._call(self._redis.eval, _RENEW_PLACE, 1, places, time.time(), until, holder)
 
     async def release_place(self, group: str, holder: str) -> None:
         await self._call(self._redis.zrem, _key("places", group), holder)

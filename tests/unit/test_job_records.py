@@ -170,6 +170,37 @@ def test_a_place_held_by_a_maker_that_died_lapses(redis_server, tmp_path, monkey
     assert asyncio.run(scenario()) == (True, True)
 
 
+def test_a_redis_group_of_places_expires_with_its_last_place(redis_server, tmp_path):
+    """A group whose holders all died (no release) leaves no key behind once their places
+    lapse; a renewal carries the group's life forward."""
+    import redis as redis_client
+
+    redis_server.flush()
+    config = JobsConfig(store_url=str(tmp_path / "jobs"), records_url=redis_server.url)
+    probe = redis_client.Redis.from_url(redis_server.url)
+
+    async def scenario():
+        store, _ = open_record_store(config, tmp_path / "jobs")
+        try:
+            await store.hold_place("live:gone", "s1", 2, time.time() + 0.2)  # then "dies"
+            await store.hold_place("live:kept", "s1", 2, time.time() + 0.2)
+            await store.renew_place("live:kept", "s1", time.time() + 60)
+            ttls = [probe.pttl(redis_store._key("places", f"live:{g}")) for g in ("gone", "kept")]
+            deadline = time.time() + 10
+            while probe.exists(redis_store._key("places", "live:gone")) and time.time() < deadline:
+                await asyncio.sleep(0.1)
+            gone = not probe.exists(redis_store._key("places", "live:gone"))
+            kept = probe.zcard(redis_store._key("places", "live:kept"))
+            return ttls, gone, kept
+        finally:
+            await store.close()
+            probe.close()
+
+    (gone_ttl, kept_ttl), gone, kept = asyncio.run(scenario())
+    assert 0 < gone_ttl <= 1200 and kept_ttl > 59_000
+    assert gone and kept == 1
+
+
 def test_places_are_bounded_per_group_and_come_back_released_or_lapsed(config, tmp_path):
     async def scenario():
         replicas = [open_record_store(config, tmp_path / "jobs")[0] for _ in range(2)]
