@@ -101,16 +101,28 @@ async def within(awaitable: Awaitable[T], timeout_s: float) -> T:
     """``awaitable``'s result, or ``asyncio.TimeoutError`` after ``timeout_s`` (and the
     awaitable cancelled). Unlike ``asyncio.wait_for`` before Python 3.12, a cancellation of
     the caller that arrives just as the awaitable finishes is never lost: wait_for then
-    returns the result, and a loop around it carries on as if nobody had cancelled it."""
+    returns the result, and a loop around it carries on as if nobody had cancelled it.
+    Either way the awaitable has ended when this returns or raises: a generator's step is
+    over, so the caller may close the generator."""
     task = asyncio.ensure_future(awaitable)
     try:
         done, _ = await asyncio.wait({task}, timeout=timeout_s)
     except asyncio.CancelledError:
-        task.cancel()
+        await _cancelled_and_ended(task)
         raise
     if not done:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        await _cancelled_and_ended(task)
         raise asyncio.TimeoutError
     return task.result()
+
+
+async def _cancelled_and_ended(task: asyncio.Task) -> None:
+    """Cancel ``task`` and wait until it has ended, however often the caller is cancelled
+    meanwhile (the caller raises its own cancellation); what the task raised is dropped,
+    since nobody waits for its result any more."""
+    task.cancel()
+    while not task.done():
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.wait([task])
+    if not task.cancelled():
+        task.exception()

@@ -19,7 +19,7 @@ from collections import defaultdict
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Protocol
 
-from serve_app.concurrency import within
+from serve_app.concurrency import run_detached, within
 from serve_app.jobs.records import JobFields, JobRecord
 
 logger = logging.getLogger(__name__)
@@ -111,7 +111,8 @@ class JobEvents:
 
     def start(self) -> None:
         if self._feed is not None and self._task is None:
-            self._task = asyncio.ensure_future(self._feed.run(self.publish, self._wanted))
+            # Every follower's, so none's request context.
+            self._task = run_detached(self._feed.run(self.publish, self._wanted))
 
     async def stop(self) -> None:
         if self._task is not None:

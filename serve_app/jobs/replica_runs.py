@@ -10,6 +10,7 @@ import time
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
+from serve_app.concurrency import run_detached
 from serve_app.errors import RunnerLost
 from serve_app.jobs.blobs import UPLOAD, BlobStore
 from serve_app.jobs.records import JobRecord, failed_changes
@@ -60,8 +61,8 @@ class ReplicaRuns:
     def start(self, record: JobRecord) -> None:
         run = JobRun(self._context, record)
         # A job belongs to no request: an empty context, so a submitter hanging up never
-        # cancels it.
-        run.task = asyncio.ensure_future(run.run())
+        # cancels it (Serve cancels the model calls made in a cancelled request's context).
+        run.task = run_detached(run.run())
         self._runs[record.id] = run
         run.task.add_done_callback(lambda _: self._forget(run))
         self._gauge()

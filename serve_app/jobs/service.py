@@ -32,7 +32,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from serve_app.concurrency import raise_if_cancelling, within
+from serve_app.concurrency import raise_if_cancelling, run_detached, within
 from serve_app.config import JobsConfig
 from serve_app.errors import (
     IdempotencyKeyReused,
@@ -199,7 +199,7 @@ class JobService:
             raise Overloaded("too many jobs waiting on this replica; retry shortly")
         # Detached and shielded: a client that hangs up mid-way must not leave a record
         # whose upload was never stored or whose run never started.
-        task = asyncio.ensure_future(self._create(submission))
+        task = run_detached(self._create(submission))
         self._creating[twin] = task
         task.add_done_callback(lambda _: self._creating.pop(twin, None))
         return await asyncio.shield(task)

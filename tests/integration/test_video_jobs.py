@@ -336,6 +336,38 @@ def test_a_client_that_hangs_up_after_submitting_leaves_no_stuck_job(
     assert job["frames_done"] == job["frames_total"] > 0
 
 
+def test_a_client_that_hangs_up_while_waiting_leaves_its_job_running(video_app, client, tmp_path):
+    """A submitter waiting for the end (``Prefer: wait``) hangs up while its job runs: the
+    job is not the request's, so it runs on to the end in its first attempt (the model
+    calls it made in the request's context were cancelled with it, and the job stalled
+    until another runner took it over)."""
+    base_url, _, _ = video_app
+    clip = make_h264_aac_mp4(tmp_path / "waited.mp4", seconds=10.0, fps=12, size=(188, 124))
+    key = {"Idempotency-Key": f"waited-{time.time_ns()}"}
+    path = f"/v1/jobs?size={SIZE}"
+
+    def job_running() -> bool:
+        return client.get("/v1/stats").json()["jobs"]["running"] > 0
+
+    post_then_hang_up(
+        base_url,
+        clip.read_bytes(),
+        60,
+        path,
+        "video/mp4",
+        headers={"Prefer": "wait=60", **key},
+        until=job_running,
+    )
+    again = client.post(
+        path, content=clip.read_bytes(), headers={"content-type": "video/mp4", **key}
+    )
+    assert again.status_code == 200, again.text  # the waiter's job, found
+    assert again.json()["state"] == "running", "the job ended before the hang-up"
+    job = wait_done(client, again.json()["id"], timeout_s=180)
+    assert job["state"] == "done" and job["attempts"] == 1, job
+    assert job["frames_done"] == frame_count(clip)
+
+
 def test_a_client_that_hangs_up_mid_upload_leaves_nothing(video_app, client, clips):
     base_url, _, _ = video_app
     data = clips["webm"].read_bytes()

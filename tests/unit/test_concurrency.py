@@ -35,3 +35,36 @@ def test_a_cancellation_that_arrives_as_the_awaited_thing_finishes_is_kept():
         return waiting
 
     assert asyncio.run(scenario()).cancelled()
+
+
+def test_a_cancelled_caller_may_close_the_generator_it_was_stepping():
+    """The caller of ``within(anext(gen), ...)`` is cancelled mid-step: by the time the
+    cancellation reaches it the step has ended, so closing the generator works (it raised
+    "asynchronous generator is already running", and the step's own clean-up was cut)."""
+    cleaned = []
+
+    async def changes():
+        try:
+            await asyncio.sleep(10)
+            yield "change"
+        finally:
+            await asyncio.sleep(0.01)  # the step's own clean-up takes a moment
+            cleaned.append(True)
+
+    async def scenario():
+        follow = changes()
+
+        async def waiter():
+            try:
+                await within(anext(follow), 5)
+            finally:
+                await follow.aclose()
+
+        task = asyncio.ensure_future(waiter())
+        await asyncio.sleep(0.01)
+        task.cancel()
+        await asyncio.wait([task])
+        return task
+
+    task = asyncio.run(scenario())
+    assert task.cancelled() and cleaned == [True]
