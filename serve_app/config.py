@@ -75,6 +75,15 @@ class ImageLimits(BaseModel, frozen=True, extra="forbid"):
             "larger sizes (up to max_size) go through `POST /v1/jobs` (422 `use_jobs`)."
         ),
     )
+    upload_idle_timeout_s: float = Field(
+        default=15.0,
+        gt=0,
+        description=(
+            "An upload of which no part arrives for this long answers 408 `upload_stalled` "
+            "(between two reads, not over the whole body: a slow link is fine, a stalled one "
+            "does not hold its request for ever; the edge's `client_body_timeout` is the same)."
+        ),
+    )
 
 
 class _Strict(BaseModel):

@@ -280,6 +280,12 @@ class TooManyStreams(ServiceError):
     status, code = 429, "too_many_streams"
 
 
+class UploadStalled(ServiceError):
+    """No part of an upload arrived for ``limits.upload_idle_timeout_s``."""
+
+    status, code = 408, "upload_stalled"
+
+
 class StreamIdle(ServiceError):
     """A live stream sent nothing for ``live.idle_timeout_s``."""
 
@@ -293,6 +299,13 @@ class StreamStalled(ServiceError):
 
 
 # --- 5xx: the service, not the request -------------------------------------------------
+
+
+class ClientClosedRequest(ServiceError):
+    """The client hung up before its answer (nginx's 499): never sent, only logged and
+    counted, so that a phone losing its signal is not counted as the server's error."""
+
+    status, code = 499, "client_closed_request"
 
 
 class InternalError(ServiceError):

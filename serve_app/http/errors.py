@@ -9,9 +9,16 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.routing import iter_route_contexts
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 from starlette.routing import Match
 
-from serve_app.errors import InvalidParameters, MethodNotAllowed, NotFound, ServiceError
+from serve_app.errors import (
+    ClientClosedRequest,
+    InvalidParameters,
+    MethodNotAllowed,
+    NotFound,
+    ServiceError,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -66,6 +73,11 @@ def install_error_handlers(app: FastAPI) -> None:
         if error.status_code == 405:
             response.headers["Allow"] = ", ".join(allowed_methods(request))
         return response
+
+    @app.exception_handler(ClientDisconnect)
+    async def _client_gone(_: Request, __: ClientDisconnect):
+        # Nobody reads it: the status is for the request's log line and metrics.
+        return error_response(ClientClosedRequest("the client hung up before its answer"))
 
     @app.exception_handler(Exception)
     async def _unexpected(_: Request, error: Exception):

@@ -32,7 +32,7 @@ from serve_app.http.params import (
     close_socket,
     owner_of_request,
 )
-from serve_app.http.ranges import content_range, parse_range
+from serve_app.http.ranges import content_range, parse_range, range_applies
 from serve_app.http.request_log import log_fields
 from serve_app.http.uploads import read_single_upload
 from serve_app.jobs.records import ANONYMOUS, CURSOR, JobList, JobState, JobView
@@ -47,7 +47,8 @@ SSE_KEEP_ALIVE = b": keep-alive\n\n"
 RESULT_CHUNK_BYTES = 1 << 20
 MAX_IDEMPOTENCY_KEY_CHARS = 255
 IDEMPOTENCY_KEY_PATTERN = r"^[\x21-\x7e]([\x20-\x7e]*[\x21-\x7e])?$"  # printable ASCII
-_PREFER_WAIT = re.compile(r"(?:^|[,;\s])wait\s*=\s*(\d{1,6})(?:$|[,;\s])", re.IGNORECASE)
+# RFC 7240: `wait=N` among other preferences, N a token or a quoted string.
+_PREFER_WAIT = re.compile(r'(?:^|[,;\s])wait\s*=\s*(\d+|"\d+")(?=$|[,;\s])', re.IGNORECASE)
 # The subprotocol a WebSocket follower speaks (offered beside ``bearer.<key>``).
 EVENTS_PROTOCOL = "animegan.jobs.v1"
 WEBHOOK_EVENTS_PATTERN = r"^{e}(,{e})*$".format(e=f"({'|'.join(WEBHOOK_EVENTS)})")
@@ -56,7 +57,10 @@ WEBHOOK_EVENTS_PATTERN = r"^{e}(,{e})*$".format(e=f"({'|'.join(WEBHOOK_EVENTS)})
 def _prefer_wait_s(prefer: str | None, most_s: float) -> float:
     """RFC 7240 ``Prefer: wait=N``: how long the caller would wait for the finished job."""
     match = _PREFER_WAIT.search(prefer or "")
-    return min(float(match.group(1)), most_s) if match else 0.0
+    if match is None:
+        return 0.0
+    digits = match.group(1).strip('"').lstrip("0") or "0"
+    return most_s if len(digits) > 9 else min(float(digits), most_s)  # longer: "for ever"
 
 
 @router.post(
@@ -107,7 +111,12 @@ async def submit_job_route(
 ) -> JSONResponse:
     options = service.options(query, synchronous=False)
     hook = service.jobs.webhooks.check(webhook, webhook_events)  # 422 before the upload
-    data = await read_single_upload(request, service.config.media.max_bytes, videos=True)
+    data = await read_single_upload(
+        request,
+        service.config.media.max_bytes,
+        service.config.limits.upload_idle_timeout_s,
+        videos=True,
+    )
     record, created = await service.submit_job(
         data, options, owner=owner, idempotency_key=idempotency_key, webhook=hook
     )
@@ -231,13 +240,11 @@ async def job_result_route(
 ) -> Response:
     jobs = service.jobs
     record = await jobs.finished(job_id, owner)
-    size = record.result.bytes
-    headers = {
-        "ETag": f'"{job_id}-{record.result_name}"',
-        "Cache-Control": "private, max-age=3600",
-        "Accept-Ranges": "bytes",
-    }
-    wanted = parse_range(request.headers.get("range"), size)
+    size, etag = record.result.bytes, f'"{job_id}-{record.result_name}"'
+    headers = {"ETag": etag, "Cache-Control": "private, max-age=3600", "Accept-Ranges": "bytes"}
+    wanted = None
+    if range_applies(request.headers.get("if-range"), etag):
+        wanted = parse_range(request.headers.get("range"), size)
     first, last = wanted if wanted is not None else (0, size - 1)
     headers["Content-Length"] = str(last - first + 1)
     status = 200

@@ -44,5 +44,13 @@ def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
     return start, end
 
 
+def range_applies(if_range: str | None, etag: str) -> bool:
+    """Whether a ``Range`` is served, given the request's ``If-Range``: only if it names
+    this very version (its strong ETag); a date or another tag asks for the whole body
+    (RFC 9110 §13.1.5: the client's copy is of another version; no date matches, since
+    this server sends no Last-Modified)."""
+    return if_range is None or if_range.strip() == etag
+
+
 def content_range(first: int, last: int, size: int) -> str:
     return f"bytes {first}-{last}/{size}"

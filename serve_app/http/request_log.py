@@ -6,6 +6,7 @@ to cost little more than the framework itself).
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
 import time
@@ -13,6 +14,7 @@ import uuid
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from serve_app.errors import ClientClosedRequest
 from serve_app.metrics import IngressMetrics
 
 # A child of Serve's logger: lines land in the replica's log file, formatted and filtered
@@ -58,7 +60,8 @@ UNLOGGED_ROUTES = frozenset({"/healthz", "/readyz", "/static"})
 
 class RequestContextMiddleware:
     """Counts and times every HTTP request and WebSocket session by route and status, and
-    logs one line for each (a WebSocket's status: 101 once accepted, else the refusal's)."""
+    logs one line for each (a WebSocket's status: 101 once accepted, else the refusal's;
+    an HTTP request whose client hung up before its answer: 499)."""
 
     def __init__(self, app: ASGIApp):
         self.app = app
@@ -69,9 +72,11 @@ class RequestContextMiddleware:
             return
         request_id = request_id_from(scope)
         started = time.perf_counter()
-        # An HTTP request that ends without an answer is the server's fault; a WebSocket
-        # closed before its accept was refused (the ASGI server answers 403).
-        status = 500 if scope["type"] == "http" else 403
+        # An HTTP request that ends without an answer is the server's fault, unless it was
+        # cancelled (Serve cancels a request whose client hung up); a WebSocket closed
+        # before its accept was refused (the ASGI server answers 403).
+        unanswered = 500 if scope["type"] == "http" else 403
+        status: int | None = None
 
         async def send_and_note_status(message: Message) -> None:
             nonlocal status
@@ -84,10 +89,17 @@ class RequestContextMiddleware:
                 log_fields(scope)["close_code"] = message.get("code", 1000)
             await send(message)
 
+        if scope["type"] == "http":
+            receive = _disconnect_when_failing(receive)
         try:
             await self.app(scope, receive, send_and_note_status)
+        except asyncio.CancelledError:
+            if scope["type"] == "http":
+                unanswered = ClientClosedRequest.status
+            raise
         finally:
-            self._record(scope, request_id, status, (time.perf_counter() - started) * 1e3)
+            elapsed_ms = (time.perf_counter() - started) * 1e3
+            self._record(scope, request_id, status or unanswered, elapsed_ms)
 
     @staticmethod
     def _record(scope: Scope, request_id: str, status: int, elapsed_ms: float) -> None:
@@ -117,3 +129,19 @@ class RequestContextMiddleware:
             elapsed_ms,
             extra={"ray_serve_extra_fields": fields},
         )
+
+
+def _disconnect_when_failing(receive: Receive) -> Receive:
+    """``receive``, except that a failure of it reads as the client's disconnect, which it
+    is: Serve's proxy cancels its side of a request whose client hung up, and the
+    replica's ``receive`` then raises Ray's cancellation error instead of answering
+    ``http.disconnect`` (Starlette reads that as ``ClientDisconnect``; an error there was
+    answered and counted as a 500)."""
+
+    async def receive_or_disconnect() -> Message:
+        try:
+            return await receive()
+        except Exception:
+            return {"type": "http.disconnect"}
+
+    return receive_or_disconnect

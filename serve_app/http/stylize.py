@@ -48,7 +48,8 @@ router = APIRouter()
 async def stylize_route(request: Request, service: Service, query: StylizeQuery) -> Response:
     options = service.options(query)  # before the body is read
     service.media.gate.interactive()
-    data = await read_single_upload(request, service.config.limits.max_bytes)
+    limits = service.config.limits
+    data = await read_single_upload(request, limits.max_bytes, limits.upload_idle_timeout_s)
     result = await service.stylize(data, options)
     log_fields(request.scope).update(
         style=result.style,
@@ -73,9 +74,9 @@ async def stylize_route(request: Request, service: Service, query: StylizeQuery)
 )
 async def stylize_batch_route(request: Request, service: Service, query: StylizeQuery) -> Response:
     options = service.options(query)  # before the body is read
-    count = service.config.max_batch_images
-    limit = count * (service.config.limits.max_bytes + MULTIPART_OVERHEAD_BYTES)
-    files = await read_form_files(request, "images", count, limit)
+    count, limits = service.config.max_batch_images, service.config.limits
+    limit = count * (limits.max_bytes + MULTIPART_OVERHEAD_BYTES)
+    files = await read_form_files(request, "images", count, limit, limits.upload_idle_timeout_s)
     if not files:
         raise MissingImage("send the pictures as multipart fields 'images'")
     outcomes = await service.stylize_many(files, options)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 
 from fastapi import Request
@@ -9,6 +10,7 @@ from python_multipart.multipart import parse_options_header
 from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 
+from serve_app.concurrency import within
 from serve_app.errors import (
     BadMultipart,
     EmptyUpload,
@@ -17,6 +19,7 @@ from serve_app.errors import (
     PayloadTooLarge,
     ServiceError,
     UnsupportedMediaType,
+    UploadStalled,
 )
 
 # Room for multipart boundaries and part headers around the image bytes themselves.
@@ -28,21 +31,34 @@ def _too_large(limit: int) -> PayloadTooLarge:
     return PayloadTooLarge(f"the request body exceeds the limit of {limit} bytes")
 
 
-async def limited_stream(request: Request, limit: int) -> AsyncIterator[bytes]:
-    """The body's chunks; stops with 413 as soon as more than ``limit`` bytes arrive."""
+async def limited_stream(request: Request, limit: int, idle_s: float) -> AsyncIterator[bytes]:
+    """The body's chunks; stops with 413 as soon as more than ``limit`` bytes arrive, and
+    with 408 when no chunk arrives for ``idle_s``."""
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > limit:
         raise _too_large(limit)
     received = 0
-    async for chunk in request.stream():
-        received += len(chunk)
-        if received > limit:
-            raise _too_large(limit)
-        yield chunk
+    chunks = request.stream()
+    try:
+        while True:
+            try:
+                chunk = await within(anext(chunks), idle_s)
+            except StopAsyncIteration:
+                return
+            except asyncio.TimeoutError:
+                raise UploadStalled(
+                    f"no part of the upload arrived for {idle_s:g} s ({received} bytes had arrived)"
+                ) from None
+            received += len(chunk)
+            if received > limit:
+                raise _too_large(limit)
+            yield chunk
+    finally:
+        await chunks.aclose()
 
 
-async def read_limited_body(request: Request, limit: int) -> bytes:
-    return b"".join([chunk async for chunk in limited_stream(request, limit)])
+async def read_limited_body(request: Request, limit: int, idle_s: float) -> bytes:
+    return b"".join([chunk async for chunk in limited_stream(request, limit, idle_s)])
 
 
 class _FileFieldParser(MultiPartParser):
@@ -58,6 +74,12 @@ class _FileFieldParser(MultiPartParser):
     def __init__(self, *args, file_fields: tuple[str, ...], **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self._file_fields = {field.encode() for field in file_fields}
+
+    ended = False  # the closing boundary was read
+
+    def on_end(self) -> None:
+        self.ended = True
+        super().on_end()
 
     def on_headers_finished(self) -> None:
         part = self._current_part
@@ -76,7 +98,7 @@ def media_type_of(request: Request) -> str:
 
 
 async def read_form_files(
-    request: Request, field: str | tuple[str, ...], max_files: int, limit: int
+    request: Request, field: str | tuple[str, ...], max_files: int, limit: int, idle_s: float
 ) -> list[bytes]:
     """The files of a multipart field (or of several, in the order named), in order. A
     field of another name beside them is refused (422): an option sent as a form field
@@ -89,7 +111,7 @@ async def read_form_files(
         )
     parser = _FileFieldParser(
         request.headers,
-        limited_stream(request, limit),
+        limited_stream(request, limit, idle_s),
         file_fields=fields,
         max_files=max_files,
         max_fields=max_files + 16,
@@ -98,6 +120,11 @@ async def read_form_files(
         form = await parser.parse()
     except MultiPartException as error:
         raise _multipart_error(error) from None
+    if not parser.ended:
+        await form.close()
+        raise BadMultipart(
+            "the multipart body ended before its closing boundary (the upload was cut off)"
+        )
     try:
         items = [item for name in fields for item in form.getlist(name)]
         uploads = [item for item in items if isinstance(item, UploadFile)]
@@ -122,20 +149,23 @@ def _multipart_error(error: MultiPartException) -> ServiceError:
     return BadMultipart(message)
 
 
-async def read_single_upload(request: Request, max_bytes: int, videos: bool = False) -> bytes:
+async def read_single_upload(
+    request: Request, max_bytes: int, idle_s: float, videos: bool = False
+) -> bytes:
     """One image: multipart field ``image``, or the raw body with an ``image/*`` type.
-    ``videos``: also a video (a ``video/*`` body), and the multipart field ``file``."""
+    ``videos``: also a video (a ``video/*`` body), and the multipart field ``file``. The
+    upload stops with 408 when no part of it arrives for ``idle_s``."""
     media_type = media_type_of(request)
     raw = media_type.startswith("image/") or media_type in RAW_MEDIA_TYPES
     if media_type == "multipart/form-data":
         fields = ("file", "image") if videos else ("image",)
         limit = max_bytes + MULTIPART_OVERHEAD_BYTES
-        files = await read_form_files(request, fields, 1, limit)
+        files = await read_form_files(request, fields, 1, limit, idle_s)
         if not files:
             raise MissingImage(f"send the upload as the multipart field {fields[0]!r}")
         data = files[0]
     elif raw or (videos and media_type.startswith("video/")):
-        data = await read_limited_body(request, max_bytes)
+        data = await read_limited_body(request, max_bytes, idle_s)
     else:
         kinds = "image/* or video/*" if videos else "image/*"
         raise UnsupportedMediaType(

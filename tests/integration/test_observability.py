@@ -11,7 +11,9 @@ import httpx
 import pytest
 import ray
 
+from tests.support.http import post_then_hang_up
 from tests.support.pictures import synthetic_jpeg
+from tests.support.serve import wait_request_line
 
 pytestmark = pytest.mark.integration
 
@@ -57,6 +59,20 @@ def test_one_structured_log_line_per_request(client):
     assert line["cache"] == "miss" and line["size"] == 64
     assert set(line["timings_ms"]) == {"decode", "queue", "inference", "encode"}
     assert line["deployment"].endswith("Ingress") and line["replica"]  # Serve's own fields
+
+
+def test_a_client_that_hangs_up_mid_upload_is_logged_as_499_not_as_an_error(base_url):
+    """Through Serve's proxy: the replica's receive fails once the proxy cancelled its side
+    of the request. Its line says 499, and nothing is logged as an error (it was a 500 with
+    a traceback; a hang-up during the work: ``test_shared_work.py``)."""
+    request_id = f"gone-mid-upload-{time.monotonic_ns()}"
+    photo = synthetic_jpeg(640, 480, seed=7005)
+    post_then_hang_up(
+        base_url, photo, 0.5, sent=len(photo) // 2, headers={"X-Request-ID": request_id}
+    )
+    lines = wait_request_line(request_id)
+    assert [line["status"] for line in lines if "status" in line] == [499], lines
+    assert not [line for line in lines if line["levelname"] == "ERROR"], lines
 
 
 def _package_lines(message: str) -> list[dict]:

@@ -14,7 +14,13 @@ import pytest
 
 from tests.support.http import post_then_hang_up
 from tests.support.pictures import synthetic_jpeg
-from tests.support.serve import app_args, deploy, stylizer_deployment, wait_healthy
+from tests.support.serve import (
+    app_args,
+    deploy,
+    stylizer_deployment,
+    wait_healthy,
+    wait_request_line,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -53,10 +59,17 @@ def test_follower_gets_its_picture_when_the_leader_hangs_up(slow_batches):
     # The follower joins 2.5 s in (its deadline is 6.5 s); the work, queued 5 s, is still
     # waiting for the model when the leader hangs up at 3 s.
     follower = post_later(slow_batches, data, 2.5, results)
-    post_then_hang_up(str(slow_batches.base_url), data, after_s=3.0)
+    leader = f"leader-{time.monotonic_ns()}"
+    post_then_hang_up(
+        str(slow_batches.base_url), data, after_s=3.0, headers={"X-Request-ID": leader}
+    )
     follower.join(timeout=30)
     [(response, _)] = results
     assert response.status_code == 200, response.text
+    # The leader's request, cancelled by Serve, is a hang-up (499), not the server's error.
+    lines = wait_request_line(leader)
+    assert [line["status"] for line in lines if "status" in line] == [499], lines
+    assert not [line for line in lines if line["levelname"] == "ERROR"], lines
     assert response.headers["x-cache"] == "coalesced"
     # The work completed for the cache too.
     again = slow_batches.post("/v1/stylize", content=data, headers={"Content-Type": "image/jpeg"})

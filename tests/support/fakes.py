@@ -55,14 +55,15 @@ class LocalCache:
         return {"shared": figures, "local": figures, "errors": 0, "shards": 1, "shards_answered": 1}
 
 
-def small_service(jobs_dir: str) -> AnimeService:
+def small_service(jobs_dir: str, **settings) -> AnimeService:
     """The whole service over the stand-ins: one style ("alpha"), 64 px by default, its
-    jobs in ``jobs_dir``."""
+    jobs in ``jobs_dir``; ``settings``: more of the app's configuration."""
     config = AppConfig.model_validate(
         {
             "styles": [{"name": "alpha", "weights": "random"}],
             "default_size": 64,
             "jobs": {"store_url": jobs_dir},
+            **settings,
         }
     )
     return AnimeService(config, InvertingModel(["alpha"]), LocalCache(), {"alpha": RANDOM_WEIGHTS})

@@ -3,10 +3,12 @@ and killing its replicas."""
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import tempfile
 import time
+from pathlib import Path
 
 import httpx
 import yaml
@@ -166,3 +168,29 @@ def running_replicas(deployment: str) -> int:
 
     status = serve.status().applications["animegan"].deployments[deployment]
     return status.replica_states.get("RUNNING", 0)
+
+
+def ingress_log_lines(request_id: str) -> list[dict]:
+    """Every line of the Ingress replicas' JSON logs (this Ray's) that names
+    ``request_id``."""
+    import ray
+
+    logs = Path(ray._private.worker._global_node.get_logs_dir_path()) / "serve"
+    return [
+        json.loads(line)
+        for path in logs.glob("replica_animegan_Ingress_*.log")
+        for line in path.read_text(errors="replace").splitlines()
+        if request_id in line
+    ]
+
+
+def wait_request_line(request_id: str, timeout_s: float = 20) -> list[dict]:
+    """The Ingress's log lines of a request, once its request line (the one with a
+    ``status``) is written."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        lines = ingress_log_lines(request_id)
+        if any("status" in line for line in lines):
+            return lines
+        assert time.monotonic() < deadline, f"no request line for {request_id}"
+        time.sleep(0.5)

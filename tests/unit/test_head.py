@@ -97,3 +97,15 @@ def test_a_result_s_head_gives_its_size_and_ranges(client):
     assert head.headers["accept-ranges"] == "bytes" and same_headers(whole, head) == {}
     assert ranged.status_code == 206 and ranged.headers["content-length"] == "10"
     assert ranged.headers["content-range"] == f"bytes 0-9/{len(whole.content)}"
+    # If-Range: the range only for this version (its ETag), else the whole result.
+    etag = whole.headers["etag"]
+    for method in (client.get, client.head):
+        for if_range, status in ((etag, 206), ('"another-version"', 200), (f"W/{etag}", 200)):
+            answer = method(path, headers={"Range": "bytes=0-9", "If-Range": if_range})
+            assert answer.status_code == status, (method, if_range)
+            wanted = "10" if status == 206 else str(len(whole.content))
+            assert answer.headers["content-length"] == wanted
+        dated = method(
+            path, headers={"Range": "bytes=0-9", "If-Range": "Fri, 04 Dec 2026 10:00:00 GMT"}
+        )
+        assert dated.status_code == 200
