@@ -175,10 +175,11 @@ def _decode(
             with Image.open(io.BytesIO(data), formats=_openers(allowed)) as image:
                 _check_format(image.format, allowed)
                 _check_pixels(image.size, limits)
+                stored = image.size  # a draft decodes fewer pixels: not the picture's size
                 if size_hint and image.format in ("JPEG", "MPO"):
                     _draft_for(image, size_hint)
                 image.load()  # first frame only: Image.open leaves us on frame 0
-                plan = _Plan.of(image, size)
+                plan = _Plan.of(image, size, stored)
                 rgb, alpha = _to_upright_rgb(image, plan)
                 source_format = image.format or "unknown"
             del image  # the full-size picture goes before the final resize
@@ -212,8 +213,6 @@ def _decode(
 # names them instead of "undecodable" (Pillow is never asked to parse them).
 _FOREIGN_SIGNATURES = (
     (b"8BPS", "PSD"),
-    (b"\x00\x00\x01\x00", "ICO"),
-    (b"\x00\x00\x02\x00", "CUR"),
     (b"%!PS", "EPS"),
     (b"\xc5\xd0\xd3\xc6", "EPS"),
     (b"%PDF", "PDF"),
@@ -231,6 +230,10 @@ def sniff_foreign_format(data: bytes) -> str | None:
     for signature, name in _FOREIGN_SIGNATURES:
         if data.startswith(signature):
             return name
+    # An icon directory: zero, its type (1 ICO, 2 CUR), how many images (one or more: a
+    # TGA's header may begin with the same four bytes, then a zero).
+    if data[:2] == b"\0\0" and data[2:4] in (b"\1\0", b"\2\0") and data[4:6] not in (b"", b"\0\0"):
+        return "ICO" if data[2] == 1 else "CUR"
     if len(data) > 2 and data[:1] == b"P" and data[1:2] in b"1234567" and data[2:3].isspace():
         return "PPM"
     head = data[:1024].lstrip(b"\xef\xbb\xbf \t\r\n").lower()
@@ -310,12 +313,19 @@ class _Plan:
     factor: tuple[int, int]
 
     @classmethod
-    def of(cls, image: Image.Image, size: int | None) -> _Plan:
+    def of(cls, image: Image.Image, size: int | None, stored: tuple[int, int]) -> _Plan:
+        """``stored``: the picture's sides as stored, which the output's shape keeps (a
+        JPEG decoded at a reduced scale has rounded sides, up to 1 px off the ratio)."""
         transpose = _orientation(image)
-        width, height = image.size
+        (width, height), (stored_width, stored_height) = image.size, stored
         if transpose in _SWAPS_SIDES or transpose in _SWAPS_SIDES_REVERSED:
             width, height = height, width
-        output = (width, height) if size is None else target_dimensions(width, height, size)
+            stored_width, stored_height = stored_height, stored_width
+        output = (
+            (width, height)
+            if size is None
+            else target_dimensions(stored_width, stored_height, size)
+        )
         factor = (1, 1)
         if output != (width, height):
             factor = (

@@ -179,7 +179,7 @@ class LiveStream:
         except _Repeated as repeated:
             await self._send_error(InvalidParameters(f"option {repeated} sent more than once"))
             return
-        except ValueError:
+        except (ValueError, RecursionError):  # not JSON, or nested past the parser's depth
             await self._send_error(
                 InvalidParameters('a text message is a JSON object of options, e.g. {"style": ...}')
             )

@@ -271,6 +271,10 @@ def _probe_video(source: Source, config: MediaConfig) -> MediaInfo:
                 f"container {container.format.name!r} is not accepted (MP4, MOV, MKV, WebM)"
             )
         if not container.streams.video:
+            if not container.streams.audio:
+                # Nothing of a stream's description could be read: a file cut off before
+                # its index (an MP4's moov), or damaged there.
+                raise UndecodableMedia("the file has no readable stream (cut off or damaged?)")
             raise UnsupportedCodec("the file has no video stream")
         stream = container.streams.video[0]
         codec = _video_codec(stream)

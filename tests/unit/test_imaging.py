@@ -216,8 +216,17 @@ def _psd() -> bytes:
 
 EPS = b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\n%%EndComments\nshowpage\n%%EOF\n"
 
+
+def _cursor() -> bytes:
+    """An icon directory of type 2 (a cursor), as Pillow writes none."""
+    icon = bytearray(save(solid("RGBA", (32, 32)), "ICO"))
+    icon[2] = 2
+    return bytes(icon)
+
+
 UNSUPPORTED = {
     "ICO": lambda: save(solid("RGBA", (32, 32)), "ICO"),
+    "CUR": _cursor,
     "PSD": _psd,
     "EPS": lambda: EPS,
     "PPM": lambda: save(solid(), "PPM"),
@@ -234,6 +243,13 @@ def test_other_formats_are_unsupported_and_never_parsed(fmt: str) -> None:
     message = caught.value.message
     assert fmt in message
     assert all(allowed in message for allowed in supported_input_formats())
+
+
+def test_a_tga_is_not_named_a_cursor() -> None:
+    """An uncompressed TGA's header begins as a cursor's (0 0 2 0), then says no image."""
+    with pytest.raises(ServiceError) as caught:
+        decode(save(solid(), "TGA"))
+    assert "CUR" not in caught.value.message
 
 
 def test_too_many_bytes_is_checked_first() -> None:
@@ -634,12 +650,14 @@ def test_image_limits_validation() -> None:
         "max_pixels": 50_000_000,
         "max_size": 1024,
         "max_sync_size": 1024,
+        "upload_idle_timeout_s": 15.0,
     }
     bad_limits = (
         {"max_bytes": 0},
         {"max_pixels": -1},
         {"max_size": 8},
         {"max_sync_size": 8},
+        {"upload_idle_timeout_s": 0},
         {"max_bites": 5},
     )
     for bad in bad_limits:
@@ -784,6 +802,25 @@ def test_jpeg_draft_decoding_keeps_size_and_detail(size: int) -> None:
     assert drafted.rgb.shape == full.rgb.shape
     assert max(drafted.width, drafted.height) == size
     assert _psnr(drafted.rgb, full.rgb) > 30
+
+
+@pytest.mark.parametrize(("width", "height", "exif_rotation"), [(207, 1063, 1), (1063, 207, 6)])
+def test_a_drafted_jpeg_keeps_the_stored_picture_s_shape(width, height, exif_rotation) -> None:
+    """Decoded at a quarter scale its sides round up (52×266 of 207×1063), which moved the
+    output's shorter side by a multiple of 4 for about 1% of sizes: the shape follows the
+    stored picture, as the same picture as a PNG."""
+    exif = Image.Exif()
+    exif[0x0112] = exif_rotation
+    photo = _smooth_photo(width, height)
+    jpeg = decode_module.decode_resized(save(photo, "JPEG", exif=exif), LIMITS, 256)
+    png = decode_module.decode_resized(save(photo, "PNG"), LIMITS, 256)
+    assert (jpeg.width, jpeg.height) == (48, 256)  # 6: the wide picture stands upright
+    assert exif_rotation != 1 or (png.width, png.height) == (48, 256)
+
+
+def test_too_small_names_the_stored_picture_s_sides_not_the_draft_s() -> None:
+    with pytest.raises(ImageTooSmall, match="A 160×107 image"):
+        decode_module.decode_resized(save(_smooth_photo(160, 107), "JPEG"), LIMITS, 16)
 
 
 def test_draft_leaves_at_least_twice_the_target_before_resizing() -> None:

@@ -206,7 +206,10 @@ def test_control_messages_change_the_options_for_the_next_frames():
             await transport.incoming.put(text)
         await transport.incoming.put('{"style": "nope"}')
         await transport.incoming.put('{"style": "alpha", "style": "beta"}')
-        await transport.wait_for(lambda m: isinstance(m, dict) and len(transport.sent) >= 5)
+        # Nested past the JSON parser's depth (4 KB): it raised RecursionError, which
+        # ended the stream without a close.
+        await transport.incoming.put('{"style": ' + "[" * 2000 + "]" * 2000 + "}")
+        await transport.wait_for(lambda m: isinstance(m, dict) and len(transport.sent) >= 6)
         await transport.incoming.put(b"f0")
         await frames.started.get()
         await frames.release.put(None)
@@ -216,7 +219,7 @@ def test_control_messages_change_the_options_for_the_next_frames():
         return transport
 
     transport = asyncio.run(scenario())
-    acknowledged, not_an_object, unknown, bad_style, repeated, frame = transport.headers()
+    acknowledged, not_an_object, unknown, bad_style, repeated, too_deep, frame = transport.headers()
     assert acknowledged["options"]["style"] == "beta"
     assert acknowledged["options"]["strength"] == 0.5
     assert acknowledged["options"]["size"] == LiveConfig().default_size
@@ -227,6 +230,7 @@ def test_control_messages_change_the_options_for_the_next_frames():
         "code": "invalid_parameters",
         "message": "option 'style' sent more than once",
     }
+    assert too_deep["error"]["code"] == "invalid_parameters"
     assert frame["style"] == "beta"  # the last good options
 
 

@@ -204,6 +204,22 @@ def test_truncated_mp4_refused_at_probe(files: dict[str, Path], tmp_path: Path) 
         probe.probe(cut, CONFIG)
 
 
+@pytest.mark.parametrize("keep", [0.55, 0.6, 2 / 3])
+def test_an_mp4_cut_inside_its_index_is_undecodable(tmp_path: Path, keep: float) -> None:
+    """Ten flat frames: a small mdat, then the moov. Cut inside the moov, the file opens
+    with no stream, or with one whose kind could not be read: cut off (400), not a file
+    without video (415)."""
+    whole = tmp_path / "flat.mp4"
+    with av.open(str(whole), "w", format="mp4") as out:
+        stream = samples._add_video(out, "libx264", 10, (160, 96), lossless=False)
+        for index in range(10):
+            picture = np.full((96, 160, 3), index * 20, np.uint8)
+            out.mux(stream.encode(av.VideoFrame.from_ndarray(picture, format="rgb24")))
+        out.mux(stream.encode(None))
+    with pytest.raises(UndecodableMedia):
+        probe.probe(samples.truncate(whole, tmp_path / "cut.mp4", keep=keep), CONFIG)
+
+
 def test_truncated_faststart_mp4_refused_mid_read(files: dict[str, Path], tmp_path: Path) -> None:
     cut = samples.truncate(files["faststart"], tmp_path / "cut.mp4")
     info = probe.probe(cut, CONFIG)
