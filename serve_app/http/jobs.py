@@ -76,7 +76,7 @@ def _prefer_wait_s(prefer: str | None, most_s: float) -> float:
             "`Prefer: wait` asked for",
         },
         202: {"model": JobView, "description": "a new job", "headers": JOB_HEADERS},
-        **error_statuses(400, 401, 413, 415, 422, 429, 500, 503, 507),
+        **error_statuses(400, 401, 408, 413, 415, 422, 429, 500, 503, 507),
     },
     openapi_extra={"requestBody": {"required": True, "content": JOB_BODY}},
 )

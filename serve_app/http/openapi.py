@@ -23,6 +23,7 @@ ERROR_DESCRIPTIONS = {
     401: "an API key is configured and the request has none or a wrong one",
     403: "listing jobs needs an API key (on an open service a job is reached by its id)",
     404: "no such job, or not the caller's (`unknown_job`), or one that expired (`job_expired`)",
+    408: "no part of the upload arrived for `limits.upload_idle_timeout_s` (`upload_stalled`)",
     413: "more bytes, pixels, frames, seconds or multipart parts than the limits allow",
     415: "a picture format or video codec not accepted, or a body neither multipart nor "
     "image/* (video/* for jobs)",
@@ -97,7 +98,7 @@ JOB_BODY = {
 }
 
 
-STYLIZE_ERRORS = error_statuses(400, 401, 413, 415, 422, 500, 503, 504)
+STYLIZE_ERRORS = error_statuses(400, 401, 408, 413, 415, 422, 500, 503, 504)
 PICTURE_HEADERS = {
     "X-Cache": {"schema": {"type": "string", "enum": ["hit", "miss", "coalesced"]}},
     "X-Style": {"schema": {"type": "string"}, "description": "the style applied"},

@@ -1,9 +1,13 @@
-"""API keys, CORS and the request deadline, on a deployment configured for them."""
+"""API keys, CORS, the request deadline and the upload's idle timeout, on a deployment
+configured for them."""
 
 from __future__ import annotations
 
 import io
+import json
+import socket
 import time
+from urllib.parse import urlsplit
 
 import httpx
 import numpy as np
@@ -26,13 +30,17 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 KEYS = "key-one,key-two"
 ORIGIN = "https://photos.example.test"
 DEADLINE_S = 0.5
+UPLOAD_IDLE_S = 1.0
 
 
 @pytest.fixture(scope="module")
 def guarded(default_app):
-    """Keys required, one CORS origin, a short deadline, and batches that wait 3 s."""
+    """Keys required, one CORS origin, a short deadline and upload idle timeout, and
+    batches that wait 3 s."""
+    args = app_args(request_timeout_s=DEADLINE_S, cors_origins=[ORIGIN])
+    args["limits"] = {**args["limits"], "upload_idle_timeout_s": UPLOAD_IDLE_S}
     deploy(
-        app_args(request_timeout_s=DEADLINE_S, cors_origins=[ORIGIN]),
+        args,
         stylizer=stylizer_deployment(
             user_config={"max_batch_size": 8, "batch_wait_timeout_s": 3.0}
         ),
@@ -159,6 +167,33 @@ def test_past_the_deadline_is_504_and_the_work_is_cancelled(guarded):
     pixels = np.asarray(Image.open(io.BytesIO(synthetic_jpeg(96, 72, seed=4243))).convert("RGB"))
     stylizer.stylize.remote(pixels, STYLE_A).result(timeout_s=60)
     assert stylizer.stats.remote().result()["images"] == before + 1
+
+
+def test_a_stalled_upload_is_answered_408_through_serve_s_proxy(guarded):
+    """Headers and part of the body, then nothing: the replica stops waiting after the idle
+    timeout and the client, still connected, reads a 408 in the API's JSON (it waited
+    for ever: each such client held one of the ingress's requests)."""
+    url = urlsplit(str(guarded.base_url))
+    data = synthetic_jpeg(seed=4244)
+    head = (
+        f"POST /v1/stylize HTTP/1.1\r\nHost: {url.netloc}\r\nContent-Type: image/jpeg\r\n"
+        f"Authorization: Bearer key-one\r\nContent-Length: {len(data)}\r\n\r\n"
+    ).encode()
+    with socket.create_connection((url.hostname, url.port), timeout=30) as sock:
+        started = time.monotonic()
+        sock.sendall(head + data[:1000])
+        answer = b""
+        while b"\r\n\r\n" not in answer or not answer.rstrip().endswith(b"}"):
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            answer += chunk
+        elapsed = time.monotonic() - started
+    status_line, _, rest = answer.partition(b"\r\n")
+    assert status_line.split()[1] == b"408", answer[:300]
+    body = json.loads(rest.partition(b"\r\n\r\n")[2])
+    assert body["error"]["code"] == "upload_stalled" and "1000 bytes" in body["error"]["message"]
+    assert elapsed < UPLOAD_IDLE_S + 10
 
 
 def test_default_deploy_has_no_cors_and_no_key(base_url, guarded):
