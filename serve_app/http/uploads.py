@@ -75,7 +75,12 @@ class _FileFieldParser(MultiPartParser):
         super().__init__(*args, **kwargs)
         self._file_fields = {field.encode() for field in file_fields}
 
+    began = False  # a part began
     ended = False  # the closing boundary was read
+
+    def on_part_begin(self) -> None:
+        self.began = True
+        super().on_part_begin()
 
     def on_end(self) -> None:
         self.ended = True
@@ -120,7 +125,7 @@ async def read_form_files(
         form = await parser.parse()
     except MultiPartException as error:
         raise _multipart_error(error) from None
-    if not parser.ended:
+    if parser.began and not parser.ended:  # none began: no picture (422, below)
         await form.close()
         raise BadMultipart(
             "the multipart body ended before its closing boundary (the upload was cut off)"
