@@ -126,3 +126,14 @@ async def _cancelled_and_ended(task: asyncio.Task) -> None:
             await asyncio.wait([task])
     if not task.cancelled():
         task.exception()
+
+
+async def next_within(items: AsyncIterator[T], timeout_s: float) -> T:
+    """``items``' next item, or ``asyncio.TimeoutError`` after ``timeout_s`` (the step
+    cancelled); ``StopAsyncIteration`` at its end. Where Python has ``asyncio.timeout``
+    (3.11) the step runs in the caller's task, so an upload's chunks cost no task each."""
+    timeout = getattr(asyncio, "timeout", None)
+    if timeout is None:
+        return await within(anext(items), timeout_s)
+    async with timeout(timeout_s):
+        return await anext(items)

@@ -298,14 +298,14 @@ class StreamStalled(ServiceError):
     status, code = 408, "stream_stalled"
 
 
-# --- 5xx: the service, not the request -------------------------------------------------
-
-
 class ClientClosedRequest(ServiceError):
     """The client hung up before its answer (nginx's 499): never sent, only logged and
     counted, so that a phone losing its signal is not counted as the server's error."""
 
     status, code = 499, "client_closed_request"
+
+
+# --- 5xx: the service, not the request -------------------------------------------------
 
 
 class InternalError(ServiceError):

@@ -10,7 +10,7 @@ from python_multipart.multipart import parse_options_header
 from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 
-from serve_app.concurrency import within
+from serve_app.concurrency import next_within
 from serve_app.errors import (
     BadMultipart,
     EmptyUpload,
@@ -42,7 +42,7 @@ async def limited_stream(request: Request, limit: int, idle_s: float) -> AsyncIt
     try:
         while True:
             try:
-                chunk = await within(anext(chunks), idle_s)
+                chunk = await next_within(chunks, idle_s)
             except StopAsyncIteration:
                 return
             except asyncio.TimeoutError:

@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from serve_app.concurrency import within
+from serve_app.concurrency import next_within, within
 
 
 def test_within_answers_or_times_out_and_cancels():
@@ -68,3 +68,30 @@ def test_a_cancelled_caller_may_close_the_generator_it_was_stepping():
 
     task = asyncio.run(scenario())
     assert task.cancelled() and cleaned == [True]
+
+
+@pytest.mark.parametrize("with_asyncio_timeout", [True, False])
+def test_next_within_gives_items_then_the_end_or_times_out(monkeypatch, with_asyncio_timeout):
+    """The same with Python 3.11's ``asyncio.timeout`` and without it (3.10: ``within``)."""
+    if not with_asyncio_timeout:
+        monkeypatch.delattr(asyncio, "timeout", raising=False)
+
+    async def items(stall: bool):
+        yield "a"
+        if stall:
+            await asyncio.sleep(10)
+        yield "b"
+
+    async def scenario():
+        quick = items(stall=False)
+        got = [await next_within(quick, 1), await next_within(quick, 1)]
+        with pytest.raises(StopAsyncIteration):
+            await next_within(quick, 1)
+        stalled = items(stall=True)
+        got.append(await next_within(stalled, 1))
+        with pytest.raises(asyncio.TimeoutError):
+            await next_within(stalled, 0.05)
+        await stalled.aclose()
+        return got
+
+    assert asyncio.run(scenario()) == ["a", "b", "a"]
