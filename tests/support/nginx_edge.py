@@ -64,9 +64,11 @@ def _mib_up(size: int) -> str:
 def derived_directives(config: AppConfig) -> dict[tuple[str, str], str]:
     """(directive, block) -> value, for every value of the file that follows from the
     app's limits: each body bound is the most the app itself reads on that route (its own
-    413 then answers anything between the two)."""
+    413 then answers anything between the two); a stalled upload is ended after the same
+    idle time at the edge as in the app."""
     picture = config.limits.max_bytes + MULTIPART_OVERHEAD_BYTES
     return {
+        ("client_body_timeout", SERVER): f"{config.limits.upload_idle_timeout_s:g}s",
         ("client_max_body_size", SERVER): _mib_up(picture),
         ("client_max_body_size", "location = /v1/stylize/batch"): _mib_up(
             config.max_batch_images * picture
