@@ -55,7 +55,10 @@ def sign(key: bytes, message_id: str, timestamp: int, body: bytes) -> str:
 
 
 def _origin(url: str) -> tuple[str, str, int, str]:
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)  # raises for a malformed bracketed host, or one NFKC changes
+    except ValueError as error:
+        raise WebhookRefused(f"webhook {url[:200]!r}: {error}") from None
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise WebhookRefused(f"webhook {url[:200]!r}: only http(s) URLs are taken")
     if parts.username or parts.password:
