@@ -194,6 +194,7 @@ class JobService:
         twin = (submission.owner, submission.idempotency_key or submission.content_key)
         if (submission.owner or submission.idempotency_key) and twin in self._creating:
             record, _ = await asyncio.shield(self._creating[twin])  # the same, twice at once
+            _check_same_content(record, submission)
             return record, False
         if self.runs.full:
             raise Overloaded("too many jobs waiting on this replica; retry shortly")
@@ -234,11 +235,7 @@ class JobService:
             max_active=None if submission.owner == ANONYMOUS else config.max_active_per_key,
         )
         if not created:
-            if stored.content_key != record.content_key:
-                raise IdempotencyKeyReused(
-                    "this Idempotency-Key was sent before with another upload or other "
-                    "options; use a new key for a new job"
-                )
+            _check_same_content(stored, submission)
             return stored, False
         try:
             await self._call(self.blobs.put, stored.id, UPLOAD, submission.data)
@@ -461,3 +458,13 @@ def _service_error(error: BaseException) -> ServiceError:
     if isinstance(error, ServiceError):
         return error
     return StoreError(f"the upload could not be stored: {error}")
+
+
+def _check_same_content(found: JobRecord, submission: Submission) -> None:
+    """A submission that found an earlier job by its Idempotency-Key: the key's job is
+    only its own for the same upload and options (422 otherwise)."""
+    if found.content_key != submission.content_key:
+        raise IdempotencyKeyReused(
+            "this Idempotency-Key was sent before with another upload or other "
+            "options; use a new key for a new job"
+        )

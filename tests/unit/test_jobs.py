@@ -567,6 +567,24 @@ def test_an_idempotency_key_gets_the_same_job_and_refuses_other_content(tmp_path
     assert created and not created_again and again.id == first.id
 
 
+def test_an_idempotency_key_sent_twice_at_once_with_other_content_is_refused(tmp_path):
+    """The second arrives while the first is being made: it waits for that job and, its
+    upload being another, is refused as if it came after (it got the other upload's job)."""
+
+    async def scenario():
+        jobs = service(tmp_path, FakeStylize())
+        mine = submission(owner="", idempotency_key="k-2")
+        same = submission(owner="", idempotency_key="k-2")
+        other = submission(b"other", owner="", idempotency_key="k-2")
+        return await asyncio.gather(
+            jobs.submit(mine), jobs.submit(same), jobs.submit(other), return_exceptions=True
+        )
+
+    (first, created), (again, created_again), refused = run(scenario)
+    assert created and not created_again and again.id == first.id
+    assert isinstance(refused, IdempotencyKeyReused)
+
+
 def test_events_follow_the_job_to_its_end_pushed_not_polled(tmp_path):
     async def scenario():
         stylize = FakeStylize(delay=0.1)
