@@ -26,6 +26,7 @@ from typing import Any, Protocol
 from serve_app.concurrency import within
 from serve_app.config import LiveConfig
 from serve_app.errors import (
+    InternalError,
     InvalidParameters,
     PayloadTooLarge,
     ServiceError,
@@ -211,6 +212,9 @@ class LiveStream:
                     )
                 except ServiceError as error:
                     made = error
+                except Exception:  # the model failed (a bug, out of memory): this frame only
+                    logger.exception("live frame %d failed", frame.seq)
+                    made = InternalError("the frame could not be made; the next one may be")
             try:
                 await self._answer(frame, made, started)
             except StreamStalled as stalled:

@@ -177,6 +177,12 @@ def test_a_bad_frame_is_reported_and_the_stream_goes_on():
         await frames.started.get()
         await frames.release.put(UndecodableImage("not a picture"))
         await transport.wait_for(lambda m: isinstance(m, dict) and m.get("seq") == 1)
+        # The model fails on a frame (not one of the service's errors: a failed pass comes
+        # back from the replica as Ray's error): that frame's error, the stream goes on.
+        await transport.incoming.put(b"unlucky")
+        await frames.started.get()
+        await frames.release.put(RuntimeError("inference failed: out of memory"))
+        await transport.wait_for(lambda m: isinstance(m, dict) and m.get("seq") == 2)
         await transport.incoming.put(b"good")
         await frames.started.get()
         await frames.release.put(None)
@@ -193,8 +199,9 @@ def test_a_bad_frame_is_reported_and_the_stream_goes_on():
         "skipped": 0,
         "error": {"code": "undecodable_image", "message": "not a picture"},
     }
-    assert headers[2]["seq"] == 2 and "error" not in headers[2]
-    assert (stream.failed, stream.processed) == (2, 1)
+    assert headers[2]["seq"] == 2 and headers[2]["error"]["code"] == "internal_error"
+    assert headers[3]["seq"] == 3 and "error" not in headers[3]
+    assert (stream.failed, stream.processed) == (3, 1)
 
 
 def test_control_messages_change_the_options_for_the_next_frames():
