@@ -113,7 +113,9 @@ class RecordStore(Protocol):
         renewing (its process died) lapses at its time."""
 
     async def renew_place(self, group: str, holder: str, until: float) -> None:
-        """Keep ``holder``'s place until ``until`` (held again if it had lapsed)."""
+        """Keep ``holder``'s place until ``until``, if it still holds it: a place given
+        back (or lapsed) is not held again, so that a renewal that crosses the release of
+        its place in flight cannot bring it back for a lease with nobody renewing it."""
 
     async def release_place(self, group: str, holder: str) -> None: ...
 
@@ -508,7 +510,10 @@ class SqliteRecords:
     async def renew_place(self, group: str, holder: str, until: float) -> None:
         def renew() -> None:
             with self._transaction() as db:
-                db.execute("INSERT OR REPLACE INTO places VALUES (?, ?, ?)", (group, holder, until))
+                db.execute(
+                    "UPDATE places SET until = ? WHERE grp = ? AND holder = ?",
+                    (until, group, holder),
+                )
 
         await self._run(renew)
 

@@ -110,11 +110,11 @@ extend_group(places, now)
 return 1
 """
 )
-# Renews a holder's place (ARGV: now, the new deadline, the holder).
+# Renews a holder's place if it still holds it (ARGV: now, the new deadline, the holder).
 _RENEW_PLACE = (
     _EXTEND_GROUP
     + """
-redis.call('ZADD', KEYS[1], ARGV[2], ARGV[3])
+redis.call('ZADD', KEYS[1], 'XX', ARGV[2], ARGV[3])
 extend_group(KEYS[1], ARGV[1])
 """
 )
