@@ -108,15 +108,15 @@ async def within(awaitable: Awaitable[T], timeout_s: float) -> T:
     try:
         done, _ = await asyncio.wait({task}, timeout=timeout_s)
     except asyncio.CancelledError:
-        await _cancelled_and_ended(task)
+        await cancel_and_wait(task)
         raise
     if not done:
-        await _cancelled_and_ended(task)
+        await cancel_and_wait(task)
         raise asyncio.TimeoutError
     return task.result()
 
 
-async def _cancelled_and_ended(task: asyncio.Task) -> None:
+async def cancel_and_wait(task: asyncio.Task) -> None:
     """Cancel ``task`` and wait until it has ended, however often the caller is cancelled
     meanwhile (the caller raises its own cancellation); what the task raised is dropped,
     since nobody waits for its result any more."""

@@ -6,6 +6,7 @@ on an open service whoever holds its (random, unguessable) id reaches it.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 from collections.abc import AsyncIterator
@@ -14,6 +15,7 @@ from typing import Annotated
 from fastapi import APIRouter, Header, Query, Request, WebSocket, WebSocketDisconnect
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
+from serve_app.concurrency import cancel_and_wait
 from serve_app.errors import ErrorBody, OwnerRequired, ServiceError
 from serve_app.http.openapi import (
     BINARY,
@@ -36,6 +38,7 @@ from serve_app.http.ranges import content_range, parse_range, range_applies
 from serve_app.http.request_log import log_fields
 from serve_app.http.uploads import read_single_upload
 from serve_app.jobs.records import ANONYMOUS, CURSOR, JobList, JobState, JobView
+from serve_app.jobs.service import JobService
 from serve_app.jobs.webhooks import WEBHOOK_EVENTS
 
 router = APIRouter()
@@ -205,19 +208,38 @@ async def job_events_socket(websocket: WebSocket, job_id: str) -> None:
         return
     service = websocket.app.state.service
     events = service.jobs.events(job_id, owner_of_request(websocket))
+    # The client's departure arrives only as a message to read (Serve stops watching an
+    # accepted socket's connection): read while sending, or a socket whose job does not
+    # change would hold its follower and its request until the job ends.
+    sending = asyncio.ensure_future(_send_events(websocket, service.jobs, events))
+    leaving = asyncio.ensure_future(_until_the_client_leaves(websocket))
     try:
-        async for record in events:
-            if record is None:
-                continue  # idle: the server's pings keep the socket alive
-            view = service.jobs.view(record).model_dump(mode="json")
-            await websocket.send_json({"event": record.state, "data": view})
-        await websocket.close(1000, "the job ended")
+        await asyncio.wait({sending, leaving}, return_when=asyncio.FIRST_COMPLETED)
+        if sending.done():
+            sending.result()
     except ServiceError as error:
         await close_socket(websocket, error)
     except WebSocketDisconnect:
         pass
     finally:
+        await cancel_and_wait(leaving)
+        await cancel_and_wait(sending)  # its step over before the generator is closed
         await events.aclose()
+
+
+async def _send_events(websocket: WebSocket, jobs: JobService, events: AsyncIterator) -> None:
+    async for record in events:
+        if record is None:
+            continue  # idle: the server's pings keep the socket alive
+        view = jobs.view(record).model_dump(mode="json")
+        await websocket.send_json({"event": record.state, "data": view})
+    await websocket.close(1000, "the job ended")
+
+
+async def _until_the_client_leaves(websocket: WebSocket) -> None:
+    """Reads what the client sends (nothing is asked of it: dropped) until it leaves."""
+    while (await websocket.receive())["type"] != "websocket.disconnect":
+        pass
 
 
 @router.get(

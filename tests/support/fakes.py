@@ -1,7 +1,10 @@
 """Stand-ins for the Ray-backed parts the service is composed over (unit tests only):
-a model that inverts pictures, and a result cache in this process."""
+a model that inverts pictures (at once, or when a test lets it), and a result cache in
+this process."""
 
 from __future__ import annotations
+
+import asyncio
 
 import numpy as np
 
@@ -38,6 +41,19 @@ class InvertingModel:
         return None
 
 
+class HeldModel(InvertingModel):
+    """An ``InvertingModel`` whose pictures wait until ``release`` is set (from the
+    service's own event loop)."""
+
+    def __init__(self, styles: list[str]) -> None:
+        super().__init__(styles)
+        self.release = asyncio.Event()
+
+    async def stylize(self, rgb: np.ndarray, style: str, on_progress=None) -> StylizedArray:
+        await self.release.wait()
+        return await super().stylize(rgb, style, on_progress)
+
+
 class LocalCache:
     """The result cache's interface over one in-process LRU, with its figures."""
 
@@ -55,7 +71,7 @@ class LocalCache:
         return {"shared": figures, "local": figures, "errors": 0, "shards": 1, "shards_answered": 1}
 
 
-def small_service(jobs_dir: str, **settings) -> AnimeService:
+def small_service(jobs_dir: str, model: InvertingModel | None = None, **settings) -> AnimeService:
     """The whole service over the stand-ins: one style ("alpha"), 64 px by default, its
     jobs in ``jobs_dir``; ``settings``: more of the app's configuration."""
     config = AppConfig.model_validate(
@@ -66,4 +82,5 @@ def small_service(jobs_dir: str, **settings) -> AnimeService:
             **settings,
         }
     )
-    return AnimeService(config, InvertingModel(["alpha"]), LocalCache(), {"alpha": RANDOM_WEIGHTS})
+    model = model or InvertingModel(["alpha"])
+    return AnimeService(config, model, LocalCache(), {"alpha": RANDOM_WEIGHTS})
