@@ -53,6 +53,19 @@ class MemoryBudget:
                 self._changed.notify_all()
 
 
+class Backoff:
+    """The waits between a retried call's tries: ``first_s``, then twice as long each
+    time, never more than ``most_s``."""
+
+    def __init__(self, first_s: float = 0.5, most_s: float = 5.0) -> None:
+        self.next_s = first_s
+        self._most_s = most_s
+
+    async def wait(self) -> None:
+        await asyncio.sleep(self.next_s)
+        self.next_s = min(self.next_s * 2, self._most_s)
+
+
 async def run_to_completion(function, *args):
     """``asyncio.to_thread``, except that a cancelled caller still waits for the thread:
     whatever the thread was doing (a forward pass) has ended when the cancellation

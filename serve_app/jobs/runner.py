@@ -28,9 +28,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from serve_app.concurrency import raise_if_cancelling, run_in_to_completion
+from serve_app.concurrency import Backoff, raise_if_cancelling, run_in_to_completion
 from serve_app.config import JobsConfig
-from serve_app.errors import QueueTimeout, ServiceError, StoreError, Timeout
+from serve_app.errors import Overloaded, QueueTimeout, ServiceError, StoreError, Timeout
 from serve_app.jobs.blobs import UPLOAD, BlobStore
 from serve_app.jobs.fair_slots import FairSlots
 from serve_app.jobs.record_store import RecordStore
@@ -45,6 +45,10 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
+
+# A still job that finds the service at capacity asks again after these waits (doubling).
+CAPACITY_FIRST_WAIT_S = 0.25
+CAPACITY_MOST_WAIT_S = 5.0
 
 Stylize = Callable[[bytes, StylizeOptions, float], Awaitable[StylizeResult]]
 """(upload, options, timeout_s) -> the picture; raises the API's errors."""
@@ -164,7 +168,7 @@ class JobRun:
         options = StylizeOptions.from_dict(record.options)
         if record.kind == "still":
             data = await context.io_call(context.blobs.read, record.id, UPLOAD)
-            result = await context.stylize(data, options, context.config.timeout_s)
+            result = await self._stylize_still(data, options)
             await context.io_call(context.blobs.put, record.id, self._result_name, result.data)
             return JobResultInfo(
                 media_type=result.media_type,
@@ -174,6 +178,21 @@ class JobRun:
                 cache=result.cache,
             )
         return await self._make_media(options)
+
+    async def _stylize_still(self, data: bytes, options: StylizeOptions) -> StylizeResult:
+        """The picture, within the job's deadline. While the service is at capacity
+        (``Overloaded``: the photos people wait for come first) the job waits and asks
+        again instead of failing."""
+        deadline = time.monotonic() + self.context.config.timeout_s
+        backoff = Backoff(CAPACITY_FIRST_WAIT_S, CAPACITY_MOST_WAIT_S)
+        while True:
+            try:
+                return await self.context.stylize(data, options, deadline - time.monotonic())
+            except Overloaded:
+                if time.monotonic() + backoff.next_s >= deadline:
+                    raise
+                logger.info("job %s: the service is at capacity; asking again", self.job_id)
+            await backoff.wait()
 
     async def _make_media(self, options: StylizeOptions) -> JobResultInfo:
         context, record = self.context, self.record

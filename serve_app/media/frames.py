@@ -36,9 +36,9 @@ from typing import BinaryIO
 
 import numpy as np
 
-from serve_app.concurrency import run_detached
+from serve_app.concurrency import Backoff, run_detached
 from serve_app.config import MediaConfig
-from serve_app.errors import ReplicaFailed, Unavailable
+from serve_app.errors import Overloaded, ReplicaFailed, Unavailable
 from serve_app.imaging.pixels import target_dimensions
 from serve_app.media import probe
 from serve_app.media.ends import (
@@ -64,9 +64,11 @@ FRAME_MEDIA_TYPE = "application/x-animegan-rgb"
 """How a stylized frame is kept in the result cache: raw (H, W, 3) uint8 bytes."""
 FRAME_KEY_VERSION = 1
 # A model replica that dies mid-batch is replaced by Serve within seconds: the batch is
-# tried again this many times, waiting longer each time, before the job fails.
+# tried again this many times, waiting longer each time (up to the most), before the job
+# fails. A full model (503 overloaded) is waited out the same way, without a count.
 MODEL_ATTEMPTS = 6
 RETRY_FIRST_WAIT_S = 0.5
+RETRY_MOST_WAIT_S = 5.0
 # Digests of the frames stylized last, with their pictures: a still shot or a repeating
 # animation costs one model pass; older repeats are found in the result cache.
 RECENT_FRAMES = 64
@@ -271,8 +273,7 @@ class MediaJob:
 
     async def _stylize(self, batch: list[tuple[str, _Pending]]) -> None:
         try:
-            async with self._gate.slot():
-                results = await self._call_model([p.decoded.photo for _, p in batch])
+            results = await self._call_model([p.decoded.photo for _, p in batch])
         except asyncio.CancelledError:
             for _, pending in batch:
                 pending.picture.cancel()
@@ -289,17 +290,27 @@ class MediaJob:
         self._keep([(digest, result) for (digest, _), result in zip(batch, results, strict=True)])
 
     async def _call_model(self, frames: list[np.ndarray]) -> list[StylizedArray]:
-        wait_s = RETRY_FIRST_WAIT_S
-        for attempt in range(1, MODEL_ATTEMPTS + 1):
+        """A replica that died is tried again up to ``MODEL_ATTEMPTS`` times; a model
+        whose queues are full (``Overloaded``: photos and other jobs first) is waited
+        out for as long as the job's own deadline lets it. Each try takes a place at the
+        gate; the waits between tries leave it to the other jobs."""
+        backoff, failures = Backoff(RETRY_FIRST_WAIT_S, RETRY_MOST_WAIT_S), 0
+        while True:
             try:
-                return await self._at_the_model(frames)
+                async with self._gate.slot():
+                    return await self._at_the_model(frames)
             except ReplicaFailed as error:
-                if attempt == MODEL_ATTEMPTS or self._stopping:
+                failures += 1
+                if failures == MODEL_ATTEMPTS or self._stopping:
                     raise Unavailable("the model replicas kept failing; retry the job") from error
-                logger.warning("model replica failed (%s); batch retried in %.1f s", error, wait_s)
-            await asyncio.sleep(wait_s)
-            wait_s *= 2
-        raise AssertionError("unreachable")
+                logger.warning(
+                    "model replica failed (%s); batch retried in %.1f s", error, backoff.next_s
+                )
+            except Overloaded:
+                if self._stopping:
+                    raise
+                logger.info("the model is at capacity; batch retried in %.1f s", backoff.next_s)
+            await backoff.wait()
 
     async def _at_the_model(self, frames: list[np.ndarray]) -> list[StylizedArray]:
         """One call, marked as running at the model while it does (see ``_settle_calls``)."""

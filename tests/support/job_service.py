@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 
+from serve_app.errors import Overloaded
 from serve_app.jobs.service import Submission
 from serve_app.options import StylizeOptions
 from serve_app.pipeline.results import StylizeResult
@@ -14,10 +15,11 @@ ALICE, BOB = "a" * 32, "b" * 32
 
 
 class FakeStylize:
-    """Answers after ``delay`` s; counts calls; ``gate`` (if set) holds every call."""
+    """Answers after ``delay`` s; counts calls; ``gate`` (if set) holds every call; the
+    first ``overloads`` calls find the service at capacity."""
 
-    def __init__(self, delay: float = 0.0, error: Exception | None = None):
-        self.delay, self.error = delay, error
+    def __init__(self, delay: float = 0.0, error: Exception | None = None, overloads: int = 0):
+        self.delay, self.error, self.overloads = delay, error, overloads
         self.calls = 0
         self.cancelled = 0
         self.gate: asyncio.Event | None = None
@@ -35,6 +37,9 @@ class FakeStylize:
             raise
         if self.error is not None:
             raise self.error
+        if self.overloads:
+            self.overloads -= 1
+            raise Overloaded("too many pictures in progress; retry shortly")
         return StylizeResult(
             data=b"picture:" + data,
             media_type="image/png",

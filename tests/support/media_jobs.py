@@ -8,7 +8,7 @@ import asyncio
 import numpy as np
 
 from serve_app.config import MediaConfig
-from serve_app.errors import ReplicaFailed
+from serve_app.errors import Overloaded, ReplicaFailed
 from serve_app.media import probe
 from serve_app.media.frames import MediaJob
 from serve_app.media.gate import ModelGate
@@ -22,13 +22,16 @@ CONFIG = MediaConfig(frames_in_flight=8, frame_batch=4)
 class FakeModel:
     """Inverts each frame; counts calls, frames and the most calls at once."""
 
-    def __init__(self, failures: int = 0, delay_s: float = 0.0, detached: bool = False) -> None:
+    def __init__(
+        self, failures: int = 0, delay_s: float = 0.0, detached: bool = False, overloads: int = 0
+    ) -> None:
         self.calls = 0
         self.frames = 0
         self.running = 0
         self.most_running = 0
         self.batch_sizes: list[int] = []
         self._failures = failures
+        self._overloads = overloads  # calls answered 503 overloaded (a full model queue)
         self._delay_s = delay_s
         # Like a Serve replica: a cancelled caller stops waiting, the pass goes on.
         self._detached = detached
@@ -47,6 +50,9 @@ class FakeModel:
             if self._failures:
                 self._failures -= 1
                 raise ReplicaFailed("replica died")
+            if self._overloads:
+                self._overloads -= 1
+                raise Overloaded("the service is at capacity; retry shortly")
             assert len({frame.shape for frame in frames}) == 1
             self.frames += len(frames)
             self.batch_sizes.append(len(frames))

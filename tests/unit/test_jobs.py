@@ -190,6 +190,29 @@ def test_a_failed_job_reports_its_error_and_runs_again_when_resubmitted(tmp_path
     assert usage == done.result.bytes  # the failed job holds no space
 
 
+def test_a_still_job_that_finds_the_service_at_capacity_waits_for_room(tmp_path):
+    async def scenario():
+        stylize = FakeStylize(overloads=2)
+        jobs = service(tmp_path, stylize)
+        record, _ = await jobs.submit(submission())
+        return await jobs.wait(record.id, ALICE, 10), stylize.calls
+
+    done, calls = run(scenario)
+    assert done.state == "done" and done.attempts == 1 and calls == 3
+
+
+def test_a_still_job_whose_deadline_passes_at_capacity_fails_overloaded(tmp_path):
+    async def scenario():
+        stylize = FakeStylize(overloads=1000)
+        jobs = service(tmp_path, stylize, timeout_s=1.0)
+        record, _ = await jobs.submit(submission())
+        return await jobs.wait(record.id, ALICE, 10), stylize.calls
+
+    failed, calls = run(scenario)
+    assert failed.state == "failed" and failed.error.code == "overloaded"
+    assert 2 <= calls < 10  # asked again, waiting longer each time
+
+
 def test_an_unexpected_exception_fails_the_job_as_internal_error(tmp_path):
     async def scenario():
         jobs = service(tmp_path, FakeStylize(error=RuntimeError("boom")))

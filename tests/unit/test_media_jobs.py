@@ -14,7 +14,12 @@ from PIL import Image
 from serve_app.config import MediaConfig
 from serve_app.errors import Unavailable
 from serve_app.media import probe
-from serve_app.media.frames import MediaJob, frame_key, sync_animation_budget_error
+from serve_app.media.frames import (
+    MODEL_ATTEMPTS,
+    MediaJob,
+    frame_key,
+    sync_animation_budget_error,
+)
 from serve_app.media.gate import ModelGate
 from serve_app.media.reader import MediaReader
 from serve_app.model.identity import ModelIdentity
@@ -126,6 +131,16 @@ def test_a_replica_that_keeps_failing_fails_the_job(tmp_path, monkeypatch):
     source = make_h264_aac_mp4(tmp_path / "in.mp4", seconds=1.0)
     with pytest.raises(Unavailable):
         run_job(source, tmp_path / "out.mp4", FakeModel(failures=100))
+
+
+def test_a_full_model_is_waited_out_without_counting_as_failures(tmp_path, monkeypatch):
+    monkeypatch.setattr("serve_app.media.frames.RETRY_FIRST_WAIT_S", 0.001)
+    source = make_h264_aac_mp4(tmp_path / "in.mp4", seconds=1.0)
+    model = FakeModel(overloads=MODEL_ATTEMPTS + 4)  # more than a failing replica is given
+    _, output = run_job(source, tmp_path / "out.mp4", model)
+    assert output.frames == frame_count(output.path) == 10
+    batches = -(-10 // CONFIG.frame_batch)
+    assert model.frames == 10 and model.calls == batches + MODEL_ATTEMPTS + 4
 
 
 def test_model_calls_stay_within_the_gate(tmp_path):
