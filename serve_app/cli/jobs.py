@@ -29,6 +29,7 @@ from serve_app.cli.output import (
     EXIT_USAGE,
     err,
     out,
+    overwritten_input,
     progress_enabled,
 )
 from serve_app.client import Client, Download, NoAnswer, ServiceError
@@ -50,6 +51,7 @@ def add_jobs_commands(commands: argparse._SubParsersAction) -> None:
     """``animegan jobs ...`` under the command's subcommands."""
     jobs = commands.add_parser(
         "jobs",
+        allow_abbrev=False,
         help="a running service's jobs over HTTP: submit, list, show, follow, fetch, cancel",
         description="Reach the jobs of a running service (docs/api.md#jobs). " + EXIT_CODES,
     )
@@ -58,6 +60,7 @@ def add_jobs_commands(commands: argparse._SubParsersAction) -> None:
 
     submit = actions.add_parser(
         "submit",
+        allow_abbrev=False,
         parents=[common],
         help="submit a picture, animation or video as a job",
         description="POST the file to /v1/jobs with the stylize options given as flags, "
@@ -85,7 +88,10 @@ def add_jobs_commands(commands: argparse._SubParsersAction) -> None:
     submit.set_defaults(handler=cmd_submit)
 
     listing = actions.add_parser(
-        "list", parents=[common], help="your jobs, newest first (needs an API key)"
+        "list",
+        allow_abbrev=False,
+        parents=[common],
+        help="your jobs, newest first (needs an API key)",
     )
     listing.add_argument("--state", choices=JOB_STATES, help="only jobs in this state")
     listing.add_argument("--limit", type=int, metavar="N", help="jobs per page (service: 1..100)")
@@ -99,7 +105,9 @@ def add_jobs_commands(commands: argparse._SubParsersAction) -> None:
         ("cancel", cmd_cancel, "cancel a job and delete its files"),
         ("result", cmd_result, "download a finished job's output"),
     ):
-        action = actions.add_parser(name, parents=[common], help=text, description=EXIT_CODES)
+        action = actions.add_parser(
+            name, allow_abbrev=False, parents=[common], help=text, description=EXIT_CODES
+        )
         action.add_argument("job_id", metavar="ID")
         if name == "result":
             action.add_argument("-o", "--output", type=Path, required=True, metavar="OUT")
@@ -140,6 +148,12 @@ def _run(body: Callable[[], int]) -> int:
 
 def cmd_submit(args: argparse.Namespace) -> int:
     wait_s = math.inf if args.wait is None and args.output is not None else args.wait
+
+    if args.output is not None:
+        refused = overwritten_input([args.file], args.output)
+        if refused is not None:
+            err(f"animegan: error: {refused}")
+            return EXIT_USAGE
 
     def submit() -> int:
         with _client(args) as client:

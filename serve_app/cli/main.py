@@ -23,7 +23,14 @@ from pathlib import Path
 
 from serve_app.cli import jobs as jobs_cli
 from serve_app.cli.flags import add_option_flags, option_values
-from serve_app.cli.output import EXIT_FAILED, EXIT_OK, EXIT_USAGE, SUFFIX_FORMATS
+from serve_app.cli.output import (
+    EXIT_FAILED,
+    EXIT_OK,
+    EXIT_USAGE,
+    SUFFIX_FORMATS,
+    free_name,
+    overwritten_input,
+)
 from serve_app.cli.output import err as _err
 from serve_app.cli.output import out as _out
 from serve_app.cli.output import progress_enabled as _progress_enabled
@@ -33,9 +40,9 @@ logger = logging.getLogger("serve_app.cli")
 
 EXTENSIONS = {"png": "png", "jpeg": "jpg", "webp": "webp"}
 EXIT_CODES_HELP = (
-    "exit codes: 0 success; 1 some input, download or job failed; 2 usage, weights or "
-    "device error; 3 the service refused the request (4xx); 4 the service failed (5xx) or "
-    "could not be reached"
+    "exit codes: 0 success; 1 some input failed (with --server: the service refused or "
+    "failed it, each reported on stderr); 2 usage, weights or device error; 4 the service "
+    "could not be reached (--server)"
 )
 
 # --- parser ------------------------------------------------------------------------------
@@ -44,6 +51,7 @@ EXIT_CODES_HELP = (
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="animegan",
+        allow_abbrev=False,
         description="AnimeGANv2 photo → anime-style picture: local stylizing, weights, and "
         "a running service's jobs.",
         epilog=EXIT_CODES_HELP,
@@ -54,6 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     stylize = commands.add_parser(
         "stylize",
+        allow_abbrev=False,  # --server sends the flags named in full: none is shortened
         help="stylize pictures, animations and videos locally (no Ray)",
         description="Stylize files on this machine: pictures, animated GIF/WebP/APNG "
         "and videos (MP4/MOV/MKV/WebM; audio copied, timestamps and rotation kept). One "
@@ -66,7 +75,12 @@ def build_parser() -> argparse.ArgumentParser:
         "inputs", nargs="+", type=Path, metavar="IN", help="input files; - reads stdin (--server)"
     )
     stylize.add_argument(
-        "-o", "--output", required=True, type=Path, metavar="OUT", help="- writes stdout (--server)"
+        "-o",
+        "--output",
+        required=True,
+        metavar="OUT",
+        help="a file, or a directory (one that exists, or a name ending in /); - writes "
+        "stdout (--server); never one of the inputs",
     )
     add_option_flags(stylize, styles=list(weights_mod.REGISTRY))
     stylize.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
@@ -92,11 +106,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     stylize.set_defaults(handler=cmd_stylize)
 
-    weights = commands.add_parser("weights", help="list or download the official weights")
+    weights = commands.add_parser(
+        "weights", allow_abbrev=False, help="list or download the official weights"
+    )
     weights_commands = weights.add_subparsers(dest="weights_command", required=True)
-    listing = weights_commands.add_parser("list", help="the registry and what is cached")
+    listing = weights_commands.add_parser(
+        "list", allow_abbrev=False, help="the registry and what is cached"
+    )
     listing.set_defaults(handler=cmd_weights_list)
-    download = weights_commands.add_parser("download", help="download official weights")
+    download = weights_commands.add_parser(
+        "download", allow_abbrev=False, help="download official weights"
+    )
     download.add_argument("names", nargs="*", metavar="NAME", help="default: all of them")
     download.add_argument("--timeout", type=float, default=10.0)
     download.set_defaults(handler=cmd_weights_download)
@@ -109,33 +129,31 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _plan_outputs(
-    inputs: Sequence[Path], output: Path, fmt: str | None, moving: Mapping[Path, str]
+    inputs: Sequence[Path], output: str, fmt: str | None, moving: Mapping[Path, str]
 ) -> tuple[list[Path], str] | str:
-    """(output paths, format), or an error message. ``moving``: the inputs that are videos
-    or animations -> their outputs' suffix (they keep their own kind of file)."""
-    single = len(inputs) == 1 and not output.is_dir() and not str(output).endswith(("/", "\\"))
+    """(output paths, format), or an error message. ``output`` as typed (a trailing
+    slash names a directory). ``moving``: the inputs that are videos or animations ->
+    their outputs' suffix (they keep their own kind of file). No output is an input."""
+    folder = Path(output)
+    single = len(inputs) == 1 and not folder.is_dir() and not output.endswith(("/", "\\"))
     if single:
+        refused = overwritten_input(inputs, folder)
+        if refused is not None:
+            return refused
         if fmt is None and inputs[0] in moving:
-            return [output], "png"  # the output's suffix says what it is
+            return [folder], "png"  # the output's suffix says what it is
         if fmt is None:
-            fmt = SUFFIX_FORMATS.get(output.suffix.lower())
+            fmt = SUFFIX_FORMATS.get(folder.suffix.lower())
             if fmt is None:
                 return (
-                    f"cannot infer the output format from {str(output)!r}; "
+                    f"cannot infer the output format from {output!r}; "
                     f"use a .png/.jpg/.webp suffix or --format"
                 )
-        return [output], fmt
+        return [folder], fmt
     fmt = fmt or "png"
-    ext = EXTENSIONS[fmt]
-    used: set[str] = set()
-    paths = []
-    for path in inputs:
-        kept = moving[path].lstrip(".") if path in moving else ext
-        name, n = f"{path.stem}.{kept}", 1
-        while name in used:  # a.jpg and a.png in one call
-            name, n = f"{path.stem}-{n}.{kept}", n + 1
-        used.add(name)
-        paths.append(output / name)
+    taken = {path.resolve() for path in inputs}  # a.jpg and a.png in one call: a-1.png
+    picture_suffix = "." + EXTENSIONS[fmt]
+    paths = [free_name(folder, p.stem, moving.get(p, picture_suffix), taken) for p in inputs]
     return paths, fmt
 
 

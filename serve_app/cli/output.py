@@ -3,7 +3,10 @@ stderr (past any progress bar) and its exit codes, shared by every subcommand.""
 
 from __future__ import annotations
 
+import os
 import sys
+from collections.abc import Iterable
+from pathlib import Path
 
 EXIT_OK = 0
 EXIT_FAILED = 1  # an input, a download or a job failed (a job: or was cancelled, or is late)
@@ -27,3 +30,31 @@ def err(text: str) -> None:
 
 def progress_enabled() -> bool:
     return sys.stderr.isatty()
+
+
+def same_file(a: Path, b: Path) -> bool:
+    """Whether two paths name one file (through links too, where both exist)."""
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return a.resolve() == b.resolve()
+
+
+def overwritten_input(inputs: Iterable[Path], output: Path) -> str | None:
+    """The message refusing ``output`` when it is one of the ``inputs`` (writing it would
+    empty the input while it is read, or replace it before it is), else None."""
+    for source in inputs:
+        if same_file(source, output):
+            return f"the output {str(output)!r} is the input {str(source)!r}: choose another name"
+    return None
+
+
+def free_name(folder: Path, stem: str, suffix: str, taken: set[Path]) -> Path:
+    """``folder/<stem><suffix>``, or ``<stem>-1<suffix>``, ``-2``... while that path is
+    ``taken`` (resolved: an earlier output of this call, or one of its inputs, which an
+    output never replaces); the path returned is taken from then on."""
+    path, n = folder / f"{stem}{suffix}", 1
+    while path.resolve() in taken:
+        path, n = folder / f"{stem}-{n}{suffix}", n + 1
+    taken.add(path.resolve())
+    return path

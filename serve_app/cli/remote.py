@@ -30,10 +30,12 @@ from serve_app.cli.output import (
     EXIT_USAGE,
     SUFFIX_FORMATS,
     err,
+    free_name,
+    overwritten_input,
 )
 from serve_app.client import Client, NoAnswer, ServiceError
 from serve_app.client.wire import describe, written_whole
-from serve_app.errors import UseJobs
+from serve_app.errors import UseJobs, error_from_answer
 from serve_app.options import option_fields
 
 STDIO = "-"
@@ -62,15 +64,21 @@ def cmd_stylize_remote(args: argparse.Namespace, argv: Sequence[str]) -> int:
     if inputs.count(STDIO) > 1:
         err("animegan: error: stdin (-) can be read once")
         return EXIT_USAGE
+    if single and STDIO not in (inputs[0], output):
+        refused = overwritten_input([Path(inputs[0])], Path(output))
+        if refused is not None:
+            err(f"animegan: error: {refused}")
+            return EXIT_USAGE
     if single and "format" not in options and output != STDIO:
         fmt = SUFFIX_FORMATS.get(Path(output).suffix.lower())
         if fmt is not None:
             options["format"] = fmt
-    failed, used = 0, set()
+    failed = 0
+    taken = {Path(source).resolve() for source in inputs if source != STDIO}  # never replaced
     with Client(args.server, args.key) as client:
         for source in inputs:
             try:
-                _stylize_one(client, source, output, single, options, used)
+                _stylize_one(client, source, output, single, options, taken)
             except NoAnswer as error:
                 err(f"animegan: error: {describe(error)}")
                 return EXIT_UNAVAILABLE
@@ -90,10 +98,10 @@ def _stylize_one(
     output: str,
     single: bool,
     options: dict[str, Any],
-    used: set[str],
+    taken: set[Path],
 ) -> None:
     def target_of(media_type: str) -> str:
-        return _target(source, output, single, media_type, used)
+        return _target(source, output, single, media_type, taken)
 
     data = sys.stdin.buffer.read() if source == STDIO else Path(source).read_bytes()
     media_type = mimetypes.guess_type(source)[0] if source != STDIO else None
@@ -123,7 +131,8 @@ def _as_job(
     if job["state"] != "done":
         error = job.get("error") or {}
         code, message = error.get("code", job["state"]), error.get("message", "")
-        raise ServiceError(f"job {job['id']} {job['state']}: {code}: {message}")
+        # The job's own code, without a status: the submission was answered 202.
+        raise error_from_answer(code, f"job {job['id']} {job['state']}: {message}", 0)
     target = target_of((job.get("result") or {}).get("media_type", ""))
     if target == STDIO:
         with tempfile.TemporaryDirectory() as folder:
@@ -135,19 +144,16 @@ def _as_job(
     client.result(job["id"], target)
 
 
-def _target(source: str, output: str, single: bool, media_type: str, used: set[str]) -> str:
+def _target(source: str, output: str, single: bool, media_type: str, taken: set[Path]) -> str:
     """Where an input's output goes: ``output`` itself for one input, else a file in the
     ``output`` directory named after the input, with the extension of what came back
-    (``a-1.png`` after ``a.png`` when two inputs share a name)."""
+    (``a-1.png`` after ``a.png`` when two inputs share a name, or when ``a.png`` is an
+    input)."""
     if single:
         return output
     extension = EXTENSIONS.get(media_type) or mimetypes.guess_extension(media_type) or ".bin"
     stem = Path(source).stem if source != STDIO else "stdin"
-    name, n = f"{stem}{extension}", 1
-    while name in used:
-        name, n = f"{stem}-{n}{extension}", n + 1
-    used.add(name)
-    return str(Path(output) / name)
+    return str(free_name(Path(output), stem, extension, taken))
 
 
 def _write(target: str, data: bytes) -> None:

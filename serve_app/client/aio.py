@@ -166,6 +166,12 @@ class AsyncClient:
     async def events(
         self, job_id: str, read_timeout_s: float = wire.EVENTS_READ_TIMEOUT_S
     ) -> AsyncIterator[dict]:
+        async for job in self._changes(job_id, read_timeout_s):
+            if job is not None:
+                yield job
+
+    async def _changes(self, job_id: str, read_timeout_s: float) -> AsyncIterator[dict | None]:
+        """The job's events, and None at each keep-alive (a wait's end can be checked)."""
         timeout = self._settings.timeout(read_s=read_timeout_s)
         path = f"{wire.job_path(job_id)}/events"
         parser = wire.SseParser()
@@ -175,17 +181,22 @@ class AsyncClient:
                 event = parser.feed(line)
                 if event is not None:
                     yield wire.job_of_event(event)
+                elif wire.is_keep_alive(line):
+                    yield None
 
     async def follow(self, job_id: str, wait_s: float | None = None) -> AsyncIterator[dict]:
         """As ``Client.follow``: events, then polling once the stream breaks."""
         deadline = Deadline(self._clock, wait_s)
         last = None
-        events = self.events(job_id, deadline.read_timeout_s())
+        events = self._changes(job_id, deadline.read_timeout_s())
         try:
             async for job in events:
-                last = job
-                yield job
-                if job["state"] in TERMINAL_STATES or deadline.past():
+                if job is not None:
+                    last = job
+                    yield job
+                    if job["state"] in TERMINAL_STATES:
+                        return
+                if deadline.past():
                     return
             reason = "the event stream ended before the job did"
         except ServiceError as error:
@@ -234,7 +245,7 @@ class AsyncClient:
             )
         except httpx.HTTPError as exc:
             raise wire.no_answer(self.url, exc) from None
-        if response.is_error:
+        if wire.failed(response):
             raise wire.error_of(response)
         return response
 
@@ -249,7 +260,7 @@ class AsyncClient:
     async def _stream(self, path: str, **request: Any) -> AsyncIterator[httpx.Response]:
         try:
             async with self._http.stream("GET", path, **request) as response:
-                if response.is_error:
+                if wire.failed(response):
                     await response.aread()
                     raise wire.error_of(response)
                 yield response

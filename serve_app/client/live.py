@@ -22,7 +22,7 @@ from urllib.parse import urlencode
 
 from websockets.asyncio.client import ClientConnection as AsyncConnection
 from websockets.asyncio.client import connect as async_connect
-from websockets.exceptions import ConnectionClosed
+from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import ClientConnection, connect
 
 from serve_app.client import wire
@@ -80,6 +80,7 @@ class LiveSession:
     def __init__(self, connection: ClientConnection) -> None:
         self._connection = connection
         self.options: dict[str, Any] = {}
+        self._header: dict | None = None  # a frame's header whose bytes are still to read
 
     def send(self, frame: bytes) -> None:
         """A JPEG or WebP frame."""
@@ -92,16 +93,21 @@ class LiveSession:
             self._connection.send(json.dumps(options))
 
     def receive(self, timeout_s: float | None = None) -> LiveFrame:
-        """The next answered frame (``TimeoutError`` after ``timeout_s``)."""
+        """The next answered frame (``TimeoutError`` after ``timeout_s``: the next call
+        goes on where this one stopped, between a frame's header and its bytes too)."""
         while True:
             with _closed_as_error():
-                header = json.loads(self._connection.recv(timeout=timeout_s))
-                if "options" in header or "seq" not in header:
-                    self.options = _acknowledged(header, self.options)
-                    continue
-                if "error" in header:
-                    return _failed(header)
-                return _answered(header, self._connection.recv(timeout=timeout_s))
+                if self._header is None:
+                    message = json.loads(self._connection.recv(timeout=timeout_s))
+                    if _acknowledges(message):
+                        self.options = _acknowledged(message, self.options)
+                        continue
+                    if "error" in message:
+                        return _failed(message)
+                    self._header = message  # a frame's header: its bytes follow
+                data = self._connection.recv(timeout=timeout_s)
+                header, self._header = self._header, None
+                return _answered(header, data)
 
     def close(self) -> None:
         self._connection.close()
@@ -119,6 +125,7 @@ class AsyncLiveSession:
     def __init__(self, connection: AsyncConnection) -> None:
         self._connection = connection
         self.options: dict[str, Any] = {}
+        self._header: dict | None = None  # a frame's header whose bytes are still to read
 
     async def send(self, frame: bytes) -> None:
         with _closed_as_error():
@@ -129,15 +136,21 @@ class AsyncLiveSession:
             await self._connection.send(json.dumps(options))
 
     async def receive(self) -> LiveFrame:
+        """As ``LiveSession.receive``; a cancelled call (``asyncio.wait_for``) also leaves
+        the next one to go on where it stopped."""
         while True:
             with _closed_as_error():
-                header = json.loads(await self._connection.recv())
-                if "options" in header or "seq" not in header:
-                    self.options = _acknowledged(header, self.options)
-                    continue
-                if "error" in header:
-                    return _failed(header)
-                return _answered(header, await self._connection.recv())
+                if self._header is None:
+                    message = json.loads(await self._connection.recv())
+                    if _acknowledges(message):
+                        self.options = _acknowledged(message, self.options)
+                        continue
+                    if "error" in message:
+                        return _failed(message)
+                    self._header = message  # a frame's header: its bytes follow
+                data = await self._connection.recv()
+                header, self._header = self._header, None
+                return _answered(header, data)
 
     async def close(self) -> None:
         await self._connection.close()
@@ -164,6 +177,11 @@ async def open_live_async(settings: Settings, options: Mapping[str, Any]) -> Asy
 
 
 # --- reading -------------------------------------------------------------------------------
+
+
+def _acknowledges(message: dict) -> bool:
+    """An options acknowledgement (or a refused change), not a frame's answer."""
+    return "options" in message or "seq" not in message
 
 
 def _answered(header: dict, data: bytes) -> LiveFrame:
@@ -215,5 +233,13 @@ class _closed_as_error:
                 raise NoAnswer("the live stream closed", code="connection_closed") from None
             code, _, message = close.reason.partition(": ")
             raise error_from_answer(code, message, close.code - WS_CLOSE_OFFSET) from None
+        if isinstance(error, InvalidStatus):  # the handshake answered with an HTTP error
+            answer = error.response
+            body = answer.body.decode("utf-8", "replace")
+            raise wire.error_from_body(
+                answer.status_code, body, answer.reason_phrase, answer.headers
+            ) from None
+        if isinstance(error, TimeoutError):
+            return None  # as documented: the caller's own wait ran out
         if isinstance(error, OSError):
             raise NoAnswer(f"the service did not answer: {error}", code="unreachable") from None

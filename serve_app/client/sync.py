@@ -177,24 +177,39 @@ class Client:
     ) -> Iterator[dict]:
         """``GET /v1/jobs/{id}/events``: the job at each change, as the service sends it,
         to the end of the stream."""
+        for job in self._changes(job_id, read_timeout_s):
+            if job is not None:
+                yield job
+
+    def _changes(self, job_id: str, read_timeout_s: float) -> Iterator[dict | None]:
+        """The job's events, and None at each keep-alive (a wait's end can be checked)."""
         timeout = self._settings.timeout(read_s=read_timeout_s)
         path = f"{wire.job_path(job_id)}/events"
+        parser = wire.SseParser()
         with self._stream(path, headers={"Accept": "text/event-stream"}, timeout=timeout) as answer:
-            for event in wire.parse_sse(answer.iter_lines()):
-                yield wire.job_of_event(event)
+            for line in answer.iter_lines():
+                event = parser.feed(line)
+                if event is not None:
+                    yield wire.job_of_event(event)
+                elif wire.is_keep_alive(line):
+                    yield None
 
     def follow(self, job_id: str, wait_s: float | None = None) -> Iterator[dict]:
-        """The job at each change to its end (or for ``wait_s``): its events, or its record
-        polled every ``poll_interval_s`` once the stream breaks off or fails. A refusal
-        (4xx: no such job, not yours) is raised, not polled."""
+        """The job at each change to its end (or for ``wait_s``, ending at the first event
+        or keep-alive past it: within 15 s while the job does not change): its events, or
+        its record polled every ``poll_interval_s`` once the stream breaks off or fails. A
+        refusal (4xx: no such job, not yours) is raised, not polled."""
         deadline = Deadline(self._clock, wait_s)
         last = None
-        events = self.events(job_id, deadline.read_timeout_s())
+        events = self._changes(job_id, deadline.read_timeout_s())
         try:
             for job in events:
-                last = job
-                yield job
-                if job["state"] in TERMINAL_STATES or deadline.past():
+                if job is not None:
+                    last = job
+                    yield job
+                    if job["state"] in TERMINAL_STATES:
+                        return
+                if deadline.past():
                     return
             reason = "the event stream ended before the job did"
         except ServiceError as error:
@@ -249,7 +264,7 @@ class Client:
             for value in body.values():
                 if hasattr(value, "close"):
                     value.close()
-        if response.is_error:
+        if wire.failed(response):
             raise wire.error_of(response)
         return response
 
@@ -266,7 +281,7 @@ class Client:
         (before or while the body is read) raises."""
         try:
             with self._http.stream("GET", path, **request) as response:
-                if response.is_error:
+                if wire.failed(response):
                     response.read()
                     raise wire.error_of(response)
                 yield response

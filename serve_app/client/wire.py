@@ -172,12 +172,17 @@ def submit_call(
         params["webhook"] = webhook
     if webhook_events is not None:
         params["webhook_events"] = webhook_events
-    headers = {"Content-Type": media_type}
-    if idempotency_key is not None:
-        headers["Idempotency-Key"] = idempotency_key
+    # A key of its own when the caller gives none: a retry of this call (after a 503 that
+    # came when the job was already made, e.g. a proxy's) finds that job, not a second one.
+    headers = {"Content-Type": media_type, "Idempotency-Key": idempotency_key or new_key()}
     if wait_s is not None:
         headers["Prefer"] = f"wait={max(0, round(wait_s))}"
     return Call("POST", "/v1/jobs", params, headers)
+
+
+def new_key() -> str:
+    """An idempotency key no other submission has."""
+    return secrets.token_hex(16)
 
 
 def list_call(state: str | None, cursor: str | None, limit: int | None) -> Call:
@@ -252,15 +257,38 @@ def next_cursor(page: Mapping[str, Any], seen: set[str]) -> str | None:
 
 def error_of(response: httpx.Response) -> ServiceError:
     """The service's error from a read response, as its own class; a body not in its form
-    (a proxy's page) keeps its status, with ``http_<status>`` as the code."""
-    retry_after_s = retry_after_of(response.headers.get("retry-after"))
+    (a proxy's page) keeps its status, with ``http_<status>`` as the code. A redirect is
+    an error too: the client follows none (a request's body and key are not sent on to
+    wherever a proxy points), so it says where to send it instead."""
+    if 300 <= response.status_code < 400:
+        where = response.headers.get("location", "")
+        return error_from_answer(
+            f"http_{response.status_code}",
+            f"the service's address moved ({where or 'no Location'}): use that URL",
+            response.status_code,
+        )
+    return error_from_body(
+        response.status_code, response.text, response.reason_phrase, response.headers
+    )
+
+
+def error_from_body(
+    status: int, body: str, reason: str, headers: Mapping[str, str]
+) -> ServiceError:
+    """An error answer's status, body and headers, as the service's error class."""
+    retry_after_s = retry_after_of(headers.get("retry-after"))
     try:
-        error = response.json()["error"]
+        error = json.loads(body)["error"]
         code, message = str(error["code"]), str(error["message"])
     except (ValueError, KeyError, TypeError):
-        code = f"http_{response.status_code}"
-        message = " ".join(response.text.split())[:200] or response.reason_phrase
-    return error_from_answer(code, message, response.status_code, retry_after_s)
+        code = f"http_{status}"
+        message = " ".join(body.split())[:200] or reason
+    return error_from_answer(code, message, status, retry_after_s)
+
+
+def failed(response: httpx.Response) -> bool:
+    """An answer that is no answer to the call: an error, or a redirect (not followed)."""
+    return not response.is_success
 
 
 def no_answer(url: str, exc: Exception) -> NoAnswer:
@@ -350,8 +378,13 @@ def parse_sse(lines: Iterable[str]) -> Iterator[SseEvent]:
             yield event
 
 
+def is_keep_alive(line: str) -> bool:
+    """An SSE comment line: the service's keep-alive, sent while a job does not change."""
+    return line.startswith(":")
+
+
 class SseParser:
-    """The same, one line at a time (the async client feeds it as lines arrive)."""
+    """The same, one line at a time (the clients feed it as lines arrive)."""
 
     def __init__(self) -> None:
         self._event, self._data = "", []
@@ -363,7 +396,7 @@ class SseParser:
             )
             self._event, self._data = "", []
             return event
-        if line.startswith(":"):
+        if is_keep_alive(line):
             return None
         name, _, value = line.partition(":")
         value = value.removeprefix(" ")

@@ -70,6 +70,27 @@ class BreaksOff(httpx.SyncByteStream):
         raise httpx.RemoteProtocolError("peer closed connection without sending complete body")
 
 
+class KeepsAlive(httpx.SyncByteStream, httpx.AsyncByteStream):
+    """The event stream of a job that does not change: a keep-alive comment every 15 s of
+    the scripted clock (moved on with each), up to ``most`` of them."""
+
+    def __init__(self, service: Service, most: int = 100) -> None:
+        self.service, self.most, self.sent = service, most, 0
+
+    def _next(self) -> bytes:
+        self.sent += 1
+        self.service.now += 15.0
+        return b": keep-alive\n\n"
+
+    def __iter__(self) -> Iterator[bytes]:
+        while self.sent < self.most:
+            yield self._next()
+
+    async def __aiter__(self):
+        while self.sent < self.most:
+            yield self._next()
+
+
 class Service:
     """A scripted service: each route answers its answers in order, the last one again."""
 

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from serve_app.cli.main import main
+from serve_app.cli.main import _plan_outputs, main
 from serve_app.model import weights
 from tests.support.media import apng_with_broken_animation
 from tests.support.pictures import sample_photos
@@ -258,7 +258,7 @@ def test_stylize_a_video_into_the_container_asked_for(tmp_path, capsys):
     with av.open(str(out / "clip.mkv")) as written:
         assert "matroska" in written.format.name
     gif = make_animation(tmp_path / "a.gif", fmt="gif", frames=3)
-    assert main(["stylize", str(gif), "-o", str(tmp_path / "a.gif"), *args]) == 1
+    assert main(["stylize", str(gif), "-o", str(tmp_path / "b.gif"), *args]) == 1
     assert "--container is for videos" in capsys.readouterr().err
 
 
@@ -269,3 +269,27 @@ def test_stylize_an_apng_whose_animation_is_broken_makes_its_default_image(tmp_p
     assert rc == 0
     with Image.open(out) as result:
         assert result.size == (64, 48) and not getattr(result, "is_animated", False)
+
+
+def test_an_output_never_replaces_an_input(tmp_path, capsys):
+    source = _synthetic(tmp_path / "in.png")
+    before = source.read_bytes()
+    assert main(["stylize", str(source), "-o", str(tmp_path / "." / "in.png")]) == 2
+    assert "is the input" in capsys.readouterr().err and source.read_bytes() == before
+    inputs = [tmp_path / "a.jpg", tmp_path / "a.png", tmp_path / "clip.mp4"]
+    paths, _ = _plan_outputs(inputs, str(tmp_path), None, {inputs[2]: ".mp4"})
+    assert [path.name for path in paths] == ["a-1.png", "a-2.png", "clip-1.mp4"]
+
+
+def test_an_output_ending_in_a_slash_is_a_directory(tmp_path):
+    folder = str(tmp_path / "new") + "/"
+    assert _plan_outputs([tmp_path / "x.jpg"], folder, None, {}) == (
+        [tmp_path / "new" / "x.png"],
+        "png",
+    )
+
+
+def test_a_shortened_flag_is_refused(tmp_path, capsys):
+    with pytest.raises(SystemExit) as ended:
+        main(["stylize", "x.jpg", "-o", str(tmp_path / "y.png"), "--preserve"])
+    assert ended.value.code == 2 and "--preserve" in capsys.readouterr().err

@@ -369,3 +369,10 @@ def test_a_result_is_written_whole_or_not_at_all(service, tmp_path, capsys):
     service.on("GET", path, lambda r: httpx.Response(200, content=b"new bytes"))
     code, out, _ = run(capsys, "result", JOB_ID, "-o", str(target), "--url", URL)
     assert code == EXIT_OK and out == f"{target}\n" and target.read_bytes() == b"new bytes"
+
+
+def test_a_download_that_would_replace_the_upload_is_refused(service, tmp_path, capsys):
+    clip = tmp_path / "clip.mp4"
+    clip.write_bytes(PICTURE)
+    code, _, err = run(capsys, "submit", str(clip), "--url", URL, "-o", str(clip))
+    assert code == EXIT_USAGE and "is the input" in err and service.requests == []

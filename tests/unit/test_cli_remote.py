@@ -150,3 +150,15 @@ def test_version_and_the_exit_codes_in_help(capsys):
         main(["stylize", "--help"])
     help_text = " ".join(capsys.readouterr().out.split())
     assert "exit codes: 0 success; 1 some input" in help_text and "--server URL" in help_text
+
+
+def test_no_output_replaces_an_input(service, tmp_path, capsys):
+    service.on("POST", "/v1/stylize", picture_answer())
+    inputs = [tmp_path / "a.jpg", tmp_path / "a.png"]
+    for path in inputs:
+        path.write_bytes(PICTURE)
+    assert stylize(str(inputs[1]), "-o", str(inputs[1])) == EXIT_USAGE
+    assert "is the input" in capsys.readouterr().err and service.requests == []
+    assert stylize(*map(str, inputs), "-o", str(tmp_path)) == EXIT_OK
+    assert [path.read_bytes() for path in inputs] == [PICTURE, PICTURE]
+    assert (tmp_path / "a-1.png").read_bytes() == (tmp_path / "a-2.png").read_bytes() == STYLIZED

@@ -20,6 +20,7 @@ from tests.support.scripted_service import (
     KEY,
     PICTURE,
     URL,
+    KeepsAlive,
     Service,
     answer,
     events,
@@ -194,6 +195,59 @@ def test_async_errors_and_cancel(service):
         return cancelled
 
     assert asyncio.run(scenario())["state"] == "cancelled"
+
+
+@pytest.mark.parametrize("kind", ["sync", "async"])
+def test_a_wait_ends_at_its_deadline_while_the_job_does_not_change(service, kind):
+    """Only keep-alives arrive (each resets the read timeout): the wait still ends at
+    the first one past its deadline, with the job as it is."""
+    stream = KeepsAlive(service)
+    service.on(
+        "GET",
+        f"/v1/jobs/{JOB_ID}/events",
+        lambda request: httpx.Response(
+            200, stream=stream, headers={"content-type": "text/event-stream"}
+        ),
+    )
+    service.on("GET", f"/v1/jobs/{JOB_ID}", answer(200, job("queued")))
+    if kind == "sync":
+        with service.client() as client:
+            waited = client.wait(JOB_ID, timeout_s=30)
+    else:
+
+        async def scenario():
+            async with service.async_client() as client:
+                return await client.wait(JOB_ID, timeout_s=30)
+
+        waited = asyncio.run(scenario())
+    assert waited["state"] == "queued" and stream.sent == 2  # 15 s, 30 s: the deadline
+
+
+def test_a_submission_carries_one_idempotency_key_across_its_retries(service):
+    busy = refusal(503, "overloaded", "busy", {"retry-after": "1"})
+    service.on("POST", "/v1/jobs", busy, answer(202, job("queued")))
+    with service.client() as client:
+        client.submit_job(PICTURE, media_type="image/png")
+        client.submit_job(PICTURE, media_type="image/png", idempotency_key="mine")
+    first, again, mine = (sent.headers.get("idempotency-key") for sent in service.requests)
+    assert first and first == again  # the retry finds the job the first send made
+    assert mine == "mine"
+    with service.client() as client:
+        client.submit_job(PICTURE, media_type="image/png")
+    assert service.requests[-1].headers["idempotency-key"] not in (first, mine)
+
+
+def test_a_redirect_is_an_error_that_names_the_new_address(service, tmp_path):
+    moved = {"location": "https://jobs.test/v1/jobs"}
+    service.on("GET", f"/v1/jobs/{JOB_ID}", answer(301, None, moved))
+    service.on("GET", f"/v1/jobs/{JOB_ID}/result", answer(308, None, moved))
+    with service.client() as client:
+        with pytest.raises(ServiceError) as read:
+            client.job(JOB_ID)
+        with pytest.raises(ServiceError) as fetched:
+            client.result(JOB_ID, tmp_path / "anime.mp4")
+    assert read.value.status == 301 and "https://jobs.test/v1/jobs" in read.value.message
+    assert fetched.value.status == 308 and list(tmp_path.iterdir()) == []
 
 
 def test_the_client_imports_without_torch_ray_or_image_libraries():
