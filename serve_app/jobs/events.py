@@ -13,13 +13,12 @@ job passes through reaches it, in order; progress within a state may be skipped.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections import defaultdict
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Protocol
 
-from serve_app.concurrency import run_detached, within
+from serve_app.concurrency import cancel_and_wait, run_detached, within
 from serve_app.jobs.records import JobFields, JobRecord
 
 logger = logging.getLogger(__name__)
@@ -46,21 +45,20 @@ class PolledChanges:
         self._read, self._newest, self._interval_s = read, newest, interval_s
 
     async def run(self, deliver: Deliver, wanted: Callable[[], set[str]]) -> None:
-        after = await self._newest()
+        after: int | None = None  # the newest write seen (None: to be read)
         while True:
-            await asyncio.sleep(self._interval_s)
-            if not wanted():
-                after = await self._newest()
-                continue
             try:
-                records, after = await self._read(after, 1000)
-            except Exception as error:  # the next look tries again
+                if after is None or not wanted():
+                    after = await self._newest()
+                else:
+                    records, after = await self._read(after, 1000)
+                    ids = wanted()
+                    for record in records:
+                        if record.id in ids:
+                            deliver(record)
+            except Exception as error:  # the next look tries again: the feed never ends
                 logger.warning("job change feed: %s", error)
-                continue
-            ids = wanted()
-            for record in records:
-                if record.id in ids:
-                    deliver(record)
+            await asyncio.sleep(self._interval_s)
 
 
 # What followers see of a job: a write that changes none of it (a lease renewal) is no event
@@ -116,9 +114,7 @@ class JobEvents:
 
     async def stop(self) -> None:
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await cancel_and_wait(self._task)  # whatever it raised: the service still closes
             self._task = None
 
     def _wanted(self) -> set[str]:

@@ -36,7 +36,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
-from serve_app.errors import StoreFull, TooManyJobs
+from serve_app.errors import StoreError, StoreFull, TooManyJobs
 from serve_app.jobs.records import ACTIVE_STATES, JobRecord
 
 T = TypeVar("T")
@@ -235,7 +235,13 @@ class SqliteRecords:
         db.execute("COMMIT")
 
     async def _run(self, function: Callable[..., T], *args: Any) -> T:
-        return await asyncio.get_running_loop().run_in_executor(self._executor, function, *args)
+        """``function(*args)`` on the store's threads; SQLite's own failures (a lock held
+        past the busy timeout, a full or read-only disk) are the store's error, as the
+        shared store's are, which callers wait out or answer 503."""
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._executor, function, *args)
+        except sqlite3.Error as error:
+            raise StoreError(f"the job record database failed: {error}") from error
 
     @staticmethod
     def _next_seq(db: sqlite3.Connection) -> int:

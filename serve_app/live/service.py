@@ -151,7 +151,8 @@ class LiveService:
         given = {name: values.get(name) for name in LIVE_OPTIONS}
         if given["size"] in (None, ""):
             given["size"] = self._live.default_size
-        options = resolve_options(self._config, given, format="jpeg")
+        # Past the synchronous bound is past the live one too: its error, not "use jobs".
+        options = resolve_options(self._config, given, synchronous=False, format="jpeg")
         largest = self._config.largest_live_size
         if options.size > largest:
             raise InvalidSize(f"size {options.size} is over the live streams' largest, {largest}")
@@ -199,11 +200,19 @@ class LiveService:
             return
         places, group, holder = self._places, f"live:{owner}", uuid.uuid4().hex
         bound = self._live.max_streams_per_key
+        hold = asyncio.ensure_future(
+            places.hold_place(group, holder, bound, time.time() + PLACE_LEASE_S)
+        )
         try:
-            held = await places.hold_place(group, holder, bound, time.time() + PLACE_LEASE_S)
+            held = await asyncio.shield(hold)
         except StoreError as error:
             logger.warning("live: %s; admitting by this replica's count of the key", error)
             held = None
+        except asyncio.CancelledError:
+            # The client left during the hold, which goes on (its command or thread is
+            # under way): the place it takes is given back once it has it.
+            hold.add_done_callback(lambda _: self._give_back_if_held(hold, group, holder))
+            raise
         if held is False:
             raise TooManyStreams(
                 f"this API key holds {bound} live streams already (on this service's replicas)"
@@ -214,11 +223,18 @@ class LiveService:
         finally:
             if renewal is not None:
                 renewal.cancel()
-                # Detached: a stream often ends by its client's hang-up, which cancels
-                # this task; the place is given back all the same.
-                release = asyncio.ensure_future(places.release_place(group, holder))
-                self._releasing.add(release)
-                release.add_done_callback(self._released)
+                self._give_back(group, holder)
+
+    def _give_back(self, group: str, holder: str) -> None:
+        """Release a stream's place, detached: a stream often ends by its client's
+        hang-up, which cancels the stream's task; the place is given back all the same."""
+        release = asyncio.ensure_future(self._places.release_place(group, holder))
+        self._releasing.add(release)
+        release.add_done_callback(self._released)
+
+    def _give_back_if_held(self, hold: asyncio.Future, group: str, holder: str) -> None:
+        if not hold.cancelled() and hold.exception() is None and hold.result():
+            self._give_back(group, holder)
 
     def _released(self, release: asyncio.Future) -> None:
         self._releasing.discard(release)

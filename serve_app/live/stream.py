@@ -173,6 +173,14 @@ class LiveStream:
     async def _control(self, text: str) -> None:
         """A control message: a JSON object of options to change (``{"style": "hayao"}``),
         acknowledged with the options now in force; frames already received keep theirs."""
+        if len(text) > MAX_CONTROL_CHARS:  # not parsed: a few options fit many times over
+            await self._send_error(
+                PayloadTooLarge(
+                    f"a text message is at most {MAX_CONTROL_CHARS} characters; "
+                    f"this one has {len(text)}"
+                )
+            )
+            return
         try:
             changes = json.loads(text, object_pairs_hook=_without_repeats)
             if not isinstance(changes, dict):
@@ -282,6 +290,7 @@ def options_view(options: StylizeOptions) -> dict[str, Any]:
 
 # The subprotocol a live client speaks (offered beside ``bearer.<key>``).
 LIVE_PROTOCOL = "animegan.live.v1"
+MAX_CONTROL_CHARS = 4096  # a control message: a JSON object of the few live options
 
 
 class _Repeated(Exception):

@@ -5,14 +5,16 @@ SQLite in a folder, and a real Redis server on loopback."""
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import time
+from types import SimpleNamespace
 
 import pytest
 
 from serve_app.config import JobsConfig
-from serve_app.errors import TooManyJobs
-from serve_app.jobs import redis_store
-from serve_app.jobs.events import JobEvents
+from serve_app.errors import StoreError, TooManyJobs
+from serve_app.jobs import record_store, redis_store
+from serve_app.jobs.events import JobEvents, PolledChanges
 from serve_app.jobs.records import JobRecord, new_job_id
 from serve_app.jobs.stores import open_record_store
 from tests.support.redis_server import started_server
@@ -228,3 +230,46 @@ def test_places_are_bounded_per_group_and_come_back_released_or_lapsed(config, t
                 await store.close()
 
     assert asyncio.run(scenario()) == [True, True, False, True, True, True, True, True]
+
+
+def test_a_locked_sqlite_database_is_the_store_s_error(tmp_path, monkeypatch):
+    """As the shared store's, SQLite's own failures are ``StoreError`` (503, waited out by
+    runs, a live stream admitted by its replica's count), never a raw sqlite3 error."""
+    monkeypatch.setattr(record_store, "BUSY_TIMEOUT_S", 0.05)
+    store = record_store.SqliteRecords(tmp_path / "jobs.db")
+    blocker = sqlite3.connect(tmp_path / "jobs.db", isolation_level=None)
+    blocker.execute("BEGIN EXCLUSIVE")  # another process mid-write, past the busy timeout
+    try:
+        with pytest.raises(StoreError):
+            asyncio.run(store.hold_place("live:key", "holder", 1, time.time() + 30))
+    finally:
+        blocker.execute("ROLLBACK")
+        blocker.close()
+    assert asyncio.run(store.hold_place("live:key", "holder", 1, time.time() + 30))
+
+
+def test_the_local_change_feed_outlives_a_failed_read():
+    """The first look at the store failed: the feed goes on (it ended, silently, and the
+    replica heard no other replica's writes again)."""
+
+    async def scenario():
+        looks, delivered = [], asyncio.Queue()
+
+        async def newest() -> int:
+            looks.append("newest")
+            if len(looks) == 1:
+                raise StoreError("the job record database failed: database is locked")
+            return 0
+
+        async def read(after: int, most: int):
+            return [SimpleNamespace(id="job-a")], after + 1
+
+        feed = PolledChanges(read, newest, 0.01)
+        running = asyncio.ensure_future(feed.run(delivered.put_nowait, lambda: {"job-a"}))
+        try:
+            return await asyncio.wait_for(delivered.get(), 10), looks
+        finally:
+            running.cancel()
+
+    record, looks = asyncio.run(scenario())
+    assert record.id == "job-a" and looks == ["newest", "newest"]

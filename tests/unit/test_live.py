@@ -216,7 +216,10 @@ def test_control_messages_change_the_options_for_the_next_frames():
         # Nested past the JSON parser's depth (4 KB): it raised RecursionError, which
         # ended the stream without a close.
         await transport.incoming.put('{"style": ' + "[" * 2000 + "]" * 2000 + "}")
-        await transport.wait_for(lambda m: isinstance(m, dict) and len(transport.sent) >= 6)
+        # Megabytes of unknown options: refused unread (parsing and answering each cost
+        # the replica's event loop about a second).
+        await transport.incoming.put('{"a": 0' + ', "a": 0' * 200_000 + "}")
+        await transport.wait_for(lambda m: isinstance(m, dict) and len(transport.sent) >= 7)
         await transport.incoming.put(b"f0")
         await frames.started.get()
         await frames.release.put(None)
@@ -226,7 +229,9 @@ def test_control_messages_change_the_options_for_the_next_frames():
         return transport
 
     transport = asyncio.run(scenario())
-    acknowledged, not_an_object, unknown, bad_style, repeated, too_deep, frame = transport.headers()
+    (acknowledged, not_an_object, unknown, bad_style, repeated, too_deep, too_long, frame) = (
+        transport.headers()
+    )
     assert acknowledged["options"]["style"] == "beta"
     assert acknowledged["options"]["strength"] == 0.5
     assert acknowledged["options"]["size"] == LiveConfig().default_size
@@ -238,6 +243,7 @@ def test_control_messages_change_the_options_for_the_next_frames():
         "message": "option 'style' sent more than once",
     }
     assert too_deep["error"]["code"] == "invalid_parameters"
+    assert too_long["error"]["code"] == "payload_too_large" and "seq" not in too_long
     assert frame["style"] == "beta"  # the last good options
 
 
@@ -370,6 +376,8 @@ def test_live_options_take_the_live_defaults_and_bounds():
     assert service.options({"size": "128", "style": "beta"}).size == 128
     with pytest.raises(InvalidSize):
         service.options({"size": str(LiveConfig().max_size + 4)})
+    with pytest.raises(InvalidSize):  # past the photos' synchronous bound too: not "use jobs"
+        service.options({"size": str(make_config().limits.max_sync_size + 4)})
     with pytest.raises(InvalidParameters):
         service.options({"portrait": "crop"})
 
@@ -490,6 +498,60 @@ class Unreachable:
         raise StoreError("the job record server (redis://nowhere) failed")
 
     renew_place = release_place = hold_place
+
+
+class SlowPlaces:
+    """Places in memory whose holds take until ``landed`` is set."""
+
+    def __init__(self) -> None:
+        self.held: set[str] = set()
+        self.landed = asyncio.Event()
+        self.asked, self.taken = asyncio.Event(), asyncio.Event()
+
+    async def hold_place(self, group: str, holder: str, bound: int, until: float) -> bool:
+        # As a store's thread or a sent command: it goes on when its caller is cancelled.
+        return await asyncio.shield(self._hold(holder))
+
+    async def _hold(self, holder: str) -> bool:
+        self.asked.set()
+        await self.landed.wait()
+        self.held.add(holder)
+        self.taken.set()
+        return True
+
+    async def renew_place(self, group: str, holder: str, until: float) -> None:
+        pass
+
+    async def release_place(self, group: str, holder: str) -> None:
+        self.held.discard(holder)
+
+
+def test_a_client_that_leaves_during_its_hold_gives_the_place_back():
+    """Serve cancels the handler of a client that leaves before the socket is accepted:
+    the hold it sent still lands, and must not keep the key's place for its lease."""
+
+    async def scenario():
+        places = SlowPlaces()
+        service = LiveService(make_config(), InvertingModel(["alpha"]).stylize, places=places)
+
+        async def stream():
+            async with service.admit("key-a"):
+                await asyncio.Event().wait()
+
+        admitting = asyncio.ensure_future(stream())
+        await places.asked.wait()
+        admitting.cancel()
+        await asyncio.gather(admitting, return_exceptions=True)
+        places.landed.set()
+        await asyncio.wait_for(places.taken.wait(), 10)
+        for _ in range(100):  # then its release runs
+            if not places.held:
+                break
+            await asyncio.sleep(0.01)
+        return places.held, service.open_streams
+
+    held, open_streams = asyncio.run(scenario())
+    assert held == set() and open_streams == 0
 
 
 def test_a_frame_comes_back_stylized_in_its_own_format():
