@@ -16,7 +16,7 @@ from fastapi import APIRouter, Header, Query, Request, WebSocket, WebSocketDisco
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from serve_app.concurrency import cancel_and_wait
-from serve_app.errors import ErrorBody, OwnerRequired, ServiceError
+from serve_app.errors import ErrorBody, ServiceError
 from serve_app.http.openapi import (
     BINARY,
     JOB_BODY,
@@ -37,7 +37,14 @@ from serve_app.http.params import (
 from serve_app.http.ranges import content_range, parse_range, range_applies
 from serve_app.http.request_log import log_fields
 from serve_app.http.uploads import read_single_upload
-from serve_app.jobs.records import ANONYMOUS, CURSOR, JobList, JobState, JobView
+from serve_app.jobs.records import (
+    CURSOR,
+    IDEMPOTENCY_KEY_PATTERN,
+    MAX_IDEMPOTENCY_KEY_CHARS,
+    JobList,
+    JobState,
+    JobView,
+)
 from serve_app.jobs.service import JobService
 from serve_app.jobs.webhooks import WEBHOOK_EVENTS
 
@@ -48,8 +55,6 @@ SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 SSE_KEEP_ALIVE = b": keep-alive\n\n"
 # A job's result goes out in pieces of this size: never whole in memory, whatever the range.
 RESULT_CHUNK_BYTES = 1 << 20
-MAX_IDEMPOTENCY_KEY_CHARS = 255
-IDEMPOTENCY_KEY_PATTERN = r"^[\x21-\x7e]([\x20-\x7e]*[\x21-\x7e])?$"  # printable ASCII
 # RFC 7240: `wait=N` among other preferences, N a token or a quoted string.
 _PREFER_WAIT = re.compile(r'(?:^|[,;\s])wait\s*=\s*(\d+|"\d+")(?=$|[,;\s])', re.IGNORECASE)
 # The subprotocol a WebSocket follower speaks (offered beside ``bearer.<key>``).
@@ -151,10 +156,6 @@ async def list_jobs_route(
     ] = None,
     limit: Annotated[int, Query(ge=1, le=100, description="jobs per page")] = 20,
 ) -> JobList:
-    if owner == ANONYMOUS:
-        raise OwnerRequired(
-            "listing jobs needs an API key; on an open service a job is reached by its id"
-        )
     records, next_cursor = await service.jobs.list(owner, state, cursor, limit)
     return JobList(jobs=[service.jobs.view(r) for r in records], next_cursor=next_cursor)
 

@@ -104,12 +104,15 @@ class BlobStore:
             self._fs.makedirs(self._path(job_id), exist_ok=True)
             self._fs.copy(self._path(source_job, source_name), self._path(job_id, name))
 
-    def delete(self, job_id: str, name: str | None = None) -> None:
-        """A blob, or the job's whole folder; nothing there is fine."""
+    def delete(self, job_id: str, name: str | None = None) -> bool:
+        """A blob, or the job's whole folder; nothing there is fine. False when it is
+        still there (logged): the sweep keeps the job's record and tries again."""
         path = self._path(job_id, name or "")
         try:
             self._fs.rm(path, recursive=name is None)
         except FileNotFoundError:
-            return
-        except OSError as error:  # a runner writing into it meanwhile: the sweep retries
+            return True
+        except OSError as error:  # a runner writing into it meanwhile
             logger.warning("job %s: %s not deleted yet: %s", job_id, name or "folder", error)
+            return False
+        return True

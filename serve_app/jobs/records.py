@@ -141,6 +141,9 @@ class JobList(BaseModel):
 
 
 CURSOR = re.compile(r"^(\d{1,17})-([0-9a-f]{32})$")
+MAX_IDEMPOTENCY_KEY_CHARS = 255
+# Printable ASCII, neither starting nor ending with a space.
+IDEMPOTENCY_KEY_PATTERN = r"^[\x21-\x7e]([\x20-\x7e]*[\x21-\x7e])?$"
 """Where a page ended: its last job's creation time (µs) and id. Any value of this form
 is a valid position, so a client (or a fuzzer) can send nothing undecodable."""
 

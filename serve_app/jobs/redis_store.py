@@ -245,6 +245,12 @@ class RedisRecords:
         made = False
         try:
             if used > max_bytes:
+                # A resubmission finds its job whatever the space (as SQLite's does).
+                existing = await self._call(
+                    self._existing, record, idem, content, find_same_content
+                )
+                if existing is not None:
+                    return existing, False
                 raise StoreFull(
                     f"the job store is full ({used - record.reserved_bytes} of {max_bytes} "
                     "bytes held); retry later, or fetch and delete finished jobs"
@@ -331,21 +337,42 @@ class RedisRecords:
     async def list(
         self, owner: str, state: str | None, before: tuple[float, str] | None, limit: int
     ) -> list[JobRecord]:
+        """The index and the records are two reads: a job that went (expired, deleted) or
+        changed state between them is passed over and the page filled from further on, so
+        that a page is short only at the end of the list, as SQLite's one read gives it."""
         index = _key("owner-state", owner, state) if state else _key("owner", owner)
-        ids: list[str] = []
+        found: list[JobRecord] = []
+        while len(found) < limit:
+            wanted = limit - len(found)
+            positions = await self._positions(index, before, wanted)
+            records = await self._records([job_id for job_id, _ in positions])
+            found += [record for record in records if state in (None, record.state)]
+            if len(positions) < wanted:
+                return found
+            last_id, created_at = positions[-1]
+            before = (created_at, last_id)
+        return found
+
+    async def _positions(
+        self, index: str, before: tuple[float, str] | None, count: int
+    ) -> list[tuple[str, float]]:
+        """Up to ``count`` (id, created_at) of ``index`` past ``before``, newest first
+        (created_at, then id, both descending): the jobs made in the cursor's very second
+        first, then the older ones."""
+        positions: list[tuple[str, float]] = []
         top = "+inf"
         if before is not None:
-            # Jobs made in the cursor's very second come first (newest first is
-            # created_at, then id, both descending), then the older ones.
             created_at, last_id = before
             ties = await self._call(self._redis.zrangebyscore, index, created_at, created_at)
-            ids = sorted((i.decode() for i in ties if i.decode() < last_id), reverse=True)
+            same = sorted((i.decode() for i in ties if i.decode() < last_id), reverse=True)
+            positions = [(job_id, created_at) for job_id in same[:count]]
             top = f"({created_at}"
-        older = await self._call(
-            self._redis.zrevrangebyscore, index, top, "-inf", 0, max(limit - len(ids), 0)
-        )
-        ids += [i.decode() for i in older]
-        return await self._records(ids[:limit])
+        if len(positions) < count:
+            older = await self._call(
+                self._redis.zrevrangebyscore, index, top, "-inf", 0, count - len(positions), True
+            )
+            positions += [(job_id.decode(), score) for job_id, score in older]
+        return positions
 
     async def _records(self, ids: list[str]) -> list[JobRecord]:
         if not ids:

@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -36,9 +37,11 @@ from serve_app.concurrency import raise_if_cancelling, run_detached, within
 from serve_app.config import JobsConfig
 from serve_app.errors import (
     IdempotencyKeyReused,
+    InvalidParameters,
     JobExpired,
     JobNotDone,
     Overloaded,
+    OwnerRequired,
     ServiceError,
     StoreError,
     UnknownJob,
@@ -49,7 +52,9 @@ from serve_app.jobs.fair_slots import FairSlots
 from serve_app.jobs.record_store import RecordStore
 from serve_app.jobs.records import (
     ANONYMOUS,
+    IDEMPOTENCY_KEY_PATTERN,
     JOB_ID,
+    MAX_IDEMPOTENCY_KEY_CHARS,
     JobRecord,
     JobView,
     WebhookDelivery,
@@ -191,6 +196,7 @@ class JobService:
     async def submit(self, submission: Submission) -> tuple[JobRecord, bool]:
         """A new job, or the submitter's own job for the same idempotency key or (with an
         owner) the same content and options; the flag says whether this call made it."""
+        _check_idempotency_key(submission.idempotency_key)
         twin = (submission.owner, submission.idempotency_key or submission.content_key)
         if (submission.owner or submission.idempotency_key) and twin in self._creating:
             record, _ = await asyncio.shield(self._creating[twin])  # the same, twice at once
@@ -278,7 +284,12 @@ class JobService:
     async def list(
         self, owner: str, state: str | None = None, cursor: str | None = None, limit: int = 20
     ) -> tuple[list[JobRecord], str | None]:
-        """The owner's jobs, newest first, a page at a time."""
+        """The owner's jobs, newest first, a page at a time; none without an owner (on
+        an open service every job is the anonymous owner's: a job is reached by its id)."""
+        if owner == ANONYMOUS:
+            raise OwnerRequired(
+                "listing jobs needs an API key; on an open service a job is reached by its id"
+            )
         before = decode_cursor(cursor) if cursor else None
         records = await self.records.list(owner, state, before, limit + 1)
         page = records[:limit]
@@ -383,15 +394,17 @@ class JobService:
     # --- upkeep ----------------------------------------------------------------------------
 
     async def sweep(self) -> int:
-        """Delete expired jobs (their files first, then their records)."""
+        """Delete expired jobs: their files first, then their records. A job whose files
+        could not all be deleted keeps its record, so the next sweep tries again (without
+        it nothing would name them: they would hold their space for good)."""
         removed = 0
         while True:
-            now = time.time()
+            now, removed_before = time.time(), removed
             due = await self.records.due(now, PAGE)
             for job_id in due:
-                await self._call(self.blobs.delete, job_id)
-                removed += await self.records.remove(job_id, now)
-            if len(due) < PAGE:
+                if await self._call(self.blobs.delete, job_id):
+                    removed += await self.records.remove(job_id, now)
+            if len(due) < PAGE or removed == removed_before:  # the rest: next time
                 return removed
 
     def _on_state(self, record: JobRecord) -> None:
@@ -458,6 +471,17 @@ def _service_error(error: BaseException) -> ServiceError:
     if isinstance(error, ServiceError):
         return error
     return StoreError(f"the upload could not be stored: {error}")
+
+
+def _check_idempotency_key(key: str | None) -> None:
+    """The HTTP route's bound on ``Idempotency-Key``, for every caller (handles too)."""
+    if key is None:
+        return
+    if len(key) > MAX_IDEMPOTENCY_KEY_CHARS or not re.match(IDEMPOTENCY_KEY_PATTERN, key):
+        raise InvalidParameters(
+            f"an idempotency key is 1 to {MAX_IDEMPOTENCY_KEY_CHARS} printable ASCII "
+            "characters, not starting or ending with a space"
+        )
 
 
 def _check_same_content(found: JobRecord, submission: Submission) -> None:

@@ -273,3 +273,54 @@ def test_the_local_change_feed_outlives_a_failed_read():
 
     record, looks = asyncio.run(scenario())
     assert record.id == "job-a" and looks == ["newest", "newest"]
+
+
+def test_a_full_store_still_finds_a_resubmitted_job(config, tmp_path):
+    """The same idempotency key sent again (as a client does after a lost answer) finds
+    its job, though the store has no room for another (Redis answered 507)."""
+
+    async def scenario():
+        store, _ = open_record_store(config, tmp_path / "jobs")
+        try:
+            first = _owned_job("alice").model_copy(update={"idempotency_key": "k1"})
+            room = first.reserved_bytes  # exactly the first job's
+            made, created = await store.create(first, True, room)
+            again = _owned_job("alice").model_copy(update={"idempotency_key": "k1"})
+            found, created_again = await store.create(again, True, room)
+            return made.id, found.id, created, created_again, await store.usage()
+        finally:
+            await store.close()
+
+    made_id, found_id, created, created_again, usage = asyncio.run(scenario())
+    assert created and not created_again and found_id == made_id
+    assert usage == _owned_job("alice").reserved_bytes  # nothing held for the second ask
+
+
+def test_a_redis_page_passes_over_a_job_gone_between_its_two_reads(redis_server, tmp_path):
+    """The owner's index still names a job whose record went (the sweep between the two
+    reads): the page is filled from further on, not cut short (a short page said it was
+    the last: listing stopped there)."""
+    import redis as redis_client
+
+    redis_server.flush()
+    config = JobsConfig(store_url=str(tmp_path / "jobs"), records_url=redis_server.url)
+    probe = redis_client.Redis.from_url(redis_server.url)
+
+    async def scenario():
+        store, _ = open_record_store(config, tmp_path / "jobs")
+        try:
+            made = []
+            for n in range(5):
+                record = _owned_job("alice").model_copy(update={"created_at": 1000.0 + n})
+                made.append((await store.create(record, True, ROOMY))[0].id)
+            probe.delete(redis_store._job(made[3]))  # the index still names it
+            first = await store.list("alice", None, None, 3)
+            cursor = (first[-1].created_at, first[-1].id)
+            rest = await store.list("alice", None, cursor, 3)
+            return made, [r.id for r in first], [r.id for r in rest]
+        finally:
+            await store.close()
+            probe.close()
+
+    made, first, rest = asyncio.run(scenario())
+    assert first == [made[4], made[2], made[1]] and rest == [made[0]]

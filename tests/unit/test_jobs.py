@@ -13,9 +13,11 @@ import pytest
 from serve_app.config import JobsConfig
 from serve_app.errors import (
     IdempotencyKeyReused,
+    InvalidParameters,
     JobExpired,
     JobNotDone,
     Overloaded,
+    OwnerRequired,
     StoreFull,
     TooManyJobs,
     UnknownJob,
@@ -531,6 +533,25 @@ def test_expired_jobs_are_swept_in_the_background_and_answer_expired(tmp_path):
     assert usage == 0 and not (tmp_path / "jobs" / record.id).exists()
 
 
+def test_a_job_whose_files_could_not_be_deleted_keeps_its_record_until_they_are(tmp_path):
+    async def scenario():
+        jobs = service(tmp_path, FakeStylize(), ttl_s=0.05, sweep_interval_s=3600)
+        record, _ = await jobs.submit(submission())
+        await jobs.wait(record.id, ALICE, 10)
+        await asyncio.sleep(0.1)  # past its time to live
+        delete = jobs.blobs.delete
+        jobs.blobs.delete = lambda job_id, name=None: False  # a writer in its folder
+        first = await jobs.sweep()
+        kept = await jobs.records.get(record.id)
+        jobs.blobs.delete = delete
+        second = await jobs.sweep()
+        return first, kept, second, await _gone(jobs, record.id), record.id
+
+    first, kept, second, gone, job_id = run(scenario)
+    assert (first, second) == (0, 1) and kept is not None and gone
+    assert not (tmp_path / "jobs" / job_id).exists()
+
+
 async def _gone(jobs: JobService, job_id: str) -> bool:
     return await jobs.records.get(job_id) is None
 
@@ -588,6 +609,27 @@ def test_an_idempotency_key_gets_the_same_job_and_refuses_other_content(tmp_path
 
     first, created, again, created_again = run(scenario)
     assert created and not created_again and again.id == first.id
+
+
+def test_every_caller_gets_the_routes_checks_of_keys_and_owners(tmp_path):
+    """A Serve handle calls the service directly: an idempotency key the route refuses is
+    refused here too (an empty one named every key-less submission of SQLite's one job),
+    and an open service's anonymous owner lists nothing (it would list every job)."""
+
+    async def scenario():
+        jobs = service(tmp_path, FakeStylize())
+        refused = []
+        for key in ("", " padded", "x" * 256, "tab\there"):
+            with pytest.raises(InvalidParameters) as raised:
+                await jobs.submit(submission(idempotency_key=key))
+            refused.append(raised.value.code)
+        with pytest.raises(OwnerRequired):
+            await jobs.list(ANONYMOUS)
+        made, _ = await jobs.submit(submission(idempotency_key="x" * 255))
+        return refused, made
+
+    refused, made = run(scenario)
+    assert refused == ["invalid_parameters"] * 4 and made.idempotency_key == "x" * 255
 
 
 def test_an_idempotency_key_sent_twice_at_once_with_other_content_is_refused(tmp_path):
