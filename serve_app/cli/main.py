@@ -102,7 +102,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--key", help="with --server: API key (default: $ANIMEGAN_API_KEY), sent as a bearer"
     )
     stylize.add_argument(
-        "--timeout", type=float, default=10.0, help="download timeout in seconds (default 10)"
+        "--timeout",
+        type=float,
+        default=10.0,
+        help="weights download timeout in seconds (default 10; --server downloads none)",
     )
     stylize.set_defaults(handler=cmd_stylize)
 
