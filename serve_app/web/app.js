@@ -195,6 +195,12 @@
     }
   }
 
+  // 128 random bits as hex (crypto.randomUUID exists on secure pages only).
+  function newKey() {
+    return Array.from(crypto.getRandomValues(new Uint8Array(16)),
+      (byte) => byte.toString(16).padStart(2, "0")).join("");
+  }
+
   function send(path, job, key, onProgress, onUploaded) {
     const { query, body } = job;
     return new Promise((resolve, reject) => {
@@ -203,6 +209,9 @@
       xhr.open("POST", `${path}?${query}`);
       for (const [name, value] of Object.entries(bearer(key))) xhr.setRequestHeader(name, value);
       if (body.type) xhr.setRequestHeader("Content-Type", body.type);
+      // The same key on every retry of one job: a 503 that came after the service made it
+      // (a proxy's) finds that job instead of making a second.
+      if (path === "/v1/jobs") xhr.setRequestHeader("Idempotency-Key", (job.idempotencyKey ??= newKey()));
       xhr.responseType = "blob";
       xhr.upload.addEventListener("progress", (event) => {
         if (event.lengthComputable) onProgress(event.loaded, event.total);

@@ -433,7 +433,10 @@
     } else stop();
   }
 
-  // The live sizes up to the service's largest live size, the choice kept where it fits.
+  // The live sizes up to the service's largest live size: its default preselected, or the
+  // size someone chose, where it fits.
+  let sizeChosen = false;
+  ui.size.addEventListener("change", () => { sizeChosen = true; });
   function offerSizes() {
     if (!options.config) return;
     const { max_size: largest, default_size: preferred } = options.config.live;
@@ -441,10 +444,19 @@
     if (!sizes.length) sizes.push(largest);
     if (!sizes.includes(preferred)) sizes.push(preferred);
     sizes.sort((a, b) => a - b);
-    const keep = [Number(ui.size.value), preferred].find((size) => sizes.includes(size));
+    const wanted = sizeChosen ? [Number(ui.size.value), preferred] : [preferred];
+    const keep = wanted.find((size) => sizes.includes(size));
     ui.size.replaceChildren(...sizes.map((size) => new Option(String(size), String(size))));
     ui.size.value = String(keep ?? sizes.at(-1));
   }
+
+  // Opened before the settings came (they wait for an API key): it starts once they do.
+  options.onLoaded(() => {
+    if (ui.tabs[1].getAttribute("aria-selected") === "true" && !live) {
+      offerSizes();
+      start();
+    }
+  });
 
   for (const tab of ui.tabs) {
     tab.addEventListener("click", () => {

@@ -140,10 +140,13 @@
     dispatch(); // a last event without its blank line
   }
 
+  // ms, or less once the signal aborts; its listener goes with it (one a second piled up
+  // on a job's signal while the page polled).
   function pause(ms, signal) {
     return new Promise((resolve) => {
-      const timer = setTimeout(resolve, ms);
-      signal.addEventListener("abort", () => { clearTimeout(timer); resolve(); }, { once: true });
+      const aborted = () => { clearTimeout(timer); resolve(); };
+      const timer = setTimeout(() => { signal.removeEventListener("abort", aborted); resolve(); }, ms);
+      signal.addEventListener("abort", aborted, { once: true });
     });
   }
 

@@ -26,6 +26,7 @@
   const WARM_POLL_MS = 3000; // how often to ask while the service warms its examples
 
   let config = null;
+  let loaded = () => {};
   let examples = null; // GET /v1/examples: what the examples are warm for, and each one
   const exampleEntries = []; // {example, button, ready, file}: file once its bytes are here
   const previews = new WeakMap(); // example file -> its thumbnail's URL, decoded already
@@ -69,6 +70,7 @@
     }
     ui.limits.textContent += " Videos (MP4, MOV, MKV or WebM) are made as jobs, with a " +
       "progress bar; animated GIF, WebP and PNG come back animated.";
+    loaded();
     await loadExamples();
   }
 
@@ -210,6 +212,9 @@
     }
   }
 
+  // Enter in the size field submits the form, which has nowhere to go: the browser would
+  // load the page again, losing every card (the options apply as they are changed).
+  ui.options.addEventListener("submit", (event) => event.preventDefault());
   ui.options.addEventListener("input", markReady);
   ui.options.addEventListener("change", markReady);
 
@@ -225,5 +230,6 @@
     mediaLimit,
     preview: (file) => previews.get(file), // an example's thumbnail, for its card
     onPick(fn) { pick = fn; },
+    onLoaded(fn) { loaded = fn; }, // the settings are here (after an API key, perhaps)
   };
 })();

@@ -1,6 +1,6 @@
 // The page's small shared pieces: the query helper, the status line, number and badge
-// formatting, and the result file extensions by media type. Loaded before the page's other
-// scripts (index.html). Sets animeganPage.util.
+// formatting, and the result file extensions by media type. Loaded before the scripts that
+// use it (api.js and those after it in index.html). Sets animeganPage.util.
 "use strict";
 
 (() => {

@@ -17,9 +17,15 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.support.pages import chromium_launcher, fake_camera_args, page_opener, src_bytes
+from tests.support.pages import (
+    TIMEOUT_MS,
+    chromium_launcher,
+    fake_camera_args,
+    page_opener,
+    src_bytes,
+)
 from tests.support.paths import ARTIFACTS
-from tests.support.serve import STYLE_A, STYLE_B, TEST_SIZE
+from tests.support.serve import STYLE_A, STYLE_B, TEST_SIZE, deployed_with_keys
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -258,3 +264,37 @@ def test_camera_mode_says_the_permission_was_denied(launch, camera_video, base_u
         expect(page.get_by_role("button", name="Start the camera")).to_be_visible()
         expect(page.get_by_role("button", name="Snapshot")).to_be_disabled()
         assert page.evaluate("window.live.urls") == []  # no camera: no stream either
+
+
+def test_camera_opened_before_the_api_key_starts_once_it_is_accepted(browser, base_url):
+    """With API keys, the settings wait for the key: the Camera tab chosen meanwhile says
+    so, then starts by itself once the key is accepted, its live size the service's
+    default (it stayed waiting, its size list empty)."""
+    from playwright.sync_api import expect
+
+    key = "camera-key"
+    with deployed_with_keys(base_url, [key]):
+        live = httpx.get(
+            f"{base_url}/v1/styles", headers={"Authorization": f"Bearer {key}"}, timeout=30
+        ).json()["live"]
+        context = browser.new_context(viewport={"width": 1100, "height": 900})
+        errors: list[str] = []
+        try:
+            context.add_init_script(RECORD_SOCKETS)
+            page = context.new_page()
+            page.set_default_timeout(TIMEOUT_MS)
+            page.on("pageerror", lambda error: errors.append(str(error)))
+            page.goto(f"{base_url}/")
+            key_field = page.get_by_label("API key", exact=True)
+            expect(key_field).to_be_visible()
+            page.get_by_role("tab", name="Camera").click()
+            expect(page.locator("#camera-message")).to_contain_text("Enter the API key first")
+            key_field.fill(key)
+            page.get_by_role("button", name="Use this key").click()
+            page.wait_for_function(f"{FRAME_HEADERS}.length > 0")
+            expect(page.get_by_label("Live size (px)")).to_have_value(str(live["default_size"]))
+            size = httpx.URL(page.evaluate("window.live.urls[0]")).params["size"]
+            assert size == str(live["default_size"])
+        finally:
+            context.close()
+    assert not errors, f"uncaught errors in the page: {errors}"

@@ -384,6 +384,9 @@ def test_with_an_api_key_every_job_call_carries_it(browser, jobs_app, tmp_path):
         assert f"{job_path}/events" in paths and f"{job_path}/result" in paths
         sent = [call.header_value("authorization") for call in calls]
         assert sent == [bearer["Authorization"]] * len(calls)
+        # Its own Idempotency-Key: a retried submission finds the job the first one made.
+        (posted,) = [call for call in calls if call.method == "POST"]
+        assert re.fullmatch(r"[0-9a-f]{32}", posted.header_value("idempotency-key") or "")
         size = card.locator("img.after").evaluate("i => [i.naturalWidth, i.naturalHeight]")
         assert size == [256, 192]
         # Without the key, the job is not anyone's to read.

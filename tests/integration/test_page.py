@@ -9,7 +9,6 @@ from __future__ import annotations
 import base64
 import io
 import re
-import time
 from pathlib import Path
 
 import httpx
@@ -23,15 +22,13 @@ from tests.support.serve import (
     STYLE_A,
     STYLE_B,
     TEST_SIZE,
-    deploy,
-    ingress_deployment,
-    wait_healthy,
+    deployed_with_keys,
 )
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 SIZE = 128  # not the default (96): the page's choice must reach the API
-KEYS = "page-key-one,page-key-two"
+KEYS = ["page-key-one", "page-key-two"]
 RIGHT_KEY = "page-key-two"  # not the first: every configured key is accepted
 
 
@@ -79,6 +76,13 @@ def test_page_stylizes_a_photo_and_shows_errors(open_page, photo_file, photo_byt
 
     card = stylize_in_page(page, photo_file, STYLE_B, SIZE, "webp")
     wait_state(card, "done")
+    # Enter in the size field (a phone keyboard's "Go") keeps the page and its cards: the
+    # options form submitted itself and the browser loaded the page again.
+    documents = []
+    page.on("request", lambda r: r.resource_type == "document" and documents.append(r.url))
+    page.get_by_label("Size (longer side, px)").press("Enter")
+    page.evaluate("0")  # after the key's default action (a submit asks for a document)
+    assert documents == [] and page.locator("#results .card").count() == 1
     width, height = natural_size(card)
     assert max(width, height) == SIZE
     source = Image.open(io.BytesIO(photo_bytes)).size
@@ -219,27 +223,10 @@ def test_page_is_labelled_and_keyboard_reachable(open_page):
     assert controls <= reached, reached
 
 
-def wait_styles_status(base_url: str, status: int, timeout_s: float = 60) -> None:
-    """A redeployed Ingress's old replica may answer a moment longer: wait for the new one."""
-    deadline = time.monotonic() + timeout_s
-    while (answer := httpx.get(f"{base_url}/v1/styles", timeout=30)).status_code != status:
-        assert time.monotonic() < deadline, f"/v1/styles still answers {answer.status_code}"
-        time.sleep(0.2)
-
-
 @pytest.fixture
 def keyed_app(base_url):
-    """The application with API keys; the open default one is back afterwards."""
-    actor_options = {"num_cpus": 0, "runtime_env": {"env_vars": {"ANIMEGAN_API_KEYS": KEYS}}}
-    deploy(ingress=ingress_deployment(ray_actor_options=actor_options))
-    try:
-        wait_healthy(base_url)
-        wait_styles_status(base_url, 401)
-        yield base_url
-    finally:
-        deploy()
-        wait_healthy(base_url)
-        wait_styles_status(base_url, 200)
+    with deployed_with_keys(base_url, KEYS) as url:
+        yield url
 
 
 def stored_key(page):

@@ -43,6 +43,7 @@ import psutil
 import yaml
 
 from tests.support.paths import REPO
+from tests.support.serve import RAY_DEFAULT_PORTS
 
 BIN = Path(sys.executable).parent
 RAY = str(BIN / "ray")
@@ -69,7 +70,7 @@ def free_ports(count: int) -> list[int]:
             sock = socket.socket()
             sock.bind((HOST, 0))
             sockets.append(sock)  # held, so the kernel offers another port next
-            if sock.getsockname()[1] not in _HANDED_OUT:
+            if sock.getsockname()[1] not in _HANDED_OUT | RAY_DEFAULT_PORTS:
                 ports.append(sock.getsockname()[1])
         _HANDED_OUT.update(ports)
         return ports

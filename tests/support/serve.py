@@ -3,11 +3,13 @@ and killing its replicas."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -31,11 +33,20 @@ def shipped_logging_config() -> dict:
     return shipped["applications"][0]["logging_config"]
 
 
+# Ports Ray's own components take by default when a session starts (the dashboard agent's
+# HTTP server, the dashboard, the GCS, the client server): a port free now but one of these
+# made ray.init fail ("trying to use a port number 52365 that is used by other components").
+RAY_DEFAULT_PORTS = frozenset({52365, 8265, 6379, 10001})
+
+
 def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    """A TCP port on 127.0.0.1 that nothing listens on now, and none Ray takes itself."""
+    while True:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        if port not in RAY_DEFAULT_PORTS:
+            return port
 
 
 # This session's job store (never the user's own ~/.cache one).
@@ -115,6 +126,29 @@ def deploy(
     }
     schema = ServeDeploySchema.model_validate({"applications": [application]})
     _get_global_client().deploy_apps(schema, _blocking=blocking)
+
+
+@contextlib.contextmanager
+def deployed_with_keys(base_url: str, keys: list[str]) -> Iterator[str]:
+    """The application with API keys, until the block ends; then the open default one."""
+    deploy(ingress=keyed_ingress(keys))
+    try:
+        wait_healthy(base_url)
+        wait_styles_status(base_url, 401)
+        yield base_url
+    finally:
+        deploy()
+        wait_healthy(base_url)
+        wait_styles_status(base_url, 200)
+
+
+def wait_styles_status(base_url: str, status: int, timeout_s: float = 60) -> None:
+    """Until ``/v1/styles`` answers ``status`` (a redeployment has taken effect)."""
+    deadline = time.monotonic() + timeout_s
+    while (answer := httpx.get(f"{base_url}/v1/styles", timeout=30)).status_code != status:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"/v1/styles still answers {answer.status_code}")
+        time.sleep(0.2)
 
 
 def wait_healthy(base_url: str, timeout_s: float = 60) -> None:
