@@ -139,6 +139,8 @@ def test_cluster_launcher_yaml():
     assert any(not t["resources"].get("GPU") for t in workers.values()), "a CPU type"
     for node_type in types.values():
         assert "node_config" in node_type and "resources" in node_type
+    installs = [c for c in config["setup_commands"] if " install " in c]
+    assert any("animegan-serve[server]" in c for c in installs), "Ray and the service's parts"
     head_start = " ".join(config["head_start_ray_commands"])
     assert "--dashboard-host=127.0.0.1" in head_start, "the dashboard stays on loopback"
     assert "RAY_AUTH_MODE=token" in head_start
@@ -158,6 +160,7 @@ def test_cluster_launcher_yaml_matches_rays_schema():
 # (each node's environment; serve_app.jobs.stores.with_environment reads it)
 
 REDIS = CONFIGS / "kuberay" / "redis.yaml"
+KUBERAY_METRICS_PORT = 8080  # the metrics-export-port KubeRay sets where none is given
 RECORDS_ENV = JobsConfig().records_url_env
 STORE_ENV = JobsConfig().store_url_env
 DEPENDENT_VARIABLE = re.compile(r"\$\((\w+)\)")  # Kubernetes' $(NAME) in an env value
@@ -492,10 +495,13 @@ def test_the_kuberay_manifest_validates_against_the_rayservice_crd():
         jsonschema.validate(broken, schema)
 
 
-def test_every_ray_pod_has_the_edge_and_the_service_reaches_it_only():
+def test_every_worker_pod_has_the_edge_and_the_service_reaches_it_only():
     """The edge container runs configs/nginx/animegan.conf (the ConfigMap the header makes
     from it), which forwards to Serve's proxy in the same pod; the Service selects every
-    Ray pod and targets the edge's port, never Serve's."""
+    worker pod and targets the edge's port, never Serve's. The head has none: it must be
+    Ready before the operator deploys the app, which an edge there probing ``/readyz``
+    never let it be. The edge's port is not KubeRay's ``metrics-export-port`` (8080, in
+    every Ray container): the edge and Ray's metrics agent could not both bind it."""
     objects = load_all(KUBERAY)
     header = KUBERAY.read_text().split("\napiVersion:", 1)[0]
     [config_map] = re.findall(r"kubectl create configmap (\S+) --from-file=(\S+)", header)
@@ -504,8 +510,13 @@ def test_every_ray_pod_has_the_edge_and_the_service_reaches_it_only():
     serve = yaml.safe_load(rayservice()["spec"]["serveConfigV2"])["http_options"]
     assert f"server {serve['host']}:{serve['port']};" in edge_conf
     [listen] = re.findall(r"^\s*listen (\d+);", edge_conf, re.M)
+    assert int(listen) != KUBERAY_METRICS_PORT
     service = objects["Service"]["spec"]
-    for group, template in ray_pod_templates(rayservice()).items():
+    templates = ray_pod_templates(rayservice())
+    head = templates.pop("head")
+    assert [container["name"] for container in head["spec"]["containers"]] == ["ray-head"]
+    assert not service["selector"].items() <= head["metadata"]["labels"].items()
+    for group, template in templates.items():
         [edge] = [c for c in template["spec"]["containers"] if c["name"] == "edge"]
         [port] = edge["ports"]
         assert (

@@ -36,8 +36,8 @@ from tests.support.serve import free_port
 
 SHIPPED = REPO / "configs" / "nginx" / "animegan.conf"
 SHIPPED_UPSTREAM = "server 127.0.0.1:8000;"
-SHIPPED_LISTEN = "listen 8080;"
-SHIPPED_ACCESS_LOG = "access_log /var/log/nginx/animegan.access.log animegan;"
+SHIPPED_LISTEN = "listen 8088;"
+SHIPPED_ACCESS_LOG = "access_log /var/log/nginx/access.log animegan;"
 
 MiB = 2**20
 SERVER = "server"  # the server block's own level (not one of its locations)
