@@ -25,13 +25,14 @@ ENV ANIMEGAN_WEIGHTS_DIR=/home/ray/animegan-weights \
 
 WORKDIR /home/ray/animegan-serve
 
-# The dependencies first: a change to the code alone rebuilds only the layers below.
+# torch first, alone: the largest layer (GBs with CUDA) is kept when only the code changes.
+RUN pip install --index-url "${TORCH_INDEX_URL}" "torch==${TORCH_VERSION}"
+
+# The project itself: its dependencies' bounds are in pyproject.toml.
 COPY --chown=ray:users pyproject.toml README.md ./
 COPY --chown=ray:users serve_app ./serve_app
-# The project itself: its dependencies' bounds are in pyproject.toml.
 # hadolint ignore=DL3013
-RUN pip install --index-url "${TORCH_INDEX_URL}" "torch==${TORCH_VERSION}" \
-    && pip install ".[server,heif,s3]"
+RUN pip install ".[server,heif,s3]"
 
 COPY --chown=ray:users serve_config.yaml ./
 COPY --chown=ray:users configs ./configs
