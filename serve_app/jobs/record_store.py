@@ -63,6 +63,10 @@ class RecordStore(Protocol):
         has ``max_active`` jobs queued or running (or being made) in the store, and
         StoreFull when the reservation would pass ``max_bytes``."""
 
+    async def find(self, record: JobRecord, find_same_content: bool) -> JobRecord | None:
+        """The job ``create`` would answer instead of inserting ``record``, or None (it
+        inserts nothing)."""
+
     async def get(self, job_id: str) -> JobRecord | None: ...
 
     async def expired_at(self, job_id: str) -> float | None:
@@ -307,6 +311,9 @@ class SqliteRecords:
                 )
             self._add_usage(db, record.reserved_bytes)
             return self._write(db, record.model_copy()), True
+
+    async def find(self, record: JobRecord, find_same_content: bool) -> JobRecord | None:
+        return await self._run(lambda: self._existing(self._db(), record, find_same_content))
 
     def _existing(
         self, db: sqlite3.Connection, record: JobRecord, find_same_content: bool

@@ -277,6 +277,11 @@ class RedisRecords:
                 if max_active is not None:
                     await self._call(self._redis.zrem, making, record.id)
 
+    async def find(self, record: JobRecord, find_same_content: bool) -> JobRecord | None:
+        idem = _key("idem", record.owner, record.idempotency_key or "")
+        content = _key("content", record.owner, record.content_key)
+        return await self._call(self._existing, record, idem, content, find_same_content)
+
     async def _hold_active_place(self, record: JobRecord, bound: int) -> bool:
         active = [_key("owner-state", record.owner, state) for state in sorted(ACTIVE_STATES)]
         until = time.time() + MAKING_DEADLINE_S

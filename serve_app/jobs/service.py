@@ -202,8 +202,12 @@ class JobService:
             record, _ = await asyncio.shield(self._creating[twin])  # the same, twice at once
             _check_same_content(record, submission)
             return record, False
-        if self.runs.full:
-            raise Overloaded("too many jobs waiting on this replica; retry shortly")
+        if self.runs.full:  # no room for another, but a resubmission finds its job
+            found = await self.records.find(self._new_record(submission), bool(submission.owner))
+            if found is None:
+                raise Overloaded("too many jobs waiting on this replica; retry shortly")
+            _check_same_content(found, submission)
+            return found, False
         # Detached and shielded: a client that hangs up mid-way must not leave a record
         # whose upload was never stored or whose run never started.
         task = run_detached(self._create(submission))
@@ -211,10 +215,10 @@ class JobService:
         task.add_done_callback(lambda _: self._creating.pop(twin, None))
         return await asyncio.shield(task)
 
-    async def _create(self, submission: Submission) -> tuple[JobRecord, bool]:
-        config, now = self._config, time.time()
-        media, options = submission.media, submission.options
-        record = JobRecord(
+    def _new_record(self, submission: Submission) -> JobRecord:
+        """The record of a job for ``submission``, queued on this replica."""
+        now, media, options = time.time(), submission.media, submission.options
+        return JobRecord(
             id=new_job_id(),
             state="queued",
             kind="still" if media is None else media.kind,
@@ -233,6 +237,9 @@ class JobService:
             reserved_bytes=len(submission.data) + _expected_output_bytes(submission),
             webhook=submission.webhook,
         )
+
+    async def _create(self, submission: Submission) -> tuple[JobRecord, bool]:
+        config, record = self._config, self._new_record(submission)
         stored, created = await self.records.create(
             record,
             find_same_content=bool(submission.owner),

@@ -397,13 +397,20 @@ def test_a_queue_past_its_bound_answers_overloaded_and_waiting_has_a_deadline(tm
         stylize = FakeStylize()
         stylize.gate = asyncio.Event()
         jobs = service(tmp_path, stylize, max_running=1, max_queued=1, queue_timeout_s=0.5)
-        await jobs.submit(submission(b"one"))
+        first, _ = await jobs.submit(submission(b"one", idempotency_key="first"))
         second, _ = await jobs.submit(submission(b"two"))
         with pytest.raises(Overloaded):
             await jobs.submit(submission(b"three"))
-        return await jobs.wait(second.id, ALICE, 10)
+        # A resubmission (its answer was lost) finds its job, full as the replica is.
+        again, made = await jobs.submit(submission(b"one", idempotency_key="first"))
+        same_bytes, made_too = await jobs.submit(submission(b"two"))
+        with pytest.raises(IdempotencyKeyReused):
+            await jobs.submit(submission(b"other", idempotency_key="first"))
+        found = (again.id, made, same_bytes.id, made_too) == (first.id, False, second.id, False)
+        return found, await jobs.wait(second.id, ALICE, 10)
 
-    waited = run(scenario)
+    found, waited = run(scenario)
+    assert found
     assert waited.state == "failed" and waited.error.code == "queue_timeout"
 
 
