@@ -68,7 +68,7 @@ FRAME_KEY_VERSION = 1
 # fails. A full model (503 overloaded) is waited out the same way, without a count.
 MODEL_ATTEMPTS = 6
 RETRY_FIRST_WAIT_S = 0.5
-RETRY_MOST_WAIT_S = 5.0
+RETRY_MOST_WAIT_S = 8.0  # the 5th wait: a dead replica gets 15.5 s to be replaced
 # Digests of the frames stylized last, with their pictures: a still shot or a repeating
 # animation costs one model pass; older repeats are found in the result cache.
 RECENT_FRAMES = 64
