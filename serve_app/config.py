@@ -27,6 +27,7 @@ RuntimeName = Literal[
 ]
 
 SIDE_MULTIPLE = 4
+MIN_OVERLAP = 2 * SIDE_MULTIPLE  # tiles that overlap at all share two grid steps
 """The generator's two stride-2 stages need both sides divisible by 4."""
 
 MIN_SIDE = 16
@@ -114,6 +115,7 @@ class PortraitConfig(_Strict):
         default=512,
         ge=64,
         le=1024,
+        multiple_of=SIDE_MULTIPLE,  # the model takes sides on the 4-px grid
         description="square crop fed to the model (the face styles were trained on 512 px "
         "face crops)",
     )
@@ -203,9 +205,13 @@ class TilingConfig(_Strict):
 
     @model_validator(mode="after")
     def _check_overlap(self) -> TilingConfig:
-        """`overlap` is at most half of `tile_size`."""
+        """`overlap` is at most half of `tile_size`, and 0 or at least 8 (4: the blend
+        ramp around a cell boundary on the 4-px grid reached past the next tile's edge,
+        leaving a grey line at every seam)."""
         if self.overlap > self.tile_size // 2:
             raise ValueError("tiling.overlap must be at most half of tiling.tile_size")
+        if 0 < self.overlap < MIN_OVERLAP:
+            raise ValueError(f"tiling.overlap must be 0 or at least {MIN_OVERLAP}")
         return self
 
 

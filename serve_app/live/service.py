@@ -20,7 +20,7 @@ from collections.abc import AsyncIterator, Callable, Mapping
 from concurrent.futures import Executor
 from typing import Any, Protocol
 
-from serve_app.concurrency import MemoryBudget, in_thread
+from serve_app.concurrency import MemoryBudget, in_thread, run_in_to_completion
 from serve_app.config import AppConfig
 from serve_app.errors import (
     InvalidParameters,
@@ -282,7 +282,7 @@ class LiveService:
         started = time.perf_counter()
         pixels = decode.header_pixels(data)
         async with self._decode_memory.reserve(decode.decode_peak_bytes(pixels)):
-            decoded = await in_thread(
+            decoded = await run_in_to_completion(  # the budget held as long as the decode
                 self._executor, decode.decode_resized, data, self._config.limits, options.size
             )
         decoded_at = time.perf_counter()

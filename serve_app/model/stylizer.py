@@ -257,8 +257,9 @@ class ModelReplica:
     def _pass_size(self, shape: tuple[int, ...] | None, waiting: int, fixed: int | None) -> int:
         """How many of ``waiting`` pictures of ``shape`` the next pass takes: the size
         learned for the shape with `auto`, else ``fixed``, else all of them."""
-        if self._pass_sizes is not None and shape is not None:
-            return self._pass_sizes.next_pass(shape, waiting)
+        learned = self._pass_sizes  # read once: a reconfigure may swap it meanwhile
+        if learned is not None and shape is not None:
+            return learned.next_pass(shape, waiting)
         return min(fixed or waiting, waiting)
 
     # Only the batcher's first bounds: reconfigure sets them (the user_config's, or defaults).
@@ -335,13 +336,14 @@ class ModelReplica:
         start, cpu_start = time.perf_counter(), time.process_time()
         outputs = tensors.from_model_batch(self._models[style](tensors.to_model_batch(images)))
         seconds = time.perf_counter() - start
-        if self._pass_sizes is not None:
+        learned = self._pass_sizes  # read once: a reconfigure (in the loop) may swap it
+        if learned is not None:
             # On a CPU, what a pass costs is this process's CPU time: its wall time also
             # counts every other process's turns on the cores (the model runs niced), which
             # made a noisy moment pick batches that are slower per picture. On a GPU the
             # wall time is the device's (the copy back waits for it).
             cost = time.process_time() - cpu_start if self._runtime.device == "cpu" else seconds
-            self._pass_sizes.record(images[0].shape, len(images), cost)
+            learned.record(images[0].shape, len(images), cost)
         self._images += len(images)
         self._inference_s[style] += seconds
         self._batch_sizes[len(images)] += 1

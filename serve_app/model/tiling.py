@@ -102,6 +102,8 @@ def plan_axis(length: int, tile: int, overlap: int) -> Axis:
         raise ValueError(f"length, tile and overlap must be multiples of {ALIGN}")
     if not 0 <= overlap <= tile // 2:
         raise ValueError("overlap must be between 0 and half the tile")
+    if 0 < overlap < 2 * ALIGN:  # the boundary's ramp would reach past the next tile's edge
+        raise ValueError(f"overlap must be 0 or at least {2 * ALIGN}")
     if length <= tile:
         return Axis(positions=(0,), tile=length, cells=((0, length),))
     count = math.ceil((length - overlap) / (tile - overlap))

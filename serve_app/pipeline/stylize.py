@@ -29,7 +29,13 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from serve_app.concurrency import MemoryBudget, in_thread, run_detached, trim_heap
+from serve_app.concurrency import (
+    MemoryBudget,
+    in_thread,
+    run_detached,
+    run_in_to_completion,
+    trim_heap,
+)
 from serve_app.config import AppConfig
 from serve_app.errors import (
     EmptyUpload,
@@ -116,6 +122,7 @@ class StylizePipeline:
         signature (without it, any upload may, once ``animate`` is given); a still
         picture's key leaves out the options only motion reads."""
         self._config = config
+        self._portrait_settings = config.portrait.model_dump(mode="json")  # part of keys
         self._executor = executor
         self._cache = cache
         self._stylize_array = stylize_array
@@ -254,7 +261,10 @@ class StylizePipeline:
     ) -> str:
         """``result_key``, with a still picture's options as a still reads them."""
         moving = self._animate is not None and (self._may_move is None or self._may_move(data))
-        return result_key(digest, options if moving else options.for_still(), identity, background)
+        portrait = None if options.portrait == "off" else self._portrait_settings
+        return result_key(
+            digest, options if moving else options.for_still(), identity, background, portrait
+        )
 
     def _expected_background(self, options: StylizeOptions) -> ModelIdentity | None:
         if options.portrait != "paste" or options.background == BACKGROUND_PHOTO:
@@ -268,15 +278,21 @@ class StylizePipeline:
             animation = await self._animate(data, options)
             if animation is not None:
                 identity = self.expected_identity(options.style)
-                key = self._key(digest, data, options, identity)
+                background = self._expected_background(options)  # as its lookup's key
+                key = self._key(digest, data, options, identity, background)
                 self._store(key, animation, options.style, identity)
                 return _Computed(animation, key)
         if options.portrait != "off":
             return await self._compute_portrait(digest, data, options, work)
         started = time.perf_counter()
         pixels = decode.header_pixels(data)
+        # The reservation lasts as long as the decode itself: a cancelled wait (the last
+        # caller hung up) still waits for the thread, or the budget would be given back
+        # while its memory is in use.
         async with self.decode_memory.reserve(decode.decode_peak_bytes(pixels)):
-            decoded = await in_thread(self._executor, self._decode, data, pixels, options.size)
+            decoded = await run_in_to_completion(
+                self._executor, self._decode, data, pixels, options.size
+            )
         decoded_at = time.perf_counter()
         work.progress = PROGRESS_DECODED
 
@@ -314,8 +330,10 @@ class StylizePipeline:
         started = time.perf_counter()
         pixels = decode.header_pixels(data)
         peak = decode.decode_peak_bytes(pixels) + PORTRAIT_DECODE_BYTES_PER_PIXEL * pixels
-        async with self.decode_memory.reserve(peak):
-            ready = await in_thread(self._executor, self._prepare_portrait, data, pixels, options)
+        async with self.decode_memory.reserve(peak):  # for as long as the decode runs
+            ready = await run_in_to_completion(
+                self._executor, self._prepare_portrait, data, pixels, options
+            )
         prepared_at = time.perf_counter()
         work.progress = PROGRESS_DECODED
         prepared = ready.prepared

@@ -26,6 +26,10 @@ def test_defaults_and_default_style():
         ({"styles": STYLES, "typo_field": 1}, "Extra inputs"),
         ({"styles": [{"name": "bad name!", "weights": "random"}]}, "pattern"),
         ({"styles": STYLES, "cache": {"shards": 0}}, "greater than or equal"),
+        # The model takes sides on the 4-px grid: every face crop failed at the replica.
+        ({"styles": STYLES, "portrait": {"face_size": 510}}, "multiple of 4"),
+        # A 4 px overlap left a grey line at every tile seam (the weights summed to 0.75).
+        ({"styles": STYLES, "tiling": {"overlap": 4}}, "0 or at least 8"),
     ],
 )
 def test_bad_arguments_are_refused_with_a_message(args, message):

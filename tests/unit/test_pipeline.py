@@ -347,6 +347,36 @@ def test_decodes_share_a_memory_budget(monkeypatch):
     assert peak[0] == 2
 
 
+def test_a_decode_keeps_its_memory_reserved_until_it_ends_though_nobody_waits(monkeypatch):
+    """The only caller hangs up mid-decode: the work is cancelled, but the decode thread
+    runs on, holding its memory, so the budget is given back only once it ends (it was
+    given back at once: four abandoned 7000x7000 decodes ran in the room of one)."""
+    started, finish = threading.Event(), threading.Event()
+    real_decode = decode.decode_resized
+
+    def held_decode(*args):
+        started.set()
+        finish.wait(10)
+        return real_decode(*args)
+
+    monkeypatch.setattr(decode, "decode_resized", held_decode)
+
+    async def scenario():
+        pipe, _, _ = make_pipeline()
+        budget = pipe.decode_memory
+        asking = asyncio.ensure_future(pipe.stylize(synthetic_jpeg(seed=31), options(pipe)))
+        await asyncio.get_running_loop().run_in_executor(None, started.wait, 10)
+        asking.cancel()  # the client hung up; nobody else waits for this picture
+        await asyncio.gather(asking, return_exceptions=True)
+        await asyncio.sleep(0.05)  # the shared work's cancellation reaches the decode
+        held_while_decoding = budget._free < budget._total
+        finish.set()
+        await until(lambda: budget._free == budget._total)
+        return held_while_decoding
+
+    assert run(scenario())
+
+
 def test_large_uploads_are_hashed_off_the_event_loop(monkeypatch):
     threads = []
     real_digest = lru.image_digest

@@ -176,6 +176,14 @@ def test_every_portrait_option_is_part_of_the_key():
     assert result_key("img", paste_b, identity, ModelIdentity("w2", "r")) != result_key(
         "img", paste_b, identity, ModelIdentity("w3", "r")
     )
+    # The deployment's portrait settings too (the cache outlives a redeploy that changes
+    # them: it answered the old pictures).
+    crop = resolve_options(CONFIG, portrait="crop")
+    settings = CONFIG.portrait.model_dump(mode="json")
+    wider = {**settings, "margin": settings["margin"] + 0.2}
+    assert result_key("img", crop, identity, None, settings) != result_key(
+        "img", crop, identity, None, wider
+    )
 
 
 # --- the pipeline's portrait branch -----------------------------------------------------

@@ -86,7 +86,8 @@ def test_plan_tiles_counts_and_cells():
 
 
 @pytest.mark.parametrize(
-    ("length", "tile", "overlap"), [(258, 256, 64), (256, 254, 64), (512, 256, 130), (512, 256, 6)]
+    ("length", "tile", "overlap"),
+    [(258, 256, 64), (256, 254, 64), (512, 256, 130), (512, 256, 6), (1020, 512, 4)],
 )
 def test_bad_geometry_is_refused(length, tile, overlap):
     with pytest.raises(ValueError):
