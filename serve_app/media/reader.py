@@ -100,6 +100,14 @@ class MediaReader:
     def _video_frame(self, decoded: av.VideoFrame, index: int) -> Frame:
         if index >= self.info.frames:
             raise UndecodableMedia(f"the video has more frames than the {self.info.frames} probed")
+        if (decoded.width, decoded.height) != (self.info.width, self.info.height):
+            # Its header's size is what the limits were checked on (a stream may change
+            # size mid-way: 64x64 to 16kx16k), and what the output is written at.
+            raise UndecodableMedia(
+                f"the video changes its frame size at frame {index} ({decoded.width}x"
+                f"{decoded.height}, its header says {self.info.width}x{self.info.height}): "
+                "one size throughout is taken"
+            )
         rgb = decoded.to_ndarray(format="rgb24")
         return Frame(index=index, rgb=rgb, pts=decoded.pts, time_base=decoded.time_base)
 

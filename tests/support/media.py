@@ -228,6 +228,37 @@ def make_animation(
     return path
 
 
+def make_size_changing_webm(path: str | Path, first: int = 64, then: int = 128) -> Path:
+    """A VP8 WebM whose header (and first 5 frames) say ``first`` px square and whose last
+    5 frames are ``then`` px: two encodings' packets in one stream, as a stream that
+    changes resolution mid-way (each VP8 key frame carries its own size)."""
+
+    def packets(side: int, start: int) -> list[av.Packet]:
+        encoder = av.CodecContext.create("libvpx", "w")
+        encoder.width = encoder.height = side
+        encoder.pix_fmt, encoder.time_base, encoder.framerate = "yuv420p", Fraction(1, 10), 10
+        encoder.open()
+        made = []
+        for index in range(5):
+            frame = av.VideoFrame.from_ndarray(_picture(index, (side, side)), format="rgb24")
+            frame = frame.reformat(format="yuv420p")
+            frame.pts, frame.time_base = index, Fraction(1, 10)
+            made += encoder.encode(frame)
+        made += encoder.encode(None)
+        for packet in made:
+            packet.pts = packet.dts = packet.pts + start
+        return made
+
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream("libvpx", rate=10)
+        stream.width = stream.height = first
+        stream.pix_fmt = "yuv420p"
+        for packet in packets(first, 0) + packets(then, 5):
+            packet.stream, packet.time_base = stream, Fraction(1, 10)
+            out.mux(packet)
+    return Path(path)
+
+
 def truncate(path: str | Path, dest: str | Path, keep: float = 0.6) -> Path:
     """Copy the first ``keep`` fraction of ``path``'s bytes to ``dest``."""
     data = Path(path).read_bytes()

@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from serve_app.config import MediaConfig
-from serve_app.errors import Unavailable
+from serve_app.errors import Unavailable, UndecodableMedia
 from serve_app.media import probe
 from serve_app.media.frames import (
     MODEL_ATTEMPTS,
@@ -31,6 +31,7 @@ from tests.support.media import (
     make_animation,
     make_h264_aac_mp4,
     make_rotated_mp4,
+    make_size_changing_webm,
     make_video,
     make_vp9_opus_webm,
     video_timestamps,
@@ -141,6 +142,14 @@ def test_a_full_model_is_waited_out_without_counting_as_failures(tmp_path, monke
     assert output.frames == frame_count(output.path) == 10
     batches = -(-10 // CONFIG.frame_batch)
     assert model.frames == 10 and model.calls == batches + MODEL_ATTEMPTS + 4
+
+
+def test_a_video_that_changes_its_frame_size_mid_way_is_refused(tmp_path):
+    """The limits were checked on the header's size, and the output is written at it: a
+    stream that grows mid-way (64 px to 16k px) is refused at its first such frame."""
+    source = make_size_changing_webm(tmp_path / "in.webm", first=64, then=128)
+    with pytest.raises(UndecodableMedia, match="changes its frame size at frame 5"):
+        run_job(source, tmp_path / "out.webm", FakeModel())
 
 
 def test_model_calls_stay_within_the_gate(tmp_path):
