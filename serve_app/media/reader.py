@@ -79,7 +79,7 @@ class MediaReader:
 
     def _video_items(self) -> Iterator[Frame | av.Packet]:
         assert self._container is not None
-        index = 0
+        index = discarded = 0
         demuxed = self._container.demux(self.video_stream, *self.audio_streams)
         try:
             for packet in demuxed:
@@ -87,6 +87,10 @@ class MediaReader:
                     if packet.size:  # the demuxer's end-of-stream packets carry nothing
                         yield packet
                     continue
+                # A frame an edit list leaves out (a clip cut without re-encoding starts
+                # before its first shown frame): decoded for the frames after it, never
+                # shown, and counted in the header's frames all the same.
+                discarded += bool(packet.size and packet.is_discard)
                 for decoded in self.video_stream.decode(packet):
                     yield self._video_frame(decoded, index)
                     index += 1
@@ -95,7 +99,7 @@ class MediaReader:
             if error is exc:
                 raise
             raise error from exc
-        self._check_count(index)
+        self._check_count(index + discarded)
 
     def _video_frame(self, decoded: av.VideoFrame, index: int) -> Frame:
         if index >= self.info.frames:

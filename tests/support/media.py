@@ -259,6 +259,24 @@ def make_size_changing_webm(path: str | Path, first: int = 64, then: int = 128) 
     return Path(path)
 
 
+def make_edit_list_mp4(path: str | Path, frames: int = 20, hidden: int = 5) -> Path:
+    """An H.264 MP4 whose first ``hidden`` frames come before time 0, as a clip cut
+    without re-encoding (`ffmpeg -ss ... -c copy`): the muxer writes an edit list that
+    leaves them out, and its header still counts every frame."""
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream("libx264", rate=10)
+        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
+        stream.codec_context.time_base = Fraction(1, 10)
+        for index in range(frames):
+            frame = av.VideoFrame.from_ndarray(_picture(index, (64, 48)), format="rgb24")
+            frame.pts, frame.time_base = index - hidden, Fraction(1, 10)
+            for packet in stream.encode(frame):
+                out.mux(packet)
+        for packet in stream.encode():
+            out.mux(packet)
+    return Path(path)
+
+
 def truncate(path: str | Path, dest: str | Path, keep: float = 0.6) -> Path:
     """Copy the first ``keep`` fraction of ``path``'s bytes to ``dest``."""
     data = Path(path).read_bytes()

@@ -29,6 +29,7 @@ from tests.support.media import (
     display_rotation,
     frame_count,
     make_animation,
+    make_edit_list_mp4,
     make_h264_aac_mp4,
     make_rotated_mp4,
     make_size_changing_webm,
@@ -142,6 +143,14 @@ def test_a_full_model_is_waited_out_without_counting_as_failures(tmp_path, monke
     assert output.frames == frame_count(output.path) == 10
     batches = -(-10 // CONFIG.frame_batch)
     assert model.frames == 10 and model.calls == batches + MODEL_ATTEMPTS + 4
+
+
+def test_a_clip_whose_edit_list_hides_its_first_frames_is_made_as_shown(tmp_path):
+    """Its header counts 20 frames, its decoder shows 15: not a file cut off (the job
+    failed at its end, "breaks off at frame 15 of 20")."""
+    source = make_edit_list_mp4(tmp_path / "in.mp4", frames=20, hidden=5)
+    _, output = run_job(source, tmp_path / "out.mp4", FakeModel())
+    assert output.frames == frame_count(output.path) == len(decoded_frames(source)) == 15
 
 
 def test_a_video_that_changes_its_frame_size_mid_way_is_refused(tmp_path):
