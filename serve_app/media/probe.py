@@ -282,16 +282,21 @@ def _probe_video(source: Source, config: MediaConfig) -> MediaInfo:
         if not width or not height:
             raise UndecodableMedia("the video stream has no frame size")
         _check_frame_size(width, height, config)
-        duration_s = _duration_s(container, stream)
-        if duration_s > config.max_duration_s:
-            raise _too_large("duration (s)", round(duration_s, 3), config.max_duration_s)
+        duration_s = _duration_s(container, stream)  # None: the header does not say
+        _check_duration(duration_s, config)
         audio = tuple(a.codec_context.codec.canonical_name for a in container.streams.audio)
         rate = stream.average_rate or stream.guessed_rate
         header_frames = stream.frames
         rotation = _first_frame_rotation(container, stream)
     if family == "ebml":
         _check_ebml_complete(source)
-    frames = header_frames or _count_packets(source, config)
+    frames = header_frames
+    if not frames or duration_s is None:  # a live recording's header (a browser's WebM)
+        counted, measured_s = _scan_packets(source, config)
+        frames = frames or counted
+        if duration_s is None:
+            duration_s = measured_s
+            _check_duration(duration_s, config)
     if frames > config.max_frames:
         raise _too_large("frame count", frames, config.max_frames)
     fps = float(rate) if rate else (frames / duration_s if duration_s else 0.0)
@@ -313,12 +318,17 @@ def _probe_video(source: Source, config: MediaConfig) -> MediaInfo:
     )
 
 
-def _duration_s(container: av.container.InputContainer, stream) -> float:
+def _duration_s(container: av.container.InputContainer, stream) -> float | None:
     if stream.duration is not None and stream.time_base is not None:
         return float(stream.duration * stream.time_base)
     if container.duration is not None:
         return container.duration / av.time_base
-    raise UndecodableMedia("the video's duration is unknown")
+    return None
+
+
+def _check_duration(duration_s: float | None, config: MediaConfig) -> None:
+    if duration_s is not None and duration_s > config.max_duration_s:
+        raise _too_large("duration (s)", round(duration_s, 3), config.max_duration_s)
 
 
 def _first_frame_rotation(container: av.container.InputContainer, stream) -> int:
@@ -331,19 +341,30 @@ def _first_frame_rotation(container: av.container.InputContainer, stream) -> int
     raise UndecodableMedia("the video has no decodable frame")
 
 
-def _count_packets(source: Source, config: MediaConfig) -> int:
-    """Frames by demuxing without decoding, for containers whose header lacks the count."""
-    count = 0
+def _scan_packets(source: Source, config: MediaConfig) -> tuple[int, float]:
+    """(frames, seconds) by demuxing without decoding, for a header that lacks either (a
+    recording written as it went: MediaRecorder's WebM has no duration); the scan stops
+    past ``max_frames``, already refused."""
+    count, first, end = 0, None, None
     with open_video(source) as container:
         stream = container.streams.video[0]
         try:
             for packet in container.demux(stream):
-                count += packet.size > 0
+                if not packet.size:
+                    continue
+                count += 1
+                if packet.pts is not None:
+                    first = packet.pts if first is None else min(first, packet.pts)
+                    last = packet.pts + (packet.duration or 0)
+                    end = last if end is None else max(end, last)
                 if count > config.max_frames:
                     break  # already refused; no need to read the rest
         except av.FFmpegError as exc:
             raise UndecodableMedia(f"the video breaks off after {count} frames: {exc}") from exc
-    return count
+        time_base = stream.time_base
+    if first is None or time_base is None:
+        raise UndecodableMedia("the video's duration is unknown (no frame has a time)")
+    return count, float((end - first) * time_base)
 
 
 class _BrokenAnimation(Exception):

@@ -8,6 +8,7 @@ test can tell frames apart after a lossy round trip.
 
 from __future__ import annotations
 
+import io
 import math
 import struct
 import zlib
@@ -274,6 +275,40 @@ def make_edit_list_mp4(path: str | Path, frames: int = 20, hidden: int = 5) -> P
                 out.mux(packet)
         for packet in stream.encode():
             out.mux(packet)
+    return Path(path)
+
+
+class _Unseekable(io.RawIOBase):
+    """A file written front to back only, as a browser's MediaRecorder writes its WebM."""
+
+    def __init__(self) -> None:
+        self.data = bytearray()
+
+    def writable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return False
+
+    def write(self, data) -> int:
+        self.data += bytes(data)
+        return len(data)
+
+
+def make_recorded_webm(path: str | Path, frames: int = 20, fps: int = 10) -> Path:
+    """A VP8 WebM written as it was recorded: the muxer cannot go back, so the header has
+    no duration (and no frame count), as MediaRecorder's files."""
+    sink = _Unseekable()
+    with av.open(sink, "w", format="webm") as out:
+        stream = out.add_stream("libvpx", rate=fps)
+        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
+        for index in range(frames):
+            frame = av.VideoFrame.from_ndarray(_picture(index, (64, 48)), format="rgb24")
+            for packet in stream.encode(frame):
+                out.mux(packet)
+        for packet in stream.encode():
+            out.mux(packet)
+    Path(path).write_bytes(sink.data)
     return Path(path)
 
 

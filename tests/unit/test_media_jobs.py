@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from serve_app.config import MediaConfig
-from serve_app.errors import Unavailable, UndecodableMedia
+from serve_app.errors import MediaTooLarge, Unavailable, UndecodableMedia
 from serve_app.media import probe
 from serve_app.media.frames import (
     MODEL_ATTEMPTS,
@@ -31,6 +31,7 @@ from tests.support.media import (
     make_animation,
     make_edit_list_mp4,
     make_h264_aac_mp4,
+    make_recorded_webm,
     make_rotated_mp4,
     make_size_changing_webm,
     make_video,
@@ -151,6 +152,18 @@ def test_a_clip_whose_edit_list_hides_its_first_frames_is_made_as_shown(tmp_path
     source = make_edit_list_mp4(tmp_path / "in.mp4", frames=20, hidden=5)
     _, output = run_job(source, tmp_path / "out.mp4", FakeModel())
     assert output.frames == frame_count(output.path) == len(decoded_frames(source)) == 15
+
+
+def test_a_browser_recording_without_a_duration_is_measured_and_made(tmp_path):
+    """MediaRecorder's WebM names no duration: it is measured from its frames' times, and
+    bounded as any other (it was refused: "the video's duration is unknown")."""
+    source = make_recorded_webm(tmp_path / "in.webm", frames=20, fps=10)
+    info = probe.probe(source, CONFIG)
+    assert (info.frames, info.duration_s) == (20, pytest.approx(2.0))
+    _, output = run_job(source, tmp_path / "out.webm", FakeModel())
+    assert output.frames == frame_count(output.path) == 20
+    with pytest.raises(MediaTooLarge, match="duration"):
+        probe.probe(source, MediaConfig(max_duration_s=1.5))
 
 
 def test_a_video_that_changes_its_frame_size_mid_way_is_refused(tmp_path):
