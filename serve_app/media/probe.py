@@ -395,9 +395,17 @@ def _default_image_info(source: Source, broken: BaseException | None) -> MediaIn
     return info
 
 
+def hidden_frames(image: Image.Image) -> int:
+    """Frames before an animation's first (read on its opening): an APNG's default image
+    that is not part of its animation (what a viewer that does not animate shows), which
+    Pillow counts as frame 0."""
+    return 1 if image.format == "PNG" and image.info.get("default_image") else 0
+
+
 def _animation_info(image: Image.Image, config: MediaConfig) -> MediaInfo:
     fmt = PILLOW_ANIMATIONS.get(image.format or "")
-    frames = getattr(image, "n_frames", 1)
+    hidden = hidden_frames(image)
+    frames = getattr(image, "n_frames", 1) - hidden
     if frames < 2:
         return _still_info(image)
     if fmt is None:
@@ -411,7 +419,7 @@ def _animation_info(image: Image.Image, config: MediaConfig) -> MediaInfo:
     if fmt == "webp":
         durations = _webp_durations_ms(image.fp)
     else:
-        durations = _durations_ms(image, frames, fmt, config)
+        durations = _durations_ms(image, range(hidden, hidden + frames), fmt, config)
     duration_s = sum(durations) / 1000
     return MediaInfo(
         kind="animation",
@@ -450,7 +458,7 @@ def _still_info(image: Image.Image) -> MediaInfo:
     )
 
 
-def _durations_ms(image: Image.Image, frames: int, fmt: str, config: MediaConfig) -> list[int]:
+def _durations_ms(image: Image.Image, frames: range, fmt: str, config: MediaConfig) -> list[int]:
     """Each frame's duration; Pillow reports it per frame, after seeking to it.
 
     A GIF frame may reach past the canvas, and Pillow then enlarges the picture it
@@ -459,7 +467,7 @@ def _durations_ms(image: Image.Image, frames: int, fmt: str, config: MediaConfig
     (Pillow decodes each frame before it seeks past it anyway, the last one is extra).
     """
     durations = []
-    for index in range(frames):
+    for index in frames:
         try:
             image.seek(index)
             if fmt == "apng":

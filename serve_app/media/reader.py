@@ -17,7 +17,14 @@ from PIL import Image
 
 from serve_app.errors import UndecodableMedia
 from serve_app.media.boundary import media_error, media_errors
-from serve_app.media.probe import PILLOW_ANIMATIONS, MediaInfo, Source, open_video, rewound
+from serve_app.media.probe import (
+    PILLOW_ANIMATIONS,
+    MediaInfo,
+    Source,
+    hidden_frames,
+    open_video,
+    rewound,
+)
 
 
 @dataclass(frozen=True, eq=False)
@@ -117,9 +124,10 @@ class MediaReader:
 
     def _animation_frames(self) -> Iterator[Frame]:
         assert self._image is not None
+        first = hidden_frames(self._image)  # an APNG's default image is not one of them
         for index in range(self.info.frames):
             with media_errors(f"the animation breaks off at frame {index}"):
-                self._image.seek(index)
+                self._image.seek(first + index)
                 frame = self._animation_frame(self._image, index)
             yield frame
 

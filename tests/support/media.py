@@ -200,8 +200,11 @@ def make_animation(
     durations: Sequence[int] | None = None,
     loop: int = 0,
     alpha: bool = False,
+    fallback: bool = False,
 ) -> Path:
-    """Write an animated GIF, WebP or APNG; with ``alpha`` the right third is transparent."""
+    """Write an animated GIF, WebP or APNG; with ``alpha`` the right third is transparent;
+    with ``fallback`` (APNG) a white default image that is not part of the animation comes
+    first (what a viewer that does not animate shows)."""
     path = Path(path)
     durations = list(durations) if durations is not None else [100 + 20 * i for i in range(frames)]
     pictures = []
@@ -215,6 +218,10 @@ def make_animation(
             pictures.append(Image.fromarray(rgb, "RGB"))
     save = {"gif": "GIF", "webp": "WEBP", "apng": "PNG"}[fmt]
     extra = {"lossless": True} if fmt == "webp" else {}
+    if fallback:
+        white = Image.new(pictures[0].mode, size, "white")
+        pictures = [white, *pictures]  # durations: of the animation's frames only
+        extra["default_image"] = True
     if fmt == "gif" and alpha:
         extra["disposal"] = 2  # each frame replaces the last, transparency included
     pictures[0].save(

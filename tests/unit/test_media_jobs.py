@@ -166,6 +166,19 @@ def test_a_browser_recording_without_a_duration_is_measured_and_made(tmp_path):
         probe.probe(source, MediaConfig(max_duration_s=1.5))
 
 
+def test_an_apng_s_default_image_is_not_one_of_its_frames(tmp_path):
+    """An APNG may carry a picture for viewers that do not animate, outside its animation:
+    it was made the first frame (0 ms, flashing at every loop), and counted in the limits."""
+    source = make_animation(tmp_path / "a.png", fmt="apng", frames=3, fallback=True)
+    info = probe.probe(source, CONFIG)
+    assert info.frames == 3 and info.duration_s == pytest.approx(0.1 + 0.12 + 0.14)
+    _, output = run_job(source, None, FakeModel())
+    with Image.open(io.BytesIO(output.data)) as made:
+        assert made.n_frames == 3 and not made.info.get("default_image")
+        made.seek(0)
+        assert made.convert("RGB").getpixel((0, made.height - 1)) != (0, 0, 0)  # not white's
+
+
 def test_a_video_that_changes_its_frame_size_mid_way_is_refused(tmp_path):
     """The limits were checked on the header's size, and the output is written at it: a
     stream that grows mid-way (64 px to 16k px) is refused at its first such frame."""
