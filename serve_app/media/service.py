@@ -155,24 +155,28 @@ class MediaService:
         caller then owns). Probing, decoding, encoding and closing all run in the job's
         own thread; cancelled, this returns only once that thread has let go of the files.
         """
-        async with MediaThread() as thread:
-            info = await thread.call(probe.probe, source, self._config.media)
-            if info.kind == "still":
-                raise UnsupportedCodec(NOT_MEDIA)
-            self.check(info, options)
-            job = self._job(info, options, on_progress, self.gate)
-            if info.kind != "video":
-                return await job.run(source, None, thread)
-            extension = writers.output_container(info, options.container)[2]
-            with tempfile.NamedTemporaryFile(
-                prefix=OUTPUT_PREFIX, suffix=f".{extension}", delete=False
-            ) as file:
-                dest = Path(file.name)
-            try:
+        dest: Path | None = None
+        try:
+            async with MediaThread() as thread:
+                info = await thread.call(probe.probe, source, self._config.media)
+                if info.kind == "still":
+                    raise UnsupportedCodec(NOT_MEDIA)
+                self.check(info, options)
+                job = self._job(info, options, on_progress, self.gate)
+                if info.kind != "video":
+                    return await job.run(source, None, thread)
+                extension = writers.output_container(info, options.container)[2]
+                with tempfile.NamedTemporaryFile(
+                    prefix=OUTPUT_PREFIX, suffix=f".{extension}", delete=False
+                ) as file:
+                    dest = Path(file.name)
                 return await job.run(source, dest, thread)
-            except BaseException:
-                dest.unlink(missing_ok=True)  # the writer was closed in the job's thread
-                raise
+        except BaseException:
+            # Never handed over, whenever it failed or was cancelled: the thread's end too
+            # (the writer was closed in it, before this).
+            if dest is not None:
+                dest.unlink(missing_ok=True)
+            raise
 
     async def animate(self, data: bytes, info: probe.MediaInfo, options: StylizeOptions):
         """An animation made while the caller waits: within the synchronous budget only."""

@@ -227,3 +227,24 @@ def test_a_cut_off_animation_is_refused_or_made_never_a_raw_error(tmp_path, fmt,
         asyncio.run(submit_and_run())
     except ServiceError as error:
         assert error.status < 500, error
+
+
+def test_a_video_job_cancelled_as_its_thread_ends_leaves_no_output_behind(tmp_path, monkeypatch):
+    """The run had finished when the cancellation came, while the job's thread was being
+    let go: the output the caller never got was left in the temporary directory."""
+    from serve_app.media import service as media_service_module
+    from serve_app.media.worker import MediaThread
+
+    monkeypatch.setattr(media_service_module.tempfile, "tempdir", str(tmp_path))
+    let_go = MediaThread.__aexit__
+
+    async def cancelled_while_letting_go(self, *exc_info):
+        await let_go(self, *exc_info)
+        raise asyncio.CancelledError
+
+    monkeypatch.setattr(MediaThread, "__aexit__", cancelled_while_letting_go)
+    clip = samples.make_h264_aac_mp4(tmp_path / "clip.mp4", seconds=0.5)
+    service = media_service()
+    with pytest.raises(asyncio.CancelledError):
+        asyncio.run(service.run_job(job_options(service), clip, lambda counts: None))
+    assert list(tmp_path.glob(f"{media_service_module.OUTPUT_PREFIX}*")) == []
