@@ -117,6 +117,8 @@ _FOREIGN_VIDEO_SIGNATURES = {
         and head[0] == head[188] == head[376] == 0x47
         and not head.startswith(b"GIF8")
     ),
+    # A camera's .MTS/.M2TS: 192-byte packets, each a 4-byte time code then the packet.
+    "MPEG-TS (M2TS)": lambda head: len(head) > 388 and head[4] == head[196] == head[388] == 0x47,
 }
 
 

@@ -381,6 +381,9 @@ def test_foreign_video_containers_are_told_apart_from_pictures():
     transport[0] = transport[188] = transport[376] = 0x47
     assert sniff_foreign_video(avi) == "AVI"
     assert sniff_foreign_video(bytes(transport)) == "MPEG-TS"
+    camera = bytearray(600)  # .MTS: 192-byte packets, a 4-byte time code before each
+    camera[4] = camera[196] = camera[388] = 0x47
+    assert sniff_foreign_video(bytes(camera)) == "MPEG-TS (M2TS)"
     assert sniff_foreign_video(b"FLV\x01" + bytes(20)) == "FLV"
     assert sniff_foreign_video(b"OggS" + bytes(20)) == "Ogg"
     # A GIF whose bytes happen to look like transport-stream sync bytes is still a GIF.
