@@ -446,12 +446,12 @@ class TiledGenerator:
 
 def step_count(height: int, width: int, settings: TileSettings) -> int:
     """How many steps ``TiledGenerator.steps`` takes for a picture of this size: the
-    shrunk copy's pass, the first layer's pass over the tiles (when the copy is shrunk),
-    the output pass."""
+    shrunk copy's pass, the first layer's pass over the tiles (when the copy is shrunk:
+    ``batch`` tiles a step), the output pass (``batch`` tiles of one row a step)."""
     plan = plan_tiles(height, width, settings.tile, settings.overlap)
-    passes = math.ceil(plan.count / settings.batch)
+    output_passes = len(plan.rows.positions) * math.ceil(len(plan.cols.positions) / settings.batch)
     shrunk = _shrink_factor(height, width, settings.stats_pixels) > 1
-    return 1 + passes * (2 if shrunk else 1)
+    return 1 + (math.ceil(plan.count / settings.batch) if shrunk else 0) + output_passes
 
 
 def _shrink_factor(height: int, width: int, max_pixels: int) -> int:

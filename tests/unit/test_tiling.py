@@ -171,7 +171,7 @@ def test_weights_of_agreeing_tiles_reproduce_the_picture():
     assert step_count(296, 516, settings) == 1 + plan_tiles(296, 516, 128, 32).count
 
 
-@pytest.mark.parametrize("batch", [1, 3])
+@pytest.mark.parametrize("batch", [1, 3, 4])  # 4: 6 columns make 2 output steps a row
 def test_step_count_matches_the_steps_taken_with_a_shrunk_copy(batch):
     module = nn.Sequential(nn.GroupNorm(1, 3))
     tiled = TiledGenerator(module)
