@@ -205,6 +205,7 @@ def decide_runtime(
     if published is not None:
         adopted = _adopt(published, candidates, node)
         if adopted is not None:
+            _keep(kept, key, published)
             return adopted if board.reachable else replace(adopted, shared=False)
         board = _Guarded(None)  # this node class's choice cannot run here: decide alone
     start = time.perf_counter()
@@ -219,18 +220,27 @@ def decide_runtime(
     )
     mine = RuntimeDecision(choice, node, "measured", replica, shared=True)
     standing = board.call("publish", key, mine.summary())
-    if kept is not None and (standing is None or standing.get("decided_by") == replica):
-        kept.keep(key, mine.summary())
-    if standing is None:
-        return replace(mine, shared=False)
-    if standing.get("decided_by") == replica:
-        return mine
+    if standing is None or standing.get("decided_by") == replica:
+        _keep(kept, key, mine.summary())
+        return mine if standing is not None else replace(mine, shared=False)
     logger.info(
         "replica %s published first for %s: adopting its choice",
         standing.get("decided_by"),
         node,
     )
-    return _adopt(standing, candidates, node) or replace(mine, shared=False)
+    adopted = _adopt(standing, candidates, node)
+    if adopted is None:
+        return replace(mine, shared=False)
+    _keep(kept, key, standing)
+    return adopted
+
+
+def _keep(kept: KeptChoices | None, key: str, record: Mapping[str, Any]) -> None:
+    """The node's choice on its disk, measured here or adopted: a board that restarts
+    empty learns it again from whichever node starts a replica next, instead of that
+    replica measuring anew (and perhaps choosing another runtime than the running ones)."""
+    if kept is not None and kept.lookup(key) != dict(record):
+        kept.keep(key, record)
 
 
 def _from_kept(board: _Guarded, kept: KeptChoices, key: str) -> Mapping[str, Any] | None:

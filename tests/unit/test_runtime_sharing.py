@@ -308,14 +308,20 @@ def test_a_choice_on_the_board_stands_over_the_kept_one(simulated, tmp_path):
     assert (adopted.runtime.kind, adopted.decided_by) == (running.runtime.kind, "r2")
 
 
-def test_only_what_this_replica_measured_and_published_is_kept(simulated, tmp_path):
-    kept = KeptChoices(tmp_path / "runtime-choices.json")
-    board = Board()
-    decide(board, "r1")  # nothing kept by a replica that keeps nothing
-    decide(board, "r2", kept=kept)  # adopted from the board: nothing measured to keep
-    assert not kept.path.exists()
-    alone = decide(Unreachable(), "r3", kept=kept)  # measured alone: kept for the next start
-    assert kept.lookup(decision_key(alone.node_class, AUTO))["decided_by"] == "r3"
+def test_an_adopted_choice_is_kept_so_a_board_that_restarts_learns_it_again(simulated, tmp_path):
+    """Node B's replicas adopted node A's choice; the board restarts empty: B's next
+    replica republishes it from B's disk (it measured anew, and may have chosen another
+    runtime than the replicas still running: the cache split in two)."""
+    board, node_b = Board(), KeptChoices(tmp_path / "b" / "runtime-choices.json")
+    first = decide(board, "r1")  # node A measures (it keeps nothing here)
+    decide(board, "r2", kept=node_b)  # node B adopts
+    restarted = Board()
+    again = decide(restarted, "r3", kept=node_b)  # no_generators: nothing measured
+    assert (again.runtime, again.decided_by, again.shared) == (first.runtime, "r1", True)
+    assert len(list(simulated.iterdir())) == 1
+    alone = decide(Unreachable(), "r4", kept=KeptChoices(tmp_path / "c.json"))
+    assert alone.source == "measured"  # measured alone: kept for the next start
+    assert KeptChoices(tmp_path / "c.json").lookup(decision_key(alone.node_class, AUTO))
 
 
 def test_a_kept_choice_without_a_board_is_this_replica_s_alone(simulated, tmp_path):
