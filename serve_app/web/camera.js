@@ -450,6 +450,19 @@
     ui.size.value = String(keep ?? sizes.at(-1));
   }
 
+  // A page left for another tab or app lets go of the camera (its light goes off, no frame
+  // is sent for nothing) and takes it again when it is back, if it was running.
+  let pausedWhileHidden = false;
+  document.addEventListener("visibilitychange", () => {
+    if (document.visibilityState === "hidden" && live) {
+      pausedWhileHidden = true;
+      stop("The camera is paused while the page is hidden.");
+    } else if (document.visibilityState === "visible" && pausedWhileHidden) {
+      pausedWhileHidden = false;
+      if (ui.tabs[1].getAttribute("aria-selected") === "true") start();
+    }
+  });
+
   // Opened before the settings came (they wait for an API key): it starts once they do.
   options.onLoaded(() => {
     if (ui.tabs[1].getAttribute("aria-selected") === "true" && !live) {

@@ -266,6 +266,29 @@ def test_camera_mode_says_the_permission_was_denied(launch, camera_video, base_u
         assert page.evaluate("window.live.urls") == []  # no camera: no stream either
 
 
+SET_VISIBILITY = """(state) => {
+    Object.defineProperty(document, 'visibilityState', {configurable: true, get: () => state});
+    document.dispatchEvent(new Event('visibilitychange'));
+}"""
+
+
+def test_a_hidden_page_lets_go_of_the_camera_and_takes_it_again_when_back(open_page):
+    from playwright.sync_api import expect
+
+    page = open_page(init_script=RECORD_SOCKETS)
+    page.get_by_role("tab", name="Camera").click()
+    page.wait_for_function(f"{FRAME_HEADERS}.length > 0")
+    page.evaluate(SET_VISIBILITY, "hidden")  # another tab or app in front
+    expect(page.locator("#camera-message")).to_contain_text("paused while the page is hidden")
+    page.wait_for_function("window.live.closed !== null")
+    assert page.evaluate("window.live.closed") == [1000, "stopped"]
+    assert page.evaluate("document.querySelector('#camera-preview').srcObject") is None
+    answered = page.evaluate(f"{FRAME_HEADERS}.length")
+    page.evaluate(SET_VISIBILITY, "visible")
+    page.wait_for_function(f"window.live.urls.length === 2 && {FRAME_HEADERS}.length > {answered}")
+    expect(page.get_by_role("button", name="Stop the camera")).to_be_visible()
+
+
 def test_camera_opened_before_the_api_key_starts_once_it_is_accepted(browser, base_url):
     """With API keys, the settings wait for the key: the Camera tab chosen meanwhile says
     so, then starts by itself once the key is accepted, its live size the service's
