@@ -74,13 +74,35 @@ def connect_args(settings: Settings) -> dict[str, Any]:
     }
 
 
-class LiveSession:
+class _Reading:
+    """What both sessions make of the messages they receive, one at a time: options
+    acknowledged, a frame's error, a frame's header, then its bytes."""
+
+    def __init__(self) -> None:
+        self.options: dict[str, Any] = {}
+        self._header: dict | None = None  # a frame's header whose bytes are still to read
+
+    def _read(self, message: str | bytes) -> LiveFrame | None:
+        """The frame this message completes, or None (more to read)."""
+        if self._header is not None:
+            header, self._header = self._header, None
+            return _answered(header, message)
+        header = json.loads(message)
+        if _acknowledges(header):
+            self.options = _acknowledged(header, self.options)
+            return None
+        if "error" in header:
+            return _failed(header)
+        self._header = header  # its bytes follow
+        return None
+
+
+class LiveSession(_Reading):
     """A live stream over a sync WebSocket."""
 
     def __init__(self, connection: ClientConnection) -> None:
+        super().__init__()
         self._connection = connection
-        self.options: dict[str, Any] = {}
-        self._header: dict | None = None  # a frame's header whose bytes are still to read
 
     def send(self, frame: bytes) -> None:
         """A JPEG or WebP frame."""
@@ -97,17 +119,10 @@ class LiveSession:
         goes on where this one stopped, between a frame's header and its bytes too)."""
         while True:
             with _closed_as_error():
-                if self._header is None:
-                    message = json.loads(self._connection.recv(timeout=timeout_s))
-                    if _acknowledges(message):
-                        self.options = _acknowledged(message, self.options)
-                        continue
-                    if "error" in message:
-                        return _failed(message)
-                    self._header = message  # a frame's header: its bytes follow
-                data = self._connection.recv(timeout=timeout_s)
-                header, self._header = self._header, None
-                return _answered(header, data)
+                message = self._connection.recv(timeout=timeout_s)
+            answered = self._read(message)
+            if answered is not None:
+                return answered
 
     def close(self) -> None:
         self._connection.close()
@@ -119,13 +134,12 @@ class LiveSession:
         self.close()
 
 
-class AsyncLiveSession:
+class AsyncLiveSession(_Reading):
     """A live stream over an asyncio WebSocket (``LiveSession``'s twin)."""
 
     def __init__(self, connection: AsyncConnection) -> None:
+        super().__init__()
         self._connection = connection
-        self.options: dict[str, Any] = {}
-        self._header: dict | None = None  # a frame's header whose bytes are still to read
 
     async def send(self, frame: bytes) -> None:
         with _closed_as_error():
@@ -140,17 +154,10 @@ class AsyncLiveSession:
         the next one to go on where it stopped."""
         while True:
             with _closed_as_error():
-                if self._header is None:
-                    message = json.loads(await self._connection.recv())
-                    if _acknowledges(message):
-                        self.options = _acknowledged(message, self.options)
-                        continue
-                    if "error" in message:
-                        return _failed(message)
-                    self._header = message  # a frame's header: its bytes follow
-                data = await self._connection.recv()
-                header, self._header = self._header, None
-                return _answered(header, data)
+                message = await self._connection.recv()
+            answered = self._read(message)
+            if answered is not None:
+                return answered
 
     async def close(self) -> None:
         await self._connection.close()

@@ -172,14 +172,23 @@ def test_a_place_held_by_a_maker_that_died_lapses(redis_server, tmp_path, monkey
     assert asyncio.run(scenario()) == (True, True)
 
 
-def test_a_redis_group_of_places_expires_with_its_last_place(redis_server, tmp_path):
-    """A group whose holders all died (no release) leaves no key behind once their places
-    lapse; a renewal carries the group's life forward."""
+@pytest.fixture
+def redis_only(redis_server, tmp_path):
+    """(the config of a store on the Redis server, emptied; a client of that server that
+    looks at its keys directly)."""
     import redis as redis_client
 
     redis_server.flush()
     config = JobsConfig(store_url=str(tmp_path / "jobs"), records_url=redis_server.url)
     probe = redis_client.Redis.from_url(redis_server.url)
+    yield config, probe
+    probe.close()
+
+
+def test_a_redis_group_of_places_expires_with_its_last_place(redis_only, tmp_path):
+    """A group whose holders all died (no release) leaves no key behind once their places
+    lapse; a renewal carries the group's life forward."""
+    config, probe = redis_only
 
     async def scenario():
         store, _ = open_record_store(config, tmp_path / "jobs")
@@ -196,7 +205,6 @@ def test_a_redis_group_of_places_expires_with_its_last_place(redis_server, tmp_p
             return ttls, gone, kept
         finally:
             await store.close()
-            probe.close()
 
     (gone_ttl, kept_ttl), gone, kept = asyncio.run(scenario())
     assert 0 < gone_ttl <= 1200 and kept_ttl > 59_000
@@ -296,15 +304,11 @@ def test_a_full_store_still_finds_a_resubmitted_job(config, tmp_path):
     assert usage == _owned_job("alice").reserved_bytes  # nothing held for the second ask
 
 
-def test_a_redis_page_passes_over_a_job_gone_between_its_two_reads(redis_server, tmp_path):
+def test_a_redis_page_passes_over_a_job_gone_between_its_two_reads(redis_only, tmp_path):
     """The owner's index still names a job whose record went (the sweep between the two
     reads): the page is filled from further on, not cut short (a short page said it was
     the last: listing stopped there)."""
-    import redis as redis_client
-
-    redis_server.flush()
-    config = JobsConfig(store_url=str(tmp_path / "jobs"), records_url=redis_server.url)
-    probe = redis_client.Redis.from_url(redis_server.url)
+    config, probe = redis_only
 
     async def scenario():
         store, _ = open_record_store(config, tmp_path / "jobs")
@@ -320,7 +324,6 @@ def test_a_redis_page_passes_over_a_job_gone_between_its_two_reads(redis_server,
             return made, [r.id for r in first], [r.id for r in rest]
         finally:
             await store.close()
-            probe.close()
 
     made, first, rest = asyncio.run(scenario())
     assert first == [made[4], made[2], made[1]] and rest == [made[0]]
