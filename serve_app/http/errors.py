@@ -70,8 +70,9 @@ def install_error_handlers(app: FastAPI) -> None:
             return JSONResponse(body, status_code=error.status_code, headers=error.headers)
         response = error_response(known(str(error.detail)))
         response.headers.update(error.headers or {})
-        if error.status_code == 405:
-            response.headers["Allow"] = ", ".join(allowed_methods(request))
+        allowed = allowed_methods(request) if error.status_code == 405 else []
+        if allowed:  # else the raiser's own (a mount, such as the static files', declares none)
+            response.headers["Allow"] = ", ".join(allowed)
         return response
 
     @app.exception_handler(ClientDisconnect)

@@ -21,6 +21,8 @@ from serve_app.http.openapi import (
     BINARY,
     JOB_BODY,
     JOB_HEADERS,
+    RANGE_HEADERS,
+    RESULT_HEADERS,
     RESULT_MEDIA_TYPES,
     SSE_EVENT_SCHEMA,
     error_statuses,
@@ -252,8 +254,13 @@ async def _until_the_client_leaves(websocket: WebSocket) -> None:
         200: {
             "content": {t: {"schema": BINARY} for t in RESULT_MEDIA_TYPES},
             "description": "the picture, animation or video (`Range` supported)",
+            "headers": RESULT_HEADERS,
         },
-        206: {"description": "the bytes a `Range: bytes=first-last` header asked for"},
+        206: {
+            "content": {t: {"schema": BINARY} for t in RESULT_MEDIA_TYPES},
+            "description": "the bytes a `Range: bytes=first-last` header asked for",
+            "headers": RANGE_HEADERS,
+        },
         409: {"model": ErrorBody, "description": "the job is not done"},
         **error_statuses(401, 404, 416, 500),
     },

@@ -41,6 +41,7 @@ ERROR_DESCRIPTIONS = {
 }
 ERROR_HEADERS = {
     401: {"WWW-Authenticate": {"schema": {"type": "string"}, "description": "Bearer"}},
+    416: {"Content-Range": {"schema": {"type": "string"}, "description": "`bytes */size`"}},
     426: {"Upgrade": {"schema": {"type": "string"}, "description": "websocket"}},
     429: {"Retry-After": {"schema": {"type": "integer"}, "description": "seconds"}},
     503: {"Retry-After": {"schema": {"type": "integer"}, "description": "seconds"}},
@@ -115,9 +116,18 @@ SSE_EVENT_SCHEMA = {
         "data": {"type": "string", "description": "the job's JSON, as GET /v1/jobs/{id}"},
     },
 }
-RESULT_MEDIA_TYPES = sorted(
-    {*MEDIA_TYPES.values(), *probe.VIDEO_MEDIA_TYPES, *probe.ANIMATION_MEDIA_TYPES}
-)
+PICTURE_MEDIA_TYPES = sorted({*MEDIA_TYPES.values(), *probe.ANIMATION_MEDIA_TYPES})
+RESULT_MEDIA_TYPES = sorted({*PICTURE_MEDIA_TYPES, *probe.VIDEO_MEDIA_TYPES})
+_TEXT = {"schema": {"type": "string"}}
+RESULT_HEADERS = {
+    "ETag": {**_TEXT, "description": "this run's output (an `If-Range` names it)"},
+    "Accept-Ranges": {"schema": {"type": "string", "enum": ["bytes"]}},
+    "Cache-Control": _TEXT,
+}
+RANGE_HEADERS = {
+    **RESULT_HEADERS,
+    "Content-Range": {**_TEXT, "description": "`bytes first-last/size`"},
+}
 JOB_HEADERS = {"Location": {"schema": {"type": "string"}, "description": "the job's URL"}}
 
 

@@ -13,7 +13,8 @@ _SINGLE = re.compile(r"^bytes=(\d*)-(\d*)$")
 
 
 def _position(digits: str) -> int:
-    return int(digits) if len(digits.lstrip("0")) <= _MAX_DIGITS else 10**_MAX_DIGITS
+    significant = digits.lstrip("0")  # thousands of leading zeros: still a small number
+    return int(significant or "0") if len(significant) <= _MAX_DIGITS else 10**_MAX_DIGITS
 
 
 def parse_range(header: str | None, size: int) -> tuple[int, int] | None:

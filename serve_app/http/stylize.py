@@ -12,8 +12,8 @@ from serve_app.http.batch import batch_body
 from serve_app.http.openapi import (
     BINARY,
     PICTURE_HEADERS,
+    PICTURE_MEDIA_TYPES,
     RAW_BODY,
-    RESULT_MEDIA_TYPES,
     STYLIZE_ERRORS,
     multipart_body,
 )
@@ -32,8 +32,8 @@ router = APIRouter()
     summary="Stylize one picture",
     responses={
         200: {
-            "content": {t: {"schema": BINARY} for t in RESULT_MEDIA_TYPES},
-            "description": "the picture, animation or video (`Range` supported)",
+            "content": {t: {"schema": BINARY} for t in PICTURE_MEDIA_TYPES},
+            "description": "the picture, or the animation (videos are made as jobs)",
             "headers": PICTURE_HEADERS,
         },
         **STYLIZE_ERRORS,

@@ -23,7 +23,7 @@ import os
 import time
 import uuid
 from collections.abc import Awaitable, Callable
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 import httpx
 
@@ -68,6 +68,10 @@ def _origin(url: str) -> tuple[str, str, int, str]:
         port = parts.port or default
     except ValueError as error:
         raise WebhookRefused(f"webhook {url[:200]!r}: {error}") from None
+    # A dot segment, even percent-encoded, leaves the prefix it is written under once the
+    # client (or the receiving server) resolves it: /allowed/../admin is /admin.
+    if any(unquote(segment) in (".", "..") for segment in parts.path.split("/")):
+        raise WebhookRefused(f"webhook {url[:200]!r}: a path may not hold . or .. segments")
     return parts.scheme, parts.hostname.lower(), port, parts.path or "/"
 
 

@@ -109,3 +109,19 @@ def test_a_result_s_head_gives_its_size_and_ranges(client):
             path, headers={"Range": "bytes=0-9", "If-Range": "Fri, 04 Dec 2026 10:00:00 GMT"}
         )
         assert dated.status_code == 200
+    # Positions written with thousands of digits (leading zeros): still small numbers,
+    # read without a 500 (Python refuses to convert integers of over 4300 digits).
+    zeros = "0" * 5000
+    for header, status in (
+        (f"bytes={zeros}1-", 206),
+        (f"bytes=-{zeros}5", 206),
+        (f"bytes=2-{zeros}3", 206),
+    ):
+        answer = client.get(path, headers={"Range": header})
+        assert answer.status_code == status, header
+
+
+def test_a_static_file_s_405_names_the_methods_it_takes(client):
+    refused = client.post("/static/app.js")
+    assert refused.status_code == 405 and refused.json()["error"]["code"] == "method_not_allowed"
+    assert set(refused.headers["allow"].replace(" ", "").split(",")) >= {"GET", "HEAD"}

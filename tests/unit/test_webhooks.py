@@ -40,6 +40,10 @@ def test_a_url_inside_the_allow_list_is_taken(webhooks):
         "http://[::1/",
         "http://a\uff03b/",  # a host NFKC normalisation changes: urlsplit raises
         "not a url",
+        # Inside the prefix as written, outside it once the dot segments are resolved.
+        ALLOWED + "../admin/x",
+        ALLOWED + "%2e%2e/admin/x",
+        ALLOWED + "./%2E%2E/x",
     ],
 )
 def test_anything_else_is_refused_with_422(webhooks, url):
