@@ -1,8 +1,9 @@
 """Videos and animated pictures recognised and probed, before any real work.
 
 Videos go through PyAV (FFmpeg), animated GIF/WebP/APNG through Pillow. Probing reads
-headers (plus one decoded frame for the display rotation) and refuses what is out of
-limits before any real work; the reader yields one frame at a time, so a job's memory is
+headers (plus one decoded frame for the display rotation; a recording whose header names
+no duration or frame count, its packets, undecoded) and refuses what is out of limits
+before any real work; the reader yields one frame at a time, so a job's memory is
 bounded by the frames it keeps in flight, not by the length of the video. Audio packets
 are copied, never decoded, so the output's sound is byte-identical to the input's.
 
