@@ -24,14 +24,14 @@ def result_key(
     options: StylizeOptions,
     identity: ModelIdentity,
     background: ModelIdentity | None = None,
-    portrait: dict | None = None,
+    portrait_config: dict | None = None,
 ) -> str:
     """Key of one result: every input that can change its bytes is part of it, every
     option of ``StylizeOptions`` included (by its field's name: a new option joins every
     key, so entries made before it miss rather than answer for a value they never had).
 
     ``background``: what stylizes the picture around the faces (``portrait=paste`` with a
-    background style), else None. ``portrait``: the deployment's portrait settings (the
+    background style), else None. ``portrait_config``: the deployment's portrait settings (the
     face search, margin, crop size, feathering) when the options ask for portrait mode: a
     redeploy that changes them makes other pictures, which the cache, outliving deploys,
     must not answer with the old ones.
@@ -48,8 +48,8 @@ def result_key(
         "background_weights": None if background is None else background.weights,
         "background_runtime": None if background is None else background.runtime,
     }
-    if portrait is not None:
-        parts["portrait_config"] = portrait
+    if portrait_config is not None:
+        parts["portrait_config"] = portrait_config
     chosen = options.to_dict()  # every option, by its field's name
     if not parts.keys().isdisjoint(chosen):  # a field named like a part would overwrite it
         raise ValueError(
