@@ -79,8 +79,7 @@ RAW_BODY = {media_type: {"schema": BINARY} for media_type in (*IMAGE_TYPES, *RAW
 
 def multipart_body(field: str, many: bool, types: tuple[str, ...] = IMAGE_TYPES) -> dict:
     schema = {"type": "array", "items": BINARY, "minItems": 1} if many else BINARY
-    # Other fields are ignored by the server, within its limit on parts; the contract is
-    # the picture field alone.
+    # The contract is the picture field alone: the server refuses any other field (422).
     form = {
         "type": "object",
         "required": [field],

@@ -19,7 +19,7 @@ from serve_app.http.openapi import (
 )
 from serve_app.http.params import API_CHECKS, Service, StylizeQuery
 from serve_app.http.request_log import log_fields
-from serve_app.http.uploads import MULTIPART_OVERHEAD_BYTES, read_form_files, read_single_upload
+from serve_app.http.uploads import read_form_files, read_single_upload
 from serve_app.service.wire import BatchResponse
 
 router = APIRouter()
@@ -75,8 +75,9 @@ async def stylize_route(request: Request, service: Service, query: StylizeQuery)
 async def stylize_batch_route(request: Request, service: Service, query: StylizeQuery) -> Response:
     options = service.options(query)  # before the body is read
     count, limits = service.config.max_batch_images, service.config.limits
-    limit = count * (limits.max_bytes + MULTIPART_OVERHEAD_BYTES)
-    files = await read_form_files(request, "images", count, limit, limits.upload_idle_timeout_s)
+    files = await read_form_files(
+        request, "images", count, limits.max_bytes, limits.upload_idle_timeout_s
+    )
     if not files:
         raise MissingImage("send the pictures as multipart fields 'images'")
     outcomes = await service.stylize_many(files, options)

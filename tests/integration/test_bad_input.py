@@ -175,13 +175,15 @@ def batch(count: int) -> Sender:
     return send
 
 
-def open_raw_post(base_url: str, headers: dict[str, str]) -> http.client.HTTPConnection:
-    """A POST /v1/stylize whose headers are sent and whose body is left to the caller."""
+def open_raw_post(
+    base_url: str, headers: dict[str, str], route: str = "/v1/stylize"
+) -> http.client.HTTPConnection:
+    """A POST whose headers are sent and whose body is left to the caller."""
     address = urlsplit(base_url)
     connection = http.client.HTTPConnection(
         address.hostname, address.port, timeout=REQUEST_TIMEOUT_S
     )
-    connection.putrequest("POST", "/v1/stylize", skip_accept_encoding=True)
+    connection.putrequest("POST", route, skip_accept_encoding=True)
     for name, value in headers.items():
         connection.putheader(name, value)
     connection.endheaders()
@@ -202,6 +204,7 @@ def streamed(
     chunks: Callable[[], Iterator[bytes]],
     *,
     content_length: int | None = None,
+    route: str = "/v1/stylize",
 ) -> Sender:
     """Send a body in paced chunks (chunked encoding without a Content-Length), and stop
     as soon as the server's answer is readable; ``sent`` says how far the body had got."""
@@ -212,7 +215,7 @@ def streamed(
             {"Transfer-Encoding": "chunked"} if chunked else {"Content-Length": str(content_length)}
         )
         started = time.perf_counter()
-        connection = open_raw_post(base_url, {"Content-Type": content_type, **length})
+        connection = open_raw_post(base_url, {"Content-Type": content_type, **length}, route)
         try:
             sock = connection.sock
             sent = offered = 0
@@ -411,11 +414,12 @@ def filler(head: bytes = b"", unit: bytes = b"\xff") -> Iterator[bytes]:
         yield chunk
 
 
-FILE_HEAD = (
-    f"--{BOUNDARY}\r\n"
-    'Content-Disposition: form-data; name="image"; filename="huge.jpg"\r\n'
-    "Content-Type: image/jpeg\r\n\r\n"
-).encode()
+def file_head(field: str = "image") -> bytes:
+    return (
+        f"--{BOUNDARY}\r\n"
+        f'Content-Disposition: form-data; name="{field}"; filename="huge.jpg"\r\n'
+        "Content-Type: image/jpeg\r\n\r\n"
+    ).encode()
 
 
 # --------------------------------------------------------------------------- checks
@@ -503,6 +507,17 @@ def answered_within(seconds: float) -> Check:
     return check
 
 
+def batch_statuses(statuses: list[int]) -> Check:
+    """A batch's answer: one item per picture sent, in order, with these statuses."""
+
+    def check(outcome: Outcome, _: httpx.Client) -> None:
+        items = json.loads(outcome.body)["results"]
+        assert [item["index"] for item in items] == list(range(len(statuses)))
+        assert [item["status"] for item in items] == statuses
+
+    return check
+
+
 def answered_before_sent(at_most: int) -> Check:
     """The answer was readable before ``at_most`` body bytes (and before all) were sent."""
 
@@ -530,8 +545,22 @@ CASES = [
     Case("no-content-type", raw(lambda: b"", content_type=None), 415, "unsupported_media_type"),
     Case("missing-field", multipart(lambda: form(part("style", b"alpha"))), 422, "missing_image"),
     Case("misnamed-field", upload(GOOD, field="picture"), 422, "missing_image"),
+    # A picture sent as a text part (no filename, no type: ``curl -F 'image=<a.jpg'``) is
+    # still the picture: it was refused as missing, and dropped from a batch.
     Case(
-        "image-as-text-field", multipart(lambda: form(part("image", GOOD()))), 422, "missing_image"
+        "image-as-text-field",
+        multipart(lambda: form(part("image", GOOD()))),
+        200,
+        check=has_size_of((160, 120)),
+    ),
+    Case(
+        "batch-picture-as-text-field",
+        multipart(
+            lambda: form(part("images", GOOD(), "a.jpg"), part("images", GOOD())),
+            route="/v1/stylize/batch",
+        ),
+        200,
+        check=batch_statuses([200, 200]),
     ),
     Case(
         "option-as-form-field",
@@ -629,10 +658,19 @@ CASES = [
     ),
     Case(
         "over-limit-chunked-multipart",
-        streamed(MULTIPART, lambda: filler(FILE_HEAD)),
+        streamed(MULTIPART, lambda: filler(file_head())),
         413,
         "payload_too_large",
         answered_before_sent(STREAM_ANSWER_BY),
+    ),
+    # A batch's pictures are each held to the single picture's limit as they stream in,
+    # not only the whole body to the batch's (MAX_BATCH pictures and their overhead).
+    Case(
+        "over-limit-one-picture-of-a-batch",
+        streamed(MULTIPART, lambda: filler(file_head("images")), route="/v1/stylize/batch"),
+        413,
+        "payload_too_large",
+        answered_before_sent(2 * MAX_BYTES),
     ),
     Case(
         "over-limit-whole-body",
