@@ -113,6 +113,11 @@ class JobRecord(JobFields):
     lease_until: float | None = Field(default=None, description="the runner's lease, Unix time")
     reserved_bytes: int = Field(default=0, description="store space held for it")
     result_name: str | None = Field(default=None, description="the result's blob name")
+    shareable: bool = Field(
+        default=True,
+        description="its output may be copied for another owner's job of the same content: "
+        "false when a model replica running other weights than the config's made part of it",
+    )
     version: int = 0
 
     @property

@@ -216,7 +216,7 @@ class RedisRecords:
         else:
             pipe.zrem(_key("leases"), record.id)
         pipe.zadd(_key("expiry"), {record.id: record.expires_at or 0.0})
-        if record.state == "done" and record.content_key:
+        if record.state == "done" and record.content_key and record.shareable:
             pipe.set(_key("done", record.content_key), record.id)
         pipe.publish(_channel(record.id), data)
 

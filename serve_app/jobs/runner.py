@@ -100,6 +100,7 @@ class JobRun:
         self.finished_here = False
         self._stopping = False
         self._result_name = f"result-{record.attempts}"
+        self._shareable = True  # see JobRecord.shareable
 
     @property
     def job_id(self) -> str:
@@ -169,6 +170,7 @@ class JobRun:
         if record.kind == "still":
             data = await context.io_call(context.blobs.read, record.id, UPLOAD)
             result = await self._stylize_still(data, options)
+            self._shareable = result.configured_weights
             await context.io_call(context.blobs.put, record.id, self._result_name, result.data)
             return JobResultInfo(
                 media_type=result.media_type,
@@ -223,6 +225,7 @@ class JobRun:
             if output.path is not None:
                 output.path.unlink(missing_ok=True)
         self._count_frames()
+        self._shareable = output.foreign_frames == 0
         return JobResultInfo(
             media_type=output.media_type,
             width=output.width,
@@ -258,6 +261,8 @@ class JobRun:
             return None
         if done is None or done.id == record.id or done.result is None or not done.result_name:
             return None
+        if not done.shareable:  # made in part by a replica of an earlier deploy
+            return None
         try:
             await context.io_call(
                 context.blobs.copy, done.id, done.result_name, record.id, self._result_name
@@ -281,6 +286,7 @@ class JobRun:
             "result": info,
             "result_name": self._result_name,
             "reserved_bytes": info.bytes,
+            "shareable": self._shareable,
         }
         if self.counts is not None:
             changes.update(_frame_fields(self.counts))

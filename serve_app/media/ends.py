@@ -41,6 +41,9 @@ class MediaOutput:
     duration_s: float
     path: Path | None = None
     data: bytes | None = None
+    # Frames a model replica made with weights other than the config's (one of the deploy
+    # before, still stopping): the output goes to its caller but is never shared.
+    foreign_frames: int = 0
 
     @property
     def size(self) -> int:

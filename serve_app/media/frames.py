@@ -30,7 +30,7 @@ import json
 import logging
 from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import BinaryIO
 
@@ -141,6 +141,7 @@ class MediaJob:
         self._gate = gate
         self._on_progress = on_progress
         self.counts = FrameCounts(total=expected_frames(info, options.max_fps))
+        self.foreign_frames = 0  # see MediaOutput
         self._recent: OrderedDict[str, asyncio.Future] = OrderedDict()
         # The picture of the last frame the source did not mark ``alike``: the one the
         # frames marked so reuse (the source compared them with that frame).
@@ -169,7 +170,8 @@ class MediaJob:
         try:
             await thread.call(self._open, opened, source, dest)
             await self._pump(opened.source, opened.sink, thread)
-            return await thread.call(opened.sink.finish)
+            output = await thread.call(opened.sink.finish)
+            return replace(output, foreign_frames=self.foreign_frames)
         finally:
             await self._settle_calls()
             # After the call in flight (a cancelled call still waited for it), in the
@@ -285,6 +287,8 @@ class MediaJob:
                     pending.picture.exception()  # the job raises it once; no "never retrieved"
             return
         self.counts.model += len(batch)
+        configured = self._identity(self._options.style).weights
+        self.foreign_frames += sum(result.identity.weights != configured for result in results)
         for (_, pending), result in zip(batch, results, strict=True):
             pending.picture.set_result(result.rgb)
         self._keep([(digest, result) for (digest, _), result in zip(batch, results, strict=True)])

@@ -1,13 +1,15 @@
 """What the pipeline, media and jobs need from outside: the model and the result cache.
 
-Protocols only: the service is composed over them, so unit tests pass fakes and only the
-ingress deployment hands in the Ray-backed ones (``model_client.py``, the cache client).
+Protocols (and the one shape ``Animate`` answers with) only: the service is composed over
+them, so unit tests pass fakes and only the ingress deployment hands in the Ray-backed ones
+(``model_client.py``, the cache client).
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
@@ -81,7 +83,17 @@ class Model(Protocol):
         """One model replica's own report (None when none answers)."""
 
 
-Animate = Callable[[bytes, StylizeOptions], Awaitable["CachedImage | None"]]
+@dataclass(frozen=True)
+class Animation:
+    """A stylized animation, and how many of its frames a model replica made with weights
+    other than the config's (one of the deploy before, still stopping): such an animation
+    is its caller's, never cached."""
+
+    image: CachedImage
+    foreign_frames: int = 0
+
+
+Animate = Callable[[bytes, StylizeOptions], Awaitable["Animation | None"]]
 """(upload, options) -> the stylized animation; None when the upload is a still picture."""
 MayMove = Callable[[bytes], bool]
 """(an upload) -> False when its signature shows it can only be a still picture."""

@@ -20,6 +20,9 @@ class StylizeResult:
     height: int
     key: str  # the cache key, also the HTTP ETag
     random_weights: bool  # the style runs on untrained weights: a meaningless picture
+    # Made by the weights the config names (False: by a model replica of the deploy before,
+    # still stopping; such a picture is its caller's and is never cached or shared).
+    configured_weights: bool = True
     timings_ms: dict[str, float] = field(default_factory=dict)  # decode, queue, inference, encode
 
     def headers(self) -> dict[str, str]:

@@ -100,6 +100,7 @@ class _Computed:
     image: CachedImage
     key: str  # the key it was stored under (the ETag)
     timings_ms: dict[str, float] = field(default_factory=dict)
+    configured_weights: bool = True  # see StylizeResult
 
 
 class StylizePipeline:
@@ -280,8 +281,16 @@ class StylizePipeline:
                 identity = self.expected_identity(options.style)
                 background = self._expected_background(options)  # as its lookup's key
                 key = self._key(digest, data, options, identity, background)
-                self._store(key, animation, options.style, identity)
-                return _Computed(animation, key)
+                if animation.foreign_frames:
+                    logger.warning(
+                        "style %s: model replicas ran other weights for %d frames of an "
+                        "animation; result not cached",
+                        options.style,
+                        animation.foreign_frames,
+                    )
+                    return _Computed(animation.image, key, configured_weights=False)
+                self._store(key, animation.image, options.style, identity)
+                return _Computed(animation.image, key)
         if options.portrait != "off":
             return await self._compute_portrait(digest, data, options, work)
         started = time.perf_counter()
@@ -320,7 +329,8 @@ class StylizePipeline:
             "inference": stylized.inference_ms,
             "encode": (encoded_at - encode_from) * 1e3,
         }
-        return _Computed(image, key, timings)
+        configured = self._configured(options.style, [stylized])
+        return _Computed(image, key, timings, configured)
 
     async def _compute_portrait(
         self, digest: str, data: bytes, options: StylizeOptions, work: _SharedWork
@@ -386,7 +396,14 @@ class StylizePipeline:
             "inference": max(result.inference_ms for result in results),
             "encode": (encoded_at - encode_from) * 1e3,
         }
-        return _Computed(image, key, timings)
+        configured = self._configured(options.style, faces) and (
+            scene is None or self._configured(background, [scene])
+        )
+        return _Computed(image, key, timings, configured)
+
+    def _configured(self, style: str, results: Sequence[StylizedArray]) -> bool:
+        """Whether the config's weights for ``style`` made each of ``results``."""
+        return all(result.identity.weights == self._weights[style] for result in results)
 
     def _prepare_portrait(self, data: bytes, pixels: int, options: StylizeOptions) -> _Portrait:
         """The full decode, the faces, and the model's inputs (a worker thread's work)."""
@@ -461,6 +478,7 @@ class StylizePipeline:
             height=image.height,
             key=computed.key,
             random_weights=self.runs_random_weights(options.style),
+            configured_weights=computed.configured_weights,
             timings_ms=computed.timings_ms if status == "miss" else {},
         )
 

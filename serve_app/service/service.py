@@ -24,7 +24,7 @@ from serve_app.media import probe
 from serve_app.media.service import MediaService
 from serve_app.options import StylizeOptions, resolve_options
 from serve_app.pipeline.lru import CachedImage
-from serve_app.pipeline.ports import Model, ResultStore
+from serve_app.pipeline.ports import Animation, Model, ResultStore
 from serve_app.pipeline.results import StylizeResult
 from serve_app.pipeline.stylize import StylizePipeline
 from serve_app.service.examples import Example, load_examples, read_example
@@ -194,13 +194,14 @@ class AnimeService:
                 self._record(outcome, options)
         return outcomes
 
-    async def _animate(self, data: bytes, options: StylizeOptions) -> CachedImage | None:
+    async def _animate(self, data: bytes, options: StylizeOptions) -> Animation | None:
         """A synchronous request's animation, made animated (None: a still picture)."""
         info = await self.media.inspect(data)
         if info is None:
             return None
         output = await self.media.animate(data, info, options)
-        return CachedImage(output.data, output.media_type, output.width, output.height)
+        image = CachedImage(output.data, output.media_type, output.width, output.height)
+        return Animation(image, output.foreign_frames)
 
     async def _stylize_frames(self, frames, style: str):
         results = await self._model.stylize_frames(frames, style)
@@ -346,6 +347,7 @@ class AnimeService:
 
     async def _cache_stats(self) -> dict:
         stats = await self._cache.stats()
-        if self._metrics is not None:
+        # A sum over the shards that answered in time would read as entries lost.
+        if self._metrics is not None and stats["shards_answered"] == stats["shards"]:
             self._metrics.record_cache(stats["shared"])
         return stats

@@ -24,6 +24,7 @@ class FakeStylize:
         self.cancelled = 0
         self.gate: asyncio.Event | None = None
         self.started = asyncio.Event()
+        self.configured_weights = True  # False: as a replica of the deploy before answers
 
     async def __call__(self, data: bytes, options: StylizeOptions, timeout_s: float):
         self.calls += 1
@@ -49,6 +50,7 @@ class FakeStylize:
             height=options.size,
             key="k",
             random_weights=True,
+            configured_weights=self.configured_weights,
         )
 
 

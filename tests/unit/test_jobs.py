@@ -150,6 +150,29 @@ def test_the_same_owner_gets_its_job_back_another_owner_a_job_of_its_own(tmp_pat
     assert theirs.state == "done" and theirs.result.cache == "hit" and seconds < 1
 
 
+def test_a_picture_a_replica_of_the_deploy_before_made_is_its_owners_only(tmp_path):
+    """During a redeploy with other weights a replica of the deploy before may make a job's
+    picture: its owner gets it, another owner's job of the same content is made afresh
+    (then shared again)."""
+
+    async def scenario():
+        stylize = FakeStylize()
+        stylize.configured_weights = False
+        jobs = service(tmp_path, stylize)
+        mine, _ = await jobs.submit(submission())
+        mine = await jobs.wait(mine.id, ALICE, 10)
+        stylize.configured_weights = True
+        made = []
+        for owner in (BOB, "c" * 32):
+            theirs, _ = await jobs.submit(submission(owner=owner))
+            made.append(await jobs.wait(theirs.id, owner, 10))
+        return mine, made, stylize.calls
+
+    mine, (bobs, carols), calls = run(scenario)
+    assert mine.state == bobs.state == carols.state == "done"
+    assert (bobs.result.cache, carols.result.cache, calls) == ("miss", "hit", 2)
+
+
 def test_another_owner_cannot_see_or_end_a_job(tmp_path):
     async def scenario():
         stylize = FakeStylize()

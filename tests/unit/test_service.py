@@ -80,6 +80,69 @@ def test_stills_share_a_result_whatever_the_options_only_motion_reads(tmp_path):
     assert animations[0].key != animations[1].key
 
 
+def test_the_cache_gauges_skip_a_sum_a_slow_shard_left_out(tmp_path):
+    class Recorded:
+        def __init__(self):
+            self.cache: list[dict] = []
+
+        def record_result(self, result, options) -> None:
+            pass
+
+        def record_cache(self, shared: dict) -> None:
+            self.cache.append(shared)
+
+    class SlowShard(LocalCache):
+        answered = 1
+
+        async def stats(self) -> dict:
+            return {**await super().stats(), "shards": 2, "shards_answered": self.answered}
+
+    async def main():
+        styles = [{"name": "alpha", "weights": "random"}]
+        jobs = {"store_url": str(tmp_path / "jobs")}
+        config = AppConfig.model_validate({"styles": styles, "jobs": jobs})
+        metrics, cache = Recorded(), SlowShard()
+        service = AnimeService(
+            config, InvertingModel(["alpha"]), cache, {"alpha": RANDOM_WEIGHTS}, metrics=metrics
+        )
+        try:
+            await service._cache_stats()
+            cache.answered = 2
+            await service._cache_stats()
+        finally:
+            await service.close()
+        return metrics.cache
+
+    assert len(asyncio.run(main())) == 1  # only the sum over both shards
+
+
+def test_what_a_replica_of_the_deploy_before_makes_is_its_callers_only(tmp_path):
+    """During a redeploy with other weights a replica of the deploy before may answer: a
+    picture, an animation or a video it made goes to its caller, is never cached, and no
+    later job copies it."""
+    gif = make_animation(tmp_path / "a.gif", "gif", frames=3).read_bytes()
+    video = make_video(tmp_path / "clip.mp4", seconds=0.5, fps=10).read_bytes()
+    uploads = [synthetic_jpeg(seed=4), gif]
+
+    async def made(service) -> list[str]:
+        answers = [await service.stylize(data, service.options({})) for data in uploads]
+        job, _ = await service.submit_job(video, service.options({"size": 64}, False))
+        job = await service.jobs.wait(job.id, "", 60)
+        assert job.state == "done", job.error
+        return [answer.cache for answer in answers] + [job.result.cache]
+
+    async def scenario(service, model):
+        configured = model.identity
+        model.identity = ModelIdentity("weights-of-the-deploy-before", configured.runtime)
+        before = [await made(service), await made(service)]
+        model.identity = configured
+        return before, [await made(service), await made(service)]
+
+    before, after = run(tmp_path, scenario)
+    assert before == [["miss", "miss", "miss"]] * 2
+    assert after == [["miss", "miss", "miss"], ["hit", "hit", "hit"]]
+
+
 def test_a_still_job_and_a_video_job_run_to_their_results(tmp_path):
     video = make_video(tmp_path / "clip.mp4", seconds=1.0, fps=10).read_bytes()
 
