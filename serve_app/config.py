@@ -163,8 +163,19 @@ class CacheConfig(_Strict):
     shards: int = Field(
         default=1, ge=1, le=64, description="cache actors; keys are spread over them by hash"
     )
-    max_bytes: int = Field(default=512 * 2**20, ge=0, description="shared bound, all shards")
-    ttl_s: float | None = Field(default=None, gt=0, description="entry lifetime; none: LRU only")
+    max_bytes: int = Field(
+        default=512 * 2**20,
+        ge=0,
+        description="shared bound, all shards; each shard holds max_bytes / shards, and a "
+        "result larger than that share is not cached",
+    )
+    ttl_s: float | None = Field(
+        default=None,
+        gt=0,
+        description="entry lifetime; none: LRU only. An ingress replica's own copy of an "
+        "entry (local_max_bytes) lives ttl_s from when it took it, so a result is served "
+        "for at most twice ttl_s",
+    )
     local_max_bytes: int = Field(default=32 * 2**20, ge=0, description="per-ingress-replica LRU")
     timeout_s: float = Field(default=0.25, gt=0, description="a slower cache call is a miss")
 
@@ -461,7 +472,12 @@ class AppConfig(_Strict):
         "names another)",
     )
     default_style: str | None = Field(default=None, description="default: the first style")
-    default_size: int = Field(default=512, gt=0, description="output longer side, px")
+    default_size: int = Field(
+        default=512,
+        ge=MIN_SIDE,
+        description="output longer side, px; at most `limits.max_size` and "
+        "`limits.max_sync_size` (the size of a request that names none)",
+    )
     default_format: OutputFormat = Field(default="png", description="output format")
     default_quality: int = Field(default=90, ge=1, le=100, description="jpeg and webp")
     limits: ImageLimits = ImageLimits()
@@ -545,17 +561,26 @@ class AppConfig(_Strict):
 
     @model_validator(mode="after")
     def _check_styles(self) -> AppConfig:
-        """Style names are unique, `default_style` is one of them, and `default_size` is at
-        most `limits.max_size`."""
+        """Style names are unique, `default_style` is one of them, and the default sizes
+        are ones a request may ask for (`default_size` at most `limits.max_size` and
+        `limits.max_sync_size`, `live.default_size` at most the largest live size): a
+        default past them refused every request that names no size."""
         names = [style.name for style in self.styles]
         duplicates = sorted({name for name in names if names.count(name) > 1})
         if duplicates:
             raise ValueError(f"style names must be unique; repeated: {duplicates}")
         if self.default_style is not None and self.default_style not in names:
             raise ValueError(f"default_style {self.default_style!r} is not one of {names}")
-        if self.default_size > self.limits.max_size:
+        for name, bound in (
+            ("max_size", self.limits.max_size),
+            ("max_sync_size", self.limits.max_sync_size),
+        ):
+            if self.default_size > bound:
+                raise ValueError(f"default_size {self.default_size} exceeds limits.{name} {bound}")
+        if self.live.default_size > self.largest_live_size:
             raise ValueError(
-                f"default_size {self.default_size} exceeds limits.max_size {self.limits.max_size}"
+                f"live.default_size {self.live.default_size} exceeds the largest live size "
+                f"{self.largest_live_size} (live.max_size, limits.max_sync_size, limits.max_size)"
             )
         return self
 

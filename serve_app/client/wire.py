@@ -351,7 +351,10 @@ def batch_of(body: Mapping[str, Any], style: str | None) -> list[BatchOutcome]:
     for item in body["results"]:
         if item.get("error") is not None:
             error = error_from_answer(
-                item["error"]["code"], item["error"]["message"], item["status"]
+                item["error"]["code"],
+                item["error"]["message"],
+                item["status"],
+                item.get("retry_after_s"),
             )
             outcomes.append(BatchOutcome(item["index"], error=error))
             continue
@@ -361,7 +364,7 @@ def batch_of(body: Mapping[str, Any], style: str | None) -> list[BatchOutcome]:
             width=item.get("width"),
             height=item.get("height"),
             cache=item.get("cache"),
-            style=style,
+            style=item.get("style", style),
         )
         outcomes.append(BatchOutcome(item["index"], picture=picture))
     return outcomes

@@ -36,7 +36,7 @@ from serve_app.http.params import (
     close_socket,
     owner_of_request,
 )
-from serve_app.http.ranges import content_range, parse_range, range_applies
+from serve_app.http.ranges import content_range, parse_range, range_applies, unchanged
 from serve_app.http.request_log import log_fields
 from serve_app.http.uploads import read_single_upload
 from serve_app.jobs.records import (
@@ -261,6 +261,7 @@ async def _until_the_client_leaves(websocket: WebSocket) -> None:
             "description": "the bytes a `Range: bytes=first-last` header asked for",
             "headers": RANGE_HEADERS,
         },
+        304: {"description": "`If-None-Match` names the result's ETag: the copy sent is current"},
         409: {"model": ErrorBody, "description": "the job is not done"},
         **error_statuses(401, 404, 416, 500),
     },
@@ -272,6 +273,8 @@ async def job_result_route(
     record = await jobs.finished(job_id, owner)
     size, etag = record.result.bytes, f'"{job_id}-{record.result_name}"'
     headers = {"ETag": etag, "Cache-Control": "private, max-age=3600", "Accept-Ranges": "bytes"}
+    if unchanged(request.headers.get("if-none-match"), etag):
+        return Response(status_code=304, headers=headers)
     wanted = None
     if range_applies(request.headers.get("if-range"), etag):
         wanted = parse_range(request.headers.get("range"), size)

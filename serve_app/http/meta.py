@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 from fastapi.responses import FileResponse, Response
 
 from serve_app.errors import ErrorBody, NotFound
 from serve_app.http.openapi import BINARY, error_statuses
 from serve_app.http.params import API_CHECKS, Service
+from serve_app.http.ranges import unchanged
 from serve_app.service.wire import (
     ExamplesResponse,
     HealthResponse,
@@ -63,15 +64,19 @@ async def examples_route(service: Service) -> ExamplesResponse:
     summary="An example photo's bytes, exactly those warmed at start",
     responses={
         200: {"content": {"image/*": {"schema": BINARY}}, "description": "the photo"},
+        304: {"description": "`If-None-Match` names the photo's ETag: the copy sent is current"},
         404: {"model": ErrorBody, "description": "no example of that name"},
         # FastAPI documents one for every route with parameters; ours is the one shape.
         422: {"model": ErrorBody, "description": "a name that is not a path segment"},
         **error_statuses(500),
     },
 )
-async def example_route(name: str, service: Service) -> Response:
+async def example_route(name: str, request: Request, service: Service) -> Response:
     example = service.example(name)
-    headers = {"ETag": f'"{example.etag}"', "Cache-Control": EXAMPLE_CACHE_CONTROL}
+    etag = f'"{example.etag}"'
+    headers = {"ETag": etag, "Cache-Control": EXAMPLE_CACHE_CONTROL}
+    if unchanged(request.headers.get("if-none-match"), etag):
+        return Response(status_code=304, headers=headers)
     return Response(example.data, media_type=example.media_type, headers=headers)
 
 

@@ -1,4 +1,5 @@
-"""HTTP ``Range: bytes=...`` requests (RFC 9110 §14), as video players send them."""
+"""HTTP ``Range: bytes=...`` requests (RFC 9110 §14), as video players send them, and the
+conditions on a result's ETag (``If-Range``, ``If-None-Match``: §13)."""
 
 from __future__ import annotations
 
@@ -51,6 +52,16 @@ def range_applies(if_range: str | None, etag: str) -> bool:
     (RFC 9110 §13.1.5: the client's copy is of another version; no date matches, since
     this server sends no Last-Modified)."""
     return if_range is None or if_range.strip() == etag
+
+
+def unchanged(if_none_match: str | None, etag: str) -> bool:
+    """Whether ``If-None-Match`` names this version (or ``*``): the client's copy is
+    current, answered with 304 and no body (§13.1.2: a weak comparison, so ``W/`` tags
+    match too)."""
+    if if_none_match is None:
+        return False
+    tags = [tag.strip().removeprefix("W/") for tag in if_none_match.split(",")]
+    return "*" in tags or etag in tags
 
 
 def content_range(first: int, last: int, size: int) -> str:

@@ -19,9 +19,17 @@ from serve_app.errors import Unauthorized
 logger = logging.getLogger(__name__)
 
 # Request headers a browser client sends that no route declares as a parameter: the key,
-# the body's type, the request's id, a byte range of a result and the version it is of.
+# the body's type, the request's id, a byte range of a result and the version it is of,
+# and the version a client holds already.
 # The routes' own header parameters (Idempotency-Key, Prefer) are added from the routes.
-ALLOWED_HEADERS = ("Authorization", "Content-Type", "X-Request-ID", "Range", "If-Range")
+ALLOWED_HEADERS = (
+    "Authorization",
+    "Content-Type",
+    "X-Request-ID",
+    "Range",
+    "If-Range",
+    "If-None-Match",
+)
 # Response headers a browser client may read (CORS hides all but a few otherwise): the
 # picture's, the request's id, a job's URL and waiting, ranges, and when to retry. Headers
 # that the routes document in their responses are added from the routes.

@@ -46,10 +46,19 @@ class BatchItem(BaseModel):
     status: int = Field(description="200, or the status the picture alone would have had")
     media_type: str | None = None
     cache: CacheStatus | None = None
+    style: str | None = Field(default=None, description="as `X-Style` on `/v1/stylize`")
+    etag: str | None = Field(default=None, description="as `ETag` on `/v1/stylize`")
+    random_weights: bool | None = Field(
+        default=None,
+        description="true: the style runs on untrained weights (`X-Weights: random`)",
+    )
     width: int | None = None
     height: int | None = None
     data: str | None = Field(default=None, description="the picture, base64")
     error: ErrorDetail | None = None
+    retry_after_s: int | None = Field(
+        default=None, description="an error worth retrying: after this many seconds"
+    )
 
 
 class BatchResponse(BaseModel):

@@ -90,6 +90,9 @@ def test_examples_are_listed_served_and_warm(examples_app):
             assert photo.headers["content-type"] == "image/jpeg"
             assert "max-age=" in photo.headers["cache-control"]
             assert photo.headers["etag"].strip('"')
+            # A browser's revalidation once max-age passed: nothing sent again.
+            current = client.get(example["url"], headers={"If-None-Match": photo.headers["etag"]})
+            assert (current.status_code, current.content) == (304, b"")
 
             # "warm" is honest: those bytes at the defaults are a cache hit for each style.
             for style in (STYLE_A, STYLE_B):

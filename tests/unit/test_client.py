@@ -119,6 +119,7 @@ def test_a_batch_answers_each_picture_or_its_own_error(service):
                 "status": 200,
                 "media_type": "image/png",
                 "cache": "hit",
+                "style": "alpha",  # the default style: the call named none
                 "width": 64,
                 "height": 48,
                 "data": base64.b64encode(STYLIZED).decode(),
@@ -128,16 +129,23 @@ def test_a_batch_answers_each_picture_or_its_own_error(service):
                 "status": 400,
                 "error": {"code": "undecodable_image", "message": "not a picture"},
             },
+            {
+                "index": 2,
+                "status": 503,
+                "error": {"code": "overloaded", "message": "busy"},
+                "retry_after_s": 1,
+            },
         ]
     }
     service.on("POST", "/v1/stylize/batch", answer(200, body))
     with service.client() as client:
-        made, refused = client.stylize_batch([PICTURE, b"junk"], style="alpha")
+        made, refused, busy = client.stylize_batch([PICTURE, b"junk", PICTURE])
     assert made.picture == Picture(STYLIZED, "image/png", "hit", "alpha", 64, 48)
     assert isinstance(refused.error, UndecodableImage) and refused.picture is None
+    assert isinstance(busy.error, Overloaded) and busy.error.retry_after_s == 1
     (sent,) = service.requests
     assert sent.headers["content-type"].startswith("multipart/form-data")
-    assert sent.content.count(b'name="images"') == 2
+    assert sent.content.count(b'name="images"') == 3
 
 
 def test_the_key_and_url_come_from_the_environment(monkeypatch):

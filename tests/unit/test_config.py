@@ -23,6 +23,17 @@ def test_defaults_and_default_style():
         ({"styles": [STYLES[0], STYLES[0]]}, "unique"),
         ({"styles": STYLES, "default_style": "c"}, "not one of"),
         ({"styles": STYLES, "default_size": 2048}, "exceeds limits.max_size"),
+        # A default past a bound refused every request that named no size.
+        ({"styles": STYLES, "default_size": 8}, "greater than or equal to 16"),
+        (
+            {"styles": STYLES, "default_size": 1024, "limits": {"max_sync_size": 512}},
+            "exceeds limits.max_sync_size 512",
+        ),
+        (
+            {"styles": STYLES, "live": {"max_size": 512}, "limits": {"max_sync_size": 128}}
+            | {"default_size": 128},
+            "live.default_size 256 exceeds the largest live size 128",
+        ),
         ({"styles": STYLES, "typo_field": 1}, "Extra inputs"),
         ({"styles": [{"name": "bad name!", "weights": "random"}]}, "pattern"),
         ({"styles": STYLES, "cache": {"shards": 0}}, "greater than or equal"),

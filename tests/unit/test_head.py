@@ -109,6 +109,18 @@ def test_a_result_s_head_gives_its_size_and_ranges(client):
             path, headers={"Range": "bytes=0-9", "If-Range": "Fri, 04 Dec 2026 10:00:00 GMT"}
         )
         assert dated.status_code == 200
+        # If-None-Match: the copy the client holds is current (304, no bytes), or not.
+        for if_none_match, status in (
+            (etag, 304),
+            (f'"another-version", W/{etag}', 304),
+            ("*", 304),
+            ('"another-version"', 200),
+        ):
+            answer = method(path, headers={"If-None-Match": if_none_match})
+            assert answer.status_code == status, (method, if_none_match)
+            assert answer.headers["etag"] == etag
+            if status == 304:
+                assert answer.content == b""
     # Positions written with thousands of digits (leading zeros): still small numbers,
     # read without a 500 (Python refuses to convert integers of over 4300 digits).
     zeros = "0" * 5000

@@ -403,7 +403,14 @@ def test_batch_body_reports_each_item():
     body = json.loads(batch_body([ok, Overloaded("busy"), RuntimeError("boom")]))
     first, second, third = body["results"]
     assert first["status"] == 200 and first["data"] == "iVBORw=="
-    assert second == {"index": 1, "status": 503, "error": {"code": "overloaded", "message": "busy"}}
+    # What the single route says in its headers.
+    assert (first["style"], first["etag"], first["random_weights"]) == ("alpha", '"k"', True)
+    assert second == {
+        "index": 1,
+        "status": 503,
+        "error": {"code": "overloaded", "message": "busy"},
+        "retry_after_s": 1,
+    }
     assert third["status"] == 500 and third["error"]["code"] == "internal_error"
 
 
