@@ -86,7 +86,7 @@ class MediaReader:
 
     def _video_items(self) -> Iterator[Frame | av.Packet]:
         assert self._container is not None
-        index = discarded = 0
+        index = discarded = packets = 0
         demuxed = self._container.demux(self.video_stream, *self.audio_streams)
         try:
             for packet in demuxed:
@@ -98,6 +98,7 @@ class MediaReader:
                 # before its first shown frame): decoded for the frames after it, never
                 # shown, and counted in the header's frames all the same.
                 discarded += bool(packet.size and packet.is_discard)
+                packets += bool(packet.size)
                 for decoded in self.video_stream.decode(packet):
                     yield self._video_frame(decoded, index)
                     index += 1
@@ -106,7 +107,10 @@ class MediaReader:
             if error is exc:
                 raise
             raise error from exc
-        self._check_count(index + discarded)
+        # A cut file stops short of the frames probed; a clip cut without re-encoding that
+        # starts between keyframes has them all, but the decoder drops the packets before
+        # its first keyframe (they need one): those frames are not in the output.
+        self._check_count(max(index + discarded, packets))
 
     def _video_frame(self, decoded: av.VideoFrame, index: int) -> Frame:
         if index >= self.info.frames:

@@ -21,6 +21,7 @@ from serve_app.errors import (
 from serve_app.media import probe, writers
 from serve_app.media.reader import Frame, MediaReader
 from tests.support import media as samples
+from tests.support.media_jobs import FakeModel, run_job
 
 CONFIG = MediaConfig()
 
@@ -227,6 +228,34 @@ def test_truncated_faststart_mp4_refused_mid_read(files: dict[str, Path], tmp_pa
     with MediaReader(cut, info) as reader, pytest.raises(UndecodableMedia, match="frame"):
         for _ in reader:
             pass
+
+
+@pytest.mark.parametrize("fmt", ["mp4", "matroska"])
+def test_a_clip_cut_between_keyframes_is_read_from_its_first_keyframe(tmp_path, fmt):
+    """Cut without re-encoding and without an edit list, a clip starts with packets the
+    decoder drops (they need the keyframe before them): the frames from its first keyframe
+    on are read, not the whole clip refused as cut off once every frame had been made."""
+    whole = tmp_path / "gop.mp4"
+    with av.open(str(whole), "w") as out:
+        stream = samples._add_video(out, "libx264", 10, (160, 96), lossless=False)
+        stream.options = {"g": "10", "bf": "0"}
+        for index in range(30):
+            picture = samples._picture(index, (160, 96))
+            out.mux(stream.encode(av.VideoFrame.from_ndarray(picture, format="rgb24")))
+        out.mux(stream.encode(None))
+    cut = tmp_path / f"cut.{fmt}"
+    with av.open(str(whole)) as source, av.open(str(cut), "w", format=fmt) as out:
+        stream = out.add_stream_from_template(source.streams.video[0])
+        packets = [packet for packet in source.demux(video=0) if packet.size]
+        for packet in packets[3:]:  # the first keyframe and two frames after it left out
+            packet.stream = stream
+            out.mux(packet)
+    info = probe.probe(cut, CONFIG)
+    with MediaReader(cut, info) as reader:
+        frames = [item for item in reader if isinstance(item, Frame)]
+    assert info.frames == 27 and 0 < len(frames) <= 20  # from the keyframe at 10 on
+    _, output = run_job(cut, tmp_path / "out.mp4", FakeModel())
+    assert output.frames == len(frames)
 
 
 @pytest.mark.parametrize("container", ["webm", "matroska"])
