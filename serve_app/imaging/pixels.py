@@ -98,7 +98,12 @@ def target_dimensions(width: int, height: int, size: int) -> tuple[int, int]:
 
 def resize_long_side(image: DecodedImage, size: int) -> DecodedImage:
     """Resize (Lanczos) so the longer side is ``size``; see target_dimensions."""
-    dimensions = target_dimensions(image.width, image.height, size)
+    return resize_to(image, target_dimensions(image.width, image.height, size))
+
+
+def resize_to(image: DecodedImage, dimensions: tuple[int, int]) -> DecodedImage:
+    """Resize (Lanczos) to ``dimensions`` (width, height), whatever the aspect: an
+    anamorphic video's frames become square pixels."""
     if dimensions == (image.width, image.height):
         return image
     alpha = None if image.alpha is None else _resize_array(image.alpha, dimensions)

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from serve_app.config import MediaConfig
-from serve_app.imaging.pixels import DecodedImage, apply_controls, resize_long_side
+from serve_app.imaging.pixels import DecodedImage, apply_controls, resize_to, target_dimensions
 from serve_app.media import probe, writers
 from serve_app.media.boundary import media_errors
 from serve_app.media.likeness import Anchor
@@ -85,7 +85,8 @@ class FrameSource:
     ) -> None:
         self._items: Iterator[Any] = iter(reader)
         self._sink = sink
-        self._size = options.size
+        # Each frame's size as shown (an anamorphic video's, in square pixels) at the job's.
+        self._dimensions = target_dimensions(*reader.info.display_size, options.size)
         self._min_gap = None if options.max_fps is None else Fraction(1) / Fraction(options.max_fps)
         self._video = reader.info.kind == "video"
         self._first_time: Fraction | None = None
@@ -105,7 +106,7 @@ class FrameSource:
             if self._dropped(item):
                 continue
             decoded = DecodedImage(np.ascontiguousarray(item.rgb), item.alpha, "frame")
-            resized = resize_long_side(decoded, self._size)
+            resized = resize_to(decoded, self._dimensions)
             rgb = resized.rgb
             alike = self._anchor is not None and self._anchor.alike(rgb)
             pulled.append(Decoded(item, rgb, resized.alpha, frame_digest(rgb), alike))

@@ -199,7 +199,7 @@ class MediaJob:
     def _open(self, opened: _Opened, source: BinaryIO | Path, dest: Path | None) -> None:
         """In the job's thread: the reader, the writer, and the frames' source."""
         opened.reader = MediaReader(source, self._info)
-        width, height = target_dimensions(self._info.width, self._info.height, self._options.size)
+        width, height = target_dimensions(*self._info.display_size, self._options.size)
         opened.sink = open_sink(opened.reader, dest, width, height, self._options, self._config)
         opened.source = FrameSource(opened.reader, opened.sink, self._options)
 
@@ -394,7 +394,7 @@ class _Opened:
 
 def sync_animation_budget_error(info: probe.MediaInfo, size: int, budget: int) -> str | None:
     """Why an animation is too much to make while the caller waits (None: it is not)."""
-    width, height = target_dimensions(info.width, info.height, size)
+    width, height = target_dimensions(*info.display_size, size)
     pixels = info.frames * width * height
     if pixels <= budget:
         return None

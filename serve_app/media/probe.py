@@ -71,7 +71,9 @@ class MediaInfo:
 
     ``rotation`` is the clockwise turn (0/90/180/270) a player applies on display, as in
     a phone video's legacy ``rotate`` tag. ``loop``: 0 forever, N as the file says (GIF
-    without a loop extension: 1, played once); None for videos.
+    without a loop extension: 1, played once); None for videos. ``pixel_aspect``: a stored
+    pixel's width over its height (an anamorphic video's sample aspect ratio: 4/3 for
+    HDV's 1440x1080 shown at 16:9); 1 for square pixels.
     """
 
     kind: MediaKind
@@ -87,6 +89,15 @@ class MediaInfo:
     audio_codecs: tuple[str, ...]
     loop: int | None
     has_alpha: bool
+    pixel_aspect: float = 1.0
+
+    @property
+    def display_size(self) -> tuple[int, int]:
+        """The frame's size as shown (before ``rotation``): what the output is sized from,
+        in square pixels."""
+        if self.pixel_aspect == 1.0:
+            return self.width, self.height
+        return max(1, round(self.width * self.pixel_aspect)), self.height
 
     def to_dict(self) -> dict[str, object]:
         data = asdict(self)
@@ -289,6 +300,7 @@ def _probe_video(source: Source, config: MediaConfig) -> MediaInfo:
         _check_duration(duration_s, config)
         audio = tuple(a.codec_context.codec.canonical_name for a in container.streams.audio)
         rate = stream.average_rate or stream.guessed_rate
+        pixel_aspect = _pixel_aspect(stream)
         header_frames = stream.frames
         rotation = _first_frame_rotation(container, stream)
     if family == "ebml":
@@ -318,7 +330,23 @@ def _probe_video(source: Source, config: MediaConfig) -> MediaInfo:
         audio_codecs=audio,
         loop=None,
         has_alpha=False,
+        pixel_aspect=pixel_aspect,
     )
+
+
+# Sample aspect ratios outside these are a broken header, not a picture (real ones: 8/9
+# to 2, e.g. NTSC DV, HDV, anamorphic DVD): read as square pixels.
+_PIXEL_ASPECT_RANGE = (0.25, 4.0)
+
+
+def _pixel_aspect(stream) -> float:
+    """A stored pixel's width over its height (1.0 when unsaid or implausible)."""
+    ratio = stream.codec_context.sample_aspect_ratio or stream.sample_aspect_ratio
+    if not ratio or ratio <= 0:
+        return 1.0
+    aspect = float(ratio)
+    low, high = _PIXEL_ASPECT_RANGE
+    return aspect if low <= aspect <= high else 1.0
 
 
 def _duration_s(container: av.container.InputContainer, stream) -> float | None:

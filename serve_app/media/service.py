@@ -115,7 +115,7 @@ class MediaService:
 
     def check(self, info: probe.MediaInfo, options: StylizeOptions) -> None:
         """Refuse, before anything runs, options this upload cannot be made with."""
-        width, height = pixels.target_dimensions(info.width, info.height, options.size)
+        width, height = pixels.target_dimensions(*info.display_size, options.size)
         largest = self._config.tiling.max_whole_pixels
         if width * height > largest:  # frames go to the model whole, never tiled
             raise InvalidVideoOptions(
@@ -223,7 +223,7 @@ def _largest_size_within(info: probe.MediaInfo, size: int, limit: int) -> int | 
     while low <= high:
         middle = (low + high) // 2
         try:
-            width, height = pixels.target_dimensions(info.width, info.height, middle)
+            width, height = pixels.target_dimensions(*info.display_size, middle)
         except ServiceError:  # the shorter side under the minimum: larger sizes only
             low = middle + 1
             continue

@@ -7,12 +7,16 @@ import asyncio
 import io
 import os
 import time
+from fractions import Fraction
 
+import av
+import numpy as np
 import pytest
 from PIL import Image
 
 from serve_app.config import MediaConfig
 from serve_app.errors import MediaTooLarge, Unavailable, UndecodableMedia
+from serve_app.imaging.pixels import target_dimensions
 from serve_app.media import probe
 from serve_app.media.frames import (
     MODEL_ATTEMPTS,
@@ -78,6 +82,28 @@ def test_rotation_is_kept(tmp_path):
     source = make_rotated_mp4(tmp_path / "in.mp4", rotation=90, seconds=1.0)
     _, output = run_job(source, tmp_path / "out.mp4", FakeModel())
     assert display_rotation(output.path) == display_rotation(source) == 90
+
+
+def test_an_anamorphic_video_comes_out_as_shown_in_square_pixels(tmp_path):
+    """Stored 120x96 with 4:3 pixels (HDV, DVD rips), shown 160x96: the output is sized
+    from what is shown, its pixels square, not squashed to the stored shape."""
+    source = tmp_path / "in.mp4"
+    with av.open(str(source), "w") as out:
+        stream = out.add_stream("libx264", rate=10)
+        stream.width, stream.height, stream.pix_fmt = 120, 96, "yuv420p"
+        stream.codec_context.sample_aspect_ratio = Fraction(4, 3)
+        for index in range(5):
+            picture = np.full((96, 120, 3), index * 40, np.uint8)
+            out.mux(stream.encode(av.VideoFrame.from_ndarray(picture, format="rgb24")))
+        out.mux(stream.encode(None))
+    info = probe.probe(source, CONFIG)
+    assert (info.width, info.height, info.display_size) == (120, 96, (160, 96))
+    _, output = run_job(source, tmp_path / "out.mp4", FakeModel(), size=96)
+    assert (output.width, output.height) == target_dimensions(160, 96, 96) == (96, 56)
+    with av.open(str(output.path)) as written:
+        stream = written.streams.video[0]
+        assert (stream.width, stream.height) == (96, 56)
+        assert stream.sample_aspect_ratio in (None, Fraction(0), Fraction(1))
 
 
 def test_a_still_shot_is_computed_once(tmp_path):
