@@ -9,6 +9,7 @@ from pathlib import Path
 
 import av
 import numpy as np
+from av.video.reformatter import ColorRange, Colorspace
 from PIL import Image
 
 from serve_app.errors import InvalidVideoOptions
@@ -16,6 +17,7 @@ from serve_app.media.probe import CONTAINER_MEDIA_TYPES, MediaInfo
 from serve_app.media.reader import Frame, MediaReader
 from serve_app.options import OUTPUT_CONTAINERS
 
+_BT709 = 1  # ITU-T H.273's code for BT.709 primaries, transfer and matrix alike
 _EXTENSIONS = {"mp4": "mp4", "mov": "mov", "matroska": "mkv", "webm": "webm"}
 
 
@@ -88,6 +90,11 @@ class VideoWriter:
             stream = self._out.add_stream("libx264", rate=rate)
             stream.options = {"crf": str(crf)}
         stream.width, stream.height, stream.pix_fmt = self.width, self.height, "yuv420p"
+        # BT.709, limited range, said in the stream: untagged, players guess the matrix
+        # from the size (BT.601 below 720 lines), and the colours shift.
+        context = stream.codec_context
+        context.color_primaries = context.color_trc = context.colorspace = _BT709
+        context.color_range = ColorRange.MPEG
         # The input's time base, so every frame keeps its exact timestamp (VFR included).
         stream.time_base = stream.codec_context.time_base = source.time_base
         if self._info.rotation:
@@ -110,6 +117,9 @@ class VideoWriter:
                 f"frame of shape {rgb.shape}, expected ({self.height}, {self.width}, 3)"
             )
         frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb, np.uint8), format="rgb24")
+        frame = frame.reformat(
+            format="yuv420p", dst_colorspace=Colorspace.ITU709, dst_color_range=ColorRange.MPEG
+        )
         if like.pts is not None and like.time_base is not None:
             frame.pts, frame.time_base = like.pts, like.time_base
         else:

@@ -106,6 +106,21 @@ def test_an_anamorphic_video_comes_out_as_shown_in_square_pixels(tmp_path):
         assert stream.sample_aspect_ratio in (None, Fraction(0), Fraction(1))
 
 
+def test_the_output_says_its_colours_and_keeps_them(tmp_path):
+    """Encoded as BT.709 (limited range) and tagged so: untagged, a player guesses the
+    matrix from the size and an HD output's colours shift."""
+    source = make_h264_aac_mp4(tmp_path / "in.mp4", seconds=0.5, fps=10)
+    _, output = run_job(source, tmp_path / "out.mp4", FakeModel())
+    with av.open(str(output.path)) as written:
+        context = written.streams.video[0].codec_context
+        tags = (context.color_primaries, context.color_trc, context.colorspace)
+        assert tags == (1, 1, 1) and context.color_range == 1  # BT.709, limited
+    # Read back by the tags: the model's picture (inverted), up to the codec's loss.
+    before = decoded_frames(source)[2].astype(float).mean(axis=(0, 1))
+    after = decoded_frames(output.path)[2].astype(float).mean(axis=(0, 1))
+    assert np.abs(after - (255 - before)).max() < 8
+
+
 def test_a_still_shot_is_computed_once(tmp_path):
     source = make_video(tmp_path / "in.mp4", seconds=2.0, fps=10, still_after_s=1.0)
     model = FakeModel()
