@@ -70,8 +70,9 @@ class MediaInfo:
     """What probing found; ``width``/``height`` are the stored (coded) frame size.
 
     ``rotation`` is the clockwise turn (0/90/180/270) a player applies on display, as in
-    a phone video's legacy ``rotate`` tag. ``loop``: 0 forever, N as the file says (GIF
-    without a loop extension: 1, played once); None for videos. ``pixel_aspect``: a stored
+    a phone video's legacy ``rotate`` tag. ``loop``: 0 forever, N as the file says; None
+    for videos and for a GIF without a loop extension (played once, where a loop count of
+    1 plays twice). ``pixel_aspect``: a stored
     pixel's width over its height (an anamorphic video's sample aspect ratio: 4/3 for
     HDV's 1440x1080 shown at 16:9); 1 for square pixels.
     """
@@ -446,7 +447,7 @@ def _animation_info(image: Image.Image, config: MediaConfig) -> MediaInfo:
     if frames > config.max_animation_frames:
         raise _too_large("animation frame count", frames, config.max_animation_frames)
     has_alpha = image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info
-    loop = image.info.get("loop", 1)  # a GIF without a loop extension plays once
+    loop = image.info.get("loop")  # None: a GIF without a loop extension, played once
     if fmt == "webp":
         durations = _webp_durations_ms(image.fp)
     else:
@@ -464,7 +465,7 @@ def _animation_info(image: Image.Image, config: MediaConfig) -> MediaInfo:
         fps=frames / duration_s if duration_s else 0.0,
         video_codec=None,
         audio_codecs=(),
-        loop=int(loop),
+        loop=None if loop is None else int(loop),
         has_alpha=has_alpha,
     )
 

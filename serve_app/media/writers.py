@@ -186,15 +186,16 @@ class AnimationWriter:
         self._frames, self._durations = [], []
 
     def _format_options(self) -> dict[str, object]:
-        loop = self._info.loop if self._info.loop is not None else 0
+        loop = self._info.loop
         fmt = self._info.container
         if fmt == "gif":
             # Frames arrive composited, so each replaces the last (disposal 2), and a GIF
-            # that played once keeps no loop extension.
+            # without a loop extension (played once) keeps none.
             options: dict[str, object] = {"format": "GIF", "disposal": 2}
-            if loop != 1:
+            if loop is not None:
                 options["loop"] = loop
             return options
+        loop = 0 if loop is None else loop
         if fmt == "webp":
             quality = {"lossless": True} if self._quality is None else {"quality": self._quality}
             return {"format": "WEBP", "loop": loop, **quality}

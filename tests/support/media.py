@@ -198,11 +198,12 @@ def make_animation(
     frames: int = 6,
     size: tuple[int, int] = (64, 48),
     durations: Sequence[int] | None = None,
-    loop: int = 0,
+    loop: int | None = 0,
     alpha: bool = False,
     fallback: bool = False,
 ) -> Path:
-    """Write an animated GIF, WebP or APNG; with ``alpha`` the right third is transparent;
+    """Write an animated GIF, WebP or APNG (``loop`` None: a GIF without a loop extension,
+    played once); with ``alpha`` the right third is transparent;
     with ``fallback`` (APNG) a white default image that is not part of the animation comes
     first (what a viewer that does not animate shows)."""
     path = Path(path)
@@ -230,7 +231,7 @@ def make_animation(
         save_all=True,
         append_images=pictures[1:],
         duration=durations,
-        loop=loop,
+        **({} if loop is None else {"loop": loop}),
         **extra,
     )
     return path

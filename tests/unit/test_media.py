@@ -379,6 +379,20 @@ def test_output_container_rules(files: dict[str, Path]) -> None:
 # --- animations ------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("loop", [None, 1, 0])
+def test_a_gif_keeps_whether_and_how_often_it_loops(tmp_path: Path, loop) -> None:
+    """No loop extension plays once; a loop count of 1 plays twice: both are kept."""
+    source = samples.make_animation(tmp_path / "in.gif", "gif", frames=3, loop=loop)
+    info = probe.probe(source, CONFIG)
+    assert info.loop == loop
+    writer = writers.AnimationWriter(info, quality=None)
+    with MediaReader(source, info) as reader:
+        for frame in reader:
+            writer.add(frame.rgb, frame.alpha, frame.duration_ms)
+    with Image.open(io.BytesIO(writer.finish())) as result:
+        assert result.info.get("loop") == loop
+
+
 @pytest.mark.parametrize("fmt", ["gif", "webp", "apng"])
 def test_animation_round_trip(fmt: str, tmp_path: Path) -> None:
     durations = [70, 140, 210, 70]
