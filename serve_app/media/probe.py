@@ -298,7 +298,8 @@ def _probe_video(source: Source, config: MediaConfig) -> MediaInfo:
             raise UndecodableMedia("the video stream has no frame size")
         _check_frame_size(width, height, config)
         duration_s = _duration_s(container, stream)  # None: the header does not say
-        _check_duration(duration_s, config)
+        # The audio is copied whole: a minute of it beside a second of video is a minute.
+        _check_duration(_longest_s(container, duration_s), config)
         audio = tuple(a.codec_context.codec.canonical_name for a in container.streams.audio)
         rate = stream.average_rate or stream.guessed_rate
         pixel_aspect = _pixel_aspect(stream)
@@ -310,9 +311,10 @@ def _probe_video(source: Source, config: MediaConfig) -> MediaInfo:
     if not frames or duration_s is None:  # a live recording's header (a browser's WebM)
         counted, measured_s = _scan_packets(source, config)
         frames = frames or counted
-        if duration_s is None:
-            duration_s = measured_s
-            _check_duration(duration_s, config)
+        # A header's duration can say less than its frames' times do (a Matroska Duration
+        # written or edited apart from them); the limit holds for the longer.
+        duration_s = measured_s if duration_s is None else max(duration_s, measured_s)
+        _check_duration(duration_s, config)
     if frames > config.max_frames:
         raise _too_large("frame count", frames, config.max_frames)
     fps = float(rate) if rate else (frames / duration_s if duration_s else 0.0)
@@ -356,6 +358,16 @@ def _duration_s(container: av.container.InputContainer, stream) -> float | None:
     if container.duration is not None:
         return container.duration / av.time_base
     return None
+
+
+def _longest_s(container: av.container.InputContainer, video_s: float | None) -> float | None:
+    """The longest of the video's and the audio streams' durations, as far as said."""
+    said = [video_s] + [
+        float(audio.duration * audio.time_base)
+        for audio in container.streams.audio
+        if audio.duration is not None and audio.time_base is not None
+    ]
+    return max((seconds for seconds in said if seconds is not None), default=None)
 
 
 def _check_duration(duration_s: float | None, config: MediaConfig) -> None:

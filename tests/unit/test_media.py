@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import inspect
 import io
+import struct
+from fractions import Fraction
 from pathlib import Path
 
 import av
@@ -166,6 +168,45 @@ def test_probe_animations(files, name, fmt, media_type, durations, loop) -> None
 def test_limits_refused(files, limits, name, words) -> None:
     with pytest.raises(MediaTooLarge, match=words):
         probe.probe(files[name], MediaConfig(**limits))
+
+
+def test_a_matroska_duration_shorter_than_its_frames_is_no_way_past_the_limit(tmp_path):
+    """30 frames at 1 fps whose Duration element says 1 s: the frames' times count."""
+    path = samples.make_video(
+        tmp_path / "long.mkv", container="matroska", fps=1, seconds=30, audio_codec=None
+    )
+    data = bytearray(path.read_bytes())
+    at = data.find(b"\x44\x89")  # the Segment's Duration element, in ms
+    size = data[at + 2] & 0x7F
+    data[at + 3 : at + 3 + size] = struct.pack(">d" if size == 8 else ">f", 1000.0)
+    lying = tmp_path / "lying.mkv"
+    lying.write_bytes(bytes(data))
+    with pytest.raises(MediaTooLarge, match="duration"):
+        probe.probe(lying, MediaConfig(max_duration_s=10))
+
+
+def test_audio_longer_than_the_video_counts_against_the_duration_limit(tmp_path):
+    """The audio is copied whole into the output: a second of video beside 12 s of sound
+    is 12 s."""
+    path = tmp_path / "long-audio.mp4"
+    with av.open(str(path), "w") as out:
+        video = samples._add_video(out, "libx264", 10, (64, 48), lossless=False)
+        audio = out.add_stream("aac", rate=8000)
+        audio.layout = "mono"
+        picture = np.zeros((48, 64, 3), np.uint8)
+        for _ in range(10):
+            out.mux(video.encode(av.VideoFrame.from_ndarray(picture, format="rgb24")))
+        out.mux(video.encode(None))
+        for start in range(0, 8000 * 12, 1024):
+            sound = av.AudioFrame(format="fltp", layout="mono", samples=1024)
+            for plane in sound.planes:
+                plane.update(bytes(plane.buffer_size))
+            sound.sample_rate, sound.pts, sound.time_base = 8000, start, Fraction(1, 8000)
+            out.mux(audio.encode(sound))
+        out.mux(audio.encode(None))
+    assert probe.probe(path, CONFIG).duration_s == pytest.approx(1.0, abs=0.2)  # the video's
+    with pytest.raises(MediaTooLarge, match="duration"):
+        probe.probe(path, MediaConfig(max_duration_s=10))
 
 
 def test_unsupported_video_codec(tmp_path: Path) -> None:
