@@ -351,7 +351,11 @@ class MediaConfig(_Strict):
         gt=0,
         description="largest video or animation upload (`POST /v1/jobs`), bytes; 413 past it",
     )
-    max_duration_s: float = Field(default=600, gt=0, description="longest video accepted")
+    max_duration_s: float = Field(
+        default=600,
+        gt=0,
+        description="longest video accepted, s: its video or audio, whichever is longer",
+    )
     max_frames: int = Field(default=18_000, ge=1, description="most frames in one upload")
     max_frame_pixels: int = Field(
         default=3840 * 2160, gt=0, description="largest input frame, width × height"
