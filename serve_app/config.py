@@ -418,7 +418,10 @@ class LiveConfig(_Strict):
     """The live camera (`/v1/live`): streams of small frames where the latest one wins."""
 
     default_size: int = Field(
-        default=256, ge=MIN_SIDE, description="a live frame's output longer side unless asked, px"
+        default=256,
+        ge=MIN_SIDE,
+        description="a live frame's output longer side unless asked, px (never past the "
+        "largest live size: `limits.max_sync_size` or `max_size` below it lower it too)",
     )
     max_size: int = Field(
         default=512, ge=MIN_SIDE, description="the largest `size` a live stream may ask for, px"
@@ -565,10 +568,9 @@ class AppConfig(_Strict):
 
     @model_validator(mode="after")
     def _check_styles(self) -> AppConfig:
-        """Style names are unique, `default_style` is one of them, and the default sizes
-        are ones a request may ask for (`default_size` at most `limits.max_size` and
-        `limits.max_sync_size`, `live.default_size` at most the largest live size): a
-        default past them refused every request that names no size."""
+        """Style names are unique, `default_style` is one of them, and `default_size` is
+        one a request may ask for: at most `limits.max_size` and `limits.max_sync_size` (a
+        default past them refused every request that named no size)."""
         names = [style.name for style in self.styles]
         duplicates = sorted({name for name in names if names.count(name) > 1})
         if duplicates:
@@ -581,11 +583,6 @@ class AppConfig(_Strict):
         ):
             if self.default_size > bound:
                 raise ValueError(f"default_size {self.default_size} exceeds limits.{name} {bound}")
-        if self.live.default_size > self.largest_live_size:
-            raise ValueError(
-                f"live.default_size {self.live.default_size} exceeds the largest live size "
-                f"{self.largest_live_size} (live.max_size, limits.max_sync_size, limits.max_size)"
-            )
         return self
 
     @property
@@ -593,6 +590,13 @@ class AppConfig(_Strict):
         """The largest ``size`` a live stream may ask for: ``live.max_size``, within the
         photos' own bounds."""
         return min(self.live.max_size, self.limits.max_sync_size, self.limits.max_size)
+
+    @property
+    def live_default_size(self) -> int:
+        """A live stream's size unless asked: ``live.default_size``, within the largest
+        (a lower ``limits.max_sync_size`` lowers it too, instead of refusing every
+        stream that names no size)."""
+        return min(self.live.default_size, self.largest_live_size)
 
     @property
     def default_style_name(self) -> str:

@@ -219,7 +219,7 @@ def _constrain_live(operation: dict, config: AppConfig) -> None:
     for parameter in operation.get("parameters", []):
         if parameter["name"] == "size":
             parameter["schema"]["maximum"] = config.largest_live_size
-            parameter["schema"]["default"] = config.live.default_size
+            parameter["schema"]["default"] = config.live_default_size
 
 
 def _constrain_options(operation: dict, config: AppConfig, synchronous: bool) -> None:

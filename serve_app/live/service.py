@@ -142,7 +142,7 @@ class LiveService:
     def options(self, values: Mapping[str, Any]) -> StylizeOptions:
         """A stream's options from its query parameters (or a control message): the live
         ones only (422 ``invalid_parameters`` for any other), ``size`` by default
-        ``live.default_size`` and at most ``largest_live_size``."""
+        ``live_default_size`` and at most ``largest_live_size``."""
         unknown = sorted(set(values) - set(LIVE_OPTIONS))
         if unknown:
             raise InvalidParameters(
@@ -150,7 +150,7 @@ class LiveService:
             )
         given = {name: values.get(name) for name in LIVE_OPTIONS}
         if given["size"] in (None, ""):
-            given["size"] = self._live.default_size
+            given["size"] = self._config.live_default_size
         # Past the synchronous bound is past the live one too: its error, not "use jobs".
         options = resolve_options(self._config, given, synchronous=False, format="jpeg")
         largest = self._config.largest_live_size

@@ -269,6 +269,8 @@ def _upsample_axis(x: torch.Tensor, dim: int, origin: int, out: int, total: int)
     low = position.floor().long().clamp(max=size_in - 1)
     high = (low + 1).clamp(max=size_in - 1)
     frac = (position - low).to(x.dtype)
+    # Worked out on the CPU (float64: not every device has it), then moved beside ``x``.
+    low, high, frac = low.to(x.device), high.to(x.device), frac.to(x.device)
     shape = [1] * x.ndim
     shape[dim] = out
     frac = frac.view(shape)

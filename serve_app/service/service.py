@@ -271,7 +271,7 @@ class AnimeService:
             max_media_bytes=config.media.max_bytes,
             max_batch_images=config.max_batch_images,
             live=LiveLimits(
-                default_size=config.live.default_size,
+                default_size=config.live_default_size,
                 max_size=config.largest_live_size,
                 max_frame_bytes=config.live.max_frame_bytes,
             ),

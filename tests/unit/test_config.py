@@ -29,11 +29,6 @@ def test_defaults_and_default_style():
             {"styles": STYLES, "default_size": 1024, "limits": {"max_sync_size": 512}},
             "exceeds limits.max_sync_size 512",
         ),
-        (
-            {"styles": STYLES, "live": {"max_size": 512}, "limits": {"max_sync_size": 128}}
-            | {"default_size": 128},
-            "live.default_size 256 exceeds the largest live size 128",
-        ),
         ({"styles": STYLES, "typo_field": 1}, "Extra inputs"),
         ({"styles": [{"name": "bad name!", "weights": "random"}]}, "pattern"),
         ({"styles": STYLES, "cache": {"shards": 0}}, "greater than or equal"),
@@ -47,6 +42,12 @@ def test_bad_arguments_are_refused_with_a_message(args, message):
     with pytest.raises(ValidationError) as raised:
         AppConfig.model_validate(args)
     assert message in str(raised.value)
+
+
+def test_a_lower_synchronous_bound_lowers_the_live_default_too():
+    limits = {"max_sync_size": 128}
+    config = AppConfig.model_validate({"styles": STYLES, "limits": limits, "default_size": 96})
+    assert (config.live.default_size, config.live_default_size) == (256, 128)
 
 
 def test_batch_config_accepts_auto_and_bounds_integers():

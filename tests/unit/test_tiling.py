@@ -18,6 +18,7 @@ from serve_app.model.tiling import (
     ALIGN,
     TiledGenerator,
     TileSettings,
+    _upsample_axis,
     plan_axis,
     plan_tiles,
     shrink,
@@ -219,3 +220,10 @@ def test_tiled_matches_whole_on_real_weights(parity_state, photo, align_corners)
         pass
     assert out.shape == whole.shape
     assert psnr(out, whole) >= MIN_PSNR_DB
+
+
+def test_the_picture_upsample_works_on_the_activations_device():
+    """Its positions are worked out on the CPU; on a GPU the activations are not there (a
+    face style's tiled picture failed on every CUDA run). Torch's meta device stands in."""
+    x = torch.zeros(1, 3, 8, 8, device="meta")
+    assert _upsample_axis(x, 2, 0, 16, 32).shape == (1, 3, 16, 8)
