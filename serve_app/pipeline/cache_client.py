@@ -109,6 +109,7 @@ class CacheClient:
         self._generation = time.time()
         self._layout = json.dumps([config.shards, config.max_bytes, config.ttl_s])
         self._superseded = False
+        self._owes_release = True  # the shards past this config's count, until released
         self._errors = 0
         self._warn = _RateLimitedWarning()
 
@@ -137,7 +138,8 @@ class CacheClient:
             await self._release_extra_shards()
         elif owner is None:
             logger.warning(
-                "result cache: shard %s did not take the config; extra shards not released",
+                "result cache: shard %s did not take the config; extra shards released once "
+                "it answers",
                 self._names[0],
             )
 
@@ -207,6 +209,8 @@ class CacheClient:
         ]
         if stale:  # restarted in place, or created by an older client: configure again
             await asyncio.gather(*(self._reconfigure(i) for i in stale))
+        if self._owes_release and not self._superseded and isinstance(replies[0], dict):
+            await self._release_extra_shards()  # connect() could not, shard 0 away then
         return {
             "shared": _sum_stats(answered),
             "local": self._local.stats().to_dict(),
@@ -251,6 +255,7 @@ class CacheClient:
         except Exception as exc:
             logger.warning("result cache: cannot list shard actors (%s); none released", exc)
             return
+        self._owes_release = False
         for name in names:
             number = shard_number(self._base_name, name)
             if number is None or number < self.shards:

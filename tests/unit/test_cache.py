@@ -594,6 +594,28 @@ def test_connect_releases_the_shards_beyond_the_count() -> None:
     asyncio.run(scenario())
 
 
+def test_shards_beyond_the_count_are_released_once_shard_0_answers() -> None:
+    """Shard 0 away while connect() ran (it could not tell whether a newer config owns
+    the cache): the shards a config with more made are released at the first stats call
+    that reaches it, not held for good."""
+
+    async def scenario() -> None:
+        directory = FakeDirectory()
+        for name in shard_names("rc", 3):
+            directory.create(name, 1000, None)
+        directory.live["rc-0"].mode = "raise"
+        client, _ = make_client(1, timeout_s=0.05, directory=directory)
+        await client.connect()
+        assert directory.released == []
+        directory.live["rc-0"].mode = "ok"
+        await client.stats()
+        assert sorted(directory.released) == ["rc-1", "rc-2"]
+        await client.stats()  # once
+        assert len(directory.released) == 2
+
+    asyncio.run(scenario())
+
+
 def test_old_replicas_miss_on_released_shards_and_never_recreate_them() -> None:
     """A rolling update from 4 shards to 1: replicas of the old deploy run on for a while."""
 
