@@ -230,7 +230,8 @@ class NoFace(ServiceError):
 
 
 class InvalidVideoOptions(ServiceError):
-    """A video option out of range, or an output container that cannot hold the audio."""
+    """A video option out of range, an output container that cannot hold the audio, or an
+    option a video or animation cannot be made with (portrait mode)."""
 
     status, code = 422, "invalid_video_options"
 

@@ -19,6 +19,7 @@ wheel (``cv2.data.haarcascades``): nothing is downloaded at run time. Coarse to 
 
 from __future__ import annotations
 
+import functools
 import math
 import threading
 from collections.abc import Iterable
@@ -111,6 +112,15 @@ def _same_face(a: Face, b: Face) -> bool:
         return True
     smaller = min(a.area, b.area)
     return smaller > 0 and _intersection(a, b) / smaller > NMS_INSIDE
+
+
+@functools.cache
+def search_version() -> str:
+    """What the face search's results depend on beyond its settings: OpenCV's version (its
+    cascades and resizing); part of a portrait's cache key."""
+    import cv2
+
+    return cv2.__version__
 
 
 def detect_faces(rgb: np.ndarray, config: PortraitConfig | None = None) -> list[Face]:

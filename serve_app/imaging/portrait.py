@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 from PIL import Image
@@ -58,29 +58,44 @@ def square_side(size: int) -> int:
     return max(SIDE_MULTIPLE, size // SIDE_MULTIPLE * SIDE_MULTIPLE)
 
 
-def feather_mask(height: int, width: int, feather: float) -> np.ndarray:
-    """A (height, width) float32 weight: 1 inside the inscribed ellipse, falling to 0 at its
-    edge along a raised cosine over the outer ``feather`` of the radius.
+def feather_mask(
+    height: int, width: int, feather: float, centre: tuple[float, float] | None = None
+) -> np.ndarray:
+    """A (height, width) float32 weight: 1 inside the ellipse of the box's half sides around
+    ``centre`` (x, y in the box; default its middle), falling to 0 at its edge along a
+    raised cosine over the outer ``feather`` of the radius.
 
     An ellipse follows a face's outline better than the square crop does, and the cosine's
     zero slope at both ends leaves no visible seam where the pasted face meets the rest.
+    Around the face's own centre, not the box's: a box at the picture's edge is moved
+    inwards, off the face, and an ellipse around its middle left the face's outer part
+    mostly photo.
     """
     if not 0 < feather <= 1:
         raise ValueError(f"feather must be in (0, 1], got {feather}")
-    ys = (np.arange(height, dtype=np.float32) + 0.5) / height * 2 - 1
-    xs = (np.arange(width, dtype=np.float32) + 0.5) / width * 2 - 1
+    cx, cy = centre if centre is not None else (width / 2, height / 2)
+    ys = (np.arange(height, dtype=np.float32) + 0.5 - cy) / (height / 2)
+    xs = (np.arange(width, dtype=np.float32) + 0.5 - cx) / (width / 2)
     radius = np.sqrt(xs[None, :] ** 2 + ys[:, None] ** 2)  # 1 on the ellipse
     ramp = np.clip((1 - radius) / feather, 0, 1)  # 0 at the edge .. 1 inside
     return (0.5 - 0.5 * np.cos(np.pi * ramp)).astype(np.float32)
 
 
-def paste(base: np.ndarray, patch: np.ndarray, box: Box, feather: float) -> np.ndarray:
-    """``base`` with ``patch`` resized into ``box`` and blended through a feathered mask."""
+def paste(
+    base: np.ndarray,
+    patch: np.ndarray,
+    box: Box,
+    feather: float,
+    centre: tuple[float, float] | None = None,
+) -> np.ndarray:
+    """``base`` with ``patch`` resized into ``box`` and blended through a feathered mask
+    around ``centre`` (x, y in ``base``: the face's; default the box's middle)."""
     x0, y0, x1, y1 = box
     height, width = y1 - y0, x1 - x0
     if patch.shape[:2] != (height, width):
         patch = crop_resized(patch, (0, 0, patch.shape[1], patch.shape[0]), width, height)
-    weight = feather_mask(height, width, feather)[..., None]
+    local = None if centre is None else (centre[0] - x0, centre[1] - y0)
+    weight = feather_mask(height, width, feather, local)[..., None]
     region = base[y0:y1, x0:x1].astype(np.float32)
     blended = region + (patch.astype(np.float32) - region) * weight
     out = np.array(base, copy=True)
@@ -89,13 +104,21 @@ def paste(base: np.ndarray, patch: np.ndarray, box: Box, feather: float) -> np.n
 
 
 def compose(
-    base: np.ndarray, patches: Sequence[tuple[Box, np.ndarray]], feather: float
+    base: np.ndarray,
+    patches: Sequence[tuple[Box, np.ndarray, tuple[float, float] | None]],
+    feather: float,
 ) -> np.ndarray:
-    """``base`` with every (box, patch) pasted in order (a later one over an earlier one)."""
+    """``base`` with every (box, patch, face centre) pasted, the smallest box first: where
+    two overlap, the larger face (the subject, stylized at its own scale) stays whole on
+    top, rather than under a band of its smaller neighbour's patch."""
     out = base
-    for box, patch in patches:
-        out = paste(out, patch, box, feather)
+    for box, patch, centre in sorted(patches, key=lambda item: _area(item[0])):
+        out = paste(out, patch, box, feather, centre)
     return out
+
+
+def _area(box: Box) -> int:
+    return (box[2] - box[0]) * (box[3] - box[1])
 
 
 # --- one picture, start to end (the service and the CLI share these) ---------------------
@@ -108,12 +131,13 @@ class Prepared:
     ``photo``: for ``paste`` (and with no face) the picture at the output size; for
     ``crop`` the face's square at the model's face size. ``crops``: the model's inputs,
     one square per face (empty: no face). ``boxes``: ``paste``: where each face goes in
-    ``photo``.
+    ``photo``; ``centres``: each face's centre there (x, y).
     """
 
     photo: DecodedImage
     crops: list[np.ndarray]
     boxes: list[Box]
+    centres: list[tuple[float, float]] = field(default_factory=list)
 
 
 def prepare(
@@ -139,7 +163,10 @@ def prepare(
     scale_x, scale_y = photo.width / full.width, photo.height / full.height
     boxes = [scale_box(box, scale_x, scale_y, photo.width, photo.height) for box in squares]
     crops = [crop_resized(full.rgb, box, side, side) for box in squares]
-    return Prepared(photo, crops, boxes)
+    centres = [
+        (face.center[0] * scale_x, face.center[1] * scale_y) for face in faces[: config.max_faces]
+    ]
+    return Prepared(photo, crops, boxes, centres)
 
 
 def finish(
@@ -162,7 +189,8 @@ def finish(
     photo = prepared.photo
     if prepared.crops and mode == "paste":
         base = photo.rgb if scene is None else scene
-        picture = compose(base, list(zip(prepared.boxes, styled, strict=True)), feather)
+        placed = zip(prepared.boxes, styled, prepared.centres, strict=True)
+        picture = compose(base, list(placed), feather)
     else:
         picture = styled[0]
     rgb = apply_controls(photo.rgb, picture, strength, preserve_color)

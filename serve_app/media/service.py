@@ -115,6 +115,11 @@ class MediaService:
 
     def check(self, info: probe.MediaInfo, options: StylizeOptions) -> None:
         """Refuse, before anything runs, options this upload cannot be made with."""
+        if options.portrait != "off":  # no frame of a video or animation is searched
+            raise InvalidVideoOptions(
+                f"portrait mode takes still pictures; this upload is a {info.kind}: send it "
+                "with portrait=off, or one frame as a picture"
+            )
         width, height = pixels.target_dimensions(*info.display_size, options.size)
         largest = self._config.tiling.max_whole_pixels
         if width * height > largest:  # frames go to the model whole, never tiled

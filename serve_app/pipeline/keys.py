@@ -10,10 +10,11 @@ import PIL
 from serve_app.model.identity import ModelIdentity
 from serve_app.options import StylizeOptions
 
-# Bump whenever decoding, resizing or encoding can change the bytes of a result: old cache
-# entries then miss instead of being served for a request they no longer match. Pillow's
-# version is part of the key too (its codecs write the bytes).
-PIPELINE_VERSION = 2
+# Bump whenever decoding, resizing, compositing or encoding can change the bytes of a
+# result: old cache entries then miss instead of being served for a request they no longer
+# match. Pillow's version is part of the key too (its codecs write the bytes). 3: portrait
+# faces pasted around their own centres, the largest on top; a GIF's loop count of 1 kept.
+PIPELINE_VERSION = 3
 
 
 _KEY_DIGEST_SIZE = 20
@@ -32,7 +33,8 @@ def result_key(
 
     ``background``: what stylizes the picture around the faces (``portrait=paste`` with a
     background style), else None. ``portrait_config``: the deployment's portrait settings (the
-    face search, margin, crop size, feathering) when the options ask for portrait mode: a
+    face search, margin, crop size, feathering) and OpenCV's version (its cascades find the
+    faces) when the options ask for portrait mode: a
     redeploy that changes them makes other pictures, which the cache, outliving deploys,
     must not answer with the old ones.
 

@@ -48,7 +48,7 @@ from serve_app.errors import (
 )
 from serve_app.imaging import decode
 from serve_app.imaging import portrait as geometry
-from serve_app.imaging.faces import detect_faces
+from serve_app.imaging.faces import detect_faces, search_version
 from serve_app.imaging.pixels import MEDIA_TYPES, DecodedImage, apply_controls, encode_image
 from serve_app.model.identity import ModelIdentity, StylizedArray
 from serve_app.model.weights import is_random_digest
@@ -262,7 +262,9 @@ class StylizePipeline:
     ) -> str:
         """``result_key``, with a still picture's options as a still reads them."""
         moving = self._animate is not None and (self._may_move is None or self._may_move(data))
-        portrait = None if options.portrait == "off" else self._portrait_settings
+        portrait = None
+        if options.portrait != "off":  # OpenCV is imported by the first portrait only
+            portrait = {**self._portrait_settings, "opencv": search_version()}
         return result_key(
             digest, options if moving else options.for_still(), identity, background, portrait
         )

@@ -17,6 +17,7 @@ from serve_app.imaging.faces import Face
 from serve_app.imaging.pixels import DecodedImage
 from serve_app.model.identity import ModelIdentity, StylizedArray
 from serve_app.options import resolve_options
+from serve_app.pipeline import stylize as stylize_module
 from serve_app.pipeline.keys import result_key
 from serve_app.pipeline.stylize import StylizePipeline
 from tests.support.faces import ASTRONAUT, built_scene
@@ -329,3 +330,45 @@ def test_cli_portrait_crop_paste_and_no_face(tmp_path, capsys):
          "--size", "64", *args]
     )  # fmt: skip
     assert rc == 0 and Image.open(whole).size == (64, 32)
+
+
+def test_a_portrait_key_follows_opencv_s_version(monkeypatch):
+    """Its cascades find the faces: an upgrade may find others, and the cache, outliving
+    deploys, must not answer with the old pictures. A plain picture's key never asks
+    (OpenCV is imported by the first portrait only)."""
+    pipeline = StylizePipeline(CONFIG, DictCache(), GatedModel(), WEIGHTS)
+    crop, plain = resolve_options(CONFIG, portrait="crop"), resolve_options(CONFIG)
+
+    def keys(version: str) -> tuple[str, str]:
+        monkeypatch.setattr(stylize_module, "search_version", lambda: version)
+        return tuple(asyncio.run(pipeline.key_of(b"img", options)) for options in (crop, plain))
+
+    (crop_old, plain_old), (crop_new, plain_new) = keys("4.8.0"), keys("4.11.0")
+    assert crop_old != crop_new and plain_old == plain_new
+
+
+def test_where_faces_overlap_the_larger_one_stays_on_top():
+    """Faces come largest first; the smaller neighbour's patch, stylized at another scale,
+    was pasted over the main face's cheek."""
+    base = np.zeros((100, 100, 3), np.uint8)
+    big = ((0, 0, 100, 100), np.full((100, 100, 3), 200, np.uint8), None)
+    small = ((60, 30, 100, 70), np.full((40, 40, 3), 50, np.uint8), None)
+    out = portrait.compose(base, [big, small], feather=0.35)
+    assert out[50, 80].tolist() == [200, 200, 200]  # inside both, in the big face's core
+
+
+@pytest.mark.parametrize(
+    "face",
+    [Face(0, 0, 200, 200), Face(0, 300, 200, 500), Face(1000, 600, 1200, 800)],
+    ids=["corner", "left edge", "far corner"],
+)
+def test_a_face_at_the_picture_s_edge_is_pasted_whole(face):
+    """Its square is moved inwards to stay in the picture; the ellipse around the square's
+    middle left half the face photo. Around the face's own centre, all of it is stylized."""
+    config = PortraitConfig()
+    full = DecodedImage(np.zeros((800, 1200, 3), np.uint8), None, "jpeg")
+    prepared = portrait.prepare(full, [face], "paste", 600, config)
+    styled = [np.full((config.face_size, config.face_size, 3), 200, np.uint8)]
+    rgb, _ = portrait.finish(prepared, styled, None, "paste", 600, 1.0, False, config.feather)
+    x0, y0, x1, y1 = (round(v / 2) for v in (face.x0, face.y0, face.x1, face.y1))
+    assert (rgb[y0:y1, x0:x1] > 100).all()  # more stylized than photo everywhere on it

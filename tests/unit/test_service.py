@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from serve_app.config import AppConfig
-from serve_app.errors import NotReady
+from serve_app.errors import InvalidVideoOptions, NotReady
 from serve_app.model.identity import ModelIdentity
 from serve_app.service.service import AnimeService
 from tests.support.fakes import FAKE_RUNTIME, RANDOM_WEIGHTS, InvertingModel, LocalCache
@@ -141,6 +141,29 @@ def test_what_a_replica_of_the_deploy_before_makes_is_its_callers_only(tmp_path)
     before, after = run(tmp_path, scenario)
     assert before == [["miss", "miss", "miss"]] * 2
     assert after == [["miss", "miss", "miss"], ["hit", "hit", "hit"]]
+
+
+def test_portrait_mode_is_refused_for_videos_and_animations(tmp_path):
+    """No frame of them is searched for faces: they came back whole, as without it."""
+    gif = make_animation(tmp_path / "a.gif", "gif", frames=3).read_bytes()
+    video = make_video(tmp_path / "clip.mp4", seconds=0.5, fps=10).read_bytes()
+
+    async def scenario(service, model):
+        refused = []
+        for data, synchronous in ((gif, True), (gif, False), (video, False)):
+            options = service.options({"portrait": "crop"}, synchronous)
+            try:
+                if synchronous:
+                    await service.stylize(data, options)
+                else:
+                    await service.submit_job(data, options)
+            except InvalidVideoOptions as error:
+                refused.append(error.message)
+        return refused, model.frame_calls
+
+    refused, frame_calls = run(tmp_path, scenario)
+    assert len(refused) == 3 and all("portrait mode takes still pictures" in m for m in refused)
+    assert frame_calls == 0
 
 
 def test_a_still_job_and_a_video_job_run_to_their_results(tmp_path):
