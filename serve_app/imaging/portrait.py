@@ -194,6 +194,11 @@ def finish(
     else:
         picture = styled[0]
     rgb = apply_controls(photo.rgb, picture, strength, preserve_color)
+    if prepared.crops and mode == "paste" and scene is None:
+        # The photo around the faces, exactly: keeping its colours recolours it by a few
+        # levels (the 8-bit colour-space round trip).
+        pasted = np.any(picture != photo.rgb, axis=2, keepdims=True)
+        rgb = np.where(pasted, rgb, photo.rgb)
     alpha = photo.alpha
     if prepared.crops and mode == "crop":
         # Stylized at the face size; answered at the requested size, square.

@@ -372,3 +372,20 @@ def test_a_face_at_the_picture_s_edge_is_pasted_whole(face):
     rgb, _ = portrait.finish(prepared, styled, None, "paste", 600, 1.0, False, config.feather)
     x0, y0, x1, y1 = (round(v / 2) for v in (face.x0, face.y0, face.x1, face.y1))
     assert (rgb[y0:y1, x0:x1] > 100).all()  # more stylized than photo everywhere on it
+
+
+def test_around_pasted_faces_the_photo_is_unchanged_whatever_the_controls():
+    """``preserve_color`` recoloured the whole picture by up to 15 levels (an 8-bit colour
+    round trip), the photo around the faces too."""
+    config = PortraitConfig()
+    rng = np.random.default_rng(5)
+    photo = rng.integers(0, 256, (400, 600, 3), dtype=np.uint8)
+    full = DecodedImage(photo, None, "jpeg")
+    prepared = portrait.prepare(full, [Face(250, 150, 350, 250)], "paste", 600, config)
+    styled = [np.full((config.face_size, config.face_size, 3), 90, np.uint8)]
+    rgb, _ = portrait.finish(prepared, styled, None, "paste", 600, 0.8, True, config.feather)
+    x0, y0, x1, y1 = prepared.boxes[0]
+    outside = np.ones(photo.shape[:2], bool)
+    outside[y0:y1, x0:x1] = False
+    assert (rgb[outside] == photo[outside]).all()
+    assert (rgb[200, 300] != photo[200, 300]).any()  # the face itself is stylized
