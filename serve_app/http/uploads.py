@@ -91,7 +91,7 @@ class _FileFieldParser(MultiPartParser):
             self._file_bytes += end - start
             if self._file_bytes > self._max_file_bytes:
                 raise PayloadTooLarge(
-                    f"a picture of the form exceeds the limit of {self._max_file_bytes} bytes"
+                    f"a file of the form exceeds the limit of {self._max_file_bytes} bytes"
                 )
         super().on_part_data(data, start, end)
 

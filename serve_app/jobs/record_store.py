@@ -106,7 +106,8 @@ class RecordStore(Protocol):
         """Delete an expired record, release its space, remember its expiry."""
 
     async def find_done(self, content_key: str) -> JobRecord | None:
-        """A finished job of any owner with this content key (its output can be copied)."""
+        """A finished job of any owner with this content key whose output may be copied
+        (``shareable``), the newest where several are."""
 
     async def usage(self) -> int:
         """Bytes reserved by all records."""
@@ -489,6 +490,7 @@ class SqliteRecords:
                 self._db()
                 .execute(
                     "SELECT body FROM jobs WHERE content_key = ? AND state = 'done' "
+                    "AND coalesce(json_extract(body, '$.shareable'), 1) "
                     "ORDER BY created_at DESC LIMIT 1",
                     (content_key,),
                 )

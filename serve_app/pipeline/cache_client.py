@@ -15,6 +15,7 @@ Nothing here touches Ray at import time; Serve imports this module in every repl
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import time
@@ -210,7 +211,9 @@ class CacheClient:
         if stale:  # restarted in place, or created by an older client: configure again
             await asyncio.gather(*(self._reconfigure(i) for i in stale))
         if self._owes_release and not self._superseded and isinstance(replies[0], dict):
-            await self._release_extra_shards()  # connect() could not, shard 0 away then
+            # connect() could not (shard 0 was away then); bounded, as stats() must be.
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._release_extra_shards(), _CONNECT_TIMEOUT_S)
         return {
             "shared": _sum_stats(answered),
             "local": self._local.stats().to_dict(),
@@ -252,8 +255,8 @@ class CacheClient:
         shards made them; nothing of this config reaches them, so they only hold memory)."""
         try:
             names = await asyncio.to_thread(self._directory.names)
-        except Exception as exc:
-            logger.warning("result cache: cannot list shard actors (%s); none released", exc)
+        except Exception as exc:  # stats() tries again: say so once in a while
+            self._warn("result cache: cannot list shard actors (%s); none released", exc)
             return
         self._owes_release = False
         for name in names:

@@ -13,7 +13,8 @@ from serve_app.options import StylizeOptions
 # Bump whenever decoding, resizing, compositing or encoding can change the bytes of a
 # result: old cache entries then miss instead of being served for a request they no longer
 # match. Pillow's version is part of the key too (its codecs write the bytes). 3: portrait
-# faces pasted around their own centres, the largest on top; a GIF's loop count of 1 kept.
+# faces pasted around their own centres, the largest on top; a GIF's loop count of 1 kept;
+# videos in square pixels and tagged BT.709 (what a job's content key names).
 PIPELINE_VERSION = 3
 
 

@@ -327,3 +327,24 @@ def test_a_redis_page_passes_over_a_job_gone_between_its_two_reads(redis_only, t
 
     made, first, rest = asyncio.run(scenario())
     assert first == [made[4], made[2], made[1]] and rest == [made[0]]
+
+
+def test_a_finished_output_an_earlier_deploy_made_is_passed_over(config, tmp_path):
+    """A newer done job whose output is not shareable (a replica of the deploy before made
+    it) leaves the older shareable one to copy, on either store."""
+
+    async def scenario():
+        store, _ = open_record_store(config, tmp_path / "jobs")
+        try:
+            jobs = [_owned_job(owner, content_key="same") for owner in ("alice", "bob")]
+            jobs[1].created_at = jobs[0].created_at + 1
+            for job, shareable in zip(jobs, (True, False), strict=True):
+                await store.create(job, True, ROOMY)
+                await store.finish(job.id, RUNNER, {"state": "done", "shareable": shareable})
+            found = await store.find_done("same")
+            return found.id, jobs[0].id
+        finally:
+            await store.close()
+
+    found, shareable = asyncio.run(scenario())
+    assert found == shareable
