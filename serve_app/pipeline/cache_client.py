@@ -15,13 +15,13 @@ Nothing here touches Ray at import time; Serve imports this module in every repl
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from serve_app.concurrency import run_detached
 from serve_app.config import CacheConfig
 from serve_app.pipeline.cache_actor import (
     RayShardDirectory,
@@ -111,6 +111,7 @@ class CacheClient:
         self._layout = json.dumps([config.shards, config.max_bytes, config.ttl_s])
         self._superseded = False
         self._owes_release = True  # the shards past this config's count, until released
+        self._releasing: asyncio.Task | None = None
         self._errors = 0
         self._warn = _RateLimitedWarning()
 
@@ -211,9 +212,7 @@ class CacheClient:
         if stale:  # restarted in place, or created by an older client: configure again
             await asyncio.gather(*(self._reconfigure(i) for i in stale))
         if self._owes_release and not self._superseded and isinstance(replies[0], dict):
-            # connect() could not (shard 0 was away then); bounded, as stats() must be.
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._release_extra_shards(), _CONNECT_TIMEOUT_S)
+            self._release_beside()
         return {
             "shared": _sum_stats(answered),
             "local": self._local.stats().to_dict(),
@@ -221,6 +220,12 @@ class CacheClient:
             "shards": self.shards,
             "shards_answered": len(answered),
         }
+
+    def _release_beside(self) -> None:
+        """The release connect() could not make (shard 0 was away then), in a task of its
+        own: listing and killing actors is no part of answering a stats() call."""
+        if self._releasing is None or self._releasing.done():
+            self._releasing = run_detached(self._release_extra_shards())
 
     def _stale(self, reply: dict[str, Any]) -> bool:
         """Whether a shard's stats show a config this client should replace."""

@@ -34,6 +34,7 @@ from serve_app.pipeline.lru import (
     _sizeof,
     image_digest,
 )
+from tests.support.job_service import until
 
 
 def img(n: int, tag: str = "x") -> CachedImage:
@@ -608,7 +609,12 @@ def test_shards_beyond_the_count_are_released_once_shard_0_answers() -> None:
         await client.connect()
         assert directory.released == []
         directory.live["rc-0"].mode = "ok"
-        await client.stats()
+        await client.stats()  # starts the release beside it
+
+        async def released() -> bool:
+            return len(directory.released) == 2
+
+        await until(released)
         assert sorted(directory.released) == ["rc-1", "rc-2"]
         await client.stats()  # once
         assert len(directory.released) == 2
