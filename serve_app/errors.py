@@ -70,6 +70,13 @@ class BadMultipart(ServiceError):
     status, code = 400, "bad_multipart"
 
 
+class CorsRefused(ServiceError):
+    """A browser's CORS preflight for an origin outside ``cors_origins``, or for a method
+    or request header that no route takes."""
+
+    status, code = 400, "cors_refused"
+
+
 class UndecodableMedia(ServiceError):
     """A video or animation the decoder cannot read, or one that breaks off mid-way."""
 

@@ -13,7 +13,7 @@ from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
 
 from serve_app.http import jobs, live, meta, stylize
-from serve_app.http.errors import install_error_handlers
+from serve_app.http.errors import AnswerUnexpectedErrors, install_error_handlers
 from serve_app.http.head import head_router
 from serve_app.http.openapi import openapi_document
 from serve_app.http.request_log import RequestContextMiddleware
@@ -39,6 +39,8 @@ def create_app(service: AnimeService) -> FastAPI:
     app.state.service = service
     app.state.api_keys = load_api_keys(config.api_key_env)
     install_error_handlers(app)
+    # Innermost first: a bug's 500 then passes the request's log line, metrics and CORS.
+    app.add_middleware(AnswerUnexpectedErrors)
     app.add_middleware(RequestContextMiddleware)
     app.mount("/static", StaticFiles(directory=WEB_DIR, check_dir=False), name="static")
     for router in ROUTERS:

@@ -11,6 +11,7 @@ from fastapi.routing import iter_route_contexts
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 from starlette.routing import Match
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from serve_app.errors import (
     ClientClosedRequest,
@@ -80,7 +81,41 @@ def install_error_handlers(app: FastAPI) -> None:
         # Nobody reads it: the status is for the request's log line and metrics.
         return error_response(ClientClosedRequest("the client hung up before its answer"))
 
+    # The last resort, for a failure in a middleware outside AnswerUnexpectedErrors:
+    # Starlette answers it from its outermost layer, without CORS headers.
     @app.exception_handler(Exception)
     async def _unexpected(_: Request, error: Exception):
-        logger.exception("unexpected error")
-        return error_response(ServiceError())
+        return unexpected_error_response()
+
+
+def unexpected_error_response() -> JSONResponse:
+    logger.exception("unexpected error")
+    return error_response(ServiceError())
+
+
+class AnswerUnexpectedErrors:
+    """Answers an exception that no handler took with the JSON 500, from inside the app's
+    middleware: Starlette's own catch-all answers from outside all of them, so a browser
+    could not read that 500 (no CORS headers) and the request's log line had no answer.
+    An answer already under way cannot be replaced: its failure goes on up."""
+
+    def __init__(self, app: ASGIApp):
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        answering = False
+
+        async def send_noting_start(message: Message) -> None:
+            nonlocal answering
+            answering = answering or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_noting_start)
+        except Exception:
+            if answering:
+                raise
+            await unexpected_error_response()(scope, receive, send)

@@ -13,8 +13,11 @@ from fastapi import FastAPI, Request
 from fastapi.dependencies.models import Dependant
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.routing import APIRoute, RouteContext, iter_route_contexts
+from starlette.datastructures import Headers
+from starlette.responses import Response
 
-from serve_app.errors import Unauthorized
+from serve_app.errors import CorsRefused, Unauthorized
+from serve_app.http.errors import error_response
 
 logger = logging.getLogger(__name__)
 
@@ -106,12 +109,27 @@ def enable_cors(app: FastAPI, origins: list[str]) -> None:
         return
     routes = api_routes(app)
     app.add_middleware(
-        CORSMiddleware,
+        JsonCORSMiddleware,
         allow_origins=origins,
         allow_methods=sorted({"OPTIONS", *(m for route in routes for m in route.methods)}),
         allow_headers=_unique([*ALLOWED_HEADERS, *_declared_request_headers(routes)]),
         expose_headers=_unique([*EXPOSED_HEADERS, *_declared_response_headers(routes)]),
     )
+
+
+class JsonCORSMiddleware(CORSMiddleware):
+    """Starlette's CORS, its refusal of a preflight in the API's JSON error shape (Starlette
+    answers it in plain text)."""
+
+    def preflight_response(self, request_headers: Headers) -> Response:
+        answer = super().preflight_response(request_headers)
+        if answer.status_code < 400:
+            return answer
+        refusal = error_response(CorsRefused(bytes(answer.body).decode()))
+        for name, value in answer.headers.items():
+            if name not in ("content-type", "content-length"):
+                refusal.headers[name] = value
+        return refusal
 
 
 def api_routes(app: FastAPI) -> list[RouteContext]:

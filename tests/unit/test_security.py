@@ -2,6 +2,7 @@
 off unless configured, and then covers every method and header of the routes; the origins
 that may open a WebSocket."""
 
+import warnings
 from typing import Annotated
 
 from fastapi import APIRouter, FastAPI, Header
@@ -12,6 +13,10 @@ from serve_app.http import jobs, meta, stylize
 from serve_app.http.openapi import _declare_api_key
 from serve_app.http.params import API_CHECKS
 from serve_app.http.security import enable_cors, key_is_valid, load_api_keys, origin_allowed
+
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore")  # starlette's deprecation note about httpx
+    from fastapi.testclient import TestClient
 
 ORIGIN = "https://a.test"
 
@@ -25,7 +30,7 @@ def api_app(*extra: APIRouter) -> FastAPI:
 
 
 def cors_options(app: FastAPI) -> dict:
-    [cors] = [m for m in app.user_middleware if m.cls is CORSMiddleware]
+    [cors] = [m for m in app.user_middleware if issubclass(m.cls, CORSMiddleware)]
     return cors.kwargs
 
 
@@ -71,9 +76,9 @@ def test_a_websocket_from_another_site_s_page_is_refused():
 def test_cors_is_added_only_with_origins():
     app = FastAPI()
     enable_cors(app, [])
-    assert not any(m.cls is CORSMiddleware for m in app.user_middleware)
+    assert not any(issubclass(m.cls, CORSMiddleware) for m in app.user_middleware)
     enable_cors(app, ["https://a.test"])
-    assert any(m.cls is CORSMiddleware for m in app.user_middleware)
+    assert any(issubclass(m.cls, CORSMiddleware) for m in app.user_middleware)
 
 
 def test_cors_allows_every_method_and_header_a_browser_client_sends():
@@ -94,6 +99,26 @@ def test_cors_exposes_every_header_a_browser_client_reads():
     jobs_and_ranges = {"location", "retry-after", "content-range", "accept-ranges"}
     assert picture | jobs_and_ranges | {"content-length", "preference-applied"} <= exposed
     assert len(exposed) == len(cors_options(app)["expose_headers"])  # no repeats
+
+
+def test_a_refused_preflight_is_the_api_s_json_error():
+    app = api_app()
+    enable_cors(app, [ORIGIN])
+    client = TestClient(app)
+    asked = {"Access-Control-Request-Method": "POST"}
+    allowed = client.options("/v1/stylize", headers={"Origin": ORIGIN, **asked})
+    assert allowed.status_code == 200
+    for refused_origin, request_headers, refused in (
+        ("https://evil.test", {}, "origin"),
+        (ORIGIN, {"Access-Control-Request-Headers": "X-Not-Taken"}, "headers"),
+    ):
+        headers = {"Origin": refused_origin, **asked, **request_headers}
+        answer = client.options("/v1/stylize", headers=headers)
+        assert answer.status_code == 400
+        assert answer.headers["content-type"] == "application/json"
+        error = answer.json()["error"]
+        assert error["code"] == "cors_refused" and error["message"].endswith(refused)
+        assert "POST" in answer.headers["access-control-allow-methods"]
 
 
 def test_cors_follows_the_routes_a_later_change_adds():
