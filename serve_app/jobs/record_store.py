@@ -69,8 +69,9 @@ class RecordStore(Protocol):
 
     async def get(self, job_id: str) -> JobRecord | None: ...
 
-    async def expired_at(self, job_id: str) -> float | None:
-        """When a removed job expired (kept for a while, so its id answers clearly)."""
+    async def expired_at(self, job_id: str, owner: str) -> float | None:
+        """When a removed job of ``owner`` expired (kept for a while, so its id answers
+        clearly to its owner; to anyone else it is as unknown as any other key's job)."""
 
     async def list(
         self, owner: str, state: str | None, before: tuple[float, str] | None, limit: int
@@ -160,7 +161,7 @@ CREATE INDEX IF NOT EXISTS jobs_by_expiry ON jobs (expires_at);
 CREATE INDEX IF NOT EXISTS jobs_by_seq ON jobs (seq);
 CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
 INSERT OR IGNORE INTO counters VALUES ('usage', 0), ('seq', 0);
-CREATE TABLE IF NOT EXISTS expired (id TEXT PRIMARY KEY, at REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS expired (id TEXT PRIMARY KEY, at REAL NOT NULL, owner TEXT);
 CREATE INDEX IF NOT EXISTS expired_by_time ON expired (at);
 CREATE TABLE IF NOT EXISTS places (
     grp TEXT NOT NULL, holder TEXT NOT NULL, until REAL NOT NULL, PRIMARY KEY (grp, holder)
@@ -183,6 +184,18 @@ _COLUMNS = (
 BUSY_TIMEOUT_S = 30.0
 # How long a removed job's id is remembered (answers "expired" rather than "unknown").
 EXPIRED_MEMORY_S = 7 * 24 * 3600
+
+
+def _add_expired_owner(db: sqlite3.Connection) -> None:
+    """Give a store made before expired ids kept their owner the column (once, whichever
+    replica opens it first)."""
+    if "owner" in {row[1] for row in db.execute("PRAGMA table_info(expired)")}:
+        return
+    try:
+        db.execute("ALTER TABLE expired ADD COLUMN owner TEXT")
+    except sqlite3.OperationalError as error:  # another replica added it meanwhile
+        if "duplicate column" not in str(error):
+            raise
 
 
 def _row(record: JobRecord, seq: int) -> tuple:
@@ -216,6 +229,7 @@ class SqliteRecords:
         self._local = threading.local()
         self._executor = ThreadPoolExecutor(threads, thread_name_prefix="job-records")
         self._db().executescript(_SCHEMA)
+        _add_expired_owner(self._db())
 
     # --- plumbing ------------------------------------------------------------------------
 
@@ -338,9 +352,17 @@ class SqliteRecords:
     async def get(self, job_id: str) -> JobRecord | None:
         return await self._run(lambda: self._read(self._db(), job_id))
 
-    async def expired_at(self, job_id: str) -> float | None:
+    async def expired_at(self, job_id: str, owner: str) -> float | None:
         def read() -> float | None:
-            row = self._db().execute("SELECT at FROM expired WHERE id = ?", (job_id,)).fetchone()
+            # An id remembered before owners were (no owner) answers anyone, as it did.
+            row = (
+                self._db()
+                .execute(
+                    "SELECT at FROM expired WHERE id = ? AND coalesce(owner, ?) = ?",
+                    (job_id, owner, owner),
+                )
+                .fetchone()
+            )
             return None if row is None else row[0]
 
         return await self._run(read)
@@ -472,13 +494,18 @@ class SqliteRecords:
         def remove() -> bool:
             with self._transaction() as db:
                 row = db.execute(
-                    "DELETE FROM jobs WHERE id = ? AND expires_at < ? RETURNING reserved_bytes",
+                    "DELETE FROM jobs WHERE id = ? AND expires_at < ? "
+                    "RETURNING reserved_bytes, owner",
                     (job_id, now),
                 ).fetchone()
                 if row is None:
                     return False
-                self._add_usage(db, -row[0])
-                db.execute("INSERT OR REPLACE INTO expired VALUES (?, ?)", (job_id, now))
+                reserved, owner = row
+                self._add_usage(db, -reserved)
+                db.execute(
+                    "INSERT OR REPLACE INTO expired (id, at, owner) VALUES (?, ?, ?)",
+                    (job_id, now, owner),
+                )
                 db.execute("DELETE FROM expired WHERE at < ?", (now - EXPIRED_MEMORY_S,))
                 return True
 

@@ -335,9 +335,13 @@ class RedisRecords:
 
         return await self._call(read)
 
-    async def expired_at(self, job_id: str) -> float | None:
+    async def expired_at(self, job_id: str, owner: str) -> float | None:
         data = await self._call(self._redis.get, _key("expired", job_id))
-        return None if data is None else float(data)
+        if data is None:
+            return None
+        # "<at> <owner>"; an id remembered before owners were ("<at>") answers anyone.
+        at, remembers_owner, expired_owner = data.decode().partition(" ")
+        return float(at) if not remembers_owner or expired_owner == owner else None
 
     async def list(
         self, owner: str, state: str | None, before: tuple[float, str] | None, limit: int
@@ -496,7 +500,8 @@ class RedisRecords:
                 if pointer is not None and pointer.decode() == job_id:
                     pipe.delete(key)
             pipe.incrby(_key("usage"), -record.reserved_bytes)
-            pipe.set(_key("expired", job_id), str(now), ex=int(EXPIRED_MEMORY_S))
+            expired = f"{now} {record.owner}"
+            pipe.set(_key("expired", job_id), expired, ex=int(EXPIRED_MEMORY_S))
             return True
 
         return await self._transaction([_job(job_id)], body)

@@ -281,7 +281,7 @@ class JobService:
         record = await self.records.get(job_id)
         if record is not None and record.owner == owner:
             return record
-        if record is None and await self.records.expired_at(job_id) is not None:
+        if record is None and await self.records.expired_at(job_id, owner) is not None:
             raise JobExpired(
                 f"job {job_id} ended more than {self._config.ttl_s:g} s ago; its record and "
                 "output were deleted"

@@ -286,7 +286,9 @@ def test_webhooks_are_signed_retried_and_allow_listed(alice, receiver):
     }
 
 
-def test_an_expired_job_answers_404_with_its_own_code(owned, alice, receiver, tmp_path):
+def test_an_expired_job_answers_404_with_its_own_code_to_its_owner(
+    owned, alice, bob, receiver, tmp_path
+):
     deploy_owned(owned_args(tmp_path, receiver, ttl_s=TTL_S, sweep_interval_s=0.5), owned)
     job_id = submit(alice, synthetic_jpeg(seed=71_009), size=64).json()["id"]
     ended_at = wait_done(alice, job_id)["finished_at"]
@@ -298,6 +300,8 @@ def test_an_expired_job_answers_404_with_its_own_code(owned, alice, receiver, tm
         time.sleep(0.5)
     assert response.status_code == 404 and response.json()["error"]["code"] == "job_expired"
     assert time.time() >= ended_at + TTL_S
+    others = bob.get(f"/v1/jobs/{job_id}")
+    assert others.status_code == 404 and others.json()["error"]["code"] == "unknown_job"
 
 
 def test_api_keys_take_turns_at_the_places_and_each_has_a_bound(

@@ -348,3 +348,49 @@ def test_a_finished_output_an_earlier_deploy_made_is_passed_over(config, tmp_pat
 
     found, shareable = asyncio.run(scenario())
     assert found == shareable
+
+
+def test_an_expired_id_answers_expired_to_its_owner_only(config, tmp_path):
+    """To another key an expired job is as unknown as any job of another key: the
+    answer says nothing of whether the id ever existed."""
+
+    async def scenario():
+        store, _ = open_record_store(config, tmp_path / "jobs")
+        try:
+            job = _owned_job("alice")
+            await store.create(job, True, ROOMY)
+            ended = time.time() - 1
+            await store.finish(job.id, RUNNER, {"state": "done", "expires_at": ended})
+            removed = await store.remove(job.id, time.time())
+            owner_s = await store.expired_at(job.id, "alice")
+            others = [await store.expired_at(job.id, owner) for owner in ("bob", "")]
+            return removed, owner_s, others
+        finally:
+            await store.close()
+
+    removed, owner_s, others = asyncio.run(scenario())
+    assert removed and owner_s is not None and others == [None, None]
+
+
+def test_ids_expired_before_owners_were_kept_still_answer(redis_server, tmp_path):
+    """A store written by the release before (no owner beside an expired id) opens, and
+    its expired ids answer as they did."""
+    path = tmp_path / "jobs" / "jobs.db"
+    path.parent.mkdir(parents=True)
+    with sqlite3.connect(path) as db:
+        db.execute("CREATE TABLE expired (id TEXT PRIMARY KEY, at REAL NOT NULL)")
+        db.execute("INSERT INTO expired VALUES ('a' , 5.0)")
+    redis_server.flush()
+    redis_config = JobsConfig(store_url=str(tmp_path / "r"), records_url=redis_server.url)
+
+    async def scenario():
+        sqlite_store = record_store.SqliteRecords(path)
+        redis, _ = open_record_store(redis_config, tmp_path / "r")
+        await redis._call(redis._redis.set, redis_store._key("expired", "a"), "5.0")
+        try:
+            return [await store.expired_at("a", "bob") for store in (sqlite_store, redis)]
+        finally:
+            await sqlite_store.close()
+            await redis.close()
+
+    assert asyncio.run(scenario()) == [5.0, 5.0]

@@ -547,7 +547,7 @@ def test_a_store_that_cannot_be_written_fails_the_job_with_a_code(tmp_path, monk
     assert not (tmp_path / "jobs" / failed.id).exists()
 
 
-def test_expired_jobs_are_swept_in_the_background_and_answer_expired(tmp_path):
+def test_expired_jobs_are_swept_in_the_background_and_answer_expired_to_their_owner(tmp_path):
     async def scenario():
         jobs = service(tmp_path, FakeStylize(), ttl_s=0.2, sweep_interval_s=0.05)
         record, _ = await jobs.submit(submission())
@@ -555,6 +555,8 @@ def test_expired_jobs_are_swept_in_the_background_and_answer_expired(tmp_path):
         await until(lambda: _gone(jobs, record.id))
         with pytest.raises(JobExpired):
             await jobs.get(record.id, ALICE)
+        with pytest.raises(UnknownJob):  # another key's: as unknown as any
+            await jobs.get(record.id, BOB)
         with pytest.raises(UnknownJob):
             await jobs.get("f" * 32, ALICE)
         return record, await jobs.records.usage()
