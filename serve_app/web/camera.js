@@ -61,7 +61,10 @@
   };
 
   let live = null; // the running camera and its stream (a session, below); null: stopped
-  let facing = "user"; // the camera asked for: "user" (front) or "environment" (back)
+  // The camera asked for, as getUserMedia's video constraints: by facing on a phone
+  // ("user": front, "environment": back), by device where cameras face no way (a
+  // desktop's webcams). Ideal values: a camera that went away gives way to another.
+  let wanted = { facingMode: "user" };
   let shots = 0; // snapshots taken: their names count
   const capture = document.createElement("canvas"); // where frames are drawn to be encoded
 
@@ -109,7 +112,7 @@
     say("");
     showRunning(true);
     try {
-      await openCamera(session, facing);
+      await openCamera(session, wanted);
     } catch (error) {
       if (live === session) stop(cameraError(error));
       return;
@@ -120,9 +123,9 @@
     offerSwitch();
   }
 
-  // The camera facing `facingMode` (a constraint) in the preview, instead of any before.
-  async function openCamera(session, facingMode) {
-    const media = await navigator.mediaDevices.getUserMedia({ video: { facingMode }, audio: false });
+  // The camera that `video` (constraints) asks for in the preview, instead of any before.
+  async function openCamera(session, video) {
+    const media = await navigator.mediaDevices.getUserMedia({ video, audio: false });
     if (live !== session) {
       stopTracks(media);
       return;
@@ -156,7 +159,7 @@
     }
   }
 
-  // Front/back: offered where there is more than one camera (phones), asked for by facing.
+  // Offered where there is more than one camera (a phone's front and back, two webcams).
   async function offerSwitch() {
     try {
       const devices = await navigator.mediaDevices.enumerateDevices();
@@ -166,29 +169,61 @@
     }
   }
 
+  // Another camera: the one facing the other way where the camera says which way it
+  // faces (a phone: asked for by facing, so the browser picks that side's main lens),
+  // else, or when none faces the other way, the next in the browser's list.
   async function switchCamera() {
     const session = live;
     if (!session?.media) return;
-    const before = facing;
-    facing = facing === "user" ? "environment" : "user";
     ui.flip.disabled = true;
-    stopTracks(session.media); // many phones open one camera at a time
-    session.media = null;
+    const before = wanted;
     try {
-      await openCamera(session, { exact: facing });
-      announce(`The ${facing === "user" ? "front" : "back"} camera is on.`);
-    } catch {
-      facing = before;
-      if (live !== session) return;
-      say("There is no camera facing the other way.");
+      const others = await otherCameras(session.media.getVideoTracks()[0]?.getSettings?.() ?? {});
+      stopTracks(session.media); // many phones open one camera at a time
+      session.media = null;
+      for (const video of others) {
+        try {
+          await openCamera(session, video);
+          const { facingMode, deviceId } = session.media.getVideoTracks()[0]?.getSettings?.() ?? {};
+          wanted = video.facingMode ? { facingMode } : { deviceId };
+          announce(cameraName(session.media, facingMode));
+          return;
+        } catch {
+          if (live !== session) return;
+        }
+      }
+      say("There is no other camera to switch to.");
       try {
-        await openCamera(session, facing);
+        await openCamera(session, before);
       } catch (error) {
         if (live === session) stop(cameraError(error));
       }
     } finally {
       ui.flip.disabled = false;
     }
+  }
+
+  // The constraints to try, in order, for a camera other than the one of `current` (its
+  // settings): the other facing, if it has one; the next device in the list.
+  async function otherCameras(current) {
+    const others = [];
+    if (current.facingMode === "user" || current.facingMode === "environment") {
+      const other = current.facingMode === "user" ? "environment" : "user";
+      others.push({ facingMode: { exact: other } });
+    }
+    const devices = await navigator.mediaDevices.enumerateDevices().catch(() => []);
+    const ids = devices.filter((d) => d.kind === "videoinput").map((d) => d.deviceId);
+    const next = ids[(ids.indexOf(current.deviceId) + 1) % ids.length];
+    if (next && next !== current.deviceId) others.push({ deviceId: { exact: next } });
+    return others;
+  }
+
+  function cameraName(media, facingMode) {
+    if (facingMode === "user" || facingMode === "environment") {
+      return `The ${facingMode === "user" ? "front" : "back"} camera is on.`;
+    }
+    const label = media.getVideoTracks()[0]?.label;
+    return label ? `The camera “${label}” is on.` : "The next camera is on.";
   }
 
   // Counts the camera's frames (each one may be captured once) and captures at that rate.

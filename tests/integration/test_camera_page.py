@@ -321,3 +321,30 @@ def test_camera_opened_before_the_api_key_starts_once_it_is_accepted(browser, ba
         finally:
             context.close()
     assert not errors, f"uncaught errors in the page: {errors}"
+
+
+def test_two_webcams_that_face_no_way_switch_in_turn_on_one_stream(launch, base_url):
+    """A desktop's webcams say nothing of their facing: the switch takes the next camera
+    in the browser's list (Chromium's two generated fake cameras), and the stream goes
+    on over the same socket."""
+    from playwright.sync_api import expect
+
+    two_cameras = launch(
+        ["--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream=device-count=2"]
+    )
+    in_use = "document.querySelector('#camera-preview').srcObject?.getVideoTracks()[0]?.label"
+    with page_opener(two_cameras, base_url) as opener:
+        page = opener(init_script=RECORD_SOCKETS)
+        page.get_by_role("tab", name="Camera").click()
+        page.wait_for_function(f"{FRAME_HEADERS}.length > 0")
+        first = page.evaluate(in_use)
+        switch = page.get_by_role("button", name="Switch camera")
+        for expected in ("fake_device_1", first):  # the other one, then back
+            switch.click()
+            page.wait_for_function(f"{in_use} === {expected!r}")
+            expect(page.locator("#status")).to_contain_text(f"The camera “{expected}” is on.")
+            answered = page.evaluate(f"{FRAME_HEADERS}.length")
+            page.wait_for_function(f"{FRAME_HEADERS}.length > {answered}")
+        assert first == "fake_device_0"
+        assert len(page.evaluate("window.live.urls")) == 1
+        expect(page.locator("#camera-message")).to_be_hidden()
