@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import threading
 import time
 from collections import Counter, defaultdict
 from collections.abc import AsyncIterator, Iterator
@@ -155,6 +156,9 @@ class ModelReplica:
         # None: a fixed max_batch_size, one pass per (style, shape) group.
         self._pass_sizes: PassSizes | None = None
         self.reconfigure({})  # the defaults, until Serve applies the user_config
+        # The figures below change in the passes' worker threads and, for a tiled picture,
+        # on the event loop: each change is made under this lock, so none is lost.
+        self._counting = threading.Lock()
         self._batch_sizes: Counter[int] = Counter()  # pictures per forward pass
         self._images = 0
         self._inference_s: defaultdict[str, float] = defaultdict(float)
@@ -344,9 +348,10 @@ class ModelReplica:
             # wall time is the device's (the copy back waits for it).
             cost = time.process_time() - cpu_start if self._runtime.device == "cpu" else seconds
             learned.record(images[0].shape, len(images), cost)
-        self._images += len(images)
-        self._inference_s[style] += seconds
-        self._batch_sizes[len(images)] += 1
+        with self._counting:
+            self._images += len(images)
+            self._inference_s[style] += seconds
+            self._batch_sizes[len(images)] += 1
         self._metrics.batch_size.observe(len(images))
         self._metrics.images.inc(len(images), tags={"style": style})
         self._metrics.inference_ms.observe(seconds * 1e3, tags={"style": style})
@@ -410,9 +415,10 @@ class ModelReplica:
                 raise RuntimeError(f"inference failed: {error}") from error
             finally:
                 steps.close()
-        self._images += 1
-        self._tiled_images += 1
-        self._inference_s[style] += seconds
+        with self._counting:
+            self._images += 1
+            self._tiled_images += 1
+            self._inference_s[style] += seconds
         self._metrics.images.inc(1, tags={"style": style})
         self._metrics.inference_ms.observe(seconds * 1e3, tags={"style": style})
         queue_ms = (started - arrival) * 1e3
@@ -431,14 +437,16 @@ class ModelReplica:
 
     def stats(self) -> dict:
         """This replica's figures (the ingress reports what it saw across replicas)."""
-        passes = dict(self._batch_sizes)  # a copy at once: passes count in worker threads
+        with self._counting:  # one moment's figures
+            passes, images = dict(self._batch_sizes), self._images
+            inference_s = dict(self._inference_s)
         return {
             "replica": self._replica,
             "loads": self._loads,
-            "images": self._images,
+            "images": images,
             "batches": sum(passes.values()),
             "batch_sizes": dict(sorted(passes.items())),
-            "inference_s": dict(self._inference_s),
+            "inference_s": inference_s,
             "threads": self._threads,
             "runtime": {
                 "device": self._runtime.device,
