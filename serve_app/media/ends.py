@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from serve_app.config import MediaConfig
-from serve_app.imaging.pixels import DecodedImage, apply_controls, resize_to, target_dimensions
+from serve_app.imaging.pixels import DecodedImage, apply_controls, resize_to
 from serve_app.media import probe, writers
 from serve_app.media.boundary import media_errors
 from serve_app.media.likeness import Anchor
@@ -82,11 +82,11 @@ class FrameSource:
         reader: MediaReader,
         sink: Sink,
         options: StylizeOptions,
+        dimensions: tuple[int, int],
     ) -> None:
         self._items: Iterator[Any] = iter(reader)
         self._sink = sink
-        # Each frame's size as shown (an anamorphic video's, in square pixels) at the job's.
-        self._dimensions = target_dimensions(*reader.info.display_size, options.size)
+        self._dimensions = dimensions  # each frame's, as the sink writes them
         self._min_gap = None if options.max_fps is None else Fraction(1) / Fraction(options.max_fps)
         self._video = reader.info.kind == "video"
         self._first_time: Fraction | None = None

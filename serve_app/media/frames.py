@@ -39,7 +39,6 @@ import numpy as np
 from serve_app.concurrency import Backoff, run_detached
 from serve_app.config import MediaConfig
 from serve_app.errors import Overloaded, ReplicaFailed, Unavailable
-from serve_app.imaging.pixels import target_dimensions
 from serve_app.media import probe
 from serve_app.media.ends import (
     Decoded,
@@ -199,9 +198,9 @@ class MediaJob:
     def _open(self, opened: _Opened, source: BinaryIO | Path, dest: Path | None) -> None:
         """In the job's thread: the reader, the writer, and the frames' source."""
         opened.reader = MediaReader(source, self._info)
-        width, height = target_dimensions(*self._info.display_size, self._options.size)
+        width, height = self._info.output_size(self._options.size)
         opened.sink = open_sink(opened.reader, dest, width, height, self._options, self._config)
-        opened.source = FrameSource(opened.reader, opened.sink, self._options)
+        opened.source = FrameSource(opened.reader, opened.sink, self._options, (width, height))
 
     async def _pump(self, frames: FrameSource, sink: Sink, thread: MediaThread) -> None:
         window: deque[_Pending] = deque()
@@ -394,7 +393,7 @@ class _Opened:
 
 def sync_animation_budget_error(info: probe.MediaInfo, size: int, budget: int) -> str | None:
     """Why an animation is too much to make while the caller waits (None: it is not)."""
-    width, height = target_dimensions(*info.display_size, size)
+    width, height = info.output_size(size)
     pixels = info.frames * width * height
     if pixels <= budget:
         return None

@@ -28,6 +28,7 @@ from serve_app.errors import (
     UndecodableMedia,
     UnsupportedCodec,
 )
+from serve_app.imaging.pixels import target_dimensions
 from serve_app.media.boundary import bombs_refused, media_errors
 
 log = logging.getLogger(__name__)
@@ -99,6 +100,11 @@ class MediaInfo:
         if self.pixel_aspect == 1.0:
             return self.width, self.height
         return max(1, round(self.width * self.pixel_aspect)), self.height
+
+    def output_size(self, size: int) -> tuple[int, int]:
+        """The (width, height) of each output frame at ``size`` (the longer side), in
+        square pixels; raises ImageTooSmall as ``target_dimensions`` does."""
+        return target_dimensions(*self.display_size, size)
 
     def to_dict(self) -> dict[str, object]:
         data = asdict(self)

@@ -27,7 +27,6 @@ from serve_app.errors import (
     UnsupportedCodec,
     UseJobs,
 )
-from serve_app.imaging import pixels
 from serve_app.media import probe, writers
 from serve_app.media.boundary import NOT_MEDIA
 from serve_app.media.frames import (
@@ -120,7 +119,7 @@ class MediaService:
                 f"portrait mode takes still pictures; this upload is a {info.kind}: send it "
                 "with portrait=off, or one frame as a picture"
             )
-        width, height = pixels.target_dimensions(*info.display_size, options.size)
+        width, height = info.output_size(options.size)
         largest = self._config.tiling.max_whole_pixels
         if width * height > largest:  # frames go to the model whole, never tiled
             raise InvalidVideoOptions(
@@ -228,7 +227,7 @@ def _largest_size_within(info: probe.MediaInfo, size: int, limit: int) -> int | 
     while low <= high:
         middle = (low + high) // 2
         try:
-            width, height = pixels.target_dimensions(*info.display_size, middle)
+            width, height = info.output_size(middle)
         except ServiceError:  # the shorter side under the minimum: larger sizes only
             low = middle + 1
             continue
