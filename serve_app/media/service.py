@@ -40,7 +40,8 @@ from serve_app.media.frames import (
 from serve_app.media.gate import ModelGate
 from serve_app.media.worker import MediaThread
 from serve_app.options import StylizeOptions
-from serve_app.pipeline.ports import ResultStore
+from serve_app.pipeline.lru import CachedImage
+from serve_app.pipeline.ports import Animation, ResultStore
 
 logger = logging.getLogger(__name__)
 
@@ -181,6 +182,16 @@ class MediaService:
             if dest is not None:
                 dest.unlink(missing_ok=True)
             raise
+
+    async def animation(self, data: bytes, options: StylizeOptions) -> Animation | None:
+        """A synchronous request's upload made while the caller waits, when it is an
+        animation (None: a still picture, for the picture's own path)."""
+        info = await self.inspect(data)
+        if info is None:
+            return None
+        output = await self.animate(data, info, options)
+        image = CachedImage(output.data, output.media_type, output.width, output.height)
+        return Animation(image, output.foreign_frames)
 
     async def animate(self, data: bytes, info: probe.MediaInfo, options: StylizeOptions):
         """An animation made while the caller waits: within the synchronous budget only."""

@@ -23,7 +23,6 @@ from serve_app.live.service import LiveMetrics, LiveService
 from serve_app.media import probe
 from serve_app.media.service import MediaService
 from serve_app.options import StylizeOptions, resolve_options
-from serve_app.pipeline.lru import CachedImage
 from serve_app.pipeline.ports import Animation, Model, ResultStore
 from serve_app.pipeline.results import StylizeResult
 from serve_app.pipeline.stylize import StylizePipeline
@@ -195,13 +194,8 @@ class AnimeService:
         return outcomes
 
     async def _animate(self, data: bytes, options: StylizeOptions) -> Animation | None:
-        """A synchronous request's animation, made animated (None: a still picture)."""
-        info = await self.media.inspect(data)
-        if info is None:
-            return None
-        output = await self.media.animate(data, info, options)
-        image = CachedImage(output.data, output.media_type, output.width, output.height)
-        return Animation(image, output.foreign_frames)
+        """The pipeline's way to animations (made before the media service, which it is)."""
+        return await self.media.animation(data, options)
 
     async def _stylize_frames(self, frames, style: str):
         results = await self._model.stylize_frames(frames, style)

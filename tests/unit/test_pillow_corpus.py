@@ -21,8 +21,6 @@ from serve_app.errors import ServiceError
 from serve_app.media.service import MediaService
 from serve_app.model.identity import ModelIdentity, StylizedArray
 from serve_app.options import resolve_options
-from serve_app.pipeline.lru import CachedImage
-from serve_app.pipeline.ports import Animation
 from serve_app.pipeline.stylize import StylizePipeline
 from tests.support.pillow_corpus import corpus_files, name
 
@@ -60,19 +58,10 @@ class Routes:
         )
         self.media = MediaService(config, _Cache(), _echo_frames, lambda style: IDENTITY)
         self.pipeline = StylizePipeline(
-            config, _Cache(), _echo_picture, {STYLE: IDENTITY.weights}, animate=self._animate
+            config, _Cache(), _echo_picture, {STYLE: IDENTITY.weights}, animate=self.media.animation
         )
         self.now = resolve_options(config, size=SIZE, synchronous=True)
         self.later = resolve_options(config, size=SIZE, synchronous=False)
-
-    async def _animate(self, data: bytes, options) -> Animation | None:
-        """As the service's own (``AnimeService._animate``)."""
-        info = await self.media.inspect(data)
-        if info is None:
-            return None
-        output = await self.media.animate(data, info, options)
-        image = CachedImage(output.data, output.media_type, output.width, output.height)
-        return Animation(image, output.foreign_frames)
 
     async def stylize(self, path) -> None:
         await self.pipeline.stylize(path.read_bytes(), self.now)
