@@ -513,6 +513,13 @@ class AppConfig(_Strict):
         description="misses one ingress replica computes at once; past it: 503 at once, "
         "before any decoding (hits are still served)",
     )
+    max_in_flight_per_key: int = Field(
+        default=16,
+        ge=1,
+        description="of those, the misses one API key started (with API keys configured); "
+        "past it: 429 `too_many_pictures` at once, so one tenant's burst leaves room for the "
+        "others (hits, and requests that join a miss in progress, are not counted)",
+    )
     photo_threads: int = Field(
         default=4,
         ge=1,

@@ -281,6 +281,13 @@ class TooManyJobs(ServiceError):
     status, code, retry_after_s = 429, "too_many_jobs", 30
 
 
+class TooManyPictures(ServiceError):
+    """The API key has ``max_in_flight_per_key`` misses in progress on this ingress
+    replica."""
+
+    status, code, retry_after_s = 429, "too_many_pictures", 1
+
+
 class TooManyStreams(ServiceError):
     """The API key holds ``live.max_streams_per_key`` live streams on the service's
     replicas (those that share the job record store)."""

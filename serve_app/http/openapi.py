@@ -31,8 +31,8 @@ ERROR_DESCRIPTIONS = {
     422: "a bad parameter, or no picture in the multipart body (a refused webhook, a reused "
     "Idempotency-Key)",
     426: "a WebSocket route asked for with plain HTTP",
-    429: "the API key has as many jobs queued or running as it may; retry "
-    "after Retry-After seconds",
+    429: "the API key has as many pictures in progress (`too_many_pictures`) or jobs queued "
+    "or running (`too_many_jobs`) as it may; retry after Retry-After seconds",
     500: "a bug; the server log has the traceback",
     503: "at capacity, the model could not answer, the job store is unavailable, or (/readyz) "
     "not ready yet; retry after Retry-After seconds",
@@ -98,7 +98,7 @@ JOB_BODY = {
 }
 
 
-STYLIZE_ERRORS = error_statuses(400, 401, 408, 413, 415, 422, 500, 503, 504)
+STYLIZE_ERRORS = error_statuses(400, 401, 408, 413, 415, 422, 429, 500, 503, 504)
 PICTURE_HEADERS = {
     "X-Cache": {"schema": {"type": "string", "enum": ["hit", "miss", "coalesced"]}},
     "X-Style": {"schema": {"type": "string"}, "description": "the style applied"},

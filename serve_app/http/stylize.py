@@ -17,7 +17,7 @@ from serve_app.http.openapi import (
     STYLIZE_ERRORS,
     multipart_body,
 )
-from serve_app.http.params import API_CHECKS, Service, StylizeQuery
+from serve_app.http.params import API_CHECKS, Owner, Service, StylizeQuery
 from serve_app.http.request_log import log_fields
 from serve_app.http.uploads import read_form_files, read_single_upload
 from serve_app.service.wire import BatchResponse
@@ -45,12 +45,14 @@ router = APIRouter()
         }
     },
 )
-async def stylize_route(request: Request, service: Service, query: StylizeQuery) -> Response:
+async def stylize_route(
+    request: Request, service: Service, query: StylizeQuery, owner: Owner
+) -> Response:
     options = service.options(query)  # before the body is read
     service.media.gate.interactive()
     limits = service.config.limits
     data = await read_single_upload(request, limits.max_bytes, limits.upload_idle_timeout_s)
-    result = await service.stylize(data, options)
+    result = await service.stylize(data, options, owner)
     log_fields(request.scope).update(
         style=result.style,
         size=max(result.width, result.height),
@@ -72,7 +74,9 @@ async def stylize_route(request: Request, service: Service, query: StylizeQuery)
         "requestBody": {"required": True, "content": multipart_body("images", many=True)}
     },
 )
-async def stylize_batch_route(request: Request, service: Service, query: StylizeQuery) -> Response:
+async def stylize_batch_route(
+    request: Request, service: Service, query: StylizeQuery, owner: Owner
+) -> Response:
     options = service.options(query)  # before the body is read
     count, limits = service.config.max_batch_images, service.config.limits
     files = await read_form_files(
@@ -80,7 +84,7 @@ async def stylize_batch_route(request: Request, service: Service, query: Stylize
     )
     if not files:
         raise MissingImage("send the pictures as multipart fields 'images'")
-    outcomes = await service.stylize_many(files, options)
+    outcomes = await service.stylize_many(files, options, owner)
     log_fields(request.scope).update(style=options.style, images=len(files))
     body = await asyncio.to_thread(batch_body, outcomes)
     return Response(body, media_type="application/json")

@@ -44,6 +44,7 @@ from serve_app.errors import (
     ReplicaFailed,
     ServiceError,
     Timeout,
+    TooManyPictures,
     Unavailable,
 )
 from serve_app.imaging import decode
@@ -134,6 +135,8 @@ class StylizePipeline:
         # lookups use it, so results computed elsewhere on another runtime never match.
         self._runtimes: dict[str, str] = {}
         self._in_flight: dict[str, _SharedWork] = {}
+        # Misses in progress by the owner (API key) that started them.
+        self._started_by: Counter[str] = Counter()
         self.decode_memory = MemoryBudget(config.decode_memory_bytes)
         self._background: set[asyncio.Task] = set()
         self.requests: Counter[CacheStatus] = Counter()
@@ -186,9 +189,15 @@ class StylizePipeline:
         return digest, key
 
     async def stylize(
-        self, data: bytes, options: StylizeOptions, timeout_s: float | None = None
+        self,
+        data: bytes,
+        options: StylizeOptions,
+        timeout_s: float | None = None,
+        owner: str | None = None,
     ) -> StylizeResult:
-        """``timeout_s``: the caller's deadline (default ``request_timeout_s``)."""
+        """``timeout_s``: the caller's deadline (default ``request_timeout_s``).
+        ``owner``: the caller's API key's owner, whose misses in progress are bounded by
+        ``max_in_flight_per_key`` (None: no key, no bound of its own)."""
         timeout_s = timeout_s or self._config.request_timeout_s
         deadline = time.monotonic() + timeout_s
         digest, key = await self._digest_and_key(data, options)
@@ -198,22 +207,24 @@ class StylizePipeline:
         work = self._in_flight.get(key)
         status: CacheStatus = "coalesced"
         if work is None:
-            if len(self._in_flight) >= self._config.max_in_flight:
-                raise Overloaded("too many pictures in progress; retry shortly")
+            self._admit(owner)
             work = _SharedWork()
             work.task = run_detached(self._compute(digest, data, options, work))
             self._in_flight[key] = work
             work.task.add_done_callback(lambda _: self._forget(key, work))
+            if owner is not None:
+                self._started_by[owner] += 1
+                work.task.add_done_callback(lambda _: self._release(owner))
             status = "miss"
         computed = await self._wait(key, work, deadline, timeout_s)
         return self._result(computed, options, status)
 
     async def stylize_many(
-        self, files: Sequence[bytes], options: StylizeOptions
+        self, files: Sequence[bytes], options: StylizeOptions, owner: str | None = None
     ) -> list[StylizeResult | BaseException]:
         """Several pictures at once; each succeeds or fails alone."""
         return await asyncio.gather(
-            *(self.stylize(data, options) for data in files), return_exceptions=True
+            *(self.stylize(data, options, owner=owner) for data in files), return_exceptions=True
         )
 
     async def warm(self, photos: Sequence[bytes], options: Sequence[StylizeOptions]) -> int:
@@ -251,6 +262,23 @@ class StylizePipeline:
     def _forget(self, key: str, work: _SharedWork) -> None:
         if self._in_flight.get(key) is work:
             del self._in_flight[key]
+
+    def _admit(self, owner: str | None) -> None:
+        """Room for one more miss, for ``owner``: its own bound first, so a key that fills
+        it is told so (429), then the replica's (503)."""
+        per_key = self._config.max_in_flight_per_key
+        if owner is not None and self._started_by[owner] >= per_key:
+            raise TooManyPictures(
+                f"this API key has {per_key} pictures in progress on this replica "
+                "(max_in_flight_per_key); retry shortly"
+            )
+        if len(self._in_flight) >= self._config.max_in_flight:
+            raise Overloaded("too many pictures in progress; retry shortly")
+
+    def _release(self, owner: str) -> None:
+        self._started_by[owner] -= 1
+        if self._started_by[owner] <= 0:
+            del self._started_by[owner]
 
     def _key(
         self,

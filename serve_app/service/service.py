@@ -175,19 +175,22 @@ class AnimeService:
 
     # --- pictures ------------------------------------------------------------------------
 
-    async def stylize(self, data: bytes, options: StylizeOptions) -> StylizeResult:
-        """Bytes of a picture -> the stylized picture; raises the API's errors."""
+    async def stylize(
+        self, data: bytes, options: StylizeOptions, owner: str = ANONYMOUS
+    ) -> StylizeResult:
+        """Bytes of a picture -> the stylized picture; raises the API's errors. ``owner``:
+        the caller's API key's (its misses in progress are bounded; none without keys)."""
         self.media.gate.interactive()
-        result = await self.pipeline.stylize(data, options)
+        result = await self.pipeline.stylize(data, options, owner=_bounded(owner))
         self._record(result, options)
         return result
 
     async def stylize_many(
-        self, files: list[bytes], options: StylizeOptions
+        self, files: list[bytes], options: StylizeOptions, owner: str = ANONYMOUS
     ) -> list[StylizeResult | BaseException]:
         """Several pictures at once; each succeeds or fails alone."""
         self.media.gate.interactive()
-        outcomes = await self.pipeline.stylize_many(files, options)
+        outcomes = await self.pipeline.stylize_many(files, options, _bounded(owner))
         for outcome in outcomes:
             if isinstance(outcome, StylizeResult):
                 self._record(outcome, options)
@@ -345,3 +348,9 @@ class AnimeService:
         if self._metrics is not None and stats["shards_answered"] == stats["shards"]:
             self._metrics.record_cache(stats["shared"])
         return stats
+
+
+def _bounded(owner: str) -> str | None:
+    """The owner whose misses in progress are bounded: none on a service without API keys,
+    where every caller is the one anonymous owner."""
+    return None if owner == ANONYMOUS else owner

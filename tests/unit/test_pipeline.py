@@ -13,7 +13,7 @@ import pytest
 
 from serve_app import concurrency
 from serve_app.config import AppConfig
-from serve_app.errors import Overloaded, ReplicaFailed, Timeout, Unavailable
+from serve_app.errors import Overloaded, ReplicaFailed, Timeout, TooManyPictures, Unavailable
 from serve_app.http.batch import batch_body
 from serve_app.imaging import decode
 from serve_app.model.identity import ModelIdentity, StylizedArray
@@ -247,6 +247,37 @@ def test_past_max_in_flight_a_new_picture_is_refused_but_a_repeat_joins():
     refused, first, joined = run(scenario())
     assert refused.status == 503 and refused.headers == {"Retry-After": "1"}
     assert (first.cache, joined.cache) == ("miss", "coalesced")
+
+
+def test_one_key_s_misses_are_bounded_and_leave_room_for_the_others():
+    async def scenario():
+        pipe, model, _ = make_pipeline(max_in_flight=4, max_in_flight_per_key=2)
+        model.gate.clear()
+        alice = [synthetic_jpeg(seed=seed) for seed in (20, 21, 22)]
+        started = [
+            asyncio.create_task(pipe.stylize(data, options(pipe), owner="alice"))
+            for data in alice[:2]
+        ]
+        await until(lambda: pipe.in_flight == 2)
+        with pytest.raises(TooManyPictures) as refused:
+            await pipe.stylize(alice[2], options(pipe), owner="alice")
+        # Joining a miss in progress costs the key nothing; other keys, and callers
+        # without one, still start misses.
+        joined = asyncio.create_task(pipe.stylize(alice[0], options(pipe), owner="alice"))
+        bob = asyncio.create_task(pipe.stylize(synthetic_jpeg(seed=23), options(pipe), owner="bob"))
+        keyless = asyncio.create_task(pipe.stylize(synthetic_jpeg(seed=24), options(pipe)))
+        await until(lambda: pipe.in_flight == 4 and waiters(pipe) == 5)
+        model.gate.set()
+        done = await asyncio.gather(*started, joined, bob, keyless)
+        # Once hers are made, the key starts misses again.
+        again = await pipe.stylize(alice[2], options(pipe), owner="alice")
+        return refused.value, done, again
+
+    refused, done, again = run(scenario())
+    assert refused.status == 429 and refused.code == "too_many_pictures"
+    assert refused.headers == {"Retry-After": "1"}
+    assert [result.cache for result in done] == ["miss", "miss", "coalesced", "miss", "miss"]
+    assert again.cache == "miss"
 
 
 def test_a_failed_replica_is_retried_once():
