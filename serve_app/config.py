@@ -120,7 +120,12 @@ class PortraitConfig(_Strict):
         "face crops)",
     )
     detect_side: int = Field(
-        default=800, ge=128, le=4096, description="longer side of the copy searched for faces"
+        default=800,
+        ge=128,
+        le=4096,
+        description="longer side of the copy searched for faces (a picture more than twice "
+        "as long as high keeps its shorter side up to half of this, within twice this "
+        "squared in pixels)",
     )
     min_face_fraction: float = Field(
         default=0.04, gt=0, le=1, description="smallest face searched, × the shorter side"

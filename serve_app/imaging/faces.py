@@ -4,7 +4,8 @@ OpenCV's frontal-face Haar cascade, which ships inside the ``opencv-python-headl
 wheel (``cv2.data.haarcascades``): nothing is downloaded at run time. Coarse to fine:
 
 1. Search a grey, histogram-equalised copy whose longer side is at most ``detect_side``
-   (the cost grows with the pixels searched), once upright and once per angle of
+   (the cost grows with the pixels searched; a panorama's copy keeps more, so its faces
+   are not shrunk under the cascade's window: ``search_scale``), once upright and once per angle of
    ``rotations`` on a rotated copy (the cascade only finds faces within about ±15° of
    upright). A low bar (``min_neighbors``) keeps small faces, which draw few hits there.
 2. Look at each candidate again, cut from the full-resolution picture, turned upright
@@ -35,6 +36,9 @@ CASCADE_FILE = "haarcascade_frontalface_default.xml"
 SECOND_CASCADE_FILE = "haarcascade_frontalface_alt2.xml"
 WINDOW = 24  # the cascade's own window: no smaller face can be found at the search scale
 SCALE_FACTOR = 1.1  # step between the scales searched
+# Raised when the same settings and OpenCV find other faces in some pictures (2: panoramas
+# searched at a larger scale), so portraits cached before are not served as if made now.
+SEARCH_REVISION = 2
 VERIFY_SIDE = 64  # a candidate's face side in the second look
 VERIFY_CONTEXT = 2.2  # the second look's square, × the face side
 VERIFY_SCALE_FACTOR = 1.05  # fine steps: a true face is hit at many of them
@@ -120,7 +124,19 @@ def search_version() -> str:
     cascades and resizing); part of a portrait's cache key."""
     import cv2
 
-    return cv2.__version__
+    return f"{cv2.__version__}/{SEARCH_REVISION}"
+
+
+def search_scale(height: int, width: int, detect_side: int) -> float:
+    """The scale of the copy searched: its longer side at most ``detect_side``, except a
+    picture more than twice as long as high (a panorama, a group in a row), whose shorter
+    side keeps up to ``detect_side / 2`` within 2 × ``detect_side``² pixels in all (at most
+    twice a square picture's search): by the longer side alone, a 4000×500 panorama's
+    faces of a fifth of its height would shrink to 20 px, under the cascade's window."""
+    by_longer = detect_side / max(height, width)
+    by_shorter = detect_side / 2 / min(height, width)
+    by_pixels = math.sqrt(2 * detect_side**2 / (height * width))
+    return min(1.0, max(by_longer, min(by_shorter, by_pixels)))
 
 
 def detect_faces(rgb: np.ndarray, config: PortraitConfig | None = None) -> list[Face]:
@@ -136,7 +152,7 @@ def detect_faces(rgb: np.ndarray, config: PortraitConfig | None = None) -> list[
     if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
         raise ValueError(f"rgb must be an (H, W, 3) uint8 array, got {rgb.shape} {rgb.dtype}")
     height, width = rgb.shape[:2]
-    scale = min(1.0, config.detect_side / max(height, width))
+    scale = search_scale(height, width, config.detect_side)
     small = rgb
     if scale < 1.0:
         size = (max(1, round(width * scale)), max(1, round(height * scale)))

@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from serve_app.config import PortraitConfig
-from serve_app.imaging.faces import Face, detect_faces, iou, non_max_suppression
+from serve_app.imaging.faces import Face, detect_faces, iou, non_max_suppression, search_scale
 from tests.support.faces import ASTRONAUT, BUILT_FACES, built_scene, sample_pixels
 
 # Hand-labelled like ASTRONAUT (tests/support/faces.py).
@@ -141,3 +141,29 @@ def test_iou_and_suppression():
 def test_import_loads_no_opencv():
     code = "import sys, serve_app.imaging.faces; assert 'cv2' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_a_panorama_s_faces_are_searched_at_a_scale_that_keeps_them():
+    """The astronaut (a face of 18% of the height) in the middle of a 4000×512 strip of
+    the forest: by the longer side alone the search copy was 800×102 and her face 18 px,
+    under the cascade's 24 px window."""
+    forest = Image.fromarray(sample_pixels("3.jpg"))
+    strip = forest.resize((round(forest.width * 512 / forest.height), 512))
+    panorama = np.zeros((512, 4000, 3), np.uint8)
+    for left in range(0, 4000, strip.width):
+        part = np.asarray(strip)[:, : 4000 - left]
+        panorama[:, left : left + part.shape[1]] = part
+    panorama[:, 1744:2256] = sample_pixels("4.jpg")
+    faces = detect_faces(panorama)
+    x0, y0, x1, y1 = ASTRONAUT
+    assert len(faces) == 1
+    assert iou(faces[0], as_face((x0 + 1744, y0, x1 + 1744, y1))) >= 0.5
+
+
+def test_the_search_scale_follows_the_longer_side_but_for_panoramas():
+    assert search_scale(853, 1280, 800) == 800 / 1280  # a photo: as ever
+    assert search_scale(512, 512, 800) == 1.0  # small: searched as it is
+    assert search_scale(500, 1000, 800) == 800 / 1000  # twice as long: as ever
+    assert search_scale(512, 4000, 800) == 400 / 512  # half the search side of height
+    wide = search_scale(1000, 10000, 800)  # within twice an 800 px square's pixels
+    assert wide * 1000 < 400 and (wide * 1000) * (wide * 10000) <= 2 * 800**2 + 1
