@@ -521,9 +521,10 @@ class AppConfig(_Strict):
     max_in_flight_per_key: int = Field(
         default=16,
         ge=1,
-        description="of those, the misses one API key started (with API keys configured); "
-        "past it: 429 `too_many_pictures` at once, so one tenant's burst leaves room for the "
-        "others (hits, and requests that join a miss in progress, are not counted)",
+        description="of those, the misses one API key started (with API keys configured), "
+        "each until its computation has ended; past it: 429 `too_many_pictures` at once, so "
+        "one tenant's burst leaves room for the others (hits, and requests that join a miss "
+        "in progress, are not counted); at least `max_batch_images`",
     )
     photo_threads: int = Field(
         default=4,
@@ -595,6 +596,17 @@ class AppConfig(_Strict):
         ):
             if self.default_size > bound:
                 raise ValueError(f"default_size {self.default_size} exceeds limits.{name} {bound}")
+        return self
+
+    @model_validator(mode="after")
+    def _check_per_key(self) -> AppConfig:
+        """One batch request's pictures fit in its key's misses in progress (else a batch
+        would refuse its own last pictures with 429)."""
+        if self.max_batch_images > self.max_in_flight_per_key:
+            raise ValueError(
+                f"max_batch_images {self.max_batch_images} exceeds max_in_flight_per_key "
+                f"{self.max_in_flight_per_key}: one batch would refuse its own pictures"
+            )
         return self
 
     @property

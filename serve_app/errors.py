@@ -71,8 +71,9 @@ class BadMultipart(ServiceError):
 
 
 class CorsRefused(ServiceError):
-    """A browser's CORS preflight for an origin outside ``cors_origins``, or for a method
-    or request header that no route takes."""
+    """A browser's CORS preflight for an origin outside ``cors_origins``, for a method or
+    request header that no route takes, or for access from a public page to a private
+    network."""
 
     status, code = 400, "cors_refused"
 

@@ -22,7 +22,7 @@ from serve_app.http.params import (
     owner_of_request,
     query_values,
 )
-from serve_app.jobs.records import ANONYMOUS
+from serve_app.jobs.records import keyed_owner
 from serve_app.live.stream import LIVE_OPTIONS, LIVE_PROTOCOL, ClientLeft
 
 logger = logging.getLogger(__name__)
@@ -107,7 +107,7 @@ async def live_socket(websocket: WebSocket) -> None:
     owner = owner_of_request(websocket)
     try:
         options = live.options(query_values(websocket.query_params, LIVE_OPTIONS))
-        async with live.admit(None if owner == ANONYMOUS else owner):
+        async with live.admit(keyed_owner(owner)):
             ended = await live.run(_Socket(websocket), options)
     except ServiceError as error:  # refused: options, admission
         ended = error

@@ -31,8 +31,9 @@ ERROR_DESCRIPTIONS = {
     422: "a bad parameter, or no picture in the multipart body (a refused webhook, a reused "
     "Idempotency-Key)",
     426: "a WebSocket route asked for with plain HTTP",
-    429: "the API key has as many pictures in progress (`too_many_pictures`) or jobs queued "
-    "or running (`too_many_jobs`) as it may; retry after Retry-After seconds",
+    429: "the API key is at one of its bounds: pictures in progress on the picture routes "
+    "(`too_many_pictures`), jobs queued or running on `POST /v1/jobs` (`too_many_jobs`); "
+    "retry after Retry-After seconds",
     500: "a bug; the server log has the traceback",
     503: "at capacity, the model could not answer, the job store is unavailable, or (/readyz) "
     "not ready yet; retry after Retry-After seconds",

@@ -161,8 +161,14 @@ CREATE INDEX IF NOT EXISTS jobs_by_expiry ON jobs (expires_at);
 CREATE INDEX IF NOT EXISTS jobs_by_seq ON jobs (seq);
 CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
 INSERT OR IGNORE INTO counters VALUES ('usage', 0), ('seq', 0);
-CREATE TABLE IF NOT EXISTS expired (id TEXT PRIMARY KEY, at REAL NOT NULL, owner TEXT);
+CREATE TABLE IF NOT EXISTS expired (id TEXT PRIMARY KEY, at REAL NOT NULL);
 CREATE INDEX IF NOT EXISTS expired_by_time ON expired (at);
+-- The owner of an expired id, in a table of its own: the release before writes and reads
+-- `expired` as it was, beside this one during a rolling update or after a rollback.
+CREATE TABLE IF NOT EXISTS expired_owners (
+    id TEXT PRIMARY KEY, owner TEXT NOT NULL, at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS expired_owners_by_time ON expired_owners (at);
 CREATE TABLE IF NOT EXISTS places (
     grp TEXT NOT NULL, holder TEXT NOT NULL, until REAL NOT NULL, PRIMARY KEY (grp, holder)
 );
@@ -184,18 +190,6 @@ _COLUMNS = (
 BUSY_TIMEOUT_S = 30.0
 # How long a removed job's id is remembered (answers "expired" rather than "unknown").
 EXPIRED_MEMORY_S = 7 * 24 * 3600
-
-
-def _add_expired_owner(db: sqlite3.Connection) -> None:
-    """Give a store made before expired ids kept their owner the column (once, whichever
-    replica opens it first)."""
-    if "owner" in {row[1] for row in db.execute("PRAGMA table_info(expired)")}:
-        return
-    try:
-        db.execute("ALTER TABLE expired ADD COLUMN owner TEXT")
-    except sqlite3.OperationalError as error:  # another replica added it meanwhile
-        if "duplicate column" not in str(error):
-            raise
 
 
 def _row(record: JobRecord, seq: int) -> tuple:
@@ -229,7 +223,6 @@ class SqliteRecords:
         self._local = threading.local()
         self._executor = ThreadPoolExecutor(threads, thread_name_prefix="job-records")
         self._db().executescript(_SCHEMA)
-        _add_expired_owner(self._db())
 
     # --- plumbing ------------------------------------------------------------------------
 
@@ -354,11 +347,13 @@ class SqliteRecords:
 
     async def expired_at(self, job_id: str, owner: str) -> float | None:
         def read() -> float | None:
-            # An id remembered before owners were (no owner) answers anyone, as it did.
+            # An id whose owner is not known (expired by the release before) answers
+            # anyone, as it did.
             row = (
                 self._db()
                 .execute(
-                    "SELECT at FROM expired WHERE id = ? AND coalesce(owner, ?) = ?",
+                    "SELECT expired.at FROM expired LEFT JOIN expired_owners USING (id) "
+                    "WHERE id = ? AND coalesce(expired_owners.owner, ?) = ?",
                     (job_id, owner, owner),
                 )
                 .fetchone()
@@ -502,11 +497,13 @@ class SqliteRecords:
                     return False
                 reserved, owner = row
                 self._add_usage(db, -reserved)
+                db.execute("INSERT OR REPLACE INTO expired VALUES (?, ?)", (job_id, now))
                 db.execute(
-                    "INSERT OR REPLACE INTO expired (id, at, owner) VALUES (?, ?, ?)",
-                    (job_id, now, owner),
+                    "INSERT OR REPLACE INTO expired_owners VALUES (?, ?, ?)", (job_id, owner, now)
                 )
-                db.execute("DELETE FROM expired WHERE at < ?", (now - EXPIRED_MEMORY_S,))
+                forgotten = now - EXPIRED_MEMORY_S
+                db.execute("DELETE FROM expired WHERE at < ?", (forgotten,))
+                db.execute("DELETE FROM expired_owners WHERE at < ?", (forgotten,))
                 return True
 
         return await self._run(remove)

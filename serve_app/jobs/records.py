@@ -32,6 +32,13 @@ def new_job_id() -> str:
     return secrets.token_hex(16)
 
 
+def keyed_owner(owner: str) -> str | None:
+    """``owner`` where it is an API key's, whose bounds are its own (streams, jobs, pictures
+    in progress); None for the anonymous owner of a service without keys, where every
+    caller is that one owner and only the service's own bounds apply."""
+    return None if owner == ANONYMOUS else owner
+
+
 def owner_of(api_key: str | bytes | None) -> str:
     """Who owns what a caller submits: a digest of its API key (the key itself is never
     stored), or ANONYMOUS on an open service."""

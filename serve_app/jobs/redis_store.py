@@ -336,12 +336,13 @@ class RedisRecords:
         return await self._call(read)
 
     async def expired_at(self, job_id: str, owner: str) -> float | None:
-        data = await self._call(self._redis.get, _key("expired", job_id))
-        if data is None:
+        keys = (_key("expired", job_id), _key("expired-owner", job_id))
+        at, expired_owner = await self._call(self._redis.mget, *keys)
+        # The owner apart from the time, which the release before reads as it was: an id
+        # without one (expired by that release) answers anyone, as it did.
+        if at is None or (expired_owner is not None and expired_owner.decode() != owner):
             return None
-        # "<at> <owner>"; an id remembered before owners were ("<at>") answers anyone.
-        at, remembers_owner, expired_owner = data.decode().partition(" ")
-        return float(at) if not remembers_owner or expired_owner == owner else None
+        return float(at)
 
     async def list(
         self, owner: str, state: str | None, before: tuple[float, str] | None, limit: int
@@ -500,8 +501,8 @@ class RedisRecords:
                 if pointer is not None and pointer.decode() == job_id:
                     pipe.delete(key)
             pipe.incrby(_key("usage"), -record.reserved_bytes)
-            expired = f"{now} {record.owner}"
-            pipe.set(_key("expired", job_id), expired, ex=int(EXPIRED_MEMORY_S))
+            pipe.set(_key("expired", job_id), str(now), ex=int(EXPIRED_MEMORY_S))
+            pipe.set(_key("expired-owner", job_id), record.owner, ex=int(EXPIRED_MEMORY_S))
             return True
 
         return await self._transaction([_job(job_id)], body)

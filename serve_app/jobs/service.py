@@ -62,6 +62,7 @@ from serve_app.jobs.records import (
     decode_cursor,
     encode_cursor,
     failed_changes,
+    keyed_owner,
     new_job_id,
 )
 from serve_app.jobs.replica_runs import PAGE, ReplicaRuns
@@ -244,8 +245,7 @@ class JobService:
             record,
             find_same_content=bool(submission.owner),
             max_bytes=config.max_store_bytes,
-            # An open service has one owner: no per-key bound.
-            max_active=None if submission.owner == ANONYMOUS else config.max_active_per_key,
+            max_active=None if keyed_owner(submission.owner) is None else config.max_active_per_key,
         )
         if not created:
             _check_same_content(stored, submission)

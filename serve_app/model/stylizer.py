@@ -439,7 +439,7 @@ class ModelReplica:
         """This replica's figures (the ingress reports what it saw across replicas)."""
         with self._counting:  # one moment's figures
             passes, images = dict(self._batch_sizes), self._images
-            inference_s = dict(self._inference_s)
+            inference_s, tiled = dict(self._inference_s), self._tiled_images
         return {
             "replica": self._replica,
             "loads": self._loads,
@@ -459,7 +459,7 @@ class ModelReplica:
             "max_batch_size": self._max_batch_size,
             "batch_config": self._batch_config.model_dump(),
             "pass_sizes": self._pass_sizes.figures() if self._pass_sizes else {},
-            "tiled_images": self._tiled_images,
+            "tiled_images": tiled,
             "tiled_steps": self._tiles_run,
             "tiling": self._tiling.model_dump(),
         }

@@ -17,7 +17,7 @@ from typing import Any, Protocol
 
 from serve_app.config import MIN_SIDE, OUTPUT_FORMATS, AppConfig, example_path
 from serve_app.errors import NotFound, NotReady, ServiceError
-from serve_app.jobs.records import ANONYMOUS, JobRecord, WebhookInfo
+from serve_app.jobs.records import ANONYMOUS, JobRecord, WebhookInfo, keyed_owner
 from serve_app.jobs.service import JobService, Submission
 from serve_app.live.service import LiveMetrics, LiveService
 from serve_app.media import probe
@@ -181,7 +181,7 @@ class AnimeService:
         """Bytes of a picture -> the stylized picture; raises the API's errors. ``owner``:
         the caller's API key's (its misses in progress are bounded; none without keys)."""
         self.media.gate.interactive()
-        result = await self.pipeline.stylize(data, options, owner=_bounded(owner))
+        result = await self.pipeline.stylize(data, options, owner=keyed_owner(owner))
         self._record(result, options)
         return result
 
@@ -190,14 +190,15 @@ class AnimeService:
     ) -> list[StylizeResult | BaseException]:
         """Several pictures at once; each succeeds or fails alone."""
         self.media.gate.interactive()
-        outcomes = await self.pipeline.stylize_many(files, options, _bounded(owner))
+        outcomes = await self.pipeline.stylize_many(files, options, keyed_owner(owner))
         for outcome in outcomes:
             if isinstance(outcome, StylizeResult):
                 self._record(outcome, options)
         return outcomes
 
     async def _animate(self, data: bytes, options: StylizeOptions) -> Animation | None:
-        """The pipeline's way to animations (made before the media service, which it is)."""
+        """The pipeline's way to animations, bound late: the pipeline is made before
+        ``self.media``."""
         return await self.media.animation(data, options)
 
     async def _stylize_frames(self, frames, style: str):
@@ -348,9 +349,3 @@ class AnimeService:
         if self._metrics is not None and stats["shards_answered"] == stats["shards"]:
             self._metrics.record_cache(stats["shared"])
         return stats
-
-
-def _bounded(owner: str) -> str | None:
-    """The owner whose misses in progress are bounded: none on a service without API keys,
-    where every caller is the one anonymous owner."""
-    return None if owner == ANONYMOUS else owner

@@ -179,13 +179,21 @@
     const before = wanted;
     try {
       const others = await otherCameras(session.media.getVideoTracks()[0]?.getSettings?.() ?? {});
+      if (live !== session) return;
+      if (!others.length) {
+        say("There is no other camera to switch to.");
+        return;
+      }
       stopTracks(session.media); // many phones open one camera at a time
       session.media = null;
       for (const video of others) {
         try {
           await openCamera(session, video);
+          if (live !== session) return; // stopped meanwhile: openCamera let it go
           const { facingMode, deviceId } = session.media.getVideoTracks()[0]?.getSettings?.() ?? {};
-          wanted = video.facingMode ? { facingMode } : { deviceId };
+          wanted = video.facingMode
+            ? { facingMode: facingMode ?? video.facingMode.exact }
+            : { deviceId: deviceId ?? video.deviceId.exact };
           announce(cameraName(session.media, facingMode));
           return;
         } catch {

@@ -36,6 +36,8 @@ def test_defaults_and_default_style():
         ({"styles": STYLES, "portrait": {"face_size": 510}}, "multiple of 4"),
         # A 4 px overlap left a grey line at every tile seam (the weights summed to 0.75).
         ({"styles": STYLES, "tiling": {"overlap": 4}}, "0 or at least 8"),
+        # One batch of a key's would refuse its own last pictures with 429.
+        ({"styles": STYLES, "max_in_flight_per_key": 4}, "one batch would refuse its own"),
     ],
 )
 def test_bad_arguments_are_refused_with_a_message(args, message):

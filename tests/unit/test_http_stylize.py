@@ -3,6 +3,7 @@ that key's misses in progress, or the anonymous one on a service without keys.""
 
 from __future__ import annotations
 
+import asyncio
 import warnings
 
 import pytest
@@ -10,7 +11,7 @@ import pytest
 from serve_app.errors import TooManyPictures
 from serve_app.http.app import create_app
 from serve_app.jobs.records import ANONYMOUS, owner_of
-from tests.support.fakes import small_service
+from tests.support.fakes import HeldModel, small_service
 from tests.support.pictures import synthetic_jpeg
 
 with warnings.catch_warnings():
@@ -54,13 +55,12 @@ def test_the_picture_routes_pass_the_caller_s_owner(tmp_path, monkeypatch, keys)
 
 def test_the_service_bounds_keyed_callers_only(tmp_path):
     """Without keys every caller is the anonymous owner: no bound of its own."""
-    import asyncio
-
-    from tests.support.fakes import HeldModel
 
     async def scenario():
         model = HeldModel(["alpha"])
-        service = small_service(str(tmp_path), model=model, max_in_flight_per_key=1)
+        service = small_service(
+            str(tmp_path), model=model, max_in_flight_per_key=1, max_batch_images=1
+        )
         options = service.options({})
         first = asyncio.create_task(service.stylize(synthetic_jpeg(seed=1), options, "a" * 32))
         keyless = [

@@ -372,25 +372,31 @@ def test_an_expired_id_answers_expired_to_its_owner_only(config, tmp_path):
     assert removed and owner_s is not None and others == [None, None]
 
 
-def test_ids_expired_before_owners_were_kept_still_answer(redis_server, tmp_path):
-    """A store written by the release before (no owner beside an expired id) opens, and
-    its expired ids answer as they did."""
-    path = tmp_path / "jobs" / "jobs.db"
-    path.parent.mkdir(parents=True)
-    with sqlite3.connect(path) as db:
-        db.execute("CREATE TABLE expired (id TEXT PRIMARY KEY, at REAL NOT NULL)")
-        db.execute("INSERT INTO expired VALUES ('a' , 5.0)")
-    redis_server.flush()
-    redis_config = JobsConfig(store_url=str(tmp_path / "r"), records_url=redis_server.url)
+def test_the_release_before_reads_and_writes_expired_ids_as_it_did(config, tmp_path):
+    """During a rolling update or after a rollback, the release before shares the store:
+    an id it expired (the time alone) answers anyone, as it did, and an id this release
+    expired reads, for it, as it always has (the time alone)."""
 
     async def scenario():
-        sqlite_store = record_store.SqliteRecords(path)
-        redis, _ = open_record_store(redis_config, tmp_path / "r")
-        await redis._call(redis._redis.set, redis_store._key("expired", "a"), "5.0")
+        store, _ = open_record_store(config, tmp_path / "jobs")
         try:
-            return [await store.expired_at("a", "bob") for store in (sqlite_store, redis)]
+            job = _owned_job("alice")
+            await store.create(job, True, ROOMY)
+            await store.finish(job.id, RUNNER, {"state": "done", "expires_at": time.time() - 1})
+            await store.remove(job.id, time.time())
+            inner = store.store  # the store itself, under its call counter
+            if isinstance(inner, redis_store.RedisRecords):
+                get, put = inner._redis.get, inner._redis.set
+                read_before = float(await inner._call(get, redis_store._key("expired", job.id)))
+                await inner._call(put, redis_store._key("expired", "old"), "5.0")
+            else:
+                with sqlite3.connect(inner.path) as db:
+                    query = "SELECT at FROM expired WHERE id = ?"  # the release before's
+                    read_before = db.execute(query, (job.id,)).fetchone()[0]
+                    db.execute("INSERT OR REPLACE INTO expired VALUES (?, ?)", ("old", 5.0))
+            return read_before, await store.expired_at("old", "bob")
         finally:
-            await sqlite_store.close()
-            await redis.close()
+            await store.close()
 
-    assert asyncio.run(scenario()) == [5.0, 5.0]
+    read_before, old = asyncio.run(scenario())
+    assert read_before > 0 and old == 5.0

@@ -251,7 +251,7 @@ def test_past_max_in_flight_a_new_picture_is_refused_but_a_repeat_joins():
 
 def test_one_key_s_misses_are_bounded_and_leave_room_for_the_others():
     async def scenario():
-        pipe, model, _ = make_pipeline(max_in_flight=4, max_in_flight_per_key=2)
+        pipe, model, _ = make_pipeline(max_in_flight=4, max_in_flight_per_key=2, max_batch_images=2)
         model.gate.clear()
         alice = [synthetic_jpeg(seed=seed) for seed in (20, 21, 22)]
         started = [
