@@ -5,9 +5,10 @@ wheel (``cv2.data.haarcascades``): nothing is downloaded at run time. Coarse to 
 
 1. Search a grey, histogram-equalised copy whose longer side is at most ``detect_side``
    (the cost grows with the pixels searched; a panorama's copy keeps more, so its faces
-   are not shrunk under the cascade's window: ``search_scale``), once upright and once per angle of
-   ``rotations`` on a rotated copy (the cascade only finds faces within about ±15° of
-   upright). A low bar (``min_neighbors``) keeps small faces, which draw few hits there.
+   are not shrunk under the cascade's window: ``search_scale``), once upright and once
+   per angle of ``rotations`` on a rotated copy (the cascade only finds faces within
+   about ±15° of upright). A low bar (``min_neighbors``) keeps small faces, which draw
+   few hits there.
 2. Look at each candidate again, cut from the full-resolution picture, turned upright
    and scaled so the face is 64 px: a face draws dozens of overlapping hits there, the
    texture that fooled the coarse pass few (``verify_neighbors``). A second frontal-face
