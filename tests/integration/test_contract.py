@@ -237,8 +237,8 @@ def test_openapi_document_carries_the_running_limits(keyed):
         }
         assert params["quality"]["schema"] == {"type": "integer", "minimum": 1, "maximum": 100}
         assert str(limits["max_bytes"]) in operation["requestBody"]["description"]
-        expected = {"200", "400", "401", "408", "413", "415", "422", "500", "503"}
-        expected |= {"202", "429", "507"} if path == "/v1/jobs" else {"504"}
+        expected = {"200", "400", "401", "408", "413", "415", "422", "429", "500", "503"}
+        expected |= {"202", "507"} if path == "/v1/jobs" else {"504"}
         assert set(operation["responses"]) == expected
     batch_form = paths["/v1/stylize/batch"]["post"]["requestBody"]["content"]
     images = batch_form["multipart/form-data"]["schema"]["properties"]["images"]
