@@ -62,7 +62,6 @@ from serve_app.jobs.records import (
     decode_cursor,
     encode_cursor,
     failed_changes,
-    keyed_owner,
     new_job_id,
 )
 from serve_app.jobs.replica_runs import PAGE, ReplicaRuns
@@ -245,7 +244,8 @@ class JobService:
             record,
             find_same_content=bool(submission.owner),
             max_bytes=config.max_store_bytes,
-            max_active=None if keyed_owner(submission.owner) is None else config.max_active_per_key,
+            # An open service has one owner: no per-key bound.
+            max_active=None if submission.owner == ANONYMOUS else config.max_active_per_key,
         )
         if not created:
             _check_same_content(stored, submission)
